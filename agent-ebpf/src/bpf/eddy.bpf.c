@@ -1,0 +1,494 @@
+// SPDX-License-Identifier: (Apache-2.0 OR GPL-2.0)
+/*
+ * Eddy kernel programs: per-connection TCP and per-peer UDP flow accounting.
+ *
+ * TCP: connection lifecycle from sock:inet_sock_set_state and
+ * tcp:tcp_destroy_sock (tp_btf), retransmits from tcp:tcp_retransmit_skb,
+ * payload bytes from sock:sock_{send,recv}_length (tp_btf) or, on kernels
+ * without those tracepoints, fexit/tcp_sendmsg + fentry/tcp_cleanup_rbuf.
+ * State lives in TCP_FLOWS keyed by socket cookie; when the socket is
+ * destroyed its final record goes to the CLOSED ring buffer (or, if that is
+ * full, stays in the map flagged CLOSED for userspace to collect), so no
+ * short-lived connection is lost.
+ *
+ * UDP: cgroup_skb ingress/egress on the cgroup v2 root, one entry per
+ * (socket, local address, peer) taken from the packet, so unconnected sockets
+ * are split by peer. TCP packets leave those programs after one field test.
+ *
+ * Every failure to track (map full, ring buffer full, unparsable packet) is
+ * counted in COUNTERS.
+ */
+#include "vmlinux_subset.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "eddy.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+#define MSG_PEEK 2
+/* tcp_sock counters (segments, RTT, retransmits) are copied at most this often per connection. */
+#define SNAPSHOT_INTERVAL_NS 250000000ULL
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct eddy_flow);
+} TCP_FLOWS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct eddy_udp_key);
+	__type(value, struct eddy_flow);
+} UDP_FLOWS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 23);
+} CLOSED SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EDDY_CTR_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} COUNTERS SEC(".maps");
+
+/* Settings written by the agent after it has chosen its hooks (slot 0: EDDY_CFG_* bits). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} CONFIG SEC(".maps");
+
+/* Connections that found TCP_FLOWS full when they opened: their later events
+ * are counted as untracked instead of creating a partial entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} UNTRACKED SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&COUNTERS, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void read_tuple(struct sock *sk, struct eddy_tuple *t)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	t->family = family;
+	t->protocol = IPPROTO_TCP;
+	t->local_port = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	t->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&t->local_addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&t->remote_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(t->local_addr, &s, 4);
+		__builtin_memcpy(t->remote_addr, &d, 4);
+	}
+}
+
+static __always_inline void snapshot(struct eddy_flow *e, struct sock *sk, __u64 now)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+
+	e->packets_sent = BPF_CORE_READ(tp, segs_out);
+	e->packets_received = BPF_CORE_READ(tp, segs_in);
+	e->retransmits = BPF_CORE_READ(tp, total_retrans);
+	e->rtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	e->rtt_var_us = BPF_CORE_READ(tp, mdev_us) >> 2;
+	e->snapshot_ns = now;
+}
+
+static __always_inline __u64 sk_cgroup_id(struct sock *sk)
+{
+	if (bpf_core_field_exists(sk->sk_cgrp_data.cgroup))
+		return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	return 0;
+}
+
+/* Start tracking a TCP connection; NULL when the map is full (counted). */
+static __always_inline struct eddy_flow *tcp_track(struct sock *sk, __u64 cookie, __u8 dir,
+						   __u8 flags, __u64 now, bool process_ctx)
+{
+	struct eddy_flow f = {};
+	struct eddy_flow *e;
+	__u8 one = 1;
+
+	read_tuple(sk, &f.tuple);
+	f.cookie = cookie;
+	f.cgroup_id = sk_cgroup_id(sk);
+	f.netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	f.opened_ns = (flags & EDDY_FLAG_PREEXISTING) ? 0 : now;
+	f.last_ns = now;
+	f.direction = dir;
+	f.flags = flags;
+	if (process_ctx) {
+		f.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(f.comm, sizeof(f.comm));
+	}
+	if (bpf_map_update_elem(&TCP_FLOWS, &cookie, &f, BPF_NOEXIST) == 0) {
+		count(EDDY_CTR_TCP_OPENED);
+		return bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	}
+	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	if (e)
+		return e; /* raced with another CPU */
+	count(EDDY_CTR_TCP_MAP_FULL);
+	if (bpf_map_update_elem(&UNTRACKED, &cookie, &one, BPF_ANY) != 0)
+		count(EDDY_CTR_UNTRACKED_FULL);
+	return NULL;
+}
+
+static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
+{
+	struct eddy_flow *e;
+	__u64 cookie, now;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	cookie = bpf_get_socket_cookie(sk);
+	now = bpf_ktime_get_ns();
+
+	if (newstate == TCP_SYN_SENT) {
+		/* connect(): process context, the owner is current. */
+		e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+		if (!e)
+			tcp_track(sk, cookie, EDDY_DIR_OUTGOING, EDDY_FLAG_SYN_SENT, now, true);
+		return 0;
+	}
+	if (newstate == TCP_ESTABLISHED) {
+		e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+		if (!e) {
+			if (oldstate != TCP_SYN_RECV)
+				return 0;
+			/* Passive open: softirq, the owner is not current. */
+			e = tcp_track(sk, cookie, EDDY_DIR_INCOMING, 0, now, false);
+			if (!e)
+				return 0;
+		} else {
+			/* The local port is bound after SYN_SENT is set: read the tuple again. */
+			read_tuple(sk, &e->tuple);
+		}
+		e->flags |= EDDY_FLAG_ESTABLISHED;
+		e->last_ns = now;
+		return 0;
+	}
+	if (newstate == TCP_CLOSE) {
+		e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+		if (!e)
+			return 0;
+		/* The error is set before the state changes and is cleared once the
+		 * application reads it (SO_ERROR, a failed connect()): keep it now. */
+		e->sk_err = BPF_CORE_READ(sk, sk_err);
+		e->closed_ns = now;
+		e->last_ns = now;
+		if (e->tuple.local_port == 0)
+			read_tuple(sk, &e->tuple);
+		snapshot(e, sk, now);
+	}
+	return 0;
+}
+
+static __always_inline int on_destroy(struct sock *sk)
+{
+	struct eddy_flow *e;
+	__u64 cookie, now;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	cookie = bpf_get_socket_cookie(sk);
+	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	if (!e) {
+		bpf_map_delete_elem(&UNTRACKED, &cookie);
+		return 0;
+	}
+	now = bpf_ktime_get_ns();
+	snapshot(e, sk, now);
+	if (e->sk_err == 0)
+		e->sk_err = BPF_CORE_READ(sk, sk_err); /* e.g. an abort (SO_LINGER 0) sets it after CLOSE */
+	if (e->tuple.local_port == 0)
+		read_tuple(sk, &e->tuple);
+	__u32 zero = 0;
+	__u32 *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
+	if (cfg && (*cfg & EDDY_CFG_BYTES_AT_CLOSE)) {
+		struct tcp_sock *tp = (struct tcp_sock *)sk;
+		__u64 acked = BPF_CORE_READ(tp, bytes_acked);
+		__u64 rcvd = BPF_CORE_READ(tp, bytes_received);
+		/* bytes_acked counts the SYN: remove it. FIN (+1) may remain. */
+		e->bytes_sent = acked > 0 ? acked - 1 : 0;
+		e->bytes_received = rcvd;
+	}
+	if (e->closed_ns == 0)
+		e->closed_ns = now;
+	e->last_ns = now;
+	e->flags |= EDDY_FLAG_CLOSED;
+	if (bpf_ringbuf_output(&CLOSED, e, sizeof(*e), 0) == 0) {
+		count(EDDY_CTR_CLOSED_SENT);
+		bpf_map_delete_elem(&TCP_FLOWS, &cookie);
+	} else {
+		/* Kept in the map, flagged CLOSED: userspace collects it on its next poll. */
+		count(EDDY_CTR_RINGBUF_FULL);
+	}
+	return 0;
+}
+
+static __always_inline int on_bytes(struct sock *sk, int ret, int flags, bool sent)
+{
+	struct eddy_flow *e;
+	__u64 cookie, now;
+
+	if (ret <= 0 || (!sent && (flags & MSG_PEEK)))
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	cookie = bpf_get_socket_cookie(sk);
+	now = bpf_ktime_get_ns();
+	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	if (!e) {
+		if (bpf_map_lookup_elem(&UNTRACKED, &cookie)) {
+			count(EDDY_CTR_TCP_UNTRACKED);
+			return 0;
+		}
+		/* Opened before the agent started. */
+		e = tcp_track(sk, cookie, EDDY_DIR_UNKNOWN,
+			      EDDY_FLAG_PREEXISTING | EDDY_FLAG_ESTABLISHED, now, true);
+		if (!e)
+			return 0;
+	}
+	if (sent)
+		__sync_fetch_and_add(&e->bytes_sent, ret);
+	else
+		__sync_fetch_and_add(&e->bytes_received, ret);
+	if (e->pid == 0) {
+		/* Passive connections are opened in softirq: take the owner now. */
+		e->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+	}
+	e->last_ns = now;
+	if (now - e->snapshot_ns > SNAPSHOT_INTERVAL_NS)
+		snapshot(e, sk, now);
+	return 0;
+}
+
+static __always_inline int on_retransmit(struct sock *sk)
+{
+	struct eddy_flow *e;
+	__u64 cookie;
+
+	cookie = bpf_get_socket_cookie(sk);
+	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	if (e)
+		/* total_retrans is bumped after this tracepoint: count this one. */
+		e->retransmits = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans) + 1;
+	return 0;
+}
+
+/* ---- TCP lifecycle: tp_btf (no tracefs needed) ---- */
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(eddy_state, struct sock *sk, int oldstate, int newstate)
+{
+	return on_state(sk, oldstate, newstate);
+}
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(eddy_destroy, struct sock *sk)
+{
+	return on_destroy(sk);
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(eddy_retransmit, struct sock *sk, struct sk_buff *skb)
+{
+	return on_retransmit(sk);
+}
+
+/* ---- TCP payload bytes: tracepoints (kernels >= 6.3, 5.10 backports vary) ---- */
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(eddy_send_tp, struct sock *sk, int ret, int flags)
+{
+	return on_bytes(sk, ret, flags, true);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(eddy_recv_tp, struct sock *sk, int ret, int flags)
+{
+	return on_bytes(sk, ret, flags, false);
+}
+
+/* ---- TCP payload bytes: BPF trampolines, for kernels without the tracepoints ---- */
+
+SEC("fexit/tcp_sendmsg")
+int BPF_PROG(eddy_send_fexit, struct sock *sk, struct msghdr *msg, __u64 size, int ret)
+{
+	return on_bytes(sk, ret, 0, true);
+}
+
+SEC("fentry/tcp_cleanup_rbuf")
+int BPF_PROG(eddy_recv_fentry, struct sock *sk, int copied)
+{
+	return on_bytes(sk, copied, 0, false);
+}
+
+/* ---- UDP: per packet, peer from the packet ---- */
+
+struct ipv4_hdr {
+	__u8 ver_ihl;
+	__u8 tos;
+	__u16 tot_len;
+	__u16 id;
+	__u16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__u16 check;
+	__u32 saddr;
+	__u32 daddr;
+};
+
+struct ipv6_hdr {
+	__u32 ver_tc_flow;
+	__u16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
+{
+	struct eddy_udp_key key = {};
+	struct eddy_flow *e;
+	struct bpf_sock *sk;
+	__u32 l3len, segs, len;
+	__u16 ports[2];
+	__u8 first;
+	__u64 now, payload;
+
+	sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != IPPROTO_UDP)
+		return 1;
+
+	if (bpf_skb_load_bytes(skb, 0, &first, 1))
+		goto unparsed;
+	if ((first >> 4) == 4) {
+		struct ipv4_hdr ip;
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			goto unparsed;
+		if (ip.protocol != IPPROTO_UDP)
+			return 1; /* e.g. an ICMP error delivered to the socket */
+		l3len = (ip.ver_ihl & 0x0f) * 4;
+		if (l3len < sizeof(ip))
+			goto unparsed;
+		key.tuple.family = AF_INET;
+		__builtin_memcpy(key.tuple.local_addr, egress ? &ip.saddr : &ip.daddr, 4);
+		__builtin_memcpy(key.tuple.remote_addr, egress ? &ip.daddr : &ip.saddr, 4);
+	} else if ((first >> 4) == 6) {
+		struct ipv6_hdr ip6;
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			goto unparsed;
+		if (ip6.nexthdr != IPPROTO_UDP)
+			goto unparsed; /* extension headers are not walked */
+		l3len = sizeof(ip6);
+		key.tuple.family = AF_INET6;
+		__builtin_memcpy(key.tuple.local_addr, egress ? ip6.saddr : ip6.daddr, 16);
+		__builtin_memcpy(key.tuple.remote_addr, egress ? ip6.daddr : ip6.saddr, 16);
+	} else {
+		goto unparsed;
+	}
+	if (bpf_skb_load_bytes(skb, l3len, ports, sizeof(ports)))
+		goto unparsed;
+	key.tuple.protocol = IPPROTO_UDP;
+	key.tuple.local_port = bpf_ntohs(egress ? ports[0] : ports[1]);
+	key.tuple.remote_port = bpf_ntohs(egress ? ports[1] : ports[0]);
+	key.cookie = bpf_get_socket_cookie(skb);
+
+	segs = skb->gso_segs;
+	if (segs == 0)
+		segs = 1;
+	len = skb->len;
+	if (len < l3len + 8 * segs)
+		goto unparsed;
+	payload = len - l3len - 8 * segs;
+	now = bpf_ktime_get_ns();
+
+	e = bpf_map_lookup_elem(&UDP_FLOWS, &key);
+	if (!e) {
+		struct eddy_flow f = {};
+		f.tuple = key.tuple;
+		f.cookie = key.cookie;
+		f.cgroup_id = bpf_skb_cgroup_id(skb);
+		f.opened_ns = now;
+		f.direction = egress ? EDDY_DIR_OUTGOING : EDDY_DIR_INCOMING;
+		if (egress) {
+			/* Egress runs in the sender's context. */
+			f.pid = bpf_get_current_pid_tgid() >> 32;
+			bpf_get_current_comm(f.comm, sizeof(f.comm));
+		}
+		if (bpf_map_update_elem(&UDP_FLOWS, &key, &f, BPF_NOEXIST) != 0) {
+			e = bpf_map_lookup_elem(&UDP_FLOWS, &key);
+			if (!e) {
+				count(EDDY_CTR_UDP_MAP_FULL);
+				return 1;
+			}
+		} else {
+			e = bpf_map_lookup_elem(&UDP_FLOWS, &key);
+			if (!e)
+				return 1;
+		}
+	}
+	if (egress) {
+		__sync_fetch_and_add(&e->bytes_sent, payload);
+		__sync_fetch_and_add(&e->packets_sent, segs);
+		if (e->pid == 0) {
+			e->pid = bpf_get_current_pid_tgid() >> 32;
+			bpf_get_current_comm(e->comm, sizeof(e->comm));
+		}
+	} else {
+		__sync_fetch_and_add(&e->bytes_received, payload);
+		__sync_fetch_and_add(&e->packets_received, segs);
+	}
+	e->last_ns = now;
+	return 1;
+
+unparsed:
+	count(EDDY_CTR_UDP_UNPARSED);
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int eddy_udp_egress(struct __sk_buff *skb)
+{
+	return udp_count(skb, true);
+}
+
+SEC("cgroup_skb/ingress")
+int eddy_udp_ingress(struct __sk_buff *skb)
+{
+	return udp_count(skb, false);
+}

@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: (Apache-2.0 OR GPL-2.0) */
+/*
+ * Eddy: the single source of truth for every structure shared between the
+ * kernel programs (eddy.bpf.c) and the agent (agent-ebpf/src/lib.rs).
+ *
+ * Rules: fixed-width types only, no bool, no implicit padding (every gap is an
+ * explicit _pad field), 8-byte aligned sizes. build.rs compiles this header
+ * for the host and checks every size and offset against the Rust mirror at
+ * compile time, so a change here that is not mirrored fails the build.
+ */
+#ifndef EDDY_H
+#define EDDY_H
+
+/* Map names, shared with Rust (agent-ebpf/src/lib.rs: map names). */
+#define EDDY_MAP_TCP_FLOWS "TCP_FLOWS"
+#define EDDY_MAP_UDP_FLOWS "UDP_FLOWS"
+#define EDDY_MAP_CLOSED "CLOSED"
+#define EDDY_MAP_COUNTERS "COUNTERS"
+#define EDDY_MAP_UNTRACKED "UNTRACKED"
+#define EDDY_MAP_CONFIG "CONFIG"
+
+/* Bits of CONFIG[0]. */
+#define EDDY_CFG_BYTES_AT_CLOSE 0x01 /* no byte hook: take bytes from tcp_sock at close */
+
+#define EDDY_COMM_LEN 16
+
+/* struct eddy_flow.direction */
+#define EDDY_DIR_UNKNOWN 0
+#define EDDY_DIR_OUTGOING 1
+#define EDDY_DIR_INCOMING 2
+
+/* struct eddy_flow.flags */
+#define EDDY_FLAG_ESTABLISHED 0x01 /* reached TCP_ESTABLISHED while tracked */
+#define EDDY_FLAG_CLOSED 0x02      /* the socket is gone; the record is final */
+#define EDDY_FLAG_PREEXISTING 0x04 /* first seen after it was opened (agent started later) */
+#define EDDY_FLAG_SYN_SENT 0x08    /* active open seen */
+
+/* Counter slots of the per-CPU COUNTERS array. */
+#define EDDY_CTR_TCP_MAP_FULL 0    /* a TCP connection could not be tracked: map full */
+#define EDDY_CTR_UDP_MAP_FULL 1    /* a UDP packet could not be counted: map full */
+#define EDDY_CTR_RINGBUF_FULL 2    /* a closed record did not fit the ring buffer (kept in the map instead) */
+#define EDDY_CTR_UDP_UNPARSED 3    /* a UDP packet whose headers could not be parsed */
+#define EDDY_CTR_TCP_UNTRACKED 4   /* byte updates for connections the map had no room for */
+#define EDDY_CTR_CLOSED_SENT 5     /* closed records delivered through the ring buffer */
+#define EDDY_CTR_TCP_OPENED 6      /* TCP connections that got an entry */
+#define EDDY_CTR_UNTRACKED_FULL 7  /* the untracked-connection set itself was full */
+#define EDDY_CTR_MAX 8
+
+/*
+ * Connection 5-tuple. Addresses in network byte order (IPv4 in the first 4
+ * bytes), ports in host byte order. family is AF_INET (2) or AF_INET6 (10).
+ */
+struct eddy_tuple {
+	__u8 local_addr[16];
+	__u8 remote_addr[16];
+	__u16 local_port;
+	__u16 remote_port;
+	__u16 family;
+	__u8 protocol; /* IPPROTO_TCP (6) or IPPROTO_UDP (17) */
+	__u8 _pad0;
+};
+
+/*
+ * Per-connection state: the value of TCP_FLOWS and UDP_FLOWS, and the record
+ * pushed through the CLOSED ring buffer when a TCP connection ends.
+ * Counters are totals since the connection was first seen.
+ */
+struct eddy_flow {
+	struct eddy_tuple tuple;
+	__u64 cookie;           /* socket cookie */
+	__u64 cgroup_id;        /* cgroup v2 id of the socket (0 = unknown) */
+	__u64 opened_ns;        /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u64 closed_ns;        /* 0 while open */
+	__u64 last_ns;          /* last update */
+	__u64 snapshot_ns;      /* last time tcp_sock counters were copied */
+	__u64 bytes_sent;       /* payload bytes */
+	__u64 bytes_received;   /* payload bytes */
+	__u64 packets_sent;     /* TCP: segs_out; UDP: datagrams */
+	__u64 packets_received; /* TCP: segs_in; UDP: datagrams */
+	__u32 retransmits;      /* TCP: total_retrans */
+	__u32 rtt_us;           /* smoothed RTT */
+	__u32 rtt_var_us;       /* RTT mean deviation */
+	__u32 pid;              /* owning process (tgid), 0 = unknown */
+	__u32 netns_ino;        /* network namespace inode, 0 = unknown */
+	__s32 sk_err;           /* socket error at close (errno), 0 = none */
+	__u8 direction;         /* EDDY_DIR_* */
+	__u8 flags;             /* EDDY_FLAG_* */
+	__u8 _pad1[6];
+	char comm[EDDY_COMM_LEN];
+};
+
+/* Key of UDP_FLOWS: one socket talking to one peer from one local address. */
+struct eddy_udp_key {
+	__u64 cookie;
+	struct eddy_tuple tuple;
+};
+
+#endif /* EDDY_H */

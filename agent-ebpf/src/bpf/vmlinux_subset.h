@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: (Apache-2.0 OR GPL-2.0) */
+/*
+ * The few kernel types Eddy reads, declared for CO-RE: field offsets are
+ * relocated at load time against the running kernel's BTF
+ * (/sys/kernel/btf/vmlinux), so only names and types matter here, not layout.
+ */
+#ifndef EDDY_VMLINUX_SUBSET_H
+#define EDDY_VMLINUX_SUBSET_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+
+typedef __u32 __wsum;
+typedef _Bool bool;
+#define true 1
+#define false 0
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+		__u32 u6_addr32[4];
+	} in6_u;
+};
+
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+	int sk_err;
+	int sk_err_soft;
+	struct sock_cgroup_data sk_cgrp_data;
+} __attribute__((preserve_access_index));
+
+struct inet_sock {
+	struct sock sk;
+	__be16 inet_sport;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u32 segs_in;
+	__u32 segs_out;
+	__u32 srtt_us;
+	__u32 mdev_us;
+	__u32 total_retrans;
+	__u64 bytes_received;
+	__u64 bytes_acked;
+} __attribute__((preserve_access_index));
+
+struct msghdr;
+struct sk_buff;
+
+#endif /* EDDY_VMLINUX_SUBSET_H */
