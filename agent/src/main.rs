@@ -1,1 +1,54 @@
-fn main() {}
+//! `eddy-agent`: see the crate docs of `eddy_agent` and the README.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use eddy_agent::cli::{Cli, Command};
+use eddy_agent::{commands, config::Config};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (overrides, duration) = match &cli.command {
+        Command::Run(o) => (o, None),
+        Command::Capture {
+            duration,
+            overrides,
+        } => (overrides, Some(*duration)),
+    };
+    let cfg = match Config::load(
+        overrides.config.as_deref(),
+        std::env::vars(),
+        &overrides.pairs(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("eddy-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg.log_level);
+    tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
+    let result = match duration {
+        None => commands::run(cfg),
+        Some(d) => commands::capture_window(cfg, d),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("\neddy-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}

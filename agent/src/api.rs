@@ -1,0 +1,112 @@
+//! The local HTTP API (axum, bound to 127.0.0.1:9780 by default):
+//! `/healthz` (liveness, for the ECS health check), `/readyz` (first scan done),
+//! `/status` (collector, hooks, kernel, map fill, drops, uptime) and `/flows`
+//! (open and recently closed flow records).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use crate::collector::{HookStatus, MapStatus};
+use crate::flow::FlowRecord;
+use crate::pipeline::Shared;
+use crate::preflight::KernelInfo;
+use crate::table::TableStats;
+
+/// The `/status` document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub collector: &'static str,
+    pub ready: bool,
+    pub collecting: bool,
+    pub uptime_seconds: f64,
+    pub last_scan_age_seconds: Option<f64>,
+    pub kernel: KernelInfo,
+    pub hooks: Vec<HookStatus>,
+    pub maps: Vec<MapStatus>,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub counters: BTreeMap<&'static str, u64>,
+    pub flows: TableStats,
+}
+
+impl Status {
+    pub fn of(shared: &Shared) -> Status {
+        let source = shared
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let flows = shared.table().stats();
+        let mut drops = source.drops;
+        drops.insert(
+            "output_dropped_records",
+            shared.output_dropped.load(Ordering::Relaxed),
+        );
+        drops.insert(
+            "output_write_errors",
+            shared.output_errors.load(Ordering::Relaxed),
+        );
+        drops.insert("poll_errors", shared.poll_errors.load(Ordering::Relaxed));
+        drops.insert("export_overflow", flows.export_overflow);
+        let last_scan = *shared
+            .last_scan
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            collector: shared.collector,
+            ready: shared.ready.load(Ordering::SeqCst),
+            collecting: shared.collecting.load(Ordering::SeqCst),
+            uptime_seconds: shared.started.elapsed().as_secs_f64(),
+            last_scan_age_seconds: last_scan.map(|t| t.elapsed().as_secs_f64()),
+            kernel: shared.kernel.clone(),
+            hooks: source.hooks,
+            maps: source.maps,
+            drops,
+            counters: source.counters,
+            flows,
+        }
+    }
+}
+
+/// Routes over the shared state.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/flows", get(flows))
+        .with_state(shared)
+}
+
+async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    if s.collecting.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "collector stopped\n").into_response()
+    }
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    if s.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> Json<Status> {
+    Json(Status::of(&s))
+}
+
+async fn flows(State(s): State<Arc<Shared>>) -> Json<Vec<FlowRecord>> {
+    Json(s.table().flows())
+}

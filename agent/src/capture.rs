@@ -1,0 +1,244 @@
+//! `eddy-agent capture`: every flow seen during a time window, including the
+//! ones that opened and closed inside it.
+//!
+//! A first scan takes a baseline of the flows already open; the window's
+//! records carry counters relative to it (flows opened inside the window carry
+//! whole-connection totals). Flows with no activity in the window are left out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::collector::{CollectorError, FlowSource, Observed};
+use crate::flow::FlowRecord;
+use crate::pipeline::DRAIN_INTERVAL;
+use crate::table::FlowKey;
+
+/// Window settings.
+pub struct CaptureSettings {
+    pub duration: Duration,
+    pub poll_interval: Duration,
+}
+
+/// Collects for `duration` (or until `stop`), then returns the window's flows.
+/// `started` is called once the baseline is taken.
+pub fn capture(
+    source: &mut dyn FlowSource,
+    settings: &CaptureSettings,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+    started: impl FnOnce(),
+) -> Result<Vec<FlowRecord>, CollectorError> {
+    let first = source.poll(true)?;
+    let baseline: HashMap<FlowKey, FlowRecord> = first
+        .live
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| (FlowKey::of(&o.record), o.record))
+        .collect();
+    let start_ns = clock.mono_now_ns();
+    started();
+
+    let mut window = Window::default();
+    let deadline = Instant::now() + settings.duration;
+    let mut next_scan = Instant::now() + settings.poll_interval;
+    while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(DRAIN_INTERVAL.min(deadline.saturating_duration_since(Instant::now())));
+        let scan = Instant::now() >= next_scan;
+        if scan {
+            next_scan += settings.poll_interval;
+        }
+        let batch = source.poll(scan)?;
+        window.closed(batch.closed);
+    }
+    let last = source.poll(true)?;
+    window.closed(last.closed);
+    window.live(last.live.unwrap_or_default(), start_ns);
+    Ok(window.finish(&baseline))
+}
+
+/// Flows of the window, in the order they were first seen.
+#[derive(Default)]
+struct Window {
+    order: Vec<FlowKey>,
+    flows: HashMap<FlowKey, FlowRecord>,
+}
+
+impl Window {
+    fn closed(&mut self, closed: Vec<Observed>) {
+        for o in closed {
+            let key = FlowKey::of(&o.record);
+            match self.flows.get_mut(&key) {
+                // A UDP flow closed for idleness, then active again: add the parts.
+                Some(prev) if matches!(key, FlowKey::Udp { .. }) => add(prev, &o.record),
+                Some(prev) => *prev = o.record,
+                None => {
+                    self.order.push(key);
+                    self.flows.insert(key, o.record);
+                }
+            }
+        }
+    }
+
+    fn live(&mut self, live: Vec<Observed>, start_ns: u64) {
+        for o in live.into_iter().filter(|o| o.last_ns >= start_ns) {
+            let key = FlowKey::of(&o.record);
+            match self.flows.get_mut(&key) {
+                Some(prev) if matches!(key, FlowKey::Udp { .. }) => {
+                    add(prev, &o.record);
+                    prev.closed_at = None;
+                }
+                Some(_) => {} // TCP: the closed record is final
+                None => {
+                    self.order.push(key);
+                    self.flows.insert(key, o.record);
+                }
+            }
+        }
+    }
+
+    fn finish(mut self, baseline: &HashMap<FlowKey, FlowRecord>) -> Vec<FlowRecord> {
+        self.order
+            .iter()
+            .filter_map(|k| {
+                let mut r = self.flows.remove(k)?;
+                if let Some(b) = baseline.get(k) {
+                    r.bytes_sent = r.bytes_sent.saturating_sub(b.bytes_sent);
+                    r.bytes_received = r.bytes_received.saturating_sub(b.bytes_received);
+                    r.packets_sent = r.packets_sent.saturating_sub(b.packets_sent);
+                    r.packets_received = r.packets_received.saturating_sub(b.packets_received);
+                    r.retransmits = r.retransmits.saturating_sub(b.retransmits);
+                }
+                Some(r)
+            })
+            .collect()
+    }
+}
+
+fn add(into: &mut FlowRecord, more: &FlowRecord) {
+    into.bytes_sent += more.bytes_sent;
+    into.bytes_received += more.bytes_received;
+    into.packets_sent += more.packets_sent;
+    into.packets_received += more.packets_received;
+    into.closed_at = more.closed_at;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::collector::Batch;
+    use crate::collector::fake::FakeSource;
+    use crate::flow::{Direction, Endpoint, Family, Protocol};
+
+    fn obs(protocol: Protocol, cookie: u64, sent: u64, last_ns: u64, closed: bool) -> Observed {
+        let ep = Endpoint {
+            addr: "127.0.0.1".parse().expect("ip"),
+            port: 7,
+        };
+        Observed {
+            record: FlowRecord {
+                protocol,
+                family: Family::Ipv4,
+                direction: Direction::Outgoing,
+                local: ep,
+                remote: ep,
+                netns: None,
+                cgroup_id: None,
+                pid: None,
+                comm: None,
+                cookie,
+                bytes_sent: sent,
+                bytes_received: sent * 2,
+                packets_sent: 1,
+                packets_received: 1,
+                retransmits: 0,
+                rtt_us: None,
+                rtt_var_us: None,
+                failure: None,
+                opened_at: None,
+                closed_at: closed.then_some(std::time::SystemTime::UNIX_EPOCH),
+            },
+            last_ns,
+        }
+    }
+
+    fn run(batches: Vec<Batch>, clock_ns: u64) -> Vec<FlowRecord> {
+        let mut source = FakeSource::new(batches);
+        let settings = CaptureSettings {
+            duration: Duration::from_millis(30),
+            poll_interval: Duration::from_millis(10),
+        };
+        let clock = FakeClock::at(clock_ns);
+        let stop = AtomicBool::new(false);
+        let mut started = false;
+        let out =
+            capture(&mut source, &settings, &clock, &stop, || started = true).expect("capture");
+        assert!(started);
+        out
+    }
+
+    #[test]
+    fn window_counts_are_relative_to_the_baseline() {
+        let batches = vec![
+            // Baseline: flow 1 open with 100 sent; a closed flow from before the window.
+            Batch {
+                closed: vec![obs(Protocol::Tcp, 9, 5, 1, true)],
+                live: Some(vec![obs(Protocol::Tcp, 1, 100, 5, false)]),
+            },
+            // Inside: flow 2 opens and closes; flow 1 grows; flow 3 idle since before.
+            Batch {
+                closed: vec![obs(Protocol::Tcp, 2, 10, 20, true)],
+                live: None,
+            },
+        ];
+        // Later polls (the fake returns empty batches) include the final scan.
+        let out = run(batches, 10);
+        let cookies: Vec<u64> = out.iter().map(|r| r.cookie).collect();
+        assert_eq!(
+            cookies,
+            vec![2],
+            "only the flow closed inside the window: {out:?}"
+        );
+        assert_eq!(out[0].bytes_sent, 10);
+    }
+
+    #[test]
+    fn live_flows_with_activity_are_reported_as_deltas() {
+        let mut window = Window::default();
+        window.live(
+            vec![
+                obs(Protocol::Tcp, 1, 150, 20, false),
+                obs(Protocol::Tcp, 3, 7, 5, false),
+            ],
+            10,
+        );
+        let baseline =
+            HashMap::from([(FlowKey::Tcp(1), obs(Protocol::Tcp, 1, 100, 5, false).record)]);
+        let out = window.finish(&baseline);
+        assert_eq!(out.len(), 1, "flow 3 had no activity in the window");
+        assert_eq!((out[0].bytes_sent, out[0].bytes_received), (50, 100));
+    }
+
+    #[test]
+    fn udp_flow_evicted_then_reopened_adds_up() {
+        let mut window = Window::default();
+        window.closed(vec![obs(Protocol::Udp, 4, 10, 15, true)]);
+        window.live(vec![obs(Protocol::Udp, 4, 3, 25, false)], 10);
+        let out = window.finish(&HashMap::new());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].bytes_sent, 13);
+        assert!(out[0].closed_at.is_none());
+    }
+
+    #[test]
+    fn tcp_closed_record_wins_over_a_late_live_read() {
+        let mut window = Window::default();
+        window.closed(vec![obs(Protocol::Tcp, 5, 10, 15, true)]);
+        window.live(vec![obs(Protocol::Tcp, 5, 8, 14, false)], 10);
+        let out = window.finish(&HashMap::new());
+        assert_eq!(out[0].bytes_sent, 10);
+        assert!(out[0].closed_at.is_some());
+    }
+}

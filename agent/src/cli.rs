@@ -1,0 +1,148 @@
+//! Command line: `eddy-agent run` and `eddy-agent capture`, with one flag per
+//! configuration key (flags override `EDDY_*` variables and the config file).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Eddy: network flow monitor for Amazon ECS.
+#[derive(Debug, Parser)]
+#[command(name = "eddy-agent", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Collect flows and serve the local API until SIGTERM/SIGINT.
+    Run(Overrides),
+    /// Print, as JSON lines, every flow seen during a time window, then exit.
+    Capture {
+        /// Length of the window (e.g. `10s`, `2m`).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+}
+
+/// Configuration flags (see the README's configuration reference).
+#[derive(Debug, Default, Args)]
+pub struct Overrides {
+    /// TOML configuration file (also `EDDY_CONFIG`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// API address (default 127.0.0.1:9780).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// `none` or `jsonl`: flow records on stdout every export interval.
+    #[arg(long)]
+    pub output: Option<String>,
+    /// How often kernel maps are scanned (default 1s).
+    #[arg(long)]
+    pub poll_interval: Option<String>,
+    /// How often JSON lines are written (default 10s).
+    #[arg(long)]
+    pub export_interval: Option<String>,
+    /// Capacity of the TCP connection map (default: scaled to memory).
+    #[arg(long)]
+    pub flow_map_entries: Option<String>,
+    /// Capacity of the UDP flow map (default: scaled to memory).
+    #[arg(long)]
+    pub udp_map_entries: Option<String>,
+    /// Closed-connection ring buffer size in bytes (power of two).
+    #[arg(long)]
+    pub ring_buffer_bytes: Option<String>,
+    /// Recently closed flows kept for /flows.
+    #[arg(long)]
+    pub closed_flow_retention: Option<String>,
+    /// Idle time after which a UDP flow is closed.
+    #[arg(long)]
+    pub udp_idle_timeout: Option<String>,
+    /// Collect UDP flows (`true`/`false`).
+    #[arg(long)]
+    pub udp: Option<String>,
+    /// cgroup v2 mount to attach to.
+    #[arg(long)]
+    pub cgroup_path: Option<String>,
+    /// Log filter (`info`, `debug`, …).
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl Overrides {
+    /// `(config key, value)` for every flag given.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        [
+            ("listen", &self.listen),
+            ("output", &self.output),
+            ("poll_interval", &self.poll_interval),
+            ("export_interval", &self.export_interval),
+            ("flow_map_entries", &self.flow_map_entries),
+            ("udp_map_entries", &self.udp_map_entries),
+            ("ring_buffer_bytes", &self.ring_buffer_bytes),
+            ("closed_flow_retention", &self.closed_flow_retention),
+            ("udp_idle_timeout", &self.udp_idle_timeout),
+            ("udp", &self.udp),
+            ("cgroup_path", &self.cgroup_path),
+            ("log_level", &self.log_level),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_config_key_has_a_flag() {
+        let all = Overrides {
+            listen: Some("x".into()),
+            output: Some("x".into()),
+            poll_interval: Some("x".into()),
+            export_interval: Some("x".into()),
+            flow_map_entries: Some("x".into()),
+            udp_map_entries: Some("x".into()),
+            ring_buffer_bytes: Some("x".into()),
+            closed_flow_retention: Some("x".into()),
+            udp_idle_timeout: Some("x".into()),
+            udp: Some("x".into()),
+            cgroup_path: Some("x".into()),
+            log_level: Some("x".into()),
+            config: None,
+        };
+        let keys: Vec<&str> = all.pairs().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, crate::config::KEYS);
+    }
+
+    #[test]
+    fn parses_capture_flags() {
+        let cli = Cli::try_parse_from([
+            "eddy-agent",
+            "capture",
+            "--duration",
+            "2s",
+            "--flow-map-entries",
+            "64",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Capture {
+                duration,
+                overrides,
+            } => {
+                assert_eq!(duration, Duration::from_secs(2));
+                assert_eq!(
+                    overrides.pairs(),
+                    vec![("flow_map_entries", "64".to_string())]
+                );
+            }
+            Command::Run(_) => panic!("wrong command"),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Time: the kernel stamps events with CLOCK_MONOTONIC (`bpf_ktime_get_ns`);
+//! records carry wall-clock times. [`Clock`] converts, and is faked in tests.
+
+use std::time::{Duration, SystemTime};
+
+/// Monotonic now and monotonic → wall-clock conversion.
+pub trait Clock: Send + Sync {
+    /// CLOCK_MONOTONIC now, in nanoseconds (the kernel programs' time base).
+    fn mono_now_ns(&self) -> u64;
+    /// Wall-clock time of a CLOCK_MONOTONIC instant.
+    fn wall_at(&self, mono_ns: u64) -> SystemTime;
+}
+
+/// The real clocks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn mono_now_ns(&self) -> u64 {
+        match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+            Ok(ts) => (ts.tv_sec() as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(ts.tv_nsec() as u64),
+            Err(_) => 0,
+        }
+    }
+
+    fn wall_at(&self, mono_ns: u64) -> SystemTime {
+        let now_mono = self.mono_now_ns();
+        let now = SystemTime::now();
+        if mono_ns <= now_mono {
+            now - Duration::from_nanos(now_mono - mono_ns)
+        } else {
+            now + Duration::from_nanos(mono_ns - now_mono)
+        }
+    }
+}
+
+/// A clock that stands still until moved, for tests.
+#[derive(Debug, Default)]
+pub struct FakeClock {
+    mono_ns: std::sync::atomic::AtomicU64,
+}
+
+impl FakeClock {
+    /// Wall time of monotonic instant 0.
+    pub const EPOCH: Duration = Duration::from_secs(1_700_000_000);
+
+    pub fn at(mono_ns: u64) -> Self {
+        FakeClock {
+            mono_ns: mono_ns.into(),
+        }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.mono_ns
+            .fetch_add(by.as_nanos() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn mono_now_ns(&self) -> u64 {
+        self.mono_ns.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn wall_at(&self, mono_ns: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Self::EPOCH + Duration::from_nanos(mono_ns)
+    }
+}

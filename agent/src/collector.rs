@@ -1,0 +1,102 @@
+//! Collectors: where flows come from.
+//!
+//! [`FlowSource`] is the seam: [`ebpf::EbpfSource`] reads Eddy's kernel programs;
+//! [`fake::FakeSource`] replays scripted batches in tests. A source hands out
+//! [`Batch`]es of domain records; raw kernel types never leave the collector.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::flow::FlowRecord;
+
+pub mod ebpf;
+pub mod fake;
+
+/// A record with the kernel's monotonic time of its last update.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub record: FlowRecord,
+    /// CLOCK_MONOTONIC ns of the last packet/byte/state event.
+    pub last_ns: u64,
+}
+
+/// What one poll returns.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    /// Flows that ended since the previous poll (final counters).
+    pub closed: Vec<Observed>,
+    /// Every open flow, when the poll scanned them (`None`: closed flows only).
+    pub live: Option<Vec<Observed>>,
+}
+
+/// A source of flows.
+pub trait FlowSource: Send {
+    /// Collector kind for `/status` (`ebpf`, `sock_diag`, `fake`).
+    fn kind(&self) -> &'static str;
+    /// Drains flows closed since the last call; with `scan_live`, also reads every
+    /// open flow, evicts idle ones and refreshes map fill and drop counters.
+    fn poll(&mut self, scan_live: bool) -> Result<Batch, CollectorError>;
+    /// Hooks, maps and drop counters as of the last poll.
+    fn status(&self) -> SourceStatus;
+}
+
+/// Why a collector could not start or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("loading the eBPF object failed: {0}")]
+    Load(String),
+    #[error(
+        "no usable hook for {capability}: {reasons}\n\nEddy needs BTF-enabled tracepoints \
+         (tp_btf) for the TCP connection lifecycle (kernel 5.5 or later with CONFIG_DEBUG_INFO_BTF). \
+         If the verifier rejected a program, the message above has its log; please report it \
+         with the output of `uname -r`."
+    )]
+    NoHook {
+        capability: &'static str,
+        reasons: String,
+    },
+    #[error("cannot open cgroup v2 directory {path}: {source}")]
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("reading kernel map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+/// A hook candidate that was not used, and why.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Rejected {
+    pub hook: String,
+    pub reason: String,
+}
+
+/// The hook chosen for one capability.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HookStatus {
+    pub capability: &'static str,
+    /// `None`: the capability is unavailable (see `rejected`).
+    pub chosen: Option<String>,
+    /// Better candidates that failed, and candidates not needed.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Fill of one bounded resource.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MapStatus {
+    pub name: &'static str,
+    pub capacity: u64,
+    pub entries: u64,
+}
+
+/// The source's view for `/status`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SourceStatus {
+    pub hooks: Vec<HookStatus>,
+    pub maps: Vec<MapStatus>,
+    /// Everything that was not counted or not delivered, by cause.
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Throughput counters (connections tracked, records delivered).
+    pub counters: BTreeMap<&'static str, u64>,
+}

@@ -1,0 +1,340 @@
+//! The eBPF collector: loads `eddy-ebpf`'s object, attaches the best hook per
+//! capability (see [`hooks`]), and turns its maps into [`Batch`]es.
+//!
+//! Closed TCP connections arrive through the `CLOSED` ring buffer (drained on
+//! every poll); open ones are read from `TCP_FLOWS`; UDP flows from `UDP_FLOWS`,
+//! closed here after `udp_idle_timeout` without packets. Programs stay attached
+//! while the source lives; dropping it detaches them.
+//!
+//! Limits: an increment that races with the eviction of an idle UDP flow (a
+//! packet in the microseconds of its deletion) is lost; hash-map iteration
+//! while the kernel deletes entries may restart, so live scans are de-duplicated
+//! and bounded by twice the map capacity.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::{Btf, Ebpf, EbpfLoader};
+use eddy_ebpf::{Flow, UdpKey, shared as k};
+
+use super::{
+    Batch, CollectorError, FlowSource, HookStatus, MapStatus, Observed, Rejected, SourceStatus,
+};
+use crate::clock::Clock;
+
+pub mod convert;
+pub mod hooks;
+
+/// Settings of the eBPF collector (from the agent's config).
+#[derive(Clone, Debug)]
+pub struct EbpfSettings {
+    pub flow_map_entries: u32,
+    pub udp_map_entries: u32,
+    pub ring_buffer_bytes: u32,
+    pub udp_idle_timeout: Duration,
+    pub udp: bool,
+    /// cgroup v2 mount point (cgroup programs are attached at its root).
+    pub cgroup_path: Option<PathBuf>,
+}
+
+/// Reads Eddy's kernel programs.
+pub struct EbpfSource {
+    // Keeps programs and their links alive; maps below were taken out of it.
+    _ebpf: Ebpf,
+    closed: RingBuf<MapData>,
+    tcp: BpfHashMap<MapData, u64, Flow>,
+    udp: BpfHashMap<MapData, UdpKey, Flow>,
+    counters: PerCpuArray<MapData, u64>,
+    settings: EbpfSettings,
+    clock: Arc<dyn Clock>,
+    hooks: Vec<HookStatus>,
+    maps: Vec<MapStatus>,
+    kernel_counters: [u64; k::CTR_MAX as usize],
+    /// Userspace-side drops (malformed ring buffer records, map read errors).
+    malformed_records: u64,
+    map_read_errors: u64,
+}
+
+impl EbpfSource {
+    /// Loads and attaches. Fails if the TCP lifecycle hooks cannot attach.
+    pub fn start(settings: EbpfSettings, clock: Arc<dyn Clock>) -> Result<Self, CollectorError> {
+        raise_memlock();
+        let btf = Btf::from_sys_fs()
+            .map_err(|e| CollectorError::Load(format!("reading /sys/kernel/btf/vmlinux: {e}")))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .map_max_entries(k::MAP_TCP_FLOWS, settings.flow_map_entries)
+            .map_max_entries(k::MAP_UNTRACKED, settings.flow_map_entries.max(4096))
+            .map_max_entries(k::MAP_UDP_FLOWS, settings.udp_map_entries)
+            .map_max_entries(k::MAP_CLOSED, settings.ring_buffer_bytes)
+            .load(eddy_ebpf::object())
+            .map_err(|e| CollectorError::Load(hooks::describe_any(&e)))?;
+
+        let cgroup = match &settings.cgroup_path {
+            Some(p) => Some(File::open(p).map_err(|source| CollectorError::Cgroup {
+                path: p.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        let targets = hooks::Targets {
+            btf: &btf,
+            cgroup: cgroup.as_ref(),
+        };
+
+        let lifecycle =
+            hooks::attach_first(&mut ebpf, &targets, "tcp_lifecycle", hooks::TCP_LIFECYCLE);
+        if lifecycle.chosen.is_none() {
+            let reasons = lifecycle
+                .rejected
+                .iter()
+                .map(|r| format!("{}: {}", r.hook, r.reason))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(CollectorError::NoHook {
+                capability: "tcp_lifecycle",
+                reasons,
+            });
+        }
+        let retransmits = hooks::attach_first(
+            &mut ebpf,
+            &targets,
+            "tcp_retransmits",
+            hooks::TCP_RETRANSMITS,
+        );
+        let mut bytes = hooks::attach_first(&mut ebpf, &targets, "tcp_bytes", hooks::TCP_BYTES);
+        if bytes.chosen.is_none() {
+            let mut config: Array<_, u32> = take(&mut ebpf, k::MAP_CONFIG)?;
+            config
+                .set(0, k::CFG_BYTES_AT_CLOSE, 0)
+                .map_err(|e| CollectorError::Map {
+                    map: "CONFIG",
+                    reason: e.to_string(),
+                })?;
+            bytes.chosen = Some(hooks::TCP_BYTES_AT_CLOSE.to_string());
+        }
+        let udp = if settings.udp {
+            hooks::attach_first(&mut ebpf, &targets, "udp", hooks::UDP)
+        } else {
+            HookStatus {
+                capability: "udp",
+                chosen: None,
+                rejected: vec![Rejected {
+                    hook: hooks::UDP[0].hook.into(),
+                    reason: "disabled by config (udp = false)".into(),
+                }],
+            }
+        };
+        let hooks = vec![lifecycle, retransmits, bytes, udp];
+        for h in &hooks {
+            tracing::info!(
+                capability = h.capability,
+                chosen = h.chosen.as_deref().unwrap_or("none"),
+                "hook"
+            );
+            for r in &h.rejected {
+                tracing::info!(capability = h.capability, hook = %r.hook, reason = %r.reason, "hook not used");
+            }
+        }
+
+        Ok(EbpfSource {
+            closed: take(&mut ebpf, k::MAP_CLOSED)?,
+            tcp: take(&mut ebpf, k::MAP_TCP_FLOWS)?,
+            udp: take(&mut ebpf, k::MAP_UDP_FLOWS)?,
+            counters: take(&mut ebpf, k::MAP_COUNTERS)?,
+            _ebpf: ebpf,
+            maps: vec![
+                MapStatus {
+                    name: "tcp_flows",
+                    capacity: settings.flow_map_entries.into(),
+                    entries: 0,
+                },
+                MapStatus {
+                    name: "udp_flows",
+                    capacity: settings.udp_map_entries.into(),
+                    entries: 0,
+                },
+                MapStatus {
+                    name: "closed_ring_buffer_bytes",
+                    capacity: settings.ring_buffer_bytes.into(),
+                    entries: 0,
+                },
+            ],
+            settings,
+            clock,
+            hooks,
+            kernel_counters: [0; k::CTR_MAX as usize],
+            malformed_records: 0,
+            map_read_errors: 0,
+        })
+    }
+
+    fn drain_closed(&mut self, out: &mut Vec<Observed>) {
+        while let Some(item) = self.closed.next() {
+            if item.len() < std::mem::size_of::<Flow>() {
+                self.malformed_records += 1;
+                continue;
+            }
+            // SAFETY: the item holds at least size_of::<Flow>() bytes written by the
+            // kernel program from a `struct eddy_flow`, whose layout `Flow` mirrors
+            // (checked at compile time); `Flow` is plain data valid for any bits, and
+            // read_unaligned copes with the ring buffer's 8-byte alignment.
+            let f: Flow = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Flow>()) };
+            out.push(convert::to_record(&f, self.clock.as_ref()));
+        }
+    }
+
+    fn scan_tcp(&mut self, closed: &mut Vec<Observed>) -> Vec<Observed> {
+        let limit = 2 * self.settings.flow_map_entries as usize;
+        let mut seen: HashMap<u64, Flow> = HashMap::new();
+        for (n, item) in self.tcp.iter().enumerate() {
+            if n >= limit {
+                break;
+            }
+            match item {
+                Ok((cookie, f)) => {
+                    seen.insert(cookie, f);
+                }
+                Err(_) => self.map_read_errors += 1,
+            }
+        }
+        self.maps[0].entries = seen.len() as u64;
+        let mut live = Vec::with_capacity(seen.len());
+        for (cookie, f) in seen {
+            if f.flags as u32 & k::FLAG_CLOSED != 0 {
+                // The ring buffer was full when it closed: collect it from the map.
+                closed.push(convert::to_record(&f, self.clock.as_ref()));
+                if self.tcp.remove(&cookie).is_err() {
+                    self.map_read_errors += 1;
+                }
+            } else {
+                live.push(convert::to_record(&f, self.clock.as_ref()));
+            }
+        }
+        live
+    }
+
+    fn scan_udp(&mut self, closed: &mut Vec<Observed>) -> Vec<Observed> {
+        let limit = 2 * self.settings.udp_map_entries as usize;
+        let now = self.clock.mono_now_ns();
+        let idle = self.settings.udp_idle_timeout.as_nanos() as u64;
+        let mut seen: HashMap<UdpKey, Flow> = HashMap::new();
+        for (n, item) in self.udp.iter().enumerate() {
+            if n >= limit {
+                break;
+            }
+            match item {
+                Ok((key, f)) => {
+                    seen.insert(key, f);
+                }
+                Err(_) => self.map_read_errors += 1,
+            }
+        }
+        self.maps[1].entries = seen.len() as u64;
+        let mut live = Vec::with_capacity(seen.len());
+        for (key, mut f) in seen {
+            if now.saturating_sub(f.last_ns) > idle {
+                if self.udp.remove(&key).is_err() {
+                    self.map_read_errors += 1;
+                    continue;
+                }
+                // Re-read is impossible after removal; the copy above is final.
+                f.closed_ns = f.last_ns;
+                f.flags |= k::FLAG_CLOSED as u8;
+                closed.push(convert::to_record(&f, self.clock.as_ref()));
+            } else {
+                live.push(convert::to_record(&f, self.clock.as_ref()));
+            }
+        }
+        live
+    }
+
+    fn read_counters(&mut self) {
+        for i in 0..k::CTR_MAX {
+            match self.counters.get(&i, 0) {
+                Ok(per_cpu) => self.kernel_counters[i as usize] = per_cpu.iter().sum(),
+                Err(_) => self.map_read_errors += 1,
+            }
+        }
+    }
+}
+
+impl FlowSource for EbpfSource {
+    fn kind(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn poll(&mut self, scan_live: bool) -> Result<Batch, CollectorError> {
+        let mut closed = Vec::new();
+        self.drain_closed(&mut closed);
+        if !scan_live {
+            return Ok(Batch { closed, live: None });
+        }
+        let mut live = self.scan_tcp(&mut closed);
+        live.extend(self.scan_udp(&mut closed));
+        self.read_counters();
+        // Records that closed while we scanned: drain again so they are not lost.
+        self.drain_closed(&mut closed);
+        Ok(Batch {
+            closed,
+            live: Some(live),
+        })
+    }
+
+    fn status(&self) -> SourceStatus {
+        let c = |i: u32| self.kernel_counters[i as usize];
+        let drops = BTreeMap::from([
+            ("tcp_map_full", c(k::CTR_TCP_MAP_FULL)),
+            ("tcp_untracked_events", c(k::CTR_TCP_UNTRACKED)),
+            ("untracked_set_full", c(k::CTR_UNTRACKED_FULL)),
+            ("udp_map_full", c(k::CTR_UDP_MAP_FULL)),
+            ("udp_unparsed", c(k::CTR_UDP_UNPARSED)),
+            ("ring_buffer_full", c(k::CTR_RINGBUF_FULL)),
+            ("malformed_ring_records", self.malformed_records),
+            ("map_read_errors", self.map_read_errors),
+        ]);
+        let counters = BTreeMap::from([
+            ("tcp_connections_tracked", c(k::CTR_TCP_OPENED)),
+            ("tcp_closed_delivered", c(k::CTR_CLOSED_SENT)),
+        ]);
+        SourceStatus {
+            hooks: self.hooks.clone(),
+            maps: self.maps.clone(),
+            drops,
+            counters,
+        }
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CollectorError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(CollectorError::Map {
+        map: name,
+        reason: "missing from the object".into(),
+    })?;
+    T::try_from(map).map_err(|e| CollectorError::Map {
+        map: name,
+        reason: e.to_string(),
+    })
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the
+/// memory cgroup. Raising it may be refused (no CAP_SYS_RESOURCE): harmless on
+/// 5.11+, and the load error says so otherwise.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid, initialised rlimit struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "setrlimit(RLIMIT_MEMLOCK) refused");
+    }
+}

@@ -1,0 +1,237 @@
+//! Hook selection: per capability, an ordered list of candidate hooks; the
+//! first whose programs all load and attach wins, and `/status` reports the
+//! choice together with why each better candidate failed.
+
+use std::fs::File;
+
+use aya::programs::{
+    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, ProgramError,
+};
+use aya::{Btf, Ebpf};
+
+use crate::collector::{HookStatus, Rejected};
+
+/// How one program attaches.
+#[derive(Clone, Copy, Debug)]
+pub enum Attach {
+    /// BTF-enabled raw tracepoint (`tp_btf`), by tracepoint name.
+    TpBtf(&'static str),
+    /// BPF trampoline at function entry.
+    FEntry(&'static str),
+    /// BPF trampoline at function exit.
+    FExit(&'static str),
+    /// cgroup_skb on the cgroup v2 root.
+    CgroupSkb(CgroupSkbAttachType),
+}
+
+/// A set of programs that together provide one capability.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate {
+    /// Name shown in `/status`.
+    pub hook: &'static str,
+    /// `(program name in the object, attach point)`.
+    pub programs: &'static [(&'static str, Attach)],
+}
+
+/// What the kernel needs in order to attach.
+pub struct Targets<'a> {
+    pub btf: &'a Btf,
+    pub cgroup: Option<&'a File>,
+}
+
+/// Attaches the first candidate that works. `chosen` is `None` if none did.
+pub fn attach_first(
+    ebpf: &mut Ebpf,
+    targets: &Targets<'_>,
+    capability: &'static str,
+    candidates: &[Candidate],
+) -> HookStatus {
+    let mut status = HookStatus {
+        capability,
+        chosen: None,
+        rejected: Vec::new(),
+    };
+    for c in candidates {
+        if let Some(chosen) = &status.chosen {
+            status.rejected.push(Rejected {
+                hook: c.hook.to_string(),
+                reason: format!("not needed: {chosen} is preferred"),
+            });
+            continue;
+        }
+        match attach_all(ebpf, targets, c) {
+            Ok(()) => status.chosen = Some(c.hook.to_string()),
+            Err(reason) => status.rejected.push(Rejected {
+                hook: c.hook.to_string(),
+                reason,
+            }),
+        }
+    }
+    status
+}
+
+fn attach_all(ebpf: &mut Ebpf, targets: &Targets<'_>, c: &Candidate) -> Result<(), String> {
+    for (i, (name, how)) in c.programs.iter().enumerate() {
+        if let Err(e) = attach_one(ebpf, targets, name, *how) {
+            for (done, _) in &c.programs[..i] {
+                unload(ebpf, done);
+            }
+            unload(ebpf, name);
+            return Err(format!("{name}: {e}"));
+        }
+    }
+    Ok(())
+}
+
+fn attach_one(ebpf: &mut Ebpf, t: &Targets<'_>, name: &str, how: Attach) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?;
+    match how {
+        Attach::TpBtf(tp) => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(describe)?;
+            p.load(tp, t.btf).map_err(describe)?;
+            p.attach().map_err(describe)?;
+        }
+        Attach::FEntry(f) => {
+            let p: &mut FEntry = prog.try_into().map_err(describe)?;
+            p.load(f, t.btf).map_err(trampoline)?;
+            p.attach().map_err(trampoline)?;
+        }
+        Attach::FExit(f) => {
+            let p: &mut FExit = prog.try_into().map_err(describe)?;
+            p.load(f, t.btf).map_err(trampoline)?;
+            p.attach().map_err(trampoline)?;
+        }
+        Attach::CgroupSkb(kind) => {
+            let cgroup = t.cgroup.ok_or("no cgroup v2 hierarchy is mounted")?;
+            let p: &mut CgroupSkb = prog.try_into().map_err(describe)?;
+            p.load().map_err(describe)?;
+            // The default mode: AllowMultiple is refused (EINVAL) by link-based attach on some kernels.
+            p.attach(cgroup, kind, CgroupAttachMode::default())
+                .map_err(describe)?;
+        }
+    }
+    Ok(())
+}
+
+fn unload(ebpf: &mut Ebpf, name: &str) {
+    let Some(prog) = ebpf.program_mut(name) else {
+        return;
+    };
+    let result = if let Ok(p) = <&mut BtfTracePoint>::try_from(&mut *prog) {
+        p.unload()
+    } else if let Ok(p) = <&mut FEntry>::try_from(&mut *prog) {
+        p.unload()
+    } else if let Ok(p) = <&mut FExit>::try_from(&mut *prog) {
+        p.unload()
+    } else if let Ok(p) = <&mut CgroupSkb>::try_from(&mut *prog) {
+        p.unload()
+    } else {
+        Ok(())
+    };
+    if let Err(e) = result {
+        tracing::debug!(program = name, error = %e, "unload after a failed attach");
+    }
+}
+
+/// One line: the error and its causes; verifier logs cut to their last lines.
+pub fn describe(e: impl Into<ProgramError>) -> String {
+    let e: ProgramError = e.into();
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &e
+    {
+        let log = verifier_log.to_string();
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return format!(
+            "the kernel refused to load it ({io_error}); verifier: {}",
+            tail.join(" | ")
+        );
+    }
+    describe_any(&e)
+}
+
+fn trampoline(e: ProgramError) -> String {
+    let s = describe(e);
+    if s.contains("Operation not permitted") || s.contains("os error 1)") {
+        format!(
+            "{s} (this kernel refuses BPF trampolines, fentry/fexit: kernel lockdown or a \
+             security policy; Eddy falls back to the next candidate)"
+        )
+    } else {
+        s
+    }
+}
+
+/// TCP connection lifecycle (open, close, failure): required.
+pub const TCP_LIFECYCLE: &[Candidate] = &[Candidate {
+    hook: "tp_btf/inet_sock_set_state+tcp_destroy_sock",
+    programs: &[
+        ("eddy_state", Attach::TpBtf("inet_sock_set_state")),
+        ("eddy_destroy", Attach::TpBtf("tcp_destroy_sock")),
+    ],
+}];
+
+/// Live retransmit counts (final counts come from tcp_sock at close regardless).
+pub const TCP_RETRANSMITS: &[Candidate] = &[Candidate {
+    hook: "tp_btf/tcp_retransmit_skb",
+    programs: &[("eddy_retransmit", Attach::TpBtf("tcp_retransmit_skb"))],
+}];
+
+/// Exact TCP payload bytes.
+pub const TCP_BYTES: &[Candidate] = &[
+    Candidate {
+        hook: "tp_btf/sock_send_length+sock_recv_length",
+        programs: &[
+            ("eddy_send_tp", Attach::TpBtf("sock_send_length")),
+            ("eddy_recv_tp", Attach::TpBtf("sock_recv_length")),
+        ],
+    },
+    Candidate {
+        hook: "fexit/tcp_sendmsg+fentry/tcp_cleanup_rbuf",
+        programs: &[
+            ("eddy_send_fexit", Attach::FExit("tcp_sendmsg")),
+            ("eddy_recv_fentry", Attach::FEntry("tcp_cleanup_rbuf")),
+        ],
+    },
+];
+
+/// Name of the last-resort byte source, used when no TCP_BYTES candidate attaches.
+pub const TCP_BYTES_AT_CLOSE: &str =
+    "tcp_sock counters at close (bytes_acked/bytes_received; live flows show 0 bytes)";
+
+/// UDP flows and datagram counts.
+pub const UDP: &[Candidate] = &[Candidate {
+    hook: "cgroup_skb/ingress+egress",
+    programs: &[
+        (
+            "eddy_udp_egress",
+            Attach::CgroupSkb(CgroupSkbAttachType::Egress),
+        ),
+        (
+            "eddy_udp_ingress",
+            Attach::CgroupSkb(CgroupSkbAttachType::Ingress),
+        ),
+    ],
+}];
+
+/// Any error with its chain of causes, on one line.
+pub fn describe_any(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}

@@ -1,0 +1,195 @@
+//! Wiring of the two commands: preflight → collector → loop/API (run) or
+//! window (capture), with signal handling and a bounded shutdown.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::capture::{CaptureSettings, capture};
+use crate::clock::{Clock, SystemClock};
+use crate::collector::CollectorError;
+use crate::collector::ebpf::{EbpfSettings, EbpfSource};
+use crate::config::{Config, Output};
+use crate::pipeline::{LoopSettings, OUTPUT_QUEUE_BATCHES, Shared, collect, write_jsonl};
+use crate::preflight::{self, KernelInfo, PreflightError};
+use crate::table::FlowTable;
+
+/// How long in-flight API requests may take once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(800);
+
+/// Why a command could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Collector(#[from] CollectorError),
+    #[error(
+        "cannot listen on {addr}: {source}. Another process (another eddy-agent?) may hold the port; \
+         choose another with EDDY_LISTEN or --listen"
+    )]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error("writing the capture to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+fn start_source(cfg: &Config) -> Result<(EbpfSource, KernelInfo, Arc<dyn Clock>), CommandError> {
+    let kernel = preflight::check(cfg.udp, cfg.cgroup_path.as_deref())?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let settings = EbpfSettings {
+        flow_map_entries: cfg.flow_map_entries,
+        udp_map_entries: cfg.udp_map_entries,
+        ring_buffer_bytes: cfg.ring_buffer_bytes,
+        udp_idle_timeout: cfg.udp_idle_timeout,
+        udp: cfg.udp,
+        cgroup_path: kernel.cgroup2.clone(),
+    };
+    let source = EbpfSource::start(settings, clock.clone())?;
+    Ok((source, kernel, clock))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(CommandError::Runtime)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `eddy-agent run`.
+pub fn run(cfg: Config) -> Result<(), CommandError> {
+    let rt = runtime()?;
+    // Bind first: a port conflict is reported before anything is loaded.
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(cfg.listen))
+        .map_err(|source| CommandError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let (source, kernel, clock) = start_source(&cfg)?;
+    let shared = Arc::new(Shared::new(
+        FlowTable::new(cfg.closed_flow_retention, cfg.output == Output::Jsonl),
+        "ebpf",
+        kernel,
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let (output, writer) = if cfg.output == Output::Jsonl {
+        let (tx, rx) = std::sync::mpsc::sync_channel(OUTPUT_QUEUE_BATCHES);
+        let sh = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("jsonl".into())
+            .spawn(move || write_jsonl(rx, std::io::stdout().lock(), sh))
+            .map_err(|source| CommandError::Thread {
+                name: "jsonl",
+                source,
+            })?;
+        (Some(tx), Some(handle))
+    } else {
+        (None, None)
+    };
+    let settings = LoopSettings {
+        poll_interval: cfg.poll_interval,
+        export_interval: cfg.export_interval,
+        output,
+    };
+    let collector = {
+        let (sh, st) = (shared.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("collector".into())
+            .spawn(move || collect(Box::new(source), sh, settings, clock, st))
+            .map_err(|source| CommandError::Thread {
+                name: "collector",
+                source,
+            })?
+    };
+    tracing::info!(listen = %cfg.listen, "serving /healthz /readyz /status /flows");
+
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            axum::serve(listener, crate::api::router(shared.clone()))
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .into_future(),
+        );
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = tx.send(());
+        if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+            tracing::warn!("API connections still open after the grace period; closing them");
+        }
+    });
+    stop.store(true, Ordering::SeqCst);
+    if collector.join().is_err() {
+        tracing::error!("collector thread panicked");
+    }
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    rt.shutdown_timeout(Duration::from_millis(100));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `eddy-agent capture`.
+pub fn capture_window(cfg: Config, duration: Duration) -> Result<(), CommandError> {
+    let (mut source, _kernel, clock) = start_source(&cfg)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = runtime()?;
+    {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            shutdown_signal().await;
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let settings = CaptureSettings {
+        duration,
+        poll_interval: cfg.poll_interval,
+    };
+    let flows = capture(&mut source, &settings, clock.as_ref(), &stop, || {
+        tracing::info!(duration = %humantime::format_duration(duration), "capture started");
+    })?;
+    tracing::info!(flows = flows.len(), "capture finished");
+    drop(source);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for f in &flows {
+        serde_json::to_writer(&mut out, f).map_err(|e| CommandError::Stdout(e.into()))?;
+        out.write_all(b"\n").map_err(CommandError::Stdout)?;
+    }
+    out.flush().map_err(CommandError::Stdout)?;
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! Agent configuration: defaults → optional TOML file → `EDDY_*` environment →
+//! command-line flags, each layer overriding the one before. Unknown keys (in
+//! the file) and unknown `EDDY_*` variables are rejected, every value is
+//! validated at startup, and the effective configuration is logged.
+//!
+//! Every field is settable under the same name everywhere: `poll_interval` in
+//! the file, `EDDY_POLL_INTERVAL` in the environment, `--poll-interval` as a flag.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod sizing;
+
+pub use sizing::host_memory_bytes;
+
+/// Where raw flow records go besides the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// Only the HTTP API.
+    None,
+    /// JSON lines on stdout every `export_interval` (flows active in the interval).
+    Jsonl,
+}
+
+/// The agent's configuration. See the README's configuration reference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the local HTTP API (`/healthz`, `/readyz`, `/status`, `/flows`).
+    pub listen: SocketAddr,
+    /// `none` or `jsonl` (flow records on stdout every `export_interval`).
+    pub output: Output,
+    /// How often kernel maps are read (live counters, map fill, drop counters).
+    #[serde(with = "duration_str")]
+    pub poll_interval: Duration,
+    /// How often JSON lines are written when `output = "jsonl"`.
+    #[serde(with = "duration_str")]
+    pub export_interval: Duration,
+    /// Capacity of the kernel map of open TCP connections (0 = scale to host memory).
+    pub flow_map_entries: u32,
+    /// Capacity of the kernel map of UDP flows (0 = scale to host memory).
+    pub udp_map_entries: u32,
+    /// Size of the ring buffer that carries closed connections (power of two, ≥ 64 KiB).
+    pub ring_buffer_bytes: u32,
+    /// Recently closed flows kept in memory for `/flows`.
+    pub closed_flow_retention: usize,
+    /// A UDP flow without packets for this long is closed and evicted from the kernel map.
+    #[serde(with = "duration_str")]
+    pub udp_idle_timeout: Duration,
+    /// Collect UDP flows (cgroup_skb programs on every packet).
+    pub udp: bool,
+    /// cgroup v2 mount to attach cgroup programs to (default: detected from /proc/self/mountinfo).
+    pub cgroup_path: Option<PathBuf>,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mem = host_memory_bytes();
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9780)),
+            output: Output::None,
+            poll_interval: Duration::from_secs(1),
+            export_interval: Duration::from_secs(10),
+            flow_map_entries: sizing::flow_map_entries(mem),
+            udp_map_entries: sizing::flow_map_entries(mem) / 2,
+            ring_buffer_bytes: 16 << 20,
+            closed_flow_retention: 10_000,
+            udp_idle_timeout: Duration::from_secs(60),
+            udp: true,
+            cgroup_path: None,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("unknown environment variable {var}; known: {known}")]
+    UnknownEnv { var: String, known: String },
+    #[error("{origin}: invalid value {value:?} for {key}: {reason}")]
+    Invalid {
+        origin: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Validation(String),
+}
+
+/// Field names, in the file's spelling (environment: `EDDY_` + upper case).
+pub const KEYS: &[&str] = &[
+    "listen",
+    "output",
+    "poll_interval",
+    "export_interval",
+    "flow_map_entries",
+    "udp_map_entries",
+    "ring_buffer_bytes",
+    "closed_flow_retention",
+    "udp_idle_timeout",
+    "udp",
+    "cgroup_path",
+    "log_level",
+];
+
+/// `EDDY_CONFIG` names the file; it is not a field.
+pub const ENV_CONFIG_FILE: &str = "EDDY_CONFIG";
+
+impl Config {
+    /// Builds the effective configuration from all layers.
+    /// `env` is the process environment; `flags` are `(key, value)` pairs from the command line.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("EDDY_"))
+            .collect();
+        let env_file = env
+            .iter()
+            .find(|(k, _)| k == ENV_CONFIG_FILE)
+            .map(|(_, v)| PathBuf::from(v));
+        let mut cfg = match file.map(Path::to_path_buf).or(env_file) {
+            Some(path) => Self::from_file(&path)?,
+            None => Config::default(),
+        };
+        for (var, value) in &env {
+            if var == ENV_CONFIG_FILE {
+                continue;
+            }
+            let key = var["EDDY_".len()..].to_ascii_lowercase();
+            if !KEYS.contains(&key.as_str()) {
+                return Err(ConfigError::UnknownEnv {
+                    var: var.clone(),
+                    known: KEYS
+                        .iter()
+                        .map(|k| format!("EDDY_{}", k.to_ascii_uppercase()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            cfg.set(&key, value, &format!("environment {var}"))?;
+        }
+        for (key, value) in flags {
+            cfg.set(key, value, &format!("flag --{}", key.replace('_', "-")))?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Sets one field from its string form.
+    pub fn set(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
+        let bad = |reason: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            value: value.to_string(),
+            reason,
+        };
+        let num = |v: &str| {
+            v.trim()
+                .replace('_', "")
+                .parse::<u64>()
+                .map_err(|e| bad(e.to_string()))
+        };
+        let dur = |v: &str| humantime::parse_duration(v.trim()).map_err(|e| bad(e.to_string()));
+        let small = |n: u64| u32::try_from(n).map_err(|_| bad("too large".into()));
+        match key {
+            "listen" => {
+                self.listen = value
+                    .trim()
+                    .parse()
+                    .map_err(|e: std::net::AddrParseError| bad(e.to_string()))?
+            }
+            "output" => {
+                self.output = match value.trim() {
+                    "none" | "" => Output::None,
+                    "jsonl" => Output::Jsonl,
+                    _ => return Err(bad("expected `none` or `jsonl`".into())),
+                }
+            }
+            "poll_interval" => self.poll_interval = dur(value)?,
+            "export_interval" => self.export_interval = dur(value)?,
+            "flow_map_entries" => self.flow_map_entries = small(num(value)?)?,
+            "udp_map_entries" => self.udp_map_entries = small(num(value)?)?,
+            "ring_buffer_bytes" => self.ring_buffer_bytes = small(num(value)?)?,
+            "closed_flow_retention" => {
+                self.closed_flow_retention =
+                    usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
+            }
+            "udp_idle_timeout" => self.udp_idle_timeout = dur(value)?,
+            "udp" => {
+                self.udp = match value.trim() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" => false,
+                    _ => return Err(bad("expected true or false".into())),
+                }
+            }
+            "cgroup_path" => self.cgroup_path = Some(PathBuf::from(value.trim())),
+            "log_level" => self.log_level = value.trim().to_string(),
+            _ => return Err(bad(format!("unknown key; known: {}", KEYS.join(", ")))),
+        }
+        Ok(())
+    }
+
+    /// Fills automatic values (0 = scale to memory) and checks ranges.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let mem = host_memory_bytes();
+        if self.flow_map_entries == 0 {
+            self.flow_map_entries = sizing::flow_map_entries(mem);
+        }
+        if self.udp_map_entries == 0 {
+            self.udp_map_entries = sizing::flow_map_entries(mem) / 2;
+        }
+        let fail = |m: String| Err(ConfigError::Validation(m));
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.poll_interval) {
+            return fail(format!(
+                "poll_interval {:?} must be between 10ms and 1h",
+                self.poll_interval
+            ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&self.export_interval)
+        {
+            return fail(format!(
+                "export_interval {:?} must be between 100ms and 1h",
+                self.export_interval
+            ));
+        }
+        for (name, n) in [
+            ("flow_map_entries", self.flow_map_entries),
+            ("udp_map_entries", self.udp_map_entries),
+        ] {
+            if !(16..=sizing::MAX_MAP_ENTRIES).contains(&n) {
+                return fail(format!(
+                    "{name} {n} must be between 16 and {}",
+                    sizing::MAX_MAP_ENTRIES
+                ));
+            }
+        }
+        let rb = self.ring_buffer_bytes;
+        if !rb.is_power_of_two() || !(64 << 10..=1 << 30).contains(&rb) {
+            return fail(format!(
+                "ring_buffer_bytes {rb} must be a power of two between 65536 and 1073741824"
+            ));
+        }
+        if self.closed_flow_retention > 10_000_000 {
+            return fail("closed_flow_retention must be at most 10000000".into());
+        }
+        if self.udp_idle_timeout < Duration::from_secs(1) {
+            return fail("udp_idle_timeout must be at least 1s".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return fail(format!("log_level {:?}: {e}", self.log_level));
+        }
+        Ok(())
+    }
+}
+
+mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests;

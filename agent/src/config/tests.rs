@@ -1,0 +1,88 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_are_valid_and_local() {
+    let c = Config::load(None, env(&[]), &[]).expect("defaults");
+    assert_eq!(c.listen, "127.0.0.1:9780".parse().expect("addr"));
+    assert_eq!(c.output, Output::None);
+    assert!(c.flow_map_entries >= 16 << 10);
+}
+
+#[test]
+fn layers_override_in_order() {
+    let dir = std::env::temp_dir().join(format!("eddy-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("eddy.toml");
+    std::fs::write(
+        &file,
+        "poll_interval = \"3s\"\nexport_interval = \"7s\"\nudp = false\n",
+    )
+    .expect("write");
+    let c = Config::load(
+        Some(&file),
+        env(&[("EDDY_POLL_INTERVAL", "2s"), ("PATH", "/bin")]),
+        &[("flow_map_entries", "64".into())],
+    )
+    .expect("load");
+    assert_eq!(c.poll_interval, Duration::from_secs(2), "env beats file");
+    assert_eq!(
+        c.export_interval,
+        Duration::from_secs(7),
+        "file beats default"
+    );
+    assert!(!c.udp);
+    assert_eq!(c.flow_map_entries, 64, "flag");
+    let c = Config::load(
+        Some(&file),
+        env(&[("EDDY_POLL_INTERVAL", "2s")]),
+        &[("poll_interval", "5s".into())],
+    )
+    .expect("load");
+    assert_eq!(c.poll_interval, Duration::from_secs(5), "flag beats env");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn rejects_unknown_file_keys_and_env() {
+    let dir = std::env::temp_dir().join(format!("eddy-cfg-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("eddy.toml");
+    std::fs::write(&file, "pol_interval = \"3s\"\n").expect("write");
+    let e = Config::load(Some(&file), env(&[]), &[]).expect_err("unknown key");
+    assert!(e.to_string().contains("pol_interval"), "{e}");
+    let e =
+        Config::load(None, env(&[("EDDY_POLL_INTERVALL", "1s")]), &[]).expect_err("unknown env");
+    assert!(e.to_string().contains("EDDY_POLL_INTERVALL"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn rejects_bad_values_with_origin() {
+    let e = Config::load(None, env(&[("EDDY_OUTPUT", "xml")]), &[]).expect_err("bad output");
+    assert!(e.to_string().contains("environment EDDY_OUTPUT"), "{e}");
+    let e = Config::load(None, env(&[]), &[("ring_buffer_bytes", "100000".into())])
+        .expect_err("not pow2");
+    assert!(e.to_string().contains("power of two"), "{e}");
+    let e = Config::load(None, env(&[]), &[("poll_interval", "1ms".into())]).expect_err("too fast");
+    assert!(e.to_string().contains("poll_interval"), "{e}");
+    let e = Config::load(None, env(&[]), &[("flow_map_entries", "3".into())]).expect_err("tiny");
+    assert!(e.to_string().contains("flow_map_entries"), "{e}");
+}
+
+#[test]
+fn every_key_round_trips_through_the_file_format() {
+    let c = Config::default();
+    let text = toml::to_string(&c).expect("encode");
+    for key in KEYS.iter().filter(|k| **k != "cgroup_path") {
+        assert!(text.contains(key), "{key} missing from {text}");
+    }
+    let back: Config = toml::from_str(&text).expect("decode");
+    assert_eq!(back, c);
+}

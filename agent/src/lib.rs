@@ -1,0 +1,25 @@
+//! Eddy agent: network flow monitoring for Amazon ECS hosts.
+//!
+//! What: per-connection TCP and per-peer UDP flow records (bytes, packets,
+//! retransmits, RTT, failures) from eBPF programs, kept in a [`table::FlowTable`],
+//! served on a local HTTP API ([`api`]) and optionally written as JSON lines.
+//!
+//! How: [`preflight`] checks privileges, BTF and cgroup v2; a [`collector::FlowSource`]
+//! ([`collector::ebpf::EbpfSource`]) chooses hooks per capability and turns kernel
+//! maps into domain records ([`flow::FlowRecord`]); [`pipeline`] polls it on its
+//! own thread; [`commands`] wires `run` and `capture`; configuration comes from
+//! [`config`] (defaults → file → `EDDY_*` → flags).
+//!
+//! Limits: see the README (kernel support matrix; what each hook misses).
+
+pub mod api;
+pub mod capture;
+pub mod cli;
+pub mod clock;
+pub mod collector;
+pub mod commands;
+pub mod config;
+pub mod flow;
+pub mod pipeline;
+pub mod preflight;
+pub mod table;

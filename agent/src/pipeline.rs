@@ -1,0 +1,256 @@
+//! The collection loop of `eddy-agent run`: one thread owns the [`FlowSource`],
+//! drains closed flows every [`DRAIN_INTERVAL`], scans open flows every
+//! `poll_interval`, feeds the [`FlowTable`] and hands JSON-lines batches to a
+//! writer thread through a bounded channel (never blocking collection; a batch
+//! that does not fit is counted as dropped).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::collector::{FlowSource, SourceStatus};
+use crate::flow::FlowRecord;
+use crate::preflight::KernelInfo;
+use crate::table::FlowTable;
+
+/// How often the closed-connection ring buffer is drained.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Batches waiting for the JSON-lines writer.
+pub const OUTPUT_QUEUE_BATCHES: usize = 64;
+
+/// State shared by the collection thread and the API.
+#[derive(Debug)]
+pub struct Shared {
+    pub table: Mutex<FlowTable>,
+    pub source: Mutex<SourceStatus>,
+    pub collector: &'static str,
+    pub kernel: KernelInfo,
+    pub started: Instant,
+    /// Set after the first complete scan.
+    pub ready: AtomicBool,
+    /// Cleared if the collection thread ends.
+    pub collecting: AtomicBool,
+    pub poll_errors: AtomicU64,
+    pub last_scan: Mutex<Option<Instant>>,
+    pub output_dropped: AtomicU64,
+    pub output_errors: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(table: FlowTable, collector: &'static str, kernel: KernelInfo) -> Self {
+        Shared {
+            table: Mutex::new(table),
+            source: Mutex::new(SourceStatus::default()),
+            collector,
+            kernel,
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            collecting: AtomicBool::new(true),
+            poll_errors: AtomicU64::new(0),
+            last_scan: Mutex::new(None),
+            output_dropped: AtomicU64::new(0),
+            output_errors: AtomicU64::new(0),
+        }
+    }
+
+    pub fn table(&self) -> std::sync::MutexGuard<'_, FlowTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Loop settings.
+pub struct LoopSettings {
+    pub poll_interval: Duration,
+    pub export_interval: Duration,
+    /// Where JSON-lines batches go (`None`: no output).
+    pub output: Option<SyncSender<Vec<FlowRecord>>>,
+}
+
+/// Runs until `stop` is set, then polls once more, exports, and returns.
+pub fn collect(
+    mut source: Box<dyn FlowSource>,
+    shared: Arc<Shared>,
+    settings: LoopSettings,
+    clock: Arc<dyn Clock>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut next_scan = Instant::now();
+    let mut next_export = Instant::now() + settings.export_interval;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let scan = stopping || now >= next_scan;
+        match source.poll(scan) {
+            Ok(batch) => {
+                shared.table().apply(batch);
+                if scan {
+                    *shared.source.lock().unwrap_or_else(PoisonError::into_inner) = source.status();
+                    *shared
+                        .last_scan
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(now);
+                    shared.ready.store(true, Ordering::SeqCst);
+                }
+            }
+            Err(e) => {
+                shared.poll_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "poll failed");
+            }
+        }
+        if scan {
+            next_scan = now + settings.poll_interval;
+        }
+        if let Some(tx) = &settings.output {
+            if stopping || now >= next_export {
+                next_export = now + settings.export_interval;
+                let records = shared.table().take_export(clock.mono_now_ns());
+                if !records.is_empty() {
+                    let n = records.len() as u64;
+                    match tx.try_send(records) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                            shared.output_dropped.fetch_add(n, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        if stopping {
+            break;
+        }
+        std::thread::sleep(DRAIN_INTERVAL);
+    }
+    drop(source); // detaches the programs
+    shared.collecting.store(false, Ordering::SeqCst);
+}
+
+/// Writes batches as JSON lines to `out` until the channel closes.
+pub fn write_jsonl(rx: Receiver<Vec<FlowRecord>>, mut out: impl Write, shared: Arc<Shared>) {
+    for batch in rx {
+        let mut ok = true;
+        for r in &batch {
+            match serde_json::to_writer(&mut out, r) {
+                Ok(()) => ok &= out.write_all(b"\n").is_ok(),
+                Err(_) => ok = false,
+            }
+        }
+        ok &= out.flush().is_ok();
+        if !ok {
+            shared.output_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::collector::fake::FakeSource;
+    use crate::collector::{Batch, Observed};
+    use crate::flow::{Direction, Endpoint, Family, Protocol};
+
+    fn record(cookie: u64) -> FlowRecord {
+        let ep = Endpoint {
+            addr: "127.0.0.1".parse().expect("ip"),
+            port: 1,
+        };
+        FlowRecord {
+            protocol: Protocol::Tcp,
+            family: Family::Ipv4,
+            direction: Direction::Incoming,
+            local: ep,
+            remote: ep,
+            netns: None,
+            cgroup_id: None,
+            pid: None,
+            comm: None,
+            cookie,
+            bytes_sent: 5,
+            bytes_received: 6,
+            packets_sent: 1,
+            packets_received: 1,
+            retransmits: 0,
+            rtt_us: Some(1),
+            rtt_var_us: Some(1),
+            failure: None,
+            opened_at: None,
+            closed_at: Some(std::time::SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    fn kernel() -> KernelInfo {
+        KernelInfo {
+            release: "test".into(),
+            btf: true,
+            cgroup2: None,
+        }
+    }
+
+    #[test]
+    fn stop_flushes_closed_flows_to_the_output() {
+        let source = FakeSource::new([Batch {
+            closed: vec![Observed {
+                record: record(1),
+                last_ns: 1,
+            }],
+            live: Some(vec![]),
+        }]);
+        let shared = Arc::new(Shared::new(FlowTable::new(10, true), "fake", kernel()));
+        let (tx, rx) = std::sync::mpsc::sync_channel(OUTPUT_QUEUE_BATCHES);
+        let stop = Arc::new(AtomicBool::new(true));
+        let settings = LoopSettings {
+            poll_interval: Duration::from_secs(1),
+            export_interval: Duration::from_secs(60),
+            output: Some(tx),
+        };
+        collect(
+            Box::new(source),
+            shared.clone(),
+            settings,
+            Arc::new(FakeClock::at(10)),
+            stop,
+        );
+        let mut buf = Vec::new();
+        write_jsonl(rx, &mut buf, shared.clone());
+        let text = String::from_utf8(buf).expect("utf8");
+        let lines: Vec<FlowRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(lines, vec![record(1)]);
+        assert!(shared.ready.load(Ordering::SeqCst));
+        assert!(!shared.collecting.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn full_output_queue_counts_drops_instead_of_blocking() {
+        let batches = (0..3).map(|i| Batch {
+            closed: vec![Observed {
+                record: record(i),
+                last_ns: 1,
+            }],
+            live: None,
+        });
+        let source = FakeSource::new(batches);
+        let shared = Arc::new(Shared::new(FlowTable::new(10, true), "fake", kernel()));
+        let (tx, _rx) = std::sync::mpsc::sync_channel(0);
+        let stop = Arc::new(AtomicBool::new(true));
+        let settings = LoopSettings {
+            poll_interval: Duration::from_secs(1),
+            export_interval: Duration::from_secs(60),
+            output: Some(tx),
+        };
+        collect(
+            Box::new(source),
+            shared.clone(),
+            settings,
+            Arc::new(FakeClock::at(10)),
+            stop,
+        );
+        assert_eq!(shared.output_dropped.load(Ordering::SeqCst), 1);
+    }
+}

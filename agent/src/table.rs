@@ -1,0 +1,159 @@
+//! The flow table: the latest view of every open flow plus a bounded window of
+//! recently closed ones, fed by collector [`Batch`]es and read by the API and
+//! the JSON-lines output.
+//!
+//! Bounded: closed flows beyond `closed_flow_retention` are evicted from
+//! memory (counted; they were already delivered to the outputs), and flows
+//! waiting for the next JSON-lines export are capped (overflow counted).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::Serialize;
+
+use crate::collector::{Batch, Observed};
+use crate::flow::{Endpoint, FlowRecord, Protocol};
+
+/// Identity of a flow across polls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlowKey {
+    /// TCP: the socket cookie (the tuple's local port can appear after the first event).
+    Tcp(u64),
+    /// UDP: socket and both ends.
+    Udp {
+        cookie: u64,
+        local: Endpoint,
+        remote: Endpoint,
+    },
+}
+
+impl FlowKey {
+    pub fn of(r: &FlowRecord) -> Self {
+        match r.protocol {
+            Protocol::Tcp => FlowKey::Tcp(r.cookie),
+            Protocol::Udp => FlowKey::Udp {
+                cookie: r.cookie,
+                local: r.local,
+                remote: r.remote,
+            },
+        }
+    }
+}
+
+/// Counters of the table itself, for `/status`.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct TableStats {
+    pub live_flows: u64,
+    pub closed_retained: u64,
+    pub closed_total: u64,
+    /// Closed flows dropped from memory (not from the outputs) by `closed_flow_retention`.
+    pub closed_evicted: u64,
+    /// Closed flows that could not wait for the next JSON-lines export.
+    pub export_overflow: u64,
+}
+
+/// Live and recently closed flows.
+#[derive(Debug)]
+pub struct FlowTable {
+    live: HashMap<FlowKey, Observed>,
+    closed: VecDeque<Observed>,
+    closed_tcp: HashSet<u64>,
+    retention: usize,
+    /// Closed since the last export; `None` when nothing exports.
+    pending: Option<Vec<Observed>>,
+    pending_cap: usize,
+    last_export_ns: u64,
+    stats: TableStats,
+}
+
+impl FlowTable {
+    /// `export`: keep closed flows for [`FlowTable::take_export`].
+    pub fn new(retention: usize, export: bool) -> Self {
+        FlowTable {
+            live: HashMap::new(),
+            closed: VecDeque::new(),
+            closed_tcp: HashSet::new(),
+            retention,
+            pending: export.then(Vec::new),
+            pending_cap: retention.max(100_000),
+            last_export_ns: 0,
+            stats: TableStats::default(),
+        }
+    }
+
+    /// Applies one poll's result.
+    pub fn apply(&mut self, batch: Batch) {
+        for o in batch.closed {
+            let key = FlowKey::of(&o.record);
+            self.live.remove(&key);
+            if let FlowKey::Tcp(cookie) = key {
+                // The same close can be seen in the map and in the ring buffer.
+                if !self.closed_tcp.insert(cookie) {
+                    continue;
+                }
+            }
+            self.stats.closed_total += 1;
+            if let Some(p) = &mut self.pending {
+                if p.len() < self.pending_cap {
+                    p.push(o.clone());
+                } else {
+                    self.stats.export_overflow += 1;
+                }
+            }
+            self.closed.push_back(o);
+            while self.closed.len() > self.retention {
+                if let Some(old) = self.closed.pop_front() {
+                    if let FlowKey::Tcp(c) = FlowKey::of(&old.record) {
+                        self.closed_tcp.remove(&c);
+                    }
+                    self.stats.closed_evicted += 1;
+                }
+            }
+        }
+        if let Some(live) = batch.live {
+            self.live = live
+                .into_iter()
+                .map(|o| (FlowKey::of(&o.record), o))
+                .filter(|(k, _)| !matches!(k, FlowKey::Tcp(c) if self.closed_tcp.contains(c)))
+                .collect();
+        }
+        self.stats.live_flows = self.live.len() as u64;
+        self.stats.closed_retained = self.closed.len() as u64;
+    }
+
+    /// Open flows, then recently closed ones (oldest first).
+    pub fn flows(&self) -> Vec<FlowRecord> {
+        self.live
+            .values()
+            .chain(self.closed.iter())
+            .map(|o| o.record.clone())
+            .collect()
+    }
+
+    /// Flows to export now: closed since the last export, and open flows with
+    /// activity since then. `now_ns` is CLOCK_MONOTONIC.
+    pub fn take_export(&mut self, now_ns: u64) -> Vec<FlowRecord> {
+        let mut out: Vec<FlowRecord> = self
+            .pending
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| o.record)
+            .collect();
+        out.extend(
+            self.live
+                .values()
+                .filter(|o| o.last_ns > self.last_export_ns)
+                .map(|o| o.record.clone()),
+        );
+        self.last_export_ns = now_ns;
+        out
+    }
+
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests;

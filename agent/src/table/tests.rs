@@ -1,0 +1,135 @@
+use super::*;
+use crate::flow::{Direction, Family};
+
+fn obs(protocol: Protocol, cookie: u64, port: u16, last_ns: u64, closed: bool) -> Observed {
+    let ep = |port| Endpoint {
+        addr: "127.0.0.1".parse().expect("ip"),
+        port,
+    };
+    Observed {
+        record: FlowRecord {
+            protocol,
+            family: Family::Ipv4,
+            direction: Direction::Outgoing,
+            local: ep(port),
+            remote: ep(80),
+            netns: None,
+            cgroup_id: None,
+            pid: None,
+            comm: None,
+            cookie,
+            bytes_sent: 1,
+            bytes_received: 2,
+            packets_sent: 1,
+            packets_received: 1,
+            retransmits: 0,
+            rtt_us: None,
+            rtt_var_us: None,
+            failure: None,
+            opened_at: None,
+            closed_at: closed.then(std::time::SystemTime::now),
+        },
+        last_ns,
+    }
+}
+
+#[test]
+fn closed_tcp_is_deduplicated_and_leaves_live() {
+    let mut t = FlowTable::new(10, false);
+    t.apply(Batch {
+        closed: vec![],
+        live: Some(vec![obs(Protocol::Tcp, 1, 1000, 5, false)]),
+    });
+    assert_eq!(t.stats().live_flows, 1);
+    t.apply(Batch {
+        closed: vec![obs(Protocol::Tcp, 1, 1000, 6, true)],
+        live: None,
+    });
+    t.apply(Batch {
+        closed: vec![obs(Protocol::Tcp, 1, 1000, 6, true)],
+        live: Some(vec![obs(Protocol::Tcp, 1, 1000, 6, false)]),
+    });
+    let s = t.stats();
+    assert_eq!((s.live_flows, s.closed_total, s.closed_retained), (0, 1, 1));
+    assert_eq!(t.flows().len(), 1);
+    assert!(t.flows()[0].is_closed());
+}
+
+#[test]
+fn udp_flow_can_reopen_after_idle_close() {
+    let mut t = FlowTable::new(10, false);
+    t.apply(Batch {
+        closed: vec![obs(Protocol::Udp, 2, 53, 1, true)],
+        live: None,
+    });
+    t.apply(Batch {
+        closed: vec![],
+        live: Some(vec![obs(Protocol::Udp, 2, 53, 9, false)]),
+    });
+    assert_eq!(t.stats().live_flows, 1);
+}
+
+#[test]
+fn retention_bounds_closed_flows_and_counts_evictions() {
+    let mut t = FlowTable::new(3, false);
+    let closed = (0..5)
+        .map(|i| obs(Protocol::Tcp, 100 + i, 2000 + i as u16, 1, true))
+        .collect();
+    t.apply(Batch { closed, live: None });
+    let s = t.stats();
+    assert_eq!(
+        (s.closed_retained, s.closed_evicted, s.closed_total),
+        (3, 2, 5)
+    );
+    let ports: Vec<u16> = t.flows().iter().map(|r| r.local.port).collect();
+    assert_eq!(ports, vec![2002, 2003, 2004], "oldest evicted first");
+}
+
+#[test]
+fn export_takes_closed_once_and_only_active_live_flows() {
+    let mut t = FlowTable::new(10, true);
+    t.apply(Batch {
+        closed: vec![obs(Protocol::Tcp, 1, 1, 10, true)],
+        live: Some(vec![
+            obs(Protocol::Tcp, 2, 2, 10, false),
+            obs(Protocol::Tcp, 3, 3, 30, false),
+        ]),
+    });
+    assert_eq!(t.take_export(20).len(), 3);
+    let again: Vec<u64> = t.take_export(40).iter().map(|r| r.cookie).collect();
+    assert_eq!(
+        again,
+        vec![3],
+        "only flow 3 was active after the first export"
+    );
+    assert!(t.take_export(50).is_empty());
+}
+
+#[test]
+fn export_after_activity() {
+    let mut t = FlowTable::new(10, true);
+    t.apply(Batch {
+        closed: vec![],
+        live: Some(vec![obs(Protocol::Tcp, 2, 2, 10, false)]),
+    });
+    assert_eq!(t.take_export(20).len(), 1);
+    t.apply(Batch {
+        closed: vec![],
+        live: Some(vec![obs(Protocol::Tcp, 2, 2, 25, false)]),
+    });
+    let e = t.take_export(30);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].cookie, 2);
+}
+
+#[test]
+fn export_overflow_is_counted() {
+    let mut t = FlowTable::new(1, true);
+    t.pending_cap = 2;
+    let closed = (0..4)
+        .map(|i| obs(Protocol::Tcp, 10 + i, 1, 1, true))
+        .collect();
+    t.apply(Batch { closed, live: None });
+    assert_eq!(t.stats().export_overflow, 2);
+    assert_eq!(t.take_export(5).len(), 2);
+}
