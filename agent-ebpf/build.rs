@@ -12,17 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const STRUCTS: &[(&str, &[&str])] = &[
-    (
-        "eddy_tuple",
-        &[
-            "local_addr",
-            "remote_addr",
-            "local_port",
-            "remote_port",
-            "family",
-            "protocol",
-        ],
-    ),
+    ("eddy_tuple", &["local_addr", "remote_addr", "local_port", "remote_port", "family", "protocol"]),
     (
         "eddy_flow",
         &[
@@ -80,11 +70,7 @@ fn find_clang() -> String {
         return c;
     }
     for c in ["clang-19", "clang"] {
-        if Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
+        if Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()) {
             return c.to_string();
         }
     }
@@ -104,9 +90,7 @@ fn multiarch_include() -> String {
 }
 
 fn run(cmd: &mut Command) {
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let status = cmd.status().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(status.success(), "{cmd:?} failed: {status}");
 }
 
@@ -144,11 +128,8 @@ fn layout(clang: &str, bpf: &Path, out: &Path) -> String {
     c.push_str("int main(void) {\n");
     for (s, fields) in STRUCTS {
         let up = s.to_uppercase();
-        writeln!(
-            c,
-            "printf(\"pub const C_SIZEOF_{up}: usize = %zu;\\n\", sizeof(struct {s}));"
-        )
-        .expect("fmt");
+        writeln!(c, "printf(\"pub const C_SIZEOF_{up}: usize = %zu;\\n\", sizeof(struct {s}));")
+            .expect("fmt");
         for f in *fields {
             let fu = f.to_uppercase();
             writeln!(

@@ -116,10 +116,7 @@ check_layout!(
 check_layout!(
     UdpKey,
     C_SIZEOF_EDDY_UDP_KEY,
-    [
-        (cookie, C_OFFSETOF_EDDY_UDP_KEY_COOKIE),
-        (tuple, C_OFFSETOF_EDDY_UDP_KEY_TUPLE),
-    ]
+    [(cookie, C_OFFSETOF_EDDY_UDP_KEY_COOKIE), (tuple, C_OFFSETOF_EDDY_UDP_KEY_TUPLE),]
 );
 
 #[cfg(feature = "user")]

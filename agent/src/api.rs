@@ -39,27 +39,14 @@ pub struct Status {
 
 impl Status {
     pub fn of(shared: &Shared) -> Status {
-        let source = shared
-            .source
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let source = shared.source.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let flows = shared.table().stats();
         let mut drops = source.drops;
-        drops.insert(
-            "output_dropped_records",
-            shared.output_dropped.load(Ordering::Relaxed),
-        );
-        drops.insert(
-            "output_write_errors",
-            shared.output_errors.load(Ordering::Relaxed),
-        );
+        drops.insert("output_dropped_records", shared.output_dropped.load(Ordering::Relaxed));
+        drops.insert("output_write_errors", shared.output_errors.load(Ordering::Relaxed));
         drops.insert("poll_errors", shared.poll_errors.load(Ordering::Relaxed));
         drops.insert("export_overflow", flows.export_overflow);
-        let last_scan = *shared
-            .last_scan
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let last_scan = *shared.last_scan.lock().unwrap_or_else(PoisonError::into_inner);
         Status {
             version: env!("CARGO_PKG_VERSION"),
             collector: shared.collector,

@@ -31,12 +31,8 @@ pub fn capture(
     started: impl FnOnce(),
 ) -> Result<Vec<FlowRecord>, CollectorError> {
     let first = source.poll(true)?;
-    let baseline: HashMap<FlowKey, FlowRecord> = first
-        .live
-        .unwrap_or_default()
-        .into_iter()
-        .map(|o| (FlowKey::of(&o.record), o.record))
-        .collect();
+    let baseline: HashMap<FlowKey, FlowRecord> =
+        first.live.unwrap_or_default().into_iter().map(|o| (FlowKey::of(&o.record), o.record)).collect();
     let start_ns = clock.mono_now_ns();
     started();
 
@@ -133,10 +129,7 @@ mod tests {
     use crate::flow::{Direction, Endpoint, Family, Protocol};
 
     fn obs(protocol: Protocol, cookie: u64, sent: u64, last_ns: u64, closed: bool) -> Observed {
-        let ep = Endpoint {
-            addr: "127.0.0.1".parse().expect("ip"),
-            port: 7,
-        };
+        let ep = Endpoint { addr: "127.0.0.1".parse().expect("ip"), port: 7 };
         Observed {
             record: FlowRecord {
                 protocol,
@@ -166,15 +159,12 @@ mod tests {
 
     fn run(batches: Vec<Batch>, clock_ns: u64) -> Vec<FlowRecord> {
         let mut source = FakeSource::new(batches);
-        let settings = CaptureSettings {
-            duration: Duration::from_millis(30),
-            poll_interval: Duration::from_millis(10),
-        };
+        let settings =
+            CaptureSettings { duration: Duration::from_millis(30), poll_interval: Duration::from_millis(10) };
         let clock = FakeClock::at(clock_ns);
         let stop = AtomicBool::new(false);
         let mut started = false;
-        let out =
-            capture(&mut source, &settings, &clock, &stop, || started = true).expect("capture");
+        let out = capture(&mut source, &settings, &clock, &stop, || started = true).expect("capture");
         assert!(started);
         out
     }
@@ -188,34 +178,20 @@ mod tests {
                 live: Some(vec![obs(Protocol::Tcp, 1, 100, 5, false)]),
             },
             // Inside: flow 2 opens and closes; flow 1 grows; flow 3 idle since before.
-            Batch {
-                closed: vec![obs(Protocol::Tcp, 2, 10, 20, true)],
-                live: None,
-            },
+            Batch { closed: vec![obs(Protocol::Tcp, 2, 10, 20, true)], live: None },
         ];
         // Later polls (the fake returns empty batches) include the final scan.
         let out = run(batches, 10);
         let cookies: Vec<u64> = out.iter().map(|r| r.cookie).collect();
-        assert_eq!(
-            cookies,
-            vec![2],
-            "only the flow closed inside the window: {out:?}"
-        );
+        assert_eq!(cookies, vec![2], "only the flow closed inside the window: {out:?}");
         assert_eq!(out[0].bytes_sent, 10);
     }
 
     #[test]
     fn live_flows_with_activity_are_reported_as_deltas() {
         let mut window = Window::default();
-        window.live(
-            vec![
-                obs(Protocol::Tcp, 1, 150, 20, false),
-                obs(Protocol::Tcp, 3, 7, 5, false),
-            ],
-            10,
-        );
-        let baseline =
-            HashMap::from([(FlowKey::Tcp(1), obs(Protocol::Tcp, 1, 100, 5, false).record)]);
+        window.live(vec![obs(Protocol::Tcp, 1, 150, 20, false), obs(Protocol::Tcp, 3, 7, 5, false)], 10);
+        let baseline = HashMap::from([(FlowKey::Tcp(1), obs(Protocol::Tcp, 1, 100, 5, false).record)]);
         let out = window.finish(&baseline);
         assert_eq!(out.len(), 1, "flow 3 had no activity in the window");
         assert_eq!((out[0].bytes_sent, out[0].bytes_received), (50, 100));

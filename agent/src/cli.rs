@@ -122,25 +122,13 @@ mod tests {
 
     #[test]
     fn parses_capture_flags() {
-        let cli = Cli::try_parse_from([
-            "eddy-agent",
-            "capture",
-            "--duration",
-            "2s",
-            "--flow-map-entries",
-            "64",
-        ])
-        .expect("parse");
+        let cli =
+            Cli::try_parse_from(["eddy-agent", "capture", "--duration", "2s", "--flow-map-entries", "64"])
+                .expect("parse");
         match cli.command {
-            Command::Capture {
-                duration,
-                overrides,
-            } => {
+            Command::Capture { duration, overrides } => {
                 assert_eq!(duration, Duration::from_secs(2));
-                assert_eq!(
-                    overrides.pairs(),
-                    vec![("flow_map_entries", "64".to_string())]
-                );
+                assert_eq!(overrides.pairs(), vec![("flow_map_entries", "64".to_string())]);
             }
             Command::Run(_) => panic!("wrong command"),
         }

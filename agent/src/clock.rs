@@ -18,9 +18,7 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn mono_now_ns(&self) -> u64 {
         match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-            Ok(ts) => (ts.tv_sec() as u64)
-                .saturating_mul(1_000_000_000)
-                .saturating_add(ts.tv_nsec() as u64),
+            Ok(ts) => (ts.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec() as u64),
             Err(_) => 0,
         }
     }
@@ -47,14 +45,11 @@ impl FakeClock {
     pub const EPOCH: Duration = Duration::from_secs(1_700_000_000);
 
     pub fn at(mono_ns: u64) -> Self {
-        FakeClock {
-            mono_ns: mono_ns.into(),
-        }
+        FakeClock { mono_ns: mono_ns.into() }
     }
 
     pub fn advance(&self, by: Duration) {
-        self.mono_ns
-            .fetch_add(by.as_nanos() as u64, std::sync::atomic::Ordering::SeqCst);
+        self.mono_ns.fetch_add(by.as_nanos() as u64, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

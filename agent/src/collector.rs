@@ -52,15 +52,9 @@ pub enum CollectorError {
          If the verifier rejected a program, the message above has its log; please report it \
          with the output of `uname -r`."
     )]
-    NoHook {
-        capability: &'static str,
-        reasons: String,
-    },
+    NoHook { capability: &'static str, reasons: String },
     #[error("cannot open cgroup v2 directory {path}: {source}")]
-    Cgroup {
-        path: String,
-        source: std::io::Error,
-    },
+    Cgroup { path: String, source: std::io::Error },
     #[error("reading kernel map {map}: {reason}")]
     Map { map: &'static str, reason: String },
 }

@@ -29,17 +29,11 @@ pub enum CommandError {
         "cannot listen on {addr}: {source}. Another process (another eddy-agent?) may hold the port; \
          choose another with EDDY_LISTEN or --listen"
     )]
-    Listen {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot start thread {name}: {source}")]
-    Thread {
-        name: &'static str,
-        source: std::io::Error,
-    },
+    Thread { name: &'static str, source: std::io::Error },
     #[error("writing the capture to stdout: {0}")]
     Stdout(std::io::Error),
 }
@@ -92,10 +86,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     // Bind first: a port conflict is reported before anything is loaded.
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(cfg.listen))
-        .map_err(|source| CommandError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
+        .map_err(|source| CommandError::Listen { addr: cfg.listen, source })?;
     let (source, kernel, clock) = start_source(&cfg)?;
     let shared = Arc::new(Shared::new(
         FlowTable::new(cfg.closed_flow_retention, cfg.output == Output::Jsonl),
@@ -110,28 +101,19 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         let handle = std::thread::Builder::new()
             .name("jsonl".into())
             .spawn(move || write_jsonl(rx, std::io::stdout().lock(), sh))
-            .map_err(|source| CommandError::Thread {
-                name: "jsonl",
-                source,
-            })?;
+            .map_err(|source| CommandError::Thread { name: "jsonl", source })?;
         (Some(tx), Some(handle))
     } else {
         (None, None)
     };
-    let settings = LoopSettings {
-        poll_interval: cfg.poll_interval,
-        export_interval: cfg.export_interval,
-        output,
-    };
+    let settings =
+        LoopSettings { poll_interval: cfg.poll_interval, export_interval: cfg.export_interval, output };
     let collector = {
         let (sh, st) = (shared.clone(), stop.clone());
         std::thread::Builder::new()
             .name("collector".into())
             .spawn(move || collect(Box::new(source), sh, settings, clock, st))
-            .map_err(|source| CommandError::Thread {
-                name: "collector",
-                source,
-            })?
+            .map_err(|source| CommandError::Thread { name: "collector", source })?
     };
     tracing::info!(listen = %cfg.listen, "serving /healthz /readyz /status /flows");
 
@@ -175,10 +157,7 @@ pub fn capture_window(cfg: Config, duration: Duration) -> Result<(), CommandErro
             stop.store(true, Ordering::SeqCst);
         });
     }
-    let settings = CaptureSettings {
-        duration,
-        poll_interval: cfg.poll_interval,
-    };
+    let settings = CaptureSettings { duration, poll_interval: cfg.poll_interval };
     let flows = capture(&mut source, &settings, clock.as_ref(), &stop, || {
         tracing::info!(duration = %humantime::format_duration(duration), "capture started");
     })?;

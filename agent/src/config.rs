@@ -83,21 +83,13 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("unknown environment variable {var}; known: {known}")]
     UnknownEnv { var: String, known: String },
     #[error("{origin}: invalid value {value:?} for {key}: {reason}")]
-    Invalid {
-        origin: String,
-        key: String,
-        value: String,
-        reason: String,
-    },
+    Invalid { origin: String, key: String, value: String, reason: String },
     #[error("invalid configuration: {0}")]
     Validation(String),
 }
@@ -129,14 +121,8 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         flags: &[(&str, String)],
     ) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("EDDY_"))
-            .collect();
-        let env_file = env
-            .iter()
-            .find(|(k, _)| k == ENV_CONFIG_FILE)
-            .map(|(_, v)| PathBuf::from(v));
+        let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("EDDY_")).collect();
+        let env_file = env.iter().find(|(k, _)| k == ENV_CONFIG_FILE).map(|(_, v)| PathBuf::from(v));
         let mut cfg = match file.map(Path::to_path_buf).or(env_file) {
             Some(path) => Self::from_file(&path)?,
             None => Config::default(),
@@ -166,14 +152,10 @@ impl Config {
     }
 
     fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
     }
 
     /// Sets one field from its string form.
@@ -184,20 +166,13 @@ impl Config {
             value: value.to_string(),
             reason,
         };
-        let num = |v: &str| {
-            v.trim()
-                .replace('_', "")
-                .parse::<u64>()
-                .map_err(|e| bad(e.to_string()))
-        };
+        let num = |v: &str| v.trim().replace('_', "").parse::<u64>().map_err(|e| bad(e.to_string()));
         let dur = |v: &str| humantime::parse_duration(v.trim()).map_err(|e| bad(e.to_string()));
         let small = |n: u64| u32::try_from(n).map_err(|_| bad("too large".into()));
         match key {
             "listen" => {
-                self.listen = value
-                    .trim()
-                    .parse()
-                    .map_err(|e: std::net::AddrParseError| bad(e.to_string()))?
+                self.listen =
+                    value.trim().parse().map_err(|e: std::net::AddrParseError| bad(e.to_string()))?
             }
             "output" => {
                 self.output = match value.trim() {
@@ -241,27 +216,16 @@ impl Config {
         }
         let fail = |m: String| Err(ConfigError::Validation(m));
         if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.poll_interval) {
-            return fail(format!(
-                "poll_interval {:?} must be between 10ms and 1h",
-                self.poll_interval
-            ));
+            return fail(format!("poll_interval {:?} must be between 10ms and 1h", self.poll_interval));
         }
-        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&self.export_interval)
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&self.export_interval) {
+            return fail(format!("export_interval {:?} must be between 100ms and 1h", self.export_interval));
+        }
+        for (name, n) in
+            [("flow_map_entries", self.flow_map_entries), ("udp_map_entries", self.udp_map_entries)]
         {
-            return fail(format!(
-                "export_interval {:?} must be between 100ms and 1h",
-                self.export_interval
-            ));
-        }
-        for (name, n) in [
-            ("flow_map_entries", self.flow_map_entries),
-            ("udp_map_entries", self.udp_map_entries),
-        ] {
             if !(16..=sizing::MAX_MAP_ENTRIES).contains(&n) {
-                return fail(format!(
-                    "{name} {n} must be between 16 and {}",
-                    sizing::MAX_MAP_ENTRIES
-                ));
+                return fail(format!("{name} {n} must be between 16 and {}", sizing::MAX_MAP_ENTRIES));
             }
         }
         let rb = self.ring_buffer_bytes;

@@ -117,8 +117,7 @@ mod rfc3339_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom))
-            .transpose()
+        s.map(|s| humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom)).transpose()
     }
 }
 
@@ -132,14 +131,8 @@ mod tests {
             protocol: Protocol::Tcp,
             family: Family::Ipv4,
             direction: Direction::Outgoing,
-            local: Endpoint {
-                addr: "10.0.0.1".parse().expect("ip"),
-                port: 40000,
-            },
-            remote: Endpoint {
-                addr: "10.0.0.2".parse().expect("ip"),
-                port: 443,
-            },
+            local: Endpoint { addr: "10.0.0.1".parse().expect("ip"), port: 40000 },
+            remote: Endpoint { addr: "10.0.0.2".parse().expect("ip"), port: 443 },
             netns: Some(4026531840),
             cgroup_id: Some(1),
             pid: Some(42),

@@ -10,16 +10,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (overrides, duration) = match &cli.command {
         Command::Run(o) => (o, None),
-        Command::Capture {
-            duration,
-            overrides,
-        } => (overrides, Some(*duration)),
+        Command::Capture { duration, overrides } => (overrides, Some(*duration)),
     };
-    let cfg = match Config::load(
-        overrides.config.as_deref(),
-        std::env::vars(),
-        &overrides.pairs(),
-    ) {
+    let cfg = match Config::load(overrides.config.as_deref(), std::env::vars(), &overrides.pairs()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("eddy-agent: {e}");

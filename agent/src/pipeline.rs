@@ -89,10 +89,7 @@ pub fn collect(
                 shared.table().apply(batch);
                 if scan {
                     *shared.source.lock().unwrap_or_else(PoisonError::into_inner) = source.status();
-                    *shared
-                        .last_scan
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(now);
+                    *shared.last_scan.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
                     shared.ready.store(true, Ordering::SeqCst);
                 }
             }
@@ -104,18 +101,15 @@ pub fn collect(
         if scan {
             next_scan = now + settings.poll_interval;
         }
-        if let Some(tx) = &settings.output {
-            if stopping || now >= next_export {
-                next_export = now + settings.export_interval;
-                let records = shared.table().take_export(clock.mono_now_ns());
-                if !records.is_empty() {
-                    let n = records.len() as u64;
-                    match tx.try_send(records) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                            shared.output_dropped.fetch_add(n, Ordering::Relaxed);
-                        }
-                    }
+        if let Some(tx) = &settings.output
+            && (stopping || now >= next_export)
+        {
+            next_export = now + settings.export_interval;
+            let records = shared.table().take_export(clock.mono_now_ns());
+            if !records.is_empty() {
+                let n = records.len() as u64;
+                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(records) {
+                    shared.output_dropped.fetch_add(n, Ordering::Relaxed);
                 }
             }
         }
@@ -154,10 +148,7 @@ mod tests {
     use crate::flow::{Direction, Endpoint, Family, Protocol};
 
     fn record(cookie: u64) -> FlowRecord {
-        let ep = Endpoint {
-            addr: "127.0.0.1".parse().expect("ip"),
-            port: 1,
-        };
+        let ep = Endpoint { addr: "127.0.0.1".parse().expect("ip"), port: 1 };
         FlowRecord {
             protocol: Protocol::Tcp,
             family: Family::Ipv4,
@@ -183,20 +174,13 @@ mod tests {
     }
 
     fn kernel() -> KernelInfo {
-        KernelInfo {
-            release: "test".into(),
-            btf: true,
-            cgroup2: None,
-        }
+        KernelInfo { release: "test".into(), btf: true, cgroup2: None }
     }
 
     #[test]
     fn stop_flushes_closed_flows_to_the_output() {
         let source = FakeSource::new([Batch {
-            closed: vec![Observed {
-                record: record(1),
-                last_ns: 1,
-            }],
+            closed: vec![Observed { record: record(1), last_ns: 1 }],
             live: Some(vec![]),
         }]);
         let shared = Arc::new(Shared::new(FlowTable::new(10, true), "fake", kernel()));
@@ -207,20 +191,11 @@ mod tests {
             export_interval: Duration::from_secs(60),
             output: Some(tx),
         };
-        collect(
-            Box::new(source),
-            shared.clone(),
-            settings,
-            Arc::new(FakeClock::at(10)),
-            stop,
-        );
+        collect(Box::new(source), shared.clone(), settings, Arc::new(FakeClock::at(10)), stop);
         let mut buf = Vec::new();
         write_jsonl(rx, &mut buf, shared.clone());
         let text = String::from_utf8(buf).expect("utf8");
-        let lines: Vec<FlowRecord> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("json"))
-            .collect();
+        let lines: Vec<FlowRecord> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
         assert_eq!(lines, vec![record(1)]);
         assert!(shared.ready.load(Ordering::SeqCst));
         assert!(!shared.collecting.load(Ordering::SeqCst));
@@ -228,13 +203,8 @@ mod tests {
 
     #[test]
     fn full_output_queue_counts_drops_instead_of_blocking() {
-        let batches = (0..3).map(|i| Batch {
-            closed: vec![Observed {
-                record: record(i),
-                last_ns: 1,
-            }],
-            live: None,
-        });
+        let batches =
+            (0..3).map(|i| Batch { closed: vec![Observed { record: record(i), last_ns: 1 }], live: None });
         let source = FakeSource::new(batches);
         let shared = Arc::new(Shared::new(FlowTable::new(10, true), "fake", kernel()));
         let (tx, _rx) = std::sync::mpsc::sync_channel(0);
@@ -244,13 +214,7 @@ mod tests {
             export_interval: Duration::from_secs(60),
             output: Some(tx),
         };
-        collect(
-            Box::new(source),
-            shared.clone(),
-            settings,
-            Arc::new(FakeClock::at(10)),
-            stop,
-        );
+        collect(Box::new(source), shared.clone(), settings, Arc::new(FakeClock::at(10)), stop);
         assert_eq!(shared.output_dropped.load(Ordering::SeqCst), 1);
     }
 }

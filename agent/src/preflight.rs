@@ -54,16 +54,11 @@ pub fn check(udp: bool, cgroup_override: Option<&Path>) -> Result<KernelInfo, Pr
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
-    let cap_eff = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| parse_cap_eff(&s))
-        .unwrap_or(0);
+    let cap_eff =
+        std::fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_cap_eff(&s)).unwrap_or(0);
     let missing = missing_caps(cap_eff, udp);
     if !missing.is_empty() {
-        return Err(PreflightError::NotPrivileged {
-            missing: missing.join(" and "),
-            cap_eff,
-        });
+        return Err(PreflightError::NotPrivileged { missing: missing.join(" and "), cap_eff });
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(PreflightError::NoBtf { release });
@@ -78,11 +73,7 @@ pub fn check(udp: bool, cgroup_override: Option<&Path>) -> Result<KernelInfo, Pr
     if udp && cgroup2.is_none() {
         return Err(PreflightError::NoCgroup2);
     }
-    Ok(KernelInfo {
-        release,
-        btf: true,
-        cgroup2,
-    })
+    Ok(KernelInfo { release, btf: true, cgroup2 })
 }
 
 fn parse_cap_eff(status: &str) -> Option<u64> {
@@ -137,15 +128,10 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_in_hybrid_and_unified_layouts() {
-        assert_eq!(
-            preferred(&cgroup2_mounts(HYBRID)),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let unified = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n31 30 0:27 / /x/y rw - cgroup2 c rw\n";
-        assert_eq!(
-            preferred(&cgroup2_mounts(unified)),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
+        assert_eq!(preferred(&cgroup2_mounts(HYBRID)), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified =
+            "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n31 30 0:27 / /x/y rw - cgroup2 c rw\n";
+        assert_eq!(preferred(&cgroup2_mounts(unified)), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(preferred(&cgroup2_mounts("garbage\n")), None);
     }
 
@@ -153,30 +139,17 @@ mod tests {
     fn capability_rules() {
         let bit = |c: u32| 1u64 << c;
         assert!(missing_caps(bit(CAP_SYS_ADMIN), true).is_empty());
-        assert!(
-            missing_caps(bit(CAP_BPF) | bit(CAP_PERFMON) | bit(CAP_NET_ADMIN), true).is_empty()
-        );
+        assert!(missing_caps(bit(CAP_BPF) | bit(CAP_PERFMON) | bit(CAP_NET_ADMIN), true).is_empty());
         assert_eq!(missing_caps(bit(CAP_BPF) | bit(CAP_PERFMON), true).len(), 1);
         assert!(missing_caps(bit(CAP_BPF) | bit(CAP_PERFMON), false).is_empty());
         assert_eq!(missing_caps(0, true).len(), 2);
-        assert_eq!(
-            parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
-            Some(0x1ff_ffff_ffff)
-        );
+        assert_eq!(parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"), Some(0x1ff_ffff_ffff));
     }
 
     #[test]
     fn errors_say_how_to_fix() {
-        let e = PreflightError::NotPrivileged {
-            missing: "CAP_BPF".into(),
-            cap_eff: 0,
-        }
-        .to_string();
+        let e = PreflightError::NotPrivileged { missing: "CAP_BPF".into(), cap_eff: 0 }.to_string();
         assert!(e.contains("linuxParameters.capabilities.add"), "{e}");
-        assert!(
-            PreflightError::NoCgroup2
-                .to_string()
-                .contains("EDDY_UDP=false")
-        );
+        assert!(PreflightError::NoCgroup2.to_string().contains("EDDY_UDP=false"));
     }
 }

@@ -19,22 +19,14 @@ pub enum FlowKey {
     /// TCP: the socket cookie (the tuple's local port can appear after the first event).
     Tcp(u64),
     /// UDP: socket and both ends.
-    Udp {
-        cookie: u64,
-        local: Endpoint,
-        remote: Endpoint,
-    },
+    Udp { cookie: u64, local: Endpoint, remote: Endpoint },
 }
 
 impl FlowKey {
     pub fn of(r: &FlowRecord) -> Self {
         match r.protocol {
             Protocol::Tcp => FlowKey::Tcp(r.cookie),
-            Protocol::Udp => FlowKey::Udp {
-                cookie: r.cookie,
-                local: r.local,
-                remote: r.remote,
-            },
+            Protocol::Udp => FlowKey::Udp { cookie: r.cookie, local: r.local, remote: r.remote },
         }
     }
 }
@@ -122,11 +114,7 @@ impl FlowTable {
 
     /// Open flows, then recently closed ones (oldest first).
     pub fn flows(&self) -> Vec<FlowRecord> {
-        self.live
-            .values()
-            .chain(self.closed.iter())
-            .map(|o| o.record.clone())
-            .collect()
+        self.live.values().chain(self.closed.iter()).map(|o| o.record.clone()).collect()
     }
 
     /// Flows to export now: closed since the last export, and open flows with
@@ -140,12 +128,7 @@ impl FlowTable {
             .into_iter()
             .map(|o| o.record)
             .collect();
-        out.extend(
-            self.live
-                .values()
-                .filter(|o| o.last_ns > self.last_export_ns)
-                .map(|o| o.record.clone()),
-        );
+        out.extend(self.live.values().filter(|o| o.last_ns > self.last_export_ns).map(|o| o.record.clone()));
         self.last_export_ns = now_ns;
         out
     }

@@ -21,9 +21,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Btf, Ebpf, EbpfLoader};
 use eddy_ebpf::{Flow, UdpKey, shared as k};
 
-use super::{
-    Batch, CollectorError, FlowSource, HookStatus, MapStatus, Observed, Rejected, SourceStatus,
-};
+use super::{Batch, CollectorError, FlowSource, HookStatus, MapStatus, Observed, Rejected, SourceStatus};
 use crate::clock::Clock;
 
 pub mod convert;
@@ -75,19 +73,15 @@ impl EbpfSource {
             .map_err(|e| CollectorError::Load(hooks::describe_any(&e)))?;
 
         let cgroup = match &settings.cgroup_path {
-            Some(p) => Some(File::open(p).map_err(|source| CollectorError::Cgroup {
-                path: p.display().to_string(),
-                source,
-            })?),
+            Some(p) => Some(
+                File::open(p)
+                    .map_err(|source| CollectorError::Cgroup { path: p.display().to_string(), source })?,
+            ),
             None => None,
         };
-        let targets = hooks::Targets {
-            btf: &btf,
-            cgroup: cgroup.as_ref(),
-        };
+        let targets = hooks::Targets { btf: &btf, cgroup: cgroup.as_ref() };
 
-        let lifecycle =
-            hooks::attach_first(&mut ebpf, &targets, "tcp_lifecycle", hooks::TCP_LIFECYCLE);
+        let lifecycle = hooks::attach_first(&mut ebpf, &targets, "tcp_lifecycle", hooks::TCP_LIFECYCLE);
         if lifecycle.chosen.is_none() {
             let reasons = lifecycle
                 .rejected
@@ -95,26 +89,15 @@ impl EbpfSource {
                 .map(|r| format!("{}: {}", r.hook, r.reason))
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Err(CollectorError::NoHook {
-                capability: "tcp_lifecycle",
-                reasons,
-            });
+            return Err(CollectorError::NoHook { capability: "tcp_lifecycle", reasons });
         }
-        let retransmits = hooks::attach_first(
-            &mut ebpf,
-            &targets,
-            "tcp_retransmits",
-            hooks::TCP_RETRANSMITS,
-        );
+        let retransmits = hooks::attach_first(&mut ebpf, &targets, "tcp_retransmits", hooks::TCP_RETRANSMITS);
         let mut bytes = hooks::attach_first(&mut ebpf, &targets, "tcp_bytes", hooks::TCP_BYTES);
         if bytes.chosen.is_none() {
             let mut config: Array<_, u32> = take(&mut ebpf, k::MAP_CONFIG)?;
             config
                 .set(0, k::CFG_BYTES_AT_CLOSE, 0)
-                .map_err(|e| CollectorError::Map {
-                    map: "CONFIG",
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| CollectorError::Map { map: "CONFIG", reason: e.to_string() })?;
             bytes.chosen = Some(hooks::TCP_BYTES_AT_CLOSE.to_string());
         }
         let udp = if settings.udp {
@@ -131,11 +114,7 @@ impl EbpfSource {
         };
         let hooks = vec![lifecycle, retransmits, bytes, udp];
         for h in &hooks {
-            tracing::info!(
-                capability = h.capability,
-                chosen = h.chosen.as_deref().unwrap_or("none"),
-                "hook"
-            );
+            tracing::info!(capability = h.capability, chosen = h.chosen.as_deref().unwrap_or("none"), "hook");
             for r in &h.rejected {
                 tracing::info!(capability = h.capability, hook = %r.hook, reason = %r.reason, "hook not used");
             }
@@ -148,16 +127,8 @@ impl EbpfSource {
             counters: take(&mut ebpf, k::MAP_COUNTERS)?,
             _ebpf: ebpf,
             maps: vec![
-                MapStatus {
-                    name: "tcp_flows",
-                    capacity: settings.flow_map_entries.into(),
-                    entries: 0,
-                },
-                MapStatus {
-                    name: "udp_flows",
-                    capacity: settings.udp_map_entries.into(),
-                    entries: 0,
-                },
+                MapStatus { name: "tcp_flows", capacity: settings.flow_map_entries.into(), entries: 0 },
+                MapStatus { name: "udp_flows", capacity: settings.udp_map_entries.into(), entries: 0 },
                 MapStatus {
                     name: "closed_ring_buffer_bytes",
                     capacity: settings.ring_buffer_bytes.into(),
@@ -279,10 +250,7 @@ impl FlowSource for EbpfSource {
         self.read_counters();
         // Records that closed while we scanned: drain again so they are not lost.
         self.drain_closed(&mut closed);
-        Ok(Batch {
-            closed,
-            live: Some(live),
-        })
+        Ok(Batch { closed, live: Some(live) })
     }
 
     fn status(&self) -> SourceStatus {
@@ -301,12 +269,7 @@ impl FlowSource for EbpfSource {
             ("tcp_connections_tracked", c(k::CTR_TCP_OPENED)),
             ("tcp_closed_delivered", c(k::CTR_CLOSED_SENT)),
         ]);
-        SourceStatus {
-            hooks: self.hooks.clone(),
-            maps: self.maps.clone(),
-            drops,
-            counters,
-        }
+        SourceStatus { hooks: self.hooks.clone(), maps: self.maps.clone(), drops, counters }
     }
 }
 
@@ -314,24 +277,17 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CollectorError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(CollectorError::Map {
-        map: name,
-        reason: "missing from the object".into(),
-    })?;
-    T::try_from(map).map_err(|e| CollectorError::Map {
-        map: name,
-        reason: e.to_string(),
-    })
+    let map = ebpf
+        .take_map(name)
+        .ok_or(CollectorError::Map { map: name, reason: "missing from the object".into() })?;
+    T::try_from(map).map_err(|e| CollectorError::Map { map: name, reason: e.to_string() })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the
 /// memory cgroup. Raising it may be refused (no CAP_SYS_RESOURCE): harmless on
 /// 5.11+, and the load error says so otherwise.
 fn raise_memlock() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads a valid, initialised rlimit struct.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     if rc != 0 {

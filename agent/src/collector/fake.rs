@@ -15,10 +15,7 @@ pub struct FakeSource {
 
 impl FakeSource {
     pub fn new(batches: impl IntoIterator<Item = Batch>) -> Self {
-        FakeSource {
-            batches: batches.into_iter().collect(),
-            ..Default::default()
-        }
+        FakeSource { batches: batches.into_iter().collect(), ..Default::default() }
     }
 }
 

@@ -20,10 +20,7 @@ pub fn flow_map_entries(mem: u64) -> u32 {
 
 /// Total RAM from /proc/meminfo (`MemTotal`), or 1 GiB if it cannot be read.
 pub fn host_memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| parse_meminfo_total(&s))
-        .unwrap_or(1 << 30)
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| parse_meminfo_total(&s)).unwrap_or(1 << 30)
 }
 
 fn parse_meminfo_total(s: &str) -> Option<u64> {
@@ -45,10 +42,7 @@ mod tests {
 
     #[test]
     fn reads_memtotal() {
-        assert_eq!(
-            parse_meminfo_total("MemFree: 1 kB\nMemTotal:   2048 kB\n"),
-            Some(2 << 20)
-        );
+        assert_eq!(parse_meminfo_total("MemFree: 1 kB\nMemTotal:   2048 kB\n"), Some(2 << 20));
         assert_eq!(parse_meminfo_total("garbage"), None);
     }
 }

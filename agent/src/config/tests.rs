@@ -1,10 +1,7 @@
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 #[test]
@@ -20,11 +17,7 @@ fn layers_override_in_order() {
     let dir = std::env::temp_dir().join(format!("eddy-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("eddy.toml");
-    std::fs::write(
-        &file,
-        "poll_interval = \"3s\"\nexport_interval = \"7s\"\nudp = false\n",
-    )
-    .expect("write");
+    std::fs::write(&file, "poll_interval = \"3s\"\nexport_interval = \"7s\"\nudp = false\n").expect("write");
     let c = Config::load(
         Some(&file),
         env(&[("EDDY_POLL_INTERVAL", "2s"), ("PATH", "/bin")]),
@@ -32,19 +25,12 @@ fn layers_override_in_order() {
     )
     .expect("load");
     assert_eq!(c.poll_interval, Duration::from_secs(2), "env beats file");
-    assert_eq!(
-        c.export_interval,
-        Duration::from_secs(7),
-        "file beats default"
-    );
+    assert_eq!(c.export_interval, Duration::from_secs(7), "file beats default");
     assert!(!c.udp);
     assert_eq!(c.flow_map_entries, 64, "flag");
-    let c = Config::load(
-        Some(&file),
-        env(&[("EDDY_POLL_INTERVAL", "2s")]),
-        &[("poll_interval", "5s".into())],
-    )
-    .expect("load");
+    let c =
+        Config::load(Some(&file), env(&[("EDDY_POLL_INTERVAL", "2s")]), &[("poll_interval", "5s".into())])
+            .expect("load");
     assert_eq!(c.poll_interval, Duration::from_secs(5), "flag beats env");
     std::fs::remove_dir_all(dir).ok();
 }
@@ -57,8 +43,7 @@ fn rejects_unknown_file_keys_and_env() {
     std::fs::write(&file, "pol_interval = \"3s\"\n").expect("write");
     let e = Config::load(Some(&file), env(&[]), &[]).expect_err("unknown key");
     assert!(e.to_string().contains("pol_interval"), "{e}");
-    let e =
-        Config::load(None, env(&[("EDDY_POLL_INTERVALL", "1s")]), &[]).expect_err("unknown env");
+    let e = Config::load(None, env(&[("EDDY_POLL_INTERVALL", "1s")]), &[]).expect_err("unknown env");
     assert!(e.to_string().contains("EDDY_POLL_INTERVALL"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
@@ -67,8 +52,7 @@ fn rejects_unknown_file_keys_and_env() {
 fn rejects_bad_values_with_origin() {
     let e = Config::load(None, env(&[("EDDY_OUTPUT", "xml")]), &[]).expect_err("bad output");
     assert!(e.to_string().contains("environment EDDY_OUTPUT"), "{e}");
-    let e = Config::load(None, env(&[]), &[("ring_buffer_bytes", "100000".into())])
-        .expect_err("not pow2");
+    let e = Config::load(None, env(&[]), &[("ring_buffer_bytes", "100000".into())]).expect_err("not pow2");
     assert!(e.to_string().contains("power of two"), "{e}");
     let e = Config::load(None, env(&[]), &[("poll_interval", "1ms".into())]).expect_err("too fast");
     assert!(e.to_string().contains("poll_interval"), "{e}");

@@ -2,10 +2,7 @@ use super::*;
 use crate::flow::{Direction, Family};
 
 fn obs(protocol: Protocol, cookie: u64, port: u16, last_ns: u64, closed: bool) -> Observed {
-    let ep = |port| Endpoint {
-        addr: "127.0.0.1".parse().expect("ip"),
-        port,
-    };
+    let ep = |port| Endpoint { addr: "127.0.0.1".parse().expect("ip"), port };
     Observed {
         record: FlowRecord {
             protocol,
@@ -36,15 +33,9 @@ fn obs(protocol: Protocol, cookie: u64, port: u16, last_ns: u64, closed: bool) -
 #[test]
 fn closed_tcp_is_deduplicated_and_leaves_live() {
     let mut t = FlowTable::new(10, false);
-    t.apply(Batch {
-        closed: vec![],
-        live: Some(vec![obs(Protocol::Tcp, 1, 1000, 5, false)]),
-    });
+    t.apply(Batch { closed: vec![], live: Some(vec![obs(Protocol::Tcp, 1, 1000, 5, false)]) });
     assert_eq!(t.stats().live_flows, 1);
-    t.apply(Batch {
-        closed: vec![obs(Protocol::Tcp, 1, 1000, 6, true)],
-        live: None,
-    });
+    t.apply(Batch { closed: vec![obs(Protocol::Tcp, 1, 1000, 6, true)], live: None });
     t.apply(Batch {
         closed: vec![obs(Protocol::Tcp, 1, 1000, 6, true)],
         live: Some(vec![obs(Protocol::Tcp, 1, 1000, 6, false)]),
@@ -58,29 +49,18 @@ fn closed_tcp_is_deduplicated_and_leaves_live() {
 #[test]
 fn udp_flow_can_reopen_after_idle_close() {
     let mut t = FlowTable::new(10, false);
-    t.apply(Batch {
-        closed: vec![obs(Protocol::Udp, 2, 53, 1, true)],
-        live: None,
-    });
-    t.apply(Batch {
-        closed: vec![],
-        live: Some(vec![obs(Protocol::Udp, 2, 53, 9, false)]),
-    });
+    t.apply(Batch { closed: vec![obs(Protocol::Udp, 2, 53, 1, true)], live: None });
+    t.apply(Batch { closed: vec![], live: Some(vec![obs(Protocol::Udp, 2, 53, 9, false)]) });
     assert_eq!(t.stats().live_flows, 1);
 }
 
 #[test]
 fn retention_bounds_closed_flows_and_counts_evictions() {
     let mut t = FlowTable::new(3, false);
-    let closed = (0..5)
-        .map(|i| obs(Protocol::Tcp, 100 + i, 2000 + i as u16, 1, true))
-        .collect();
+    let closed = (0..5).map(|i| obs(Protocol::Tcp, 100 + i, 2000 + i as u16, 1, true)).collect();
     t.apply(Batch { closed, live: None });
     let s = t.stats();
-    assert_eq!(
-        (s.closed_retained, s.closed_evicted, s.closed_total),
-        (3, 2, 5)
-    );
+    assert_eq!((s.closed_retained, s.closed_evicted, s.closed_total), (3, 2, 5));
     let ports: Vec<u16> = t.flows().iter().map(|r| r.local.port).collect();
     assert_eq!(ports, vec![2002, 2003, 2004], "oldest evicted first");
 }
@@ -90,33 +70,20 @@ fn export_takes_closed_once_and_only_active_live_flows() {
     let mut t = FlowTable::new(10, true);
     t.apply(Batch {
         closed: vec![obs(Protocol::Tcp, 1, 1, 10, true)],
-        live: Some(vec![
-            obs(Protocol::Tcp, 2, 2, 10, false),
-            obs(Protocol::Tcp, 3, 3, 30, false),
-        ]),
+        live: Some(vec![obs(Protocol::Tcp, 2, 2, 10, false), obs(Protocol::Tcp, 3, 3, 30, false)]),
     });
     assert_eq!(t.take_export(20).len(), 3);
     let again: Vec<u64> = t.take_export(40).iter().map(|r| r.cookie).collect();
-    assert_eq!(
-        again,
-        vec![3],
-        "only flow 3 was active after the first export"
-    );
+    assert_eq!(again, vec![3], "only flow 3 was active after the first export");
     assert!(t.take_export(50).is_empty());
 }
 
 #[test]
 fn export_after_activity() {
     let mut t = FlowTable::new(10, true);
-    t.apply(Batch {
-        closed: vec![],
-        live: Some(vec![obs(Protocol::Tcp, 2, 2, 10, false)]),
-    });
+    t.apply(Batch { closed: vec![], live: Some(vec![obs(Protocol::Tcp, 2, 2, 10, false)]) });
     assert_eq!(t.take_export(20).len(), 1);
-    t.apply(Batch {
-        closed: vec![],
-        live: Some(vec![obs(Protocol::Tcp, 2, 2, 25, false)]),
-    });
+    t.apply(Batch { closed: vec![], live: Some(vec![obs(Protocol::Tcp, 2, 2, 25, false)]) });
     let e = t.take_export(30);
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].cookie, 2);
@@ -126,9 +93,7 @@ fn export_after_activity() {
 fn export_overflow_is_counted() {
     let mut t = FlowTable::new(1, true);
     t.pending_cap = 2;
-    let closed = (0..4)
-        .map(|i| obs(Protocol::Tcp, 10 + i, 1, 1, true))
-        .collect();
+    let closed = (0..4).map(|i| obs(Protocol::Tcp, 10 + i, 1, 1, true)).collect();
     t.apply(Batch { closed, live: None });
     assert_eq!(t.stats().export_overflow, 2);
     assert_eq!(t.take_export(5).len(), 2);

@@ -15,17 +15,9 @@ const IPPROTO_UDP: u8 = 17;
 
 /// Converts one raw record. Zero values mean "unknown" in the kernel struct.
 pub fn to_record(f: &Flow, clock: &dyn Clock) -> Observed {
-    let protocol = if f.tuple.protocol == IPPROTO_UDP {
-        Protocol::Udp
-    } else {
-        Protocol::Tcp
-    };
+    let protocol = if f.tuple.protocol == IPPROTO_UDP { Protocol::Udp } else { Protocol::Tcp };
     let (local, remote) = endpoints(&f.tuple);
-    let family = if local.addr.is_ipv4() {
-        Family::Ipv4
-    } else {
-        Family::Ipv6
-    };
+    let family = if local.addr.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 };
     let established = f.flags as u32 & k::FLAG_ESTABLISHED != 0;
     let closed = f.flags as u32 & k::FLAG_CLOSED != 0 || f.closed_ns != 0;
     let tcp = protocol == Protocol::Tcp;
@@ -47,18 +39,11 @@ pub fn to_record(f: &Flow, clock: &dyn Clock) -> Observed {
         retransmits: f.retransmits,
         rtt_us: tcp.then_some(f.rtt_us),
         rtt_var_us: tcp.then_some(f.rtt_var_us),
-        failure: if tcp && closed {
-            classify(established, f.sk_err)
-        } else {
-            None
-        },
+        failure: if tcp && closed { classify(established, f.sk_err) } else { None },
         opened_at: (f.opened_ns != 0).then(|| clock.wall_at(f.opened_ns)),
         closed_at: (f.closed_ns != 0).then(|| clock.wall_at(f.closed_ns)),
     };
-    Observed {
-        record,
-        last_ns: f.last_ns,
-    }
+    Observed { record, last_ns: f.last_ns }
 }
 
 fn nonzero(v: u32) -> Option<u32> {
@@ -92,14 +77,8 @@ pub fn endpoints(t: &Tuple) -> (Endpoint, Endpoint) {
         }
     };
     (
-        Endpoint {
-            addr: addr(&t.local_addr),
-            port: t.local_port,
-        },
-        Endpoint {
-            addr: addr(&t.remote_addr),
-            port: t.remote_port,
-        },
+        Endpoint { addr: addr(&t.local_addr), port: t.local_port },
+        Endpoint { addr: addr(&t.remote_addr), port: t.remote_port },
     )
 }
 
@@ -108,9 +87,7 @@ pub fn classify(established: bool, sk_err: i32) -> Option<Failure> {
     match sk_err {
         0 => None,
         libc::ECONNREFUSED if !established => Some(Failure::Refused),
-        libc::ECONNREFUSED | libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED => {
-            Some(Failure::Reset)
-        }
+        libc::ECONNREFUSED | libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED => Some(Failure::Reset),
         libc::ETIMEDOUT => Some(Failure::Timeout),
         libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN => {
             Some(Failure::Unreachable)
@@ -157,10 +134,7 @@ mod tests {
         assert_eq!(r.pid, None);
         assert_eq!(r.rtt_us, Some(99));
         assert_eq!(r.failure, None, "open flows have no failure");
-        assert_eq!(
-            r.opened_at,
-            Some(SystemTime::UNIX_EPOCH + FakeClock::EPOCH + Duration::from_secs(1))
-        );
+        assert_eq!(r.opened_at, Some(SystemTime::UNIX_EPOCH + FakeClock::EPOCH + Duration::from_secs(1)));
         assert_eq!(r.closed_at, None);
     }
 
@@ -197,20 +171,10 @@ mod tests {
         assert_eq!(classify(true, libc::EPIPE), Some(Failure::Reset));
         assert_eq!(classify(false, libc::ETIMEDOUT), Some(Failure::Timeout));
         assert_eq!(classify(true, libc::ETIMEDOUT), Some(Failure::Timeout));
-        assert_eq!(
-            classify(false, libc::EHOSTUNREACH),
-            Some(Failure::Unreachable)
-        );
-        assert_eq!(
-            classify(false, libc::ENETUNREACH),
-            Some(Failure::Unreachable)
-        );
+        assert_eq!(classify(false, libc::EHOSTUNREACH), Some(Failure::Unreachable));
+        assert_eq!(classify(false, libc::ENETUNREACH), Some(Failure::Unreachable));
         assert_eq!(classify(true, 0), None);
-        assert_eq!(
-            classify(false, 0),
-            None,
-            "closed by the application before the handshake"
-        );
+        assert_eq!(classify(false, 0), None, "closed by the application before the handshake");
     }
 
     #[test]

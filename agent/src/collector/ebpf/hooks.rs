@@ -46,11 +46,7 @@ pub fn attach_first(
     capability: &'static str,
     candidates: &[Candidate],
 ) -> HookStatus {
-    let mut status = HookStatus {
-        capability,
-        chosen: None,
-        rejected: Vec::new(),
-    };
+    let mut status = HookStatus { capability, chosen: None, rejected: Vec::new() };
     for c in candidates {
         if let Some(chosen) = &status.chosen {
             status.rejected.push(Rejected {
@@ -61,10 +57,7 @@ pub fn attach_first(
         }
         match attach_all(ebpf, targets, c) {
             Ok(()) => status.chosen = Some(c.hook.to_string()),
-            Err(reason) => status.rejected.push(Rejected {
-                hook: c.hook.to_string(),
-                reason,
-            }),
+            Err(reason) => status.rejected.push(Rejected { hook: c.hook.to_string(), reason }),
         }
     }
     status
@@ -84,9 +77,7 @@ fn attach_all(ebpf: &mut Ebpf, targets: &Targets<'_>, c: &Candidate) -> Result<(
 }
 
 fn attach_one(ebpf: &mut Ebpf, t: &Targets<'_>, name: &str, how: Attach) -> Result<(), String> {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from the object"))?;
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
     match how {
         Attach::TpBtf(tp) => {
             let p: &mut BtfTracePoint = prog.try_into().map_err(describe)?;
@@ -108,8 +99,7 @@ fn attach_one(ebpf: &mut Ebpf, t: &Targets<'_>, name: &str, how: Attach) -> Resu
             let p: &mut CgroupSkb = prog.try_into().map_err(describe)?;
             p.load().map_err(describe)?;
             // The default mode: AllowMultiple is refused (EINVAL) by link-based attach on some kernels.
-            p.attach(cgroup, kind, CgroupAttachMode::default())
-                .map_err(describe)?;
+            p.attach(cgroup, kind, CgroupAttachMode::default()).map_err(describe)?;
         }
     }
     Ok(())
@@ -138,24 +128,10 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
 /// One line: the error and its causes; verifier logs cut to their last lines.
 pub fn describe(e: impl Into<ProgramError>) -> String {
     let e: ProgramError = e.into();
-    if let ProgramError::LoadError {
-        io_error,
-        verifier_log,
-    } = &e
-    {
+    if let ProgramError::LoadError { io_error, verifier_log } = &e {
         let log = verifier_log.to_string();
-        let tail: Vec<&str> = log
-            .lines()
-            .rev()
-            .take(8)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        return format!(
-            "the kernel refused to load it ({io_error}); verifier: {}",
-            tail.join(" | ")
-        );
+        let tail: Vec<&str> = log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+        return format!("the kernel refused to load it ({io_error}); verifier: {}", tail.join(" | "));
     }
     describe_any(&e)
 }
@@ -213,14 +189,8 @@ pub const TCP_BYTES_AT_CLOSE: &str =
 pub const UDP: &[Candidate] = &[Candidate {
     hook: "cgroup_skb/ingress+egress",
     programs: &[
-        (
-            "eddy_udp_egress",
-            Attach::CgroupSkb(CgroupSkbAttachType::Egress),
-        ),
-        (
-            "eddy_udp_ingress",
-            Attach::CgroupSkb(CgroupSkbAttachType::Ingress),
-        ),
+        ("eddy_udp_egress", Attach::CgroupSkb(CgroupSkbAttachType::Egress)),
+        ("eddy_udp_ingress", Attach::CgroupSkb(CgroupSkbAttachType::Ingress)),
     ],
 }];
 
