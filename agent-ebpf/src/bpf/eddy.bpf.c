@@ -377,6 +377,14 @@ struct ipv6_hdr {
 	__u8 daddr[16];
 };
 
+/* Network namespace of the current task (egress runs in the sender's context). */
+static __always_inline __u32 current_netns(void)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(t, nsproxy, net_ns, ns.inum);
+}
+
 static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 {
 	struct eddy_udp_key key = {};
@@ -448,6 +456,7 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 		if (egress) {
 			/* Egress runs in the sender's context. */
 			f.pid = bpf_get_current_pid_tgid() >> 32;
+			f.netns_ino = current_netns();
 			bpf_get_current_comm(f.comm, sizeof(f.comm));
 		}
 		if (bpf_map_update_elem(&UDP_FLOWS, &key, &f, BPF_NOEXIST) != 0) {
@@ -467,6 +476,7 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 		__sync_fetch_and_add(&e->packets_sent, segs);
 		if (e->pid == 0) {
 			e->pid = bpf_get_current_pid_tgid() >> 32;
+			e->netns_ino = current_netns();
 			bpf_get_current_comm(e->comm, sizeof(e->comm));
 		}
 	} else {
