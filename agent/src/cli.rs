@@ -70,6 +70,9 @@ pub struct Overrides {
     /// Log filter (`info`, `debug`, …).
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Hook candidates not to use, comma-separated (names as in /status).
+    #[arg(long)]
+    pub disabled_hooks: Option<String>,
 }
 
 impl Overrides {
@@ -88,6 +91,7 @@ impl Overrides {
             ("udp", &self.udp),
             ("cgroup_path", &self.cgroup_path),
             ("log_level", &self.log_level),
+            ("disabled_hooks", &self.disabled_hooks),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
@@ -114,6 +118,7 @@ mod tests {
             udp: Some("x".into()),
             cgroup_path: Some("x".into()),
             log_level: Some("x".into()),
+            disabled_hooks: Some("x".into()),
             config: None,
         };
         let keys: Vec<&str> = all.pairs().into_iter().map(|(k, _)| k).collect();

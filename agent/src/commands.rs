@@ -48,6 +48,7 @@ fn start_source(cfg: &Config) -> Result<(EbpfSource, KernelInfo, Arc<dyn Clock>)
         udp_idle_timeout: cfg.udp_idle_timeout,
         udp: cfg.udp,
         cgroup_path: kernel.cgroup2.clone(),
+        disabled_hooks: cfg.disabled_hooks.clone(),
     };
     let source = EbpfSource::start(settings, clock.clone())?;
     Ok((source, kernel, clock))

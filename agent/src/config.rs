@@ -57,6 +57,9 @@ pub struct Config {
     pub cgroup_path: Option<PathBuf>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
     pub log_level: String,
+    /// Hook candidates never to use, by the names `/status` shows (comma-separated in the
+    /// environment and on the command line), e.g. to step around a kernel bug.
+    pub disabled_hooks: Vec<String>,
 }
 
 impl Default for Config {
@@ -75,6 +78,7 @@ impl Default for Config {
             udp: true,
             cgroup_path: None,
             log_level: "info".into(),
+            disabled_hooks: Vec::new(),
         }
     }
 }
@@ -108,6 +112,7 @@ pub const KEYS: &[&str] = &[
     "udp",
     "cgroup_path",
     "log_level",
+    "disabled_hooks",
 ];
 
 /// `EDDY_CONFIG` names the file; it is not a field.
@@ -200,6 +205,10 @@ impl Config {
             }
             "cgroup_path" => self.cgroup_path = Some(PathBuf::from(value.trim())),
             "log_level" => self.log_level = value.trim().to_string(),
+            "disabled_hooks" => {
+                self.disabled_hooks =
+                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+            }
             _ => return Err(bad(format!("unknown key; known: {}", KEYS.join(", ")))),
         }
         Ok(())

@@ -34,6 +34,7 @@
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
 #define MSG_PEEK 2
+#define RCV_SHUTDOWN 1
 /* tcp_sock counters (segments, RTT, retransmits) are copied at most this often per connection. */
 #define SNAPSHOT_INTERVAL_NS 250000000ULL
 
@@ -90,20 +91,25 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
+/*
+ * Kernel structs are read by direct, CO-RE-relocated loads: every caller holds
+ * a BTF-typed pointer (tp_btf and fentry arguments, bpf_skc_to_tcp_sock() in
+ * sockops), which the verifier lets us walk without bpf_probe_read_kernel().
+ */
 static __always_inline void read_tuple(struct sock *sk, struct eddy_tuple *t)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 
 	t->family = family;
 	t->protocol = IPPROTO_TCP;
-	t->local_port = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	t->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t->local_port = bpf_ntohs(((struct inet_sock *)sk)->inet_sport);
+	t->remote_port = bpf_ntohs(sk->__sk_common.skc_dport);
 	if (family == AF_INET6) {
-		BPF_CORE_READ_INTO(&t->local_addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&t->remote_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		__builtin_memcpy(t->local_addr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(t->remote_addr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
 	} else {
-		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__u32 s = sk->__sk_common.skc_rcv_saddr;
+		__u32 d = sk->__sk_common.skc_daddr;
 		__builtin_memcpy(t->local_addr, &s, 4);
 		__builtin_memcpy(t->remote_addr, &d, 4);
 	}
@@ -113,19 +119,35 @@ static __always_inline void snapshot(struct eddy_flow *e, struct sock *sk, __u64
 {
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 
-	e->packets_sent = BPF_CORE_READ(tp, segs_out);
-	e->packets_received = BPF_CORE_READ(tp, segs_in);
-	e->retransmits = BPF_CORE_READ(tp, total_retrans);
-	e->rtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-	e->rtt_var_us = BPF_CORE_READ(tp, mdev_us) >> 2;
+	e->packets_sent = tp->segs_out;
+	e->packets_received = tp->segs_in;
+	e->retransmits = tp->total_retrans;
+	e->rtt_us = tp->srtt_us >> 3;
+	e->rtt_var_us = tp->mdev_us >> 2;
 	e->snapshot_ns = now;
 }
 
 static __always_inline __u64 sk_cgroup_id(struct sock *sk)
 {
-	if (bpf_core_field_exists(sk->sk_cgrp_data.cgroup))
-		return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	if (bpf_core_field_exists(sk->sk_cgrp_data.cgroup)) {
+		struct cgroup *cg = sk->sk_cgrp_data.cgroup;
+		if (cg)
+			return cg->kn->id;
+	}
 	return 0;
+}
+
+/*
+ * tp_btf and fentry arguments are typed `struct sock`: the verifier refuses
+ * loads beyond it (inet_sock, tcp_sock). bpf_skc_to_tcp_sock() gives the same
+ * socket typed as the full tcp_sock (NULL for non-TCP, request and timewait
+ * sockets); every helper below takes that pointer, cast back to struct sock.
+ */
+static __always_inline struct sock *tcp_full(struct sock *sk)
+{
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return NULL;
+	return (struct sock *)bpf_skc_to_tcp_sock(sk);
 }
 
 /* Start tracking a TCP connection; NULL when the map is full (counted). */
@@ -139,7 +161,7 @@ static __always_inline struct eddy_flow *tcp_track(struct sock *sk, __u64 cookie
 	read_tuple(sk, &f.tuple);
 	f.cookie = cookie;
 	f.cgroup_id = sk_cgroup_id(sk);
-	f.netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	f.netns_ino = sk->__sk_common.skc_net.net->ns.inum;
 	f.opened_ns = (flags & EDDY_FLAG_PREEXISTING) ? 0 : now;
 	f.last_ns = now;
 	f.direction = dir;
@@ -161,12 +183,59 @@ static __always_inline struct eddy_flow *tcp_track(struct sock *sk, __u64 cookie
 	return NULL;
 }
 
-static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
+/* The connection reached CLOSE: keep the error (set before the state change,
+ * cleared once the application reads it) and the final tcp_sock counters
+ * (a failed connect() or an abort runs tcp_disconnect(), which zeroes them
+ * before the socket is destroyed). */
+static __always_inline void mark_closed(struct eddy_flow *e, struct sock *sk, __u64 now)
 {
+	__u32 zero = 0;
+	__u32 *cfg;
+
+	e->sk_err = sk->sk_err;
+	e->closed_ns = now;
+	e->last_ns = now;
+	if (e->tuple.local_port == 0)
+		read_tuple(sk, &e->tuple);
+	snapshot(e, sk, now);
+	cfg = bpf_map_lookup_elem(&CONFIG, &zero);
+	if (cfg && (*cfg & EDDY_CFG_BYTES_AT_CLOSE)) {
+		struct tcp_sock *tp = (struct tcp_sock *)sk;
+		__u64 rcvd = tp->bytes_received;
+		/* Data bytes sent, minus retransmitted ones; bytes_received counts a
+		 * received FIN as one byte (RCV_SHUTDOWN without an error). */
+		e->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
+		if (rcvd > 0 && (sk->sk_shutdown & RCV_SHUTDOWN) && e->sk_err == 0)
+			rcvd -= 1;
+		e->bytes_received = rcvd;
+	}
+}
+
+/* Final record: to the ring buffer, or (ring full) left in the map flagged CLOSED. */
+static __always_inline void finish(struct eddy_flow *e, struct sock *sk, __u64 cookie, __u64 now)
+{
+	if (e->closed_ns == 0)
+		mark_closed(e, sk, now); /* CLOSE was not seen (e.g. opened before the agent) */
+	else if (e->sk_err == 0)
+		e->sk_err = sk->sk_err; /* an abort (SO_LINGER 0) sets it after CLOSE */
+	e->last_ns = now;
+	e->flags |= EDDY_FLAG_CLOSED;
+	if (bpf_ringbuf_output(&CLOSED, e, sizeof(*e), BPF_RB_NO_WAKEUP) == 0) {
+		count(EDDY_CTR_CLOSED_SENT);
+		bpf_map_delete_elem(&TCP_FLOWS, &cookie);
+	} else {
+		/* Kept in the map, flagged CLOSED: userspace collects it on its next poll. */
+		count(EDDY_CTR_RINGBUF_FULL);
+	}
+}
+
+static __always_inline int on_state(struct sock *arg, int oldstate, int newstate)
+{
+	struct sock *sk = tcp_full(arg);
 	struct eddy_flow *e;
 	__u64 cookie, now;
 
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!sk)
 		return 0;
 	cookie = bpf_get_socket_cookie(sk);
 	now = bpf_ktime_get_ns();
@@ -197,26 +266,19 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 	}
 	if (newstate == TCP_CLOSE) {
 		e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
-		if (!e)
-			return 0;
-		/* The error is set before the state changes and is cleared once the
-		 * application reads it (SO_ERROR, a failed connect()): keep it now. */
-		e->sk_err = BPF_CORE_READ(sk, sk_err);
-		e->closed_ns = now;
-		e->last_ns = now;
-		if (e->tuple.local_port == 0)
-			read_tuple(sk, &e->tuple);
-		snapshot(e, sk, now);
+		if (e)
+			mark_closed(e, sk, now);
 	}
 	return 0;
 }
 
-static __always_inline int on_destroy(struct sock *sk)
+static __always_inline int on_destroy(struct sock *arg)
 {
+	struct sock *sk = tcp_full(arg);
 	struct eddy_flow *e;
-	__u64 cookie, now;
+	__u64 cookie;
 
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!sk)
 		return 0;
 	cookie = bpf_get_socket_cookie(sk);
 	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
@@ -224,44 +286,20 @@ static __always_inline int on_destroy(struct sock *sk)
 		bpf_map_delete_elem(&UNTRACKED, &cookie);
 		return 0;
 	}
-	now = bpf_ktime_get_ns();
-	snapshot(e, sk, now);
-	if (e->sk_err == 0)
-		e->sk_err = BPF_CORE_READ(sk, sk_err); /* e.g. an abort (SO_LINGER 0) sets it after CLOSE */
-	if (e->tuple.local_port == 0)
-		read_tuple(sk, &e->tuple);
-	__u32 zero = 0;
-	__u32 *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
-	if (cfg && (*cfg & EDDY_CFG_BYTES_AT_CLOSE)) {
-		struct tcp_sock *tp = (struct tcp_sock *)sk;
-		__u64 acked = BPF_CORE_READ(tp, bytes_acked);
-		__u64 rcvd = BPF_CORE_READ(tp, bytes_received);
-		/* bytes_acked counts the SYN: remove it. FIN (+1) may remain. */
-		e->bytes_sent = acked > 0 ? acked - 1 : 0;
-		e->bytes_received = rcvd;
-	}
-	if (e->closed_ns == 0)
-		e->closed_ns = now;
-	e->last_ns = now;
-	e->flags |= EDDY_FLAG_CLOSED;
-	if (bpf_ringbuf_output(&CLOSED, e, sizeof(*e), 0) == 0) {
-		count(EDDY_CTR_CLOSED_SENT);
-		bpf_map_delete_elem(&TCP_FLOWS, &cookie);
-	} else {
-		/* Kept in the map, flagged CLOSED: userspace collects it on its next poll. */
-		count(EDDY_CTR_RINGBUF_FULL);
-	}
+	finish(e, sk, cookie, bpf_ktime_get_ns());
 	return 0;
 }
 
-static __always_inline int on_bytes(struct sock *sk, int ret, int flags, bool sent)
+static __always_inline int on_bytes(struct sock *arg, int ret, int flags, bool sent)
 {
 	struct eddy_flow *e;
+	struct sock *sk;
 	__u64 cookie, now;
 
 	if (ret <= 0 || (!sent && (flags & MSG_PEEK)))
 		return 0;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	sk = tcp_full(arg);
+	if (!sk)
 		return 0;
 	cookie = bpf_get_socket_cookie(sk);
 	now = bpf_ktime_get_ns();
@@ -292,16 +330,19 @@ static __always_inline int on_bytes(struct sock *sk, int ret, int flags, bool se
 	return 0;
 }
 
-static __always_inline int on_retransmit(struct sock *sk)
+static __always_inline int on_retransmit(struct sock *arg)
 {
+	struct sock *sk = tcp_full(arg);
 	struct eddy_flow *e;
 	__u64 cookie;
 
+	if (!sk)
+		return 0;
 	cookie = bpf_get_socket_cookie(sk);
 	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
 	if (e)
 		/* total_retrans is bumped after this tracepoint: count this one. */
-		e->retransmits = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans) + 1;
+		e->retransmits = ((struct tcp_sock *)sk)->total_retrans + 1;
 	return 0;
 }
 
@@ -351,6 +392,69 @@ SEC("fentry/tcp_cleanup_rbuf")
 int BPF_PROG(eddy_recv_fentry, struct sock *sk, int copied)
 {
 	return on_bytes(sk, copied, 0, false);
+}
+
+/* ---- TCP lifecycle fallback: sockops on the cgroup v2 root ---- */
+
+/*
+ * For kernels where the tp_btf lifecycle programs cannot attach. Tracks
+ * connections from TCP_CONNECT_CB (outgoing) and PASSIVE_ESTABLISHED_CB
+ * (incoming), asks for state callbacks, and finishes the record when the
+ * socket reaches CLOSE. The process is filled by the byte hooks.
+ */
+SEC("sockops")
+int eddy_sockops(struct bpf_sock_ops *skops)
+{
+	__u32 op = skops->op;
+	struct eddy_flow *e;
+	struct bpf_sock *bsk;
+	struct tcp_sock *tp;
+	struct sock *sk;
+	__u64 cookie, now;
+
+	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
+	    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB)
+		return 1;
+	bsk = skops->sk;
+	if (!bsk)
+		return 1;
+	tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return 1;
+	sk = (struct sock *)tp;
+	cookie = bpf_get_socket_cookie(skops);
+	now = bpf_ktime_get_ns();
+
+	switch (op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		if (tcp_track(sk, cookie, EDDY_DIR_OUTGOING, EDDY_FLAG_SYN_SENT, now, false))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+		if (e) {
+			read_tuple(sk, &e->tuple);
+			e->flags |= EDDY_FLAG_ESTABLISHED;
+			e->last_ns = now;
+		}
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		if (tcp_track(sk, cookie, EDDY_DIR_INCOMING, EDDY_FLAG_ESTABLISHED, now, false))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != TCP_CLOSE)
+			break;
+		e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+		if (!e) {
+			bpf_map_delete_elem(&UNTRACKED, &cookie);
+			break;
+		}
+		mark_closed(e, sk, now);
+		finish(e, sk, cookie, now);
+		break;
+	}
+	return 1;
 }
 
 /* ---- UDP: per packet, peer from the packet ---- */

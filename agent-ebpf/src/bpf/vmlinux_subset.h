@@ -60,6 +60,7 @@ struct sock_common {
 
 struct sock {
 	struct sock_common __sk_common;
+	__u8 sk_shutdown;
 	__u16 sk_protocol;
 	int sk_err;
 	int sk_err_soft;
@@ -79,6 +80,8 @@ struct tcp_sock {
 	__u32 total_retrans;
 	__u64 bytes_received;
 	__u64 bytes_acked;
+	__u64 bytes_sent;
+	__u64 bytes_retrans;
 } __attribute__((preserve_access_index));
 
 struct nsproxy {

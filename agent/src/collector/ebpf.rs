@@ -37,6 +37,8 @@ pub struct EbpfSettings {
     pub udp: bool,
     /// cgroup v2 mount point (cgroup programs are attached at its root).
     pub cgroup_path: Option<PathBuf>,
+    /// Hook candidates not to use (names as in `/status`).
+    pub disabled_hooks: Vec<String>,
 }
 
 /// Reads Eddy's kernel programs.
@@ -79,7 +81,8 @@ impl EbpfSource {
             ),
             None => None,
         };
-        let targets = hooks::Targets { btf: &btf, cgroup: cgroup.as_ref() };
+        let targets =
+            hooks::Targets { btf: &btf, cgroup: cgroup.as_ref(), disabled: &settings.disabled_hooks };
 
         let lifecycle = hooks::attach_first(&mut ebpf, &targets, "tcp_lifecycle", hooks::TCP_LIFECYCLE);
         if lifecycle.chosen.is_none() {

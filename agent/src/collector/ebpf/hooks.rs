@@ -5,7 +5,7 @@
 use std::fs::File;
 
 use aya::programs::{
-    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, ProgramError,
+    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, ProgramError, SockOps,
 };
 use aya::{Btf, Ebpf};
 
@@ -22,6 +22,8 @@ pub enum Attach {
     FExit(&'static str),
     /// cgroup_skb on the cgroup v2 root.
     CgroupSkb(CgroupSkbAttachType),
+    /// sockops on the cgroup v2 root.
+    SockOps,
 }
 
 /// A set of programs that together provide one capability.
@@ -37,6 +39,8 @@ pub struct Candidate {
 pub struct Targets<'a> {
     pub btf: &'a Btf,
     pub cgroup: Option<&'a File>,
+    /// Hook names the configuration turned off (`disabled_hooks`).
+    pub disabled: &'a [String],
 }
 
 /// Attaches the first candidate that works. `chosen` is `None` if none did.
@@ -52,6 +56,13 @@ pub fn attach_first(
             status.rejected.push(Rejected {
                 hook: c.hook.to_string(),
                 reason: format!("not needed: {chosen} is preferred"),
+            });
+            continue;
+        }
+        if targets.disabled.iter().any(|d| d == c.hook) {
+            status.rejected.push(Rejected {
+                hook: c.hook.to_string(),
+                reason: "disabled by config (disabled_hooks)".into(),
             });
             continue;
         }
@@ -101,6 +112,12 @@ fn attach_one(ebpf: &mut Ebpf, t: &Targets<'_>, name: &str, how: Attach) -> Resu
             // The default mode: AllowMultiple is refused (EINVAL) by link-based attach on some kernels.
             p.attach(cgroup, kind, CgroupAttachMode::default()).map_err(describe)?;
         }
+        Attach::SockOps => {
+            let cgroup = t.cgroup.ok_or("no cgroup v2 hierarchy is mounted")?;
+            let p: &mut SockOps = prog.try_into().map_err(describe)?;
+            p.load().map_err(describe)?;
+            p.attach(cgroup, CgroupAttachMode::default()).map_err(describe)?;
+        }
     }
     Ok(())
 }
@@ -116,6 +133,8 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
     } else if let Ok(p) = <&mut FExit>::try_from(&mut *prog) {
         p.unload()
     } else if let Ok(p) = <&mut CgroupSkb>::try_from(&mut *prog) {
+        p.unload()
+    } else if let Ok(p) = <&mut SockOps>::try_from(&mut *prog) {
         p.unload()
     } else {
         Ok(())
@@ -149,13 +168,17 @@ fn trampoline(e: ProgramError) -> String {
 }
 
 /// TCP connection lifecycle (open, close, failure): required.
-pub const TCP_LIFECYCLE: &[Candidate] = &[Candidate {
-    hook: "tp_btf/inet_sock_set_state+tcp_destroy_sock",
-    programs: &[
-        ("eddy_state", Attach::TpBtf("inet_sock_set_state")),
-        ("eddy_destroy", Attach::TpBtf("tcp_destroy_sock")),
-    ],
-}];
+pub const TCP_LIFECYCLE: &[Candidate] = &[
+    Candidate {
+        hook: "tp_btf/inet_sock_set_state+tcp_destroy_sock",
+        programs: &[
+            ("eddy_state", Attach::TpBtf("inet_sock_set_state")),
+            ("eddy_destroy", Attach::TpBtf("tcp_destroy_sock")),
+        ],
+    },
+    // Final record at CLOSE (not at destroy): an abort's error set after CLOSE is missed.
+    Candidate { hook: "sockops", programs: &[("eddy_sockops", Attach::SockOps)] },
+];
 
 /// Live retransmit counts (final counts come from tcp_sock at close regardless).
 pub const TCP_RETRANSMITS: &[Candidate] = &[Candidate {

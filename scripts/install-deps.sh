@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what Eddy needs on Debian 12 (root). Usage: install-deps.sh build|test
+#   build: clang-19 + libbpf headers (kernel programs), iproute2
+#   test:  build + what the integration tests drive (iproute2's ip/tc, kmod for netem)
+# The Rust toolchain is not installed here: Eddy needs cargo/rustc >= 1.95 (rustup).
+set -euo pipefail
+
+what=${1:-build}
+case "$what" in
+  -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  build|test) ;;
+  *) echo "install-deps.sh: unknown target '$what' (build|test)" >&2; exit 2 ;;
+esac
+
+pkgs=(clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 python3)
+if [ "$what" = test ]; then
+  pkgs+=(kmod)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps.sh: missing Debian packages: ${missing[*]}; run as root (sudo) to install them" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps.sh: cargo not found. Install Rust >= 1.95 with rustup (https://rustup.rs), then re-run." >&2
+  exit 1
+fi
+have=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n1.95.0\n' "$have" | sort -V | head -n1)" != "1.95.0" ]; then
+  echo "install-deps.sh: rustc $have is too old; Eddy needs >= 1.95 (rustup update)." >&2
+  exit 1
+fi

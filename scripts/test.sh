@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the test prerequisites (Debian 12, as root) and runs every check and test:
+# formatting, clippy (-D warnings), unit tests, and the privileged integration tests
+# in tests/ (network namespaces, real eBPF programs). Tests that need something this
+# machine lacks print "SKIP <test>: <reason>".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+
+scripts/install-deps.sh test
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test.sh: not root: the privileged integration tests will be skipped (run with sudo to include them)" >&2
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The integration tests run the real binaries: build them first.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked
