@@ -11,6 +11,7 @@
 //! - [`agent`]: the agent process in `capture` mode ([`Capture`]) and `run` mode ([`RunAgent`]);
 //! - [`http`]: a tiny blocking HTTP/1.1 GET client;
 //! - [`flow`]: the flow record as the agent prints it ([`FlowRecord`]) and matching/assertion helpers;
+//! - [`traffic`]: full-duplex TCP exchanges with exact byte counts;
 //! - [`sock`]: socket options the tests need (cookie, `tcp_info`, linger, SYN count, bound connect).
 //!
 //! Limits: tests must only send traffic to loopback or to addresses inside namespaces they created
@@ -22,6 +23,7 @@ pub mod flow;
 pub mod http;
 pub mod netns;
 pub mod sock;
+pub mod traffic;
 pub mod wire;
 
 use std::path::Path;
@@ -31,11 +33,12 @@ pub use agent::{Capture, CaptureOptions, RunAgent, agent_bin, format_duration};
 pub use flow::{Checker, Endpoint, FlowRecord, describe_records, expect_one, find_records};
 pub use http::{HttpResponse, http_get};
 pub use netns::{
-    NetNs, VethLink, add_netem, current_netns_inode, netem_available, own_cgroup_id, veth_link,
+    NetNs, VethLink, add_netem, current_netns_inode, join, netem_available, own_cgroup_id, veth_link,
 };
 pub use sock::{
     set_linger_zero, set_syn_count, socket_cookie, tcp_connect_bound, tcp_info, tcp_state,
 };
+pub use traffic::{read_to_eof, tcp_exchange};
 pub use wire::{ImpairedLink, Impairment, TunWire, WireConfig};
 
 /// When set to `1`, a missing privilege makes tests fail instead of skipping (for CI runners that must run them).

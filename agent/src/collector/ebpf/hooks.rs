@@ -205,8 +205,8 @@ pub const TCP_BYTES: &[Candidate] = &[
 ];
 
 /// Name of the last-resort byte source, used when no TCP_BYTES candidate attaches.
-pub const TCP_BYTES_AT_CLOSE: &str =
-    "tcp_sock counters at close (bytes_acked/bytes_received; live flows show 0 bytes)";
+/// Open connections show 0 bytes until they close.
+pub const TCP_BYTES_AT_CLOSE: &str = "tcp_sock counters at close";
 
 /// UDP flows and datagram counts.
 pub const UDP: &[Candidate] = &[Candidate {
