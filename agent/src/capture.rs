@@ -19,6 +19,15 @@ use crate::table::FlowKey;
 pub struct CaptureSettings {
     pub duration: Duration,
     pub poll_interval: Duration,
+    /// Flows kept for printing; beyond it new flows are counted, not kept (bounded memory).
+    pub max_flows: usize,
+}
+
+/// The window's flows, and how many did not fit `max_flows`.
+#[derive(Debug)]
+pub struct Captured {
+    pub flows: Vec<FlowRecord>,
+    pub dropped: u64,
 }
 
 /// Collects for `duration` (or until `stop`), then returns the window's flows.
@@ -29,14 +38,14 @@ pub fn capture(
     clock: &dyn Clock,
     stop: &AtomicBool,
     started: impl FnOnce(),
-) -> Result<Vec<FlowRecord>, CollectorError> {
+) -> Result<Captured, CollectorError> {
     let first = source.poll(true)?;
     let baseline: HashMap<FlowKey, FlowRecord> =
         first.live.unwrap_or_default().into_iter().map(|o| (FlowKey::of(&o.record), o.record)).collect();
     let start_ns = clock.mono_now_ns();
     started();
 
-    let mut window = Window::default();
+    let mut window = Window { max: settings.max_flows, ..Window::default() };
     let deadline = Instant::now() + settings.duration;
     let mut next_scan = Instant::now() + settings.poll_interval;
     while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
@@ -51,7 +60,8 @@ pub fn capture(
     let last = source.poll(true)?;
     window.closed(last.closed);
     window.live(last.live.unwrap_or_default(), start_ns);
-    Ok(window.finish(&baseline))
+    let dropped = window.dropped;
+    Ok(Captured { flows: window.finish(&baseline), dropped })
 }
 
 /// Flows of the window, in the order they were first seen.
@@ -59,9 +69,20 @@ pub fn capture(
 struct Window {
     order: Vec<FlowKey>,
     flows: HashMap<FlowKey, FlowRecord>,
+    max: usize,
+    dropped: u64,
 }
 
 impl Window {
+    fn insert(&mut self, key: FlowKey, record: FlowRecord) {
+        if self.flows.len() >= self.max {
+            self.dropped += 1;
+            return;
+        }
+        self.order.push(key);
+        self.flows.insert(key, record);
+    }
+
     fn closed(&mut self, closed: Vec<Observed>) {
         for o in closed {
             let key = FlowKey::of(&o.record);
@@ -69,10 +90,7 @@ impl Window {
                 // A UDP flow closed for idleness, then active again: add the parts.
                 Some(prev) if matches!(key, FlowKey::Udp { .. }) => add(prev, &o.record),
                 Some(prev) => *prev = o.record,
-                None => {
-                    self.order.push(key);
-                    self.flows.insert(key, o.record);
-                }
+                None => self.insert(key, o.record),
             }
         }
     }
@@ -86,10 +104,7 @@ impl Window {
                     prev.closed_at = None;
                 }
                 Some(_) => {} // TCP: the closed record is final
-                None => {
-                    self.order.push(key);
-                    self.flows.insert(key, o.record);
-                }
+                None => self.insert(key, o.record),
             }
         }
     }
@@ -159,14 +174,18 @@ mod tests {
 
     fn run(batches: Vec<Batch>, clock_ns: u64) -> Vec<FlowRecord> {
         let mut source = FakeSource::new(batches);
-        let settings =
-            CaptureSettings { duration: Duration::from_millis(30), poll_interval: Duration::from_millis(10) };
+        let settings = CaptureSettings {
+            duration: Duration::from_millis(30),
+            poll_interval: Duration::from_millis(10),
+            max_flows: 100,
+        };
         let clock = FakeClock::at(clock_ns);
         let stop = AtomicBool::new(false);
         let mut started = false;
         let out = capture(&mut source, &settings, &clock, &stop, || started = true).expect("capture");
         assert!(started);
-        out
+        assert_eq!(out.dropped, 0);
+        out.flows
     }
 
     #[test]
@@ -189,7 +208,7 @@ mod tests {
 
     #[test]
     fn live_flows_with_activity_are_reported_as_deltas() {
-        let mut window = Window::default();
+        let mut window = Window { max: 10, ..Window::default() };
         window.live(vec![obs(Protocol::Tcp, 1, 150, 20, false), obs(Protocol::Tcp, 3, 7, 5, false)], 10);
         let baseline = HashMap::from([(FlowKey::Tcp(1), obs(Protocol::Tcp, 1, 100, 5, false).record)]);
         let out = window.finish(&baseline);
@@ -199,7 +218,7 @@ mod tests {
 
     #[test]
     fn udp_flow_evicted_then_reopened_adds_up() {
-        let mut window = Window::default();
+        let mut window = Window { max: 10, ..Window::default() };
         window.closed(vec![obs(Protocol::Udp, 4, 10, 15, true)]);
         window.live(vec![obs(Protocol::Udp, 4, 3, 25, false)], 10);
         let out = window.finish(&HashMap::new());
@@ -209,8 +228,16 @@ mod tests {
     }
 
     #[test]
+    fn window_is_bounded_and_counts_what_did_not_fit() {
+        let mut window = Window { max: 2, ..Window::default() };
+        window.closed((1..=5).map(|c| obs(Protocol::Tcp, c, 1, 15, true)).collect());
+        assert_eq!(window.dropped, 3);
+        assert_eq!(window.finish(&HashMap::new()).len(), 2);
+    }
+
+    #[test]
     fn tcp_closed_record_wins_over_a_late_live_read() {
-        let mut window = Window::default();
+        let mut window = Window { max: 10, ..Window::default() };
         window.closed(vec![obs(Protocol::Tcp, 5, 10, 15, true)]);
         window.live(vec![obs(Protocol::Tcp, 5, 8, 14, false)], 10);
         let out = window.finish(&HashMap::new());

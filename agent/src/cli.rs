@@ -23,6 +23,9 @@ pub enum Command {
         /// Length of the window (e.g. `10s`, `2m`).
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Flows kept for printing (memory bound); more are counted and reported on stderr.
+        #[arg(long, default_value_t = 1_000_000)]
+        max_flows: usize,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -131,7 +134,7 @@ mod tests {
             Cli::try_parse_from(["eddy-agent", "capture", "--duration", "2s", "--flow-map-entries", "64"])
                 .expect("parse");
         match cli.command {
-            Command::Capture { duration, overrides } => {
+            Command::Capture { duration, overrides, .. } => {
                 assert_eq!(duration, Duration::from_secs(2));
                 assert_eq!(overrides.pairs(), vec![("flow_map_entries", "64".to_string())]);
             }

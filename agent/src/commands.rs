@@ -147,7 +147,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
 }
 
 /// `eddy-agent capture`.
-pub fn capture_window(cfg: Config, duration: Duration) -> Result<(), CommandError> {
+pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Result<(), CommandError> {
     let (mut source, _kernel, clock) = start_source(&cfg)?;
     let stop = Arc::new(AtomicBool::new(false));
     let rt = runtime()?;
@@ -158,10 +158,14 @@ pub fn capture_window(cfg: Config, duration: Duration) -> Result<(), CommandErro
             stop.store(true, Ordering::SeqCst);
         });
     }
-    let settings = CaptureSettings { duration, poll_interval: cfg.poll_interval };
-    let flows = capture(&mut source, &settings, clock.as_ref(), &stop, || {
+    let settings = CaptureSettings { duration, poll_interval: cfg.poll_interval, max_flows };
+    let captured = capture(&mut source, &settings, clock.as_ref(), &stop, || {
         tracing::info!(duration = %humantime::format_duration(duration), "capture started");
     })?;
+    let flows = captured.flows;
+    if captured.dropped > 0 {
+        tracing::warn!(dropped = captured.dropped, max_flows, "flows beyond --max-flows were not kept");
+    }
     tracing::info!(flows = flows.len(), "capture finished");
     drop(source);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

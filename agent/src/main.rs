@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (overrides, duration) = match &cli.command {
         Command::Run(o) => (o, None),
-        Command::Capture { duration, overrides } => (overrides, Some(*duration)),
+        Command::Capture { duration, overrides, max_flows } => (overrides, Some((*duration, *max_flows))),
     };
     let cfg = match Config::load(overrides.config.as_deref(), std::env::vars(), &overrides.pairs()) {
         Ok(c) => c,
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
     let result = match duration {
         None => commands::run(cfg),
-        Some(d) => commands::capture_window(cfg, d),
+        Some((d, max)) => commands::capture_window(cfg, d, max),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
