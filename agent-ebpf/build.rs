@@ -54,6 +54,7 @@ fn main() {
     let obj = out.join("eddy.bpf.o");
     run(Command::new(&clang)
         .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
+        .arg(format!("-D__TARGET_ARCH_{}", bpf_arch()))
         .arg(format!("-I{}", multiarch_include()))
         .arg("-c")
         .arg(bpf.join("eddy.bpf.c"))
@@ -78,6 +79,14 @@ fn find_clang() -> String {
         "eddy-ebpf needs clang to compile its kernel programs: install it with \
          `apt-get install clang-19 libbpf-dev` (or set CLANG=/path/to/clang)"
     );
+}
+
+/// libbpf's name for the target architecture (pt_regs layout for kprobes).
+fn bpf_arch() -> &'static str {
+    match env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default().as_str() {
+        "aarch64" => "arm64",
+        _ => "x86",
+    }
 }
 
 fn multiarch_include() -> String {

@@ -394,6 +394,76 @@ int BPF_PROG(eddy_recv_fentry, struct sock *sk, int copied)
 	return on_bytes(sk, copied, 0, false);
 }
 
+/* ---- TCP payload bytes: kprobes, for kernels without the tracepoints or trampolines ---- */
+
+/*
+ * kprobe arguments are raw pointers: no bpf_get_socket_cookie(), no direct
+ * loads. The cookie is read from sk->__sk_common.skc_cookie, which the
+ * lifecycle programs generated when the connection opened; connections opened
+ * before the agent (cookie not generated, or no entry) are counted as untracked.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);   /* pid_tgid */
+	__type(value, __u64); /* struct sock * */
+} SENDMSG_ARGS SEC(".maps");
+
+static __always_inline int on_bytes_raw(struct sock *sk, int ret, bool sent)
+{
+	struct eddy_flow *e;
+	__u64 cookie;
+
+	if (ret <= 0)
+		return 0;
+	cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	e = cookie ? bpf_map_lookup_elem(&TCP_FLOWS, &cookie) : NULL;
+	if (!e) {
+		count(EDDY_CTR_TCP_UNTRACKED);
+		return 0;
+	}
+	if (sent)
+		__sync_fetch_and_add(&e->bytes_sent, ret);
+	else
+		__sync_fetch_and_add(&e->bytes_received, ret);
+	if (e->pid == 0) {
+		e->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+	}
+	e->last_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("kprobe/tcp_sendmsg")
+int BPF_KPROBE(eddy_send_kprobe, struct sock *sk)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 ptr = (__u64)sk;
+
+	bpf_map_update_elem(&SENDMSG_ARGS, &id, &ptr, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/tcp_sendmsg")
+int BPF_KRETPROBE(eddy_send_kretprobe, int ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 *ptr = bpf_map_lookup_elem(&SENDMSG_ARGS, &id);
+	struct sock *sk;
+
+	if (!ptr)
+		return 0;
+	sk = (struct sock *)*ptr;
+	bpf_map_delete_elem(&SENDMSG_ARGS, &id);
+	return on_bytes_raw(sk, ret, true);
+}
+
+SEC("kprobe/tcp_cleanup_rbuf")
+int BPF_KPROBE(eddy_recv_kprobe, struct sock *sk, int copied)
+{
+	return on_bytes_raw(sk, copied, false);
+}
+
 /* ---- TCP lifecycle fallback: sockops on the cgroup v2 root ---- */
 
 /*

@@ -9,6 +9,7 @@
 
 #include <linux/types.h>
 #include <linux/bpf.h>
+#include <asm/ptrace.h> /* struct pt_regs, for kprobes (bpf_tracing.h) */
 
 typedef __u32 __wsum;
 typedef _Bool bool;
@@ -46,7 +47,12 @@ struct sock_cgroup_data {
 	struct cgroup *cgroup;
 } __attribute__((preserve_access_index));
 
+typedef struct {
+	__s64 counter;
+} atomic64_t;
+
 struct sock_common {
+	atomic64_t skc_cookie;
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
 	__be16 skc_dport;

@@ -5,7 +5,8 @@
 use std::fs::File;
 
 use aya::programs::{
-    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, ProgramError, SockOps,
+    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, KProbe, ProgramError,
+    SockOps,
 };
 use aya::{Btf, Ebpf};
 
@@ -24,6 +25,8 @@ pub enum Attach {
     CgroupSkb(CgroupSkbAttachType),
     /// sockops on the cgroup v2 root.
     SockOps,
+    /// kprobe or kretprobe (the object's section says which), by function name.
+    KProbe(&'static str),
 }
 
 /// A set of programs that together provide one capability.
@@ -112,6 +115,18 @@ fn attach_one(ebpf: &mut Ebpf, t: &Targets<'_>, name: &str, how: Attach) -> Resu
             // The default mode: AllowMultiple is refused (EINVAL) by link-based attach on some kernels.
             p.attach(cgroup, kind, CgroupAttachMode::default()).map_err(describe)?;
         }
+        Attach::KProbe(f) => {
+            let p: &mut KProbe = prog.try_into().map_err(describe)?;
+            p.load().map_err(describe)?;
+            p.attach(f, 0).map_err(|e| {
+                let s = describe(e);
+                if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+                    s
+                } else {
+                    format!("{s} (this kernel has no kprobe support: CONFIG_KPROBES is off)")
+                }
+            })?;
+        }
         Attach::SockOps => {
             let cgroup = t.cgroup.ok_or("no cgroup v2 hierarchy is mounted")?;
             let p: &mut SockOps = prog.try_into().map_err(describe)?;
@@ -135,6 +150,8 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
     } else if let Ok(p) = <&mut CgroupSkb>::try_from(&mut *prog) {
         p.unload()
     } else if let Ok(p) = <&mut SockOps>::try_from(&mut *prog) {
+        p.unload()
+    } else if let Ok(p) = <&mut KProbe>::try_from(&mut *prog) {
         p.unload()
     } else {
         Ok(())
@@ -200,6 +217,16 @@ pub const TCP_BYTES: &[Candidate] = &[
         programs: &[
             ("eddy_send_fexit", Attach::FExit("tcp_sendmsg")),
             ("eddy_recv_fentry", Attach::FEntry("tcp_cleanup_rbuf")),
+        ],
+    },
+    // For kernels without trampolines (e.g. arm64 before 6.0). Connections opened before the
+    // agent started are not counted by it (their cookie may not exist yet).
+    Candidate {
+        hook: "kprobe/tcp_sendmsg+kretprobe/tcp_sendmsg+kprobe/tcp_cleanup_rbuf",
+        programs: &[
+            ("eddy_send_kprobe", Attach::KProbe("tcp_sendmsg")),
+            ("eddy_send_kretprobe", Attach::KProbe("tcp_sendmsg")),
+            ("eddy_recv_kprobe", Attach::KProbe("tcp_cleanup_rbuf")),
         ],
     },
 ];
