@@ -60,9 +60,7 @@ pub struct FlowRecord {
 impl FlowRecord {
     /// Whether this record is the flow `local` → `remote` of `protocol`.
     pub fn is(&self, protocol: &str, local: SocketAddr, remote: SocketAddr) -> bool {
-        self.protocol == protocol
-            && self.local.socket_addr() == local
-            && self.remote.socket_addr() == remote
+        self.protocol == protocol && self.local.socket_addr() == local && self.remote.socket_addr() == remote
     }
 
     /// Whether either endpoint of this record is one of `addrs` (for diagnostics).
@@ -103,19 +101,14 @@ pub fn find_records<'a>(
     local: SocketAddr,
     remote: SocketAddr,
 ) -> Vec<&'a FlowRecord> {
-    records
-        .iter()
-        .filter(|r| r.is(protocol, local, remote))
-        .collect()
+    records.iter().filter(|r| r.is(protocol, local, remote)).collect()
 }
 
 /// Summaries of the records touching any of `addrs` (all records if `addrs` is empty), at most 50 lines.
 pub fn describe_records(records: &[FlowRecord], addrs: &[SocketAddr]) -> String {
     let mut out = String::new();
-    let matching: Vec<&FlowRecord> = records
-        .iter()
-        .filter(|r| addrs.is_empty() || r.touches(addrs))
-        .collect();
+    let matching: Vec<&FlowRecord> =
+        records.iter().filter(|r| addrs.is_empty() || r.touches(addrs)).collect();
     for r in matching.iter().take(50) {
         let _ = writeln!(out, "  {}", r.summary());
     }
@@ -123,11 +116,7 @@ pub fn describe_records(records: &[FlowRecord], addrs: &[SocketAddr]) -> String 
         let _ = writeln!(out, "  ... and {} more", matching.len() - 50);
     }
     if matching.is_empty() {
-        let _ = writeln!(
-            out,
-            "  (no record touches {addrs:?}; {} records in total)",
-            records.len()
-        );
+        let _ = writeln!(out, "  (no record touches {addrs:?}; {} records in total)", records.len());
     }
     out
 }
@@ -163,16 +152,9 @@ impl Checker {
     }
 
     /// Records a failure when `actual != expected`.
-    pub fn eq<T: PartialEq + std::fmt::Debug>(
-        &mut self,
-        ctx: &str,
-        field: &str,
-        actual: T,
-        expected: T,
-    ) {
+    pub fn eq<T: PartialEq + std::fmt::Debug>(&mut self, ctx: &str, field: &str, actual: T, expected: T) {
         if actual != expected {
-            self.errors
-                .push(format!("{ctx}: {field} = {actual:?}, expected {expected:?}"));
+            self.errors.push(format!("{ctx}: {field} = {actual:?}, expected {expected:?}"));
         }
     }
 

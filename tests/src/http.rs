@@ -16,10 +16,7 @@ pub struct HttpResponse {
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -36,10 +33,7 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<H
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_response(&raw)
@@ -64,25 +58,13 @@ pub fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let rest = &raw[head_end + 4..];
-    let mut resp = HttpResponse {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if resp
-        .header("transfer-encoding")
-        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
-    {
+    let mut resp = HttpResponse { status, headers, body: Vec::new() };
+    if resp.header("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
         resp.body = dechunk(rest)?;
     } else if let Some(len) = resp.header("content-length") {
-        let len: usize = len
-            .parse()
-            .map_err(|_| bad(format!("bad content-length {len:?}")))?;
+        let len: usize = len.parse().map_err(|_| bad(format!("bad content-length {len:?}")))?;
         if rest.len() < len {
-            return Err(bad(format!(
-                "body truncated: {} of {len} bytes",
-                rest.len()
-            )));
+            return Err(bad(format!("body truncated: {} of {len} bytes", rest.len())));
         }
         resp.body = rest[..len].to_vec();
     } else {
@@ -94,14 +76,12 @@ pub fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
 fn dechunk(mut data: &[u8]) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad("truncated chunk size"))?;
+        let line_end =
+            data.windows(2).position(|w| w == b"\r\n").ok_or_else(|| bad("truncated chunk size"))?;
         let size_text = std::str::from_utf8(&data[..line_end]).map_err(|e| bad(e.to_string()))?;
         let size_hex = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| bad(format!("bad chunk size {size_text:?}")))?;
+        let size =
+            usize::from_str_radix(size_hex, 16).map_err(|_| bad(format!("bad chunk size {size_text:?}")))?;
         data = &data[line_end + 2..];
         if size == 0 {
             return Ok(body);
@@ -120,8 +100,7 @@ mod tests {
 
     #[test]
     fn parses_content_length_and_chunked() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
-            .expect("parse");
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA").expect("parse");
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
         let r = parse_response(
             b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",

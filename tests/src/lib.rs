@@ -26,6 +26,7 @@ pub mod sock;
 pub mod traffic;
 pub mod wire;
 
+use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -36,10 +37,19 @@ pub use netns::{
     NetNs, VethLink, add_netem, current_netns_inode, join, netem_available, own_cgroup_id, veth_link,
 };
 pub use sock::{
-    set_linger_zero, set_syn_count, socket_cookie, tcp_connect_bound, tcp_info, tcp_state,
+    TCP_CLOSE, TCP_ESTABLISHED, set_linger_zero, set_syn_count, socket_cookie, tcp_connect_bound, tcp_info,
+    tcp_state,
 };
-pub use traffic::{read_to_eof, tcp_exchange};
-pub use wire::{ImpairedLink, Impairment, TunWire, WireConfig};
+pub use traffic::{Exchange, read_to_eof, tcp_exchange, wait_closed};
+pub use wire::{ImpairedLink, Impairment, TunWire, WireConfig, impairment_available};
+
+/// Hook names (as `/status` shows them) that the fallback tests disable.
+pub mod hooks {
+    /// The preferred TCP lifecycle hook: disabling it selects sockops.
+    pub const LIFECYCLE_TP_BTF: &str = "tp_btf/inet_sock_set_state+tcp_destroy_sock";
+    /// The preferred TCP byte hook: disabling it selects fentry, kprobes or close-time counters.
+    pub const BYTES_TP_BTF: &str = "tp_btf/sock_send_length+sock_recv_length";
+}
 
 /// When set to `1`, a missing privilege makes tests fail instead of skipping (for CI runners that must run them).
 pub const NO_SKIP_ENV: &str = "EDDY_TEST_NO_SKIP";
@@ -50,11 +60,7 @@ pub fn test_name() -> String {
         Some(name) if name != "main" => name.to_string(),
         _ => std::env::args()
             .next()
-            .and_then(|arg0| {
-                Path::new(&arg0)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-            })
+            .and_then(|arg0| Path::new(&arg0).file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "<test>".to_string()),
     }
 }
@@ -65,7 +71,9 @@ pub fn skip(reason: &str) {
     if std::env::var(NO_SKIP_ENV).as_deref() == Ok("1") {
         panic!("{name}: cannot run and {NO_SKIP_ENV}=1 forbids skipping: {reason}");
     }
-    eprintln!("SKIP {name}: {reason}");
+    // Straight to the stderr handle: libtest's output capture only intercepts the print macros, and a skip
+    // must be visible even without --nocapture.
+    let _ = writeln!(std::io::stderr(), "SKIP {name}: {reason}");
 }
 
 /// Checks what every privileged test needs: root (euid 0), kernel BTF and the `ip` command.
@@ -110,7 +118,5 @@ pub fn poll_until<T>(
 
 /// A byte pattern of length `len` (content is irrelevant to the agent; a pattern helps debugging).
 pub fn payload(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }

@@ -48,9 +48,7 @@ pub fn cmd(program: &str, args: &[&str]) -> String {
 
 /// Inode of the network namespace of the calling thread (what the agent reports as `netns`).
 pub fn current_netns_inode() -> u64 {
-    std::fs::metadata("/proc/thread-self/ns/net")
-        .expect("stat /proc/thread-self/ns/net")
-        .ino()
+    std::fs::metadata("/proc/thread-self/ns/net").expect("stat /proc/thread-self/ns/net").ino()
 }
 
 /// cgroup v2 id (inode of the cgroup directory) of this process, when the unified hierarchy is mounted.
@@ -124,8 +122,7 @@ impl NetNs {
         std::thread::Builder::new()
             .name(format!("in-{}", self.name))
             .spawn(move || {
-                setns(&file, CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("setns({path}): {e}"));
+                setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns({path}): {e}"));
                 drop(file);
                 f()
             })
@@ -143,17 +140,7 @@ impl NetNs {
 
     /// Adds a permanent neighbour entry: packets to `ip` leave through `dev` to a MAC nobody has (they vanish).
     pub fn add_black_hole_neighbour(&self, dev: &str, ip: &str) {
-        self.ip(&[
-            "neigh",
-            "add",
-            ip,
-            "lladdr",
-            "02:00:00:00:00:01",
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
+        self.ip(&["neigh", "add", ip, "lladdr", "02:00:00:00:00:01", "dev", dev, "nud", "permanent"]);
     }
 }
 
@@ -215,15 +202,7 @@ pub fn subnet_addrs(x: u8) -> (Ipv4Addr, Ipv4Addr, Ipv6Addr, Ipv6Addr) {
 /// Assigns the link's addresses to `dev` in `ns` and brings it up.
 pub fn configure_addrs(ns: &NetNs, dev: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
     ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-    ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{v6}/64"),
-        "dev",
-        dev,
-        "nodad",
-    ]);
+    ns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
     ns.ip(&["link", "set", dev, "up"]);
 }
 
@@ -237,20 +216,7 @@ pub fn veth_link(a: &NetNs, b: &NetNs) -> VethLink {
     let (a_v4, b_v4, a_v6, b_v6) = subnet_addrs(subnet);
     cmd(
         "ip",
-        &[
-            "link",
-            "add",
-            &a_if,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &b_if,
-            "netns",
-            b.name(),
-        ],
+        &["link", "add", &a_if, "netns", a.name(), "type", "veth", "peer", "name", &b_if, "netns", b.name()],
     );
     configure_addrs(a, &a_if, a_v4, a_v6);
     configure_addrs(b, &b_if, b_v4, b_v6);
@@ -261,23 +227,11 @@ pub fn veth_link(a: &NetNs, b: &NetNs) -> VethLink {
             if out.contains("LOWER_UP") {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{dev} in {} has no carrier after 5 s: {out}",
-                ns.name()
-            );
+            assert!(Instant::now() < deadline, "{dev} in {} has no carrier after 5 s: {out}", ns.name());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    VethLink {
-        a_if,
-        b_if,
-        subnet,
-        a_v4,
-        b_v4,
-        a_v6,
-        b_v6,
-    }
+    VethLink { a_if, b_if, subnet, a_v4, b_v4, a_v6, b_v6 }
 }
 
 /// `tc qdisc add dev <dev> root netem <params>` inside `ns`.

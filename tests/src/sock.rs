@@ -15,36 +15,20 @@ const SO_COOKIE: libc::c_int = 57;
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_CLOSE: u8 = 7;
 
-fn getsockopt_raw<T: Copy>(
-    fd: &impl AsRawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-) -> io::Result<T> {
+fn getsockopt_raw<T: Copy>(fd: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
     // SAFETY: the option types used here are plain C structs / integers; all-zero is a valid value.
     let mut value: T = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` is writable for `len` bytes and both outlive the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&mut value as *mut T).cast(),
-            &mut len,
-        )
-    };
+    let rc =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&mut value as *mut T).cast(), &mut len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(value)
 }
 
-fn setsockopt_raw<T>(
-    fd: &impl AsRawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
+fn setsockopt_raw<T>(fd: &impl AsRawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` is readable for size_of::<T>() bytes during the call.
     let rc = unsafe {
         libc::setsockopt(
@@ -68,8 +52,7 @@ pub fn socket_cookie(fd: &impl AsRawFd) -> u64 {
 
 /// `getsockopt(TCP_INFO)`.
 pub fn tcp_info(fd: &impl AsRawFd) -> libc::tcp_info {
-    getsockopt_raw::<libc::tcp_info>(fd, libc::IPPROTO_TCP, libc::TCP_INFO)
-        .expect("getsockopt(TCP_INFO)")
+    getsockopt_raw::<libc::tcp_info>(fd, libc::IPPROTO_TCP, libc::TCP_INFO).expect("getsockopt(TCP_INFO)")
 }
 
 /// The TCP state (`tcpi_state`) of a socket.
@@ -79,10 +62,7 @@ pub fn tcp_state(fd: &impl AsRawFd) -> u8 {
 
 /// `SO_LINGER {on, 0}`: `close()` then aborts the connection with a RST.
 pub fn set_linger_zero(fd: &impl AsRawFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     setsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger).expect("setsockopt(SO_LINGER)");
 }
 
@@ -99,11 +79,7 @@ pub fn tcp_connect_bound(
     remote: SocketAddr,
     syn_count: Option<libc::c_int>,
 ) -> (SocketAddr, u64, io::Result<TcpStream>) {
-    let domain = if local.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
+    let domain = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket(2) call; the result is checked before use.
     let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(raw >= 0, "socket(): {}", io::Error::last_os_error());
@@ -112,8 +88,7 @@ pub fn tcp_connect_bound(
     if let Some(n) = syn_count {
         set_syn_count(&fd, n);
     }
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(local))
-        .unwrap_or_else(|e| panic!("bind({local}): {e}"));
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(local)).unwrap_or_else(|e| panic!("bind({local}): {e}"));
     let bound: SockaddrStorage = getsockname(fd.as_raw_fd()).expect("getsockname");
     let bound = storage_to_std(&bound).expect("bound address is IPv4/IPv6");
     let cookie = socket_cookie(&fd);

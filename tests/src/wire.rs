@@ -21,8 +21,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::netns::{
-    NetNs, VethLink, add_netem, configure_addrs, netem_available, next_id, next_subnet,
-    subnet_addrs, veth_link,
+    NetNs, VethLink, add_netem, configure_addrs, netem_available, next_id, next_subnet, subnet_addrs,
+    veth_link,
 };
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -73,30 +73,18 @@ fn open_tun(ns: &NetNs, name: String) -> File {
             .custom_flags(libc::O_NONBLOCK)
             .open("/dev/net/tun")
             .unwrap_or_else(|e| panic!("open /dev/net/tun: {e}"));
-        let mut req = IfReqFlags {
-            name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
-            _pad: [0; 22],
-        };
+        let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads a `struct ifreq` (40 bytes) that `req` provides and outlives the call.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
-        assert!(
-            rc == 0,
-            "TUNSETIFF {name}: {}",
-            std::io::Error::last_os_error()
-        );
+        assert!(rc == 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
         file
     })
 }
 
 /// Waits up to 100 ms for `file` to be readable.
 fn readable(file: &File) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: file.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd for the duration of the call.
     let rc = unsafe { libc::poll(&mut pfd, 1, 100) };
     rc > 0 && pfd.revents & libc::POLLIN != 0
@@ -108,9 +96,7 @@ fn is_tcp_payload(pkt: &[u8]) -> bool {
         Some(4) if pkt.len() >= 20 => {
             let ihl = usize::from(pkt[0] & 0x0f) * 4;
             let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
-            pkt[9] == 6
-                && pkt.len() >= ihl + 13
-                && total > ihl + usize::from(pkt[ihl + 12] >> 4) * 4
+            pkt[9] == 6 && pkt.len() >= ihl + 13 && total > ihl + usize::from(pkt[ihl + 12] >> 4) * 4
         }
         Some(6) if pkt.len() >= 40 + 13 => {
             let payload_len = usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
@@ -133,16 +119,8 @@ struct Forwarder {
 
 impl Forwarder {
     fn spawn(self, name: String) -> Vec<JoinHandle<()>> {
-        let Forwarder {
-            mut from,
-            mut to,
-            delay,
-            loss_percent,
-            loss_only_tcp_payload,
-            seed,
-            dropped,
-            stop,
-        } = self;
+        let Forwarder { mut from, mut to, delay, loss_percent, loss_only_tcp_payload, seed, dropped, stop } =
+            self;
         let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
         let mut handles = Vec::new();
         let writer_stop = stop.clone();
@@ -179,11 +157,8 @@ impl Forwarder {
                         if !readable(&from) {
                             continue;
                         }
-                        loop {
-                            let n = match from.read(&mut buf) {
-                                Ok(n) => n,
-                                Err(_) => break, // EAGAIN: drained
-                            };
+                        // Drain until EAGAIN.
+                        while let Ok(n) = from.read(&mut buf) {
                             let pkt = &buf[..n];
                             if loss_percent > 0 && (!loss_only_tcp_payload || is_tcp_payload(pkt)) {
                                 // xorshift64*
@@ -249,18 +224,7 @@ impl TunWire {
             }
             .spawn(format!("wire-{id}-ba")),
         );
-        TunWire {
-            a_if,
-            b_if,
-            subnet,
-            a_v4,
-            b_v4,
-            a_v6,
-            b_v6,
-            dropped,
-            stop,
-            threads,
-        }
+        TunWire { a_if, b_if, subnet, a_v4, b_v4, a_v6, b_v6, dropped, stop, threads }
     }
 }
 
@@ -271,6 +235,15 @@ impl Drop for TunWire {
             let _ = t.join();
         }
     }
+}
+
+/// Whether an [`ImpairedLink`] can be built here: `tc netem`, or else a TUN device for the userspace wire.
+pub fn impairment_available() -> Result<(), String> {
+    netem_available().or_else(|netem| {
+        OpenOptions::new().read(true).write(true).open("/dev/net/tun").map(drop).map_err(|tun| {
+            format!("tc netem is unavailable ({netem}) and /dev/net/tun cannot be opened for the userspace wire ({tun})")
+        })
+    })
 }
 
 /// The impairment wanted on the A→B direction of a link.
@@ -299,8 +272,7 @@ impl ImpairedLink {
                 if imp.loss_percent > 0 {
                     params.push_str(&format!("loss {}%", imp.loss_percent));
                 }
-                add_netem(a, &link.a_if, &params)
-                    .unwrap_or_else(|e| panic!("netem on {}: {e}", link.a_if));
+                add_netem(a, &link.a_if, &params).unwrap_or_else(|e| panic!("netem on {}: {e}", link.a_if));
                 eprintln!("impaired link: veth + tc netem {params}");
                 ImpairedLink::Netem(link)
             }

@@ -212,13 +212,8 @@ static __always_inline void mark_closed(struct eddy_flow *e, struct sock *sk, __
 }
 
 /* Final record: to the ring buffer, or (ring full) left in the map flagged CLOSED. */
-static __always_inline void finish(struct eddy_flow *e, struct sock *sk, __u64 cookie, __u64 now)
+static __always_inline void emit(struct eddy_flow *e, __u64 cookie)
 {
-	if (e->closed_ns == 0)
-		mark_closed(e, sk, now); /* CLOSE was not seen (e.g. opened before the agent) */
-	else if (e->sk_err == 0)
-		e->sk_err = sk->sk_err; /* an abort (SO_LINGER 0) sets it after CLOSE */
-	e->last_ns = now;
 	e->flags |= EDDY_FLAG_CLOSED;
 	if (bpf_ringbuf_output(&CLOSED, e, sizeof(*e), BPF_RB_NO_WAKEUP) == 0) {
 		count(EDDY_CTR_CLOSED_SENT);
@@ -227,6 +222,17 @@ static __always_inline void finish(struct eddy_flow *e, struct sock *sk, __u64 c
 		/* Kept in the map, flagged CLOSED: userspace collects it on its next poll. */
 		count(EDDY_CTR_RINGBUF_FULL);
 	}
+}
+
+/* The socket is destroyed: nothing more can happen to it. */
+static __always_inline void finish(struct eddy_flow *e, struct sock *sk, __u64 cookie, __u64 now)
+{
+	if (e->closed_ns == 0)
+		mark_closed(e, sk, now); /* CLOSE was not seen (e.g. opened before the agent) */
+	else if (e->sk_err == 0)
+		e->sk_err = sk->sk_err; /* an abort (SO_LINGER 0) sets it after CLOSE */
+	e->last_ns = now;
+	emit(e, cookie);
 }
 
 static __always_inline int on_state(struct sock *arg, int oldstate, int newstate)
@@ -469,8 +475,11 @@ int BPF_KPROBE(eddy_recv_kprobe, struct sock *sk, int copied)
 /*
  * For kernels where the tp_btf lifecycle programs cannot attach. Tracks
  * connections from TCP_CONNECT_CB (outgoing) and PASSIVE_ESTABLISHED_CB
- * (incoming), asks for state callbacks, and finishes the record when the
- * socket reaches CLOSE. The process is filled by the byte hooks.
+ * (incoming) and asks for state callbacks. The record is final once the
+ * socket has reached CLOSE *and* the application has released it
+ * (cgroup/sock_release): a half-closed socket reaches CLOSE while the
+ * application still reads what is queued. The process is filled by the byte
+ * hooks.
  */
 SEC("sockops")
 int eddy_sockops(struct bpf_sock_ops *skops)
@@ -521,9 +530,30 @@ int eddy_sockops(struct bpf_sock_ops *skops)
 			break;
 		}
 		mark_closed(e, sk, now);
-		finish(e, sk, cookie, now);
+		if (e->flags & EDDY_FLAG_RELEASED)
+			emit(e, cookie);
 		break;
 	}
+	return 1;
+}
+
+SEC("cgroup/sock_release")
+int eddy_sock_release(struct bpf_sock *ctx)
+{
+	struct eddy_flow *e;
+	__u64 cookie;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return 1;
+	cookie = bpf_get_socket_cookie(ctx);
+	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	if (!e) {
+		bpf_map_delete_elem(&UNTRACKED, &cookie);
+		return 1;
+	}
+	e->flags |= EDDY_FLAG_RELEASED;
+	if (e->closed_ns)
+		emit(e, cookie);
 	return 1;
 }
 
@@ -551,12 +581,24 @@ struct ipv6_hdr {
 	__u8 daddr[16];
 };
 
-/* Network namespace of the current task (egress runs in the sender's context). */
-static __always_inline __u32 current_netns(void)
+/*
+ * Network namespace of the socket behind a cgroup_skb packet. cgroup_skb
+ * cannot walk kernel structs, but it may read kernel memory: copy the socket
+ * pointer's value out of the stack (no pointer arithmetic on the socket
+ * itself), then read sk->__sk_common.skc_net.net->ns.inum with CO-RE offsets.
+ */
+static __always_inline __u32 skb_sock_netns(struct bpf_sock *sk)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct bpf_sock *ptr = sk;
+	__u64 addr = 0;
+	struct net *net = NULL;
 
-	return BPF_CORE_READ(t, nsproxy, net_ns, ns.inum);
+	if (bpf_probe_read_kernel(&addr, sizeof(addr), &ptr) || !addr)
+		return 0;
+	if (bpf_probe_read_kernel(&net, sizeof(net),
+				  (void *)(addr + bpf_core_field_offset(struct sock, __sk_common.skc_net.net))))
+		return 0;
+	return net ? BPF_CORE_READ(net, ns.inum) : 0;
 }
 
 static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
@@ -630,9 +672,9 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 		if (egress) {
 			/* Egress runs in the sender's context. */
 			f.pid = bpf_get_current_pid_tgid() >> 32;
-			f.netns_ino = current_netns();
 			bpf_get_current_comm(f.comm, sizeof(f.comm));
 		}
+		f.netns_ino = skb_sock_netns(sk);
 		if (bpf_map_update_elem(&UDP_FLOWS, &key, &f, BPF_NOEXIST) != 0) {
 			e = bpf_map_lookup_elem(&UDP_FLOWS, &key);
 			if (!e) {
@@ -650,7 +692,6 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 		__sync_fetch_and_add(&e->packets_sent, segs);
 		if (e->pid == 0) {
 			e->pid = bpf_get_current_pid_tgid() >> 32;
-			e->netns_ino = current_netns();
 			bpf_get_current_comm(e->comm, sizeof(e->comm));
 		}
 	} else {

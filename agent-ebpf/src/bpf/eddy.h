@@ -34,6 +34,7 @@
 #define EDDY_FLAG_CLOSED 0x02      /* the socket is gone; the record is final */
 #define EDDY_FLAG_PREEXISTING 0x04 /* first seen after it was opened (agent started later) */
 #define EDDY_FLAG_SYN_SENT 0x08    /* active open seen */
+#define EDDY_FLAG_RELEASED 0x10    /* the application closed the socket (sockops mode) */
 
 /* Counter slots of the per-CPU COUNTERS array. */
 #define EDDY_CTR_TCP_MAP_FULL 0    /* a TCP connection could not be tracked: map full */

@@ -90,14 +90,6 @@ struct tcp_sock {
 	__u64 bytes_retrans;
 } __attribute__((preserve_access_index));
 
-struct nsproxy {
-	struct net *net_ns;
-} __attribute__((preserve_access_index));
-
-struct task_struct {
-	struct nsproxy *nsproxy;
-} __attribute__((preserve_access_index));
-
 struct msghdr;
 struct sk_buff;
 

@@ -27,6 +27,10 @@ use crate::clock::Clock;
 pub mod convert;
 pub mod hooks;
 
+/// A connection that reached CLOSE but whose socket the application still holds (and
+/// has not used) for this long is reported as closed and removed from the kernel map.
+const STALE_CLOSED_NS: u64 = 60_000_000_000;
+
 /// Settings of the eBPF collector (from the agent's config).
 #[derive(Clone, Debug)]
 pub struct EbpfSettings {
@@ -177,10 +181,15 @@ impl EbpfSource {
             }
         }
         self.maps[0].entries = seen.len() as u64;
+        let now = self.clock.mono_now_ns();
         let mut live = Vec::with_capacity(seen.len());
-        for (cookie, f) in seen {
+        for (cookie, mut f) in seen {
+            let stale = f.closed_ns != 0 && now.saturating_sub(f.last_ns) > STALE_CLOSED_NS;
+            if stale {
+                f.flags |= k::FLAG_CLOSED as u8;
+            }
             if f.flags as u32 & k::FLAG_CLOSED != 0 {
-                // The ring buffer was full when it closed: collect it from the map.
+                // The ring buffer was full when it closed, or it is stale: collect it from the map.
                 closed.push(convert::to_record(&f, self.clock.as_ref()));
                 if self.tcp.remove(&cookie).is_err() {
                     self.map_read_errors += 1;

@@ -161,14 +161,7 @@ impl Options {
         let allowed: &[&str] = match mode {
             Mode::ConnRate => &["--duration", "--threads", "--dests", "--sources"],
             Mode::Throughput => &["--duration", "--write-size"],
-            Mode::Churn => &[
-                "--count",
-                "--threads",
-                "--dests",
-                "--sources",
-                "--out",
-                "--max-duration",
-            ],
+            Mode::Churn => &["--count", "--threads", "--dests", "--sources", "--out", "--max-duration"],
         };
         let mut opts = Options {
             mode,
@@ -189,17 +182,11 @@ impl Options {
                 _ => (flag.as_str(), None),
             };
             if !allowed.contains(&name) {
-                bail!(
-                    "unknown option `{name}` for {mode_arg} (allowed: {})",
-                    allowed.join(", ")
-                );
+                bail!("unknown option `{name}` for {mode_arg} (allowed: {})", allowed.join(", "));
             }
             let value = match inline {
                 Some(v) => v,
-                None => it
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| anyhow!("option `{name}` needs a value"))?,
+                None => it.next().cloned().ok_or_else(|| anyhow!("option `{name}` needs a value"))?,
             };
             match name {
                 "--duration" => opts.duration = parse_duration(name, &value)?,
@@ -221,11 +208,8 @@ fn parse_num<T>(name: &str, value: &str, min: T, max: T) -> Result<T>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
-    let v: T = value
-        .trim()
-        .replace('_', "")
-        .parse()
-        .map_err(|_| anyhow!("{name}: `{value}` is not a number"))?;
+    let v: T =
+        value.trim().replace('_', "").parse().map_err(|_| anyhow!("{name}: `{value}` is not a number"))?;
     if v < min || v > max {
         bail!("{name}: {v} is out of range ({min} to {max})");
     }
@@ -332,10 +316,7 @@ impl Errors {
     }
 
     fn samples(&self) -> Vec<String> {
-        self.samples
-            .lock()
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
+        self.samples.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default()
     }
 }
 
@@ -433,21 +414,13 @@ fn serve_exchange(mut stream: TcpStream) -> io::Result<()> {
 /// `TcpStream::connect_timeout`. With `src`, binds that source address first
 /// and leaves the port to connect().
 fn connect_with_timeout(dst: SocketAddr, src: Option<Ipv4Addr>) -> io::Result<TcpStream> {
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     let tv = TimeVal::new(IO_TIMEOUT.as_secs().try_into().unwrap_or(5), 0);
     setsockopt(&fd, sockopt::SendTimeout, &tv)?;
     setsockopt(&fd, sockopt::ReceiveTimeout, &tv)?;
     if let Some(src) = src {
         setsockopt(&fd, sockopt::IpBindAddressNoPort, &true)?;
-        bind(
-            fd.as_raw_fd(),
-            &SockaddrStorage::from(SocketAddr::from((src, 0))),
-        )?;
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::from((src, 0))))?;
     }
     let sa = SockaddrStorage::from(dst);
     loop {
@@ -470,14 +443,8 @@ fn client_exchange(
     want_local: bool,
 ) -> Result<Option<SocketAddr>, (&'static str, io::Error)> {
     let mut stream = connect_with_timeout(dst, src).map_err(|e| ("connect", e))?;
-    let local = if want_local {
-        Some(stream.local_addr().map_err(|e| ("getsockname", e))?)
-    } else {
-        None
-    };
-    stream
-        .write_all(&[b'c'; REQUEST_BYTES])
-        .map_err(|e| ("send request", e))?;
+    let local = if want_local { Some(stream.local_addr().map_err(|e| ("getsockname", e))?) } else { None };
+    stream.write_all(&[b'c'; REQUEST_BYTES]).map_err(|e| ("send request", e))?;
     // Read to EOF: the server closes after its reply.
     let mut buf = [0u8; REPLY_BYTES + 1];
     let mut got = 0usize;
@@ -492,10 +459,7 @@ fn client_exchange(
     if got != REPLY_BYTES {
         return Err((
             "read reply",
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("got {got} bytes, expected {REPLY_BYTES}"),
-            ),
+            io::Error::new(io::ErrorKind::UnexpectedEof, format!("got {got} bytes, expected {REPLY_BYTES}")),
         ));
     }
     Ok(local)
@@ -633,10 +597,7 @@ fn conn_rate(opts: &Options) -> Result<String> {
 fn churn(opts: &Options) -> Result<String> {
     // Create the output file first: a bad path fails before the run.
     let out = match &opts.out {
-        Some(path) => Some((
-            path,
-            File::create(path).with_context(|| format!("creating {path}"))?,
-        )),
+        Some(path) => Some((path, File::create(path).with_context(|| format!("creating {path}"))?)),
         None => None,
     };
     let limit = Limit::Count(opts.count, opts.max_duration);
@@ -742,9 +703,7 @@ fn throughput(opts: &Options) -> Result<String> {
             }
         }
     }
-    let received = server
-        .join()
-        .map_err(|_| anyhow!("the sink thread panicked"))?;
+    let received = server.join().map_err(|_| anyhow!("the sink thread panicked"))?;
     // Until the sink has read everything: the rate is of delivered bytes.
     let secs = start.elapsed().as_secs_f64();
     to_json(&ThroughputSummary {

@@ -5,8 +5,8 @@
 use std::fs::File;
 
 use aya::programs::{
-    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, KProbe, ProgramError,
-    SockOps,
+    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, FEntry, FExit, KProbe,
+    ProgramError, SockOps,
 };
 use aya::{Btf, Ebpf};
 
@@ -25,6 +25,8 @@ pub enum Attach {
     CgroupSkb(CgroupSkbAttachType),
     /// sockops on the cgroup v2 root.
     SockOps,
+    /// cgroup/sock_release on the cgroup v2 root.
+    SockRelease,
     /// kprobe or kretprobe (the object's section says which), by function name.
     KProbe(&'static str),
 }
@@ -56,9 +58,14 @@ pub fn attach_first(
     let mut status = HookStatus { capability, chosen: None, rejected: Vec::new() };
     for c in candidates {
         if let Some(chosen) = &status.chosen {
+            // Say whether it would have worked, so /status shows what this kernel refuses.
+            let verdict = match probe(ebpf, targets, c) {
+                Ok(()) => "it loads here".to_string(),
+                Err(reason) => format!("it would fail here: {reason}"),
+            };
             status.rejected.push(Rejected {
                 hook: c.hook.to_string(),
-                reason: format!("not needed: {chosen} is preferred"),
+                reason: format!("not needed: {chosen} is preferred; {verdict}"),
             });
             continue;
         }
@@ -90,6 +97,49 @@ fn attach_all(ebpf: &mut Ebpf, targets: &Targets<'_>, c: &Candidate) -> Result<(
     Ok(())
 }
 
+/// Loads (without attaching) every program of a candidate, then unloads them.
+fn probe(ebpf: &mut Ebpf, t: &Targets<'_>, c: &Candidate) -> Result<(), String> {
+    let mut result = Ok(());
+    for (name, how) in c.programs {
+        if let Err(e) = load_one(ebpf, t, name, *how) {
+            result = Err(format!("{name}: {e}"));
+        }
+        unload(ebpf, name);
+        if result.is_err() {
+            break;
+        }
+    }
+    result
+}
+
+fn load_one(ebpf: &mut Ebpf, t: &Targets<'_>, name: &str, how: Attach) -> Result<(), String> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+    match how {
+        Attach::TpBtf(tp) => {
+            <&mut BtfTracePoint>::try_from(prog).map_err(describe)?.load(tp, t.btf).map_err(describe)
+        }
+        Attach::FEntry(f) => {
+            <&mut FEntry>::try_from(prog).map_err(describe)?.load(f, t.btf).map_err(trampoline)
+        }
+        Attach::FExit(f) => {
+            <&mut FExit>::try_from(prog).map_err(describe)?.load(f, t.btf).map_err(trampoline)
+        }
+        Attach::CgroupSkb(_) => <&mut CgroupSkb>::try_from(prog).map_err(describe)?.load().map_err(describe),
+        Attach::SockOps => <&mut SockOps>::try_from(prog).map_err(describe)?.load().map_err(describe),
+        Attach::SockRelease => <&mut CgroupSock>::try_from(prog).map_err(describe)?.load().map_err(describe),
+        Attach::KProbe(_) => {
+            <&mut KProbe>::try_from(prog).map_err(describe)?.load().map_err(describe)?;
+            if kprobes_supported() { Ok(()) } else { Err(NO_KPROBES.into()) }
+        }
+    }
+}
+
+const NO_KPROBES: &str = "this kernel has no kprobe support (CONFIG_KPROBES is off)";
+
+fn kprobes_supported() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+}
+
 fn attach_one(ebpf: &mut Ebpf, t: &Targets<'_>, name: &str, how: Attach) -> Result<(), String> {
     let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
     match how {
@@ -115,16 +165,18 @@ fn attach_one(ebpf: &mut Ebpf, t: &Targets<'_>, name: &str, how: Attach) -> Resu
             // The default mode: AllowMultiple is refused (EINVAL) by link-based attach on some kernels.
             p.attach(cgroup, kind, CgroupAttachMode::default()).map_err(describe)?;
         }
+        Attach::SockRelease => {
+            let cgroup = t.cgroup.ok_or("no cgroup v2 hierarchy is mounted")?;
+            let p: &mut CgroupSock = prog.try_into().map_err(describe)?;
+            p.load().map_err(describe)?;
+            p.attach(cgroup, CgroupAttachMode::default()).map_err(describe)?;
+        }
         Attach::KProbe(f) => {
             let p: &mut KProbe = prog.try_into().map_err(describe)?;
             p.load().map_err(describe)?;
             p.attach(f, 0).map_err(|e| {
                 let s = describe(e);
-                if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-                    s
-                } else {
-                    format!("{s} (this kernel has no kprobe support: CONFIG_KPROBES is off)")
-                }
+                if kprobes_supported() { s } else { format!("{s} ({NO_KPROBES})") }
             })?;
         }
         Attach::SockOps => {
@@ -153,6 +205,8 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
         p.unload()
     } else if let Ok(p) = <&mut KProbe>::try_from(&mut *prog) {
         p.unload()
+    } else if let Ok(p) = <&mut CgroupSock>::try_from(&mut *prog) {
+        p.unload()
     } else {
         Ok(())
     };
@@ -167,6 +221,9 @@ pub fn describe(e: impl Into<ProgramError>) -> String {
     if let ProgramError::LoadError { io_error, verifier_log } = &e {
         let log = verifier_log.to_string();
         let tail: Vec<&str> = log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+        if tail.iter().all(|l| l.trim().is_empty()) {
+            return format!("the kernel refused to load it ({io_error}; no verifier log)");
+        }
         return format!("the kernel refused to load it ({io_error}); verifier: {}", tail.join(" | "));
     }
     describe_any(&e)
@@ -193,8 +250,11 @@ pub const TCP_LIFECYCLE: &[Candidate] = &[
             ("eddy_destroy", Attach::TpBtf("tcp_destroy_sock")),
         ],
     },
-    // Final record at CLOSE (not at destroy): an abort's error set after CLOSE is missed.
-    Candidate { hook: "sockops", programs: &[("eddy_sockops", Attach::SockOps)] },
+    // Final record at CLOSE and release (not at destroy): an abort's error set after CLOSE is missed.
+    Candidate {
+        hook: "sockops+cgroup/sock_release",
+        programs: &[("eddy_sockops", Attach::SockOps), ("eddy_sock_release", Attach::SockRelease)],
+    },
 ];
 
 /// Live retransmit counts (final counts come from tcp_sock at close regardless).

@@ -1,0 +1,129 @@
+//! Run mode: health and readiness, `/status` (collector, hook choice, maps, drops), a live flow in `/flows`
+//! with exact bytes, and a clean SIGTERM shutdown (exit 0 within 2 s).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use eddy_tests::*;
+use serde_json::Value;
+
+const UP: usize = 1_234;
+const DOWN: usize = 4_321;
+
+fn check_status(status: &Value) {
+    let mut c = Checker::new();
+    c.eq("/status", "collector", status["collector"].as_str(), Some("ebpf"));
+    let hooks = status["hooks"].as_array().cloned().unwrap_or_default();
+    match hooks.iter().find(|h| h["capability"] == "tcp_bytes") {
+        Some(h) => {
+            c.eq(
+                "/status tcp_bytes",
+                "chosen",
+                h["chosen"].as_str(),
+                Some("tp_btf/sock_send_length+sock_recv_length"),
+            );
+            let rejected: Vec<&str> = h["rejected"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|x| x["hook"].as_str()).collect())
+                .unwrap_or_default();
+            c.check(
+                rejected.iter().any(|hook| hook.contains("fentry") || hook.contains("fexit")),
+                "/status tcp_bytes",
+                format!("no fentry/fexit candidate among rejected hooks {rejected:?}"),
+            );
+            c.check(
+                h["rejected"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().all(|x| x["reason"].as_str().is_some_and(|s| !s.is_empty()))),
+                "/status tcp_bytes",
+                "every rejected hook needs a non-empty reason",
+            );
+        }
+        None => c.fail("/status: no hook entry with capability \"tcp_bytes\""),
+    }
+    let maps = status["maps"].as_array().cloned().unwrap_or_default();
+    match maps.iter().find(|m| m["name"] == "tcp_flows") {
+        Some(m) => c.check(
+            m["capacity"].as_u64().is_some_and(|n| n > 0) && m["entries"].as_u64().is_some(),
+            "/status maps.tcp_flows",
+            format!("capacity/entries are not numbers: {m}"),
+        ),
+        None => c.fail("/status: no map named \"tcp_flows\""),
+    }
+    for key in ["tcp_map_full", "udp_map_full", "ring_buffer_full", "udp_unparsed", "tcp_untracked_events"] {
+        c.check(status["drops"][key].as_u64().is_some(), "/status drops", format!("{key} is not a number"));
+    }
+    c.check(status["uptime_seconds"].as_f64().is_some(), "/status", "uptime_seconds is not a number");
+    let pretty = serde_json::to_string_pretty(status).unwrap_or_default();
+    c.finish(&format!("/status was:\n{pretty}"));
+}
+
+#[test]
+fn lifecycle_health_status_live_flow_and_sigterm() {
+    if !require_privileges() {
+        return;
+    }
+    let mut agent = RunAgent::start(&["--poll-interval", "200ms", "--closed-flow-retention", "100000"]);
+    for path in ["/healthz", "/readyz"] {
+        let r = agent.get(path);
+        assert_eq!(r.status, 200, "GET {path}: {} {}", r.status, r.text());
+    }
+    check_status(&agent.status());
+
+    // A live connection with known bytes, kept open while we look for it.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let server_addr = listener.local_addr().expect("server address");
+    let mut client = TcpStream::connect(server_addr).expect("connect");
+    let (mut server, peer) = listener.accept().expect("accept");
+    let local = client.local_addr().expect("client address");
+    assert_eq!(peer, local);
+    let (client_cookie, server_cookie) = (socket_cookie(&client), socket_cookie(&server));
+    client.write_all(&payload(UP, 1)).expect("client write");
+    let mut buf = vec![0u8; UP.max(DOWN)];
+    server.read_exact(&mut buf[..UP]).expect("server read");
+    server.write_all(&payload(DOWN, 2)).expect("server write");
+    client.read_exact(&mut buf[..DOWN]).expect("client read");
+
+    let expect =
+        |r: &FlowRecord, sent: usize, received: usize, direction: &str, cookie: u64| -> Result<(), String> {
+            if r.bytes_sent == sent as u64
+                && r.bytes_received == received as u64
+                && r.closed_at.is_none()
+                && r.direction == direction
+                && r.cookie == Some(cookie)
+            {
+                Ok(())
+            } else {
+                Err(r.summary())
+            }
+        };
+    poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        &format!("live records of {local} <-> {server_addr} with {UP}/{DOWN} bytes and closed_at null"),
+        || {
+            let flows = agent.flows();
+            let one = |l, r| match find_records(&flows, "tcp", l, r).as_slice() {
+                [rec] => Ok((*rec).clone()),
+                found => Err(format!("{} records {l} -> {r}", found.len())),
+            };
+            let c = one(local, server_addr)?;
+            let s = one(server_addr, local)?;
+            expect(&c, UP, DOWN, "outgoing", client_cookie)?;
+            expect(&s, DOWN, UP, "incoming", server_cookie)?;
+            Ok(())
+        },
+    );
+    let r = agent.get("/healthz");
+    assert_eq!(r.status, 200, "GET /healthz after the flow check: {}", r.status);
+    drop((client, server));
+
+    let (status, took) = agent.terminate();
+    assert!(
+        status.success(),
+        "eddy-agent exited with {status} after SIGTERM; stderr:\n{}",
+        agent.log_tail(30)
+    );
+    assert!(took <= Duration::from_secs(2), "eddy-agent took {took:?} to exit after SIGTERM (limit 2 s)");
+}
