@@ -49,7 +49,8 @@ pub fn format_duration(d: Duration) -> String {
     if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
 }
 
-fn agent_command(args: &[String]) -> Command {
+/// The agent binary with `args`, piped stdio, and the tests' own `EDDY_TEST_*` variables removed.
+pub fn agent_command(args: &[String]) -> Command {
     let mut cmd = Command::new(agent_bin());
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (key, _) in std::env::vars_os() {

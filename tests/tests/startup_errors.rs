@@ -1,0 +1,90 @@
+//! Startup problems end with a clear message and a non-zero exit, before anything is loaded:
+//! missing privileges, invalid configuration (exit 2), a taken port, a bad cgroup path.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Output;
+use std::time::Duration;
+
+use eddy_tests::*;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut cmd = agent_command(&args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run eddy-agent")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_fails(o: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "exit status; stderr:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+}
+
+#[test]
+fn invalid_configuration_exits_2_naming_the_setting() {
+    assert_fails(&run(&["run", "--poll-interval", "1ms"], &[]), 2, &["poll_interval"]);
+    assert_fails(
+        &run(&["capture", "--duration", "1s"], &[("EDDY_POLL_INTERVALL", "1s")]),
+        2,
+        &["EDDY_POLL_INTERVALL"],
+    );
+    assert_fails(&run(&["run"], &[("EDDY_OUTPUT", "xml")]), 2, &["environment EDDY_OUTPUT"]);
+    let dir = std::env::temp_dir().join(format!("eddy-startup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("eddy.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:9780\"\nflow_map_entrys = 5\n").expect("write");
+    let path = file.to_string_lossy().into_owned();
+    assert_fails(&run(&["run", "--config", &path], &[]), 2, &["flow_map_entrys", "unknown field"]);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn unprivileged_process_is_told_which_capabilities_to_add() {
+    if !require_privileges() {
+        return;
+    }
+    // A copy that an unprivileged user can execute (the build tree may not be traversable by it).
+    let copy = std::env::temp_dir().join(format!("eddy-agent-unpriv-{}", std::process::id()));
+    std::fs::copy(agent_bin(), &copy).expect("copy agent");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = std::process::Command::new(&copy)
+        .args(["capture", "--duration", "1s"])
+        .env_clear()
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    std::fs::remove_file(&copy).ok();
+    assert_fails(&out, 1, &["lacks", "CAP_BPF", "linuxParameters.capabilities.add"]);
+}
+
+#[test]
+fn taken_port_is_reported_before_loading() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let started = std::time::Instant::now();
+    assert_fails(&run(&["run", "--listen", &addr], &[]), 1, &["cannot listen on", &addr, "EDDY_LISTEN"]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn cgroup_path_that_is_not_cgroup2_is_refused() {
+    if !require_privileges() {
+        return;
+    }
+    assert_fails(
+        &run(&["capture", "--duration", "1s", "--cgroup-path", "/tmp"], &[]),
+        1,
+        &["/tmp", "not a cgroup v2 mount point"],
+    );
+}
