@@ -81,7 +81,8 @@ pub struct HookStatus {
 pub struct MapStatus {
     pub name: &'static str,
     pub capacity: u64,
-    pub entries: u64,
+    /// `None` where the fill cannot be read (the ring buffer, drained every 20 ms).
+    pub entries: Option<u64>,
 }
 
 /// The source's view for `/status`.

@@ -127,3 +127,39 @@ fn lifecycle_health_status_live_flow_and_sigterm() {
     );
     assert!(took <= Duration::from_secs(2), "eddy-agent took {took:?} to exit after SIGTERM (limit 2 s)");
 }
+
+/// With the preferred byte hook disabled, the agent tries the fallbacks in order and `/status` says
+/// why each one that this kernel refuses was not used (this machine refuses fentry and has no kprobes;
+/// on a kernel that has them, the first one that works must be chosen).
+#[test]
+fn byte_hook_fallback_is_detected_and_reported() {
+    if !require_privileges() {
+        return;
+    }
+    let agent = RunAgent::start(&["--poll-interval", "200ms", "--disabled-hooks", hooks::BYTES_TP_BTF]);
+    let status = agent.status();
+    let hooks = status["hooks"].as_array().cloned().unwrap_or_default();
+    let bytes = hooks.iter().find(|h| h["capability"] == "tcp_bytes").expect("tcp_bytes hook entry");
+    let chosen = bytes["chosen"].as_str().expect("a byte source is always chosen");
+    let reason = |hook_prefix: &str| -> String {
+        bytes["rejected"]
+            .as_array()
+            .and_then(|r| r.iter().find(|x| x["hook"].as_str().is_some_and(|h| h.starts_with(hook_prefix))))
+            .and_then(|x| x["reason"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(reason("tp_btf/").contains("disabled by config"), "{bytes}");
+    let order = ["fexit/", "kprobe/", "tcp_sock counters at close"];
+    let pos =
+        order.iter().position(|p| chosen.starts_with(p)).unwrap_or_else(|| panic!("unexpected {chosen}"));
+    for refused in &order[..pos] {
+        let r = reason(refused);
+        assert!(!r.is_empty() && !r.starts_with("not needed"), "{refused} must say why it failed: {bytes}");
+        eprintln!("{refused}: {r}");
+    }
+    if pos == 2 {
+        assert!(reason("fexit/").contains("refused"), "{bytes}");
+        assert!(reason("kprobe/").contains("kprobe"), "{bytes}");
+    }
+}

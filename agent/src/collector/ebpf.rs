@@ -134,12 +134,12 @@ impl EbpfSource {
             counters: take(&mut ebpf, k::MAP_COUNTERS)?,
             _ebpf: ebpf,
             maps: vec![
-                MapStatus { name: "tcp_flows", capacity: settings.flow_map_entries.into(), entries: 0 },
-                MapStatus { name: "udp_flows", capacity: settings.udp_map_entries.into(), entries: 0 },
+                MapStatus { name: "tcp_flows", capacity: settings.flow_map_entries.into(), entries: Some(0) },
+                MapStatus { name: "udp_flows", capacity: settings.udp_map_entries.into(), entries: Some(0) },
                 MapStatus {
                     name: "closed_ring_buffer_bytes",
                     capacity: settings.ring_buffer_bytes.into(),
-                    entries: 0,
+                    entries: None,
                 },
             ],
             settings,
@@ -180,7 +180,7 @@ impl EbpfSource {
                 Err(_) => self.map_read_errors += 1,
             }
         }
-        self.maps[0].entries = seen.len() as u64;
+        self.maps[0].entries = Some(seen.len() as u64);
         let now = self.clock.mono_now_ns();
         let mut live = Vec::with_capacity(seen.len());
         for (cookie, mut f) in seen {
@@ -217,7 +217,7 @@ impl EbpfSource {
                 Err(_) => self.map_read_errors += 1,
             }
         }
-        self.maps[1].entries = seen.len() as u64;
+        self.maps[1].entries = Some(seen.len() as u64);
         let mut live = Vec::with_capacity(seen.len());
         for (key, mut f) in seen {
             if now.saturating_sub(f.last_ns) > idle {
