@@ -105,10 +105,6 @@ fi
 [[ -x $AGENT ]] || die "$AGENT not found (build it, or drop --no-build)"
 [[ -x $LOADGEN ]] || die "$LOADGEN not found (build it, or drop --no-build)"
 
-# Anything else tracing the machine would make the baseline meaningless.
-if pgrep -x eddy-agent >/dev/null; then
-    die "an eddy-agent is already running (pid $(pgrep -x eddy-agent | tr '\n' ' ')); stop it first"
-fi
 if (exec 3<>"/dev/tcp/${LISTEN%:*}/${LISTEN##*:}") 2>/dev/null; then
     die "something already listens on $LISTEN"
 fi
@@ -179,6 +175,29 @@ status_kib() {
     awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"
 }
 
+# foreign_agents: pids of eddy-agent processes this script did not start. Their
+# eBPF programs are global (any network namespace): a baseline measured while
+# one runs is not a baseline.
+foreign_agents() {
+    local pid out=""
+    for pid in $(pgrep -x eddy-agent || true); do
+        [[ $pid == "$AGENT_PID" || $pid == "$CAPTURE_PID" ]] || out+="${out:+ }$pid"
+    done
+    echo "$out"
+}
+
+# wait_quiet: wait (at most 5 minutes) until no other eddy-agent runs.
+wait_quiet() {
+    local i others
+    for ((i = 0; i < 1200; i++)); do
+        others=$(foreign_agents)
+        [[ -z $others ]] && return 0
+        ((i % 40 == 0)) && note "waiting for another eddy-agent to exit (pid $others)"
+        sleep 0.25
+    done
+    die "another eddy-agent (pid $others) ran for 5 minutes; stop it and retry"
+}
+
 start_agent() {
     local log=$1 i
     "$AGENT" run --listen "$LISTEN" --poll-interval "$POLL" >"$log" 2>&1 &
@@ -227,12 +246,29 @@ measure() {
         large-write) args=(throughput --write-size 131072 --duration "${DURATION}s") ;;
         *) die "unknown test $test" ;;
     esac
-    if [[ $variant == agent ]]; then
-        c0=$(cpu_ticks "$AGENT_PID") || die "eddy-agent (pid $AGENT_PID) is gone"
-    fi
-    t0=$EPOCHREALTIME
-    "$LOADGEN" "${args[@]}" >"$out" 2>"$WORK/$test-$variant-$round.err" ||
-        die "eddy-loadgen ${args[*]} failed: $(cat "$WORK/$test-$variant-$round.err")"
+    local attempt lg others seen
+    for ((attempt = 1; ; attempt++)); do
+        wait_quiet
+        if [[ $variant == agent ]]; then
+            c0=$(cpu_ticks "$AGENT_PID") || die "eddy-agent (pid $AGENT_PID) is gone"
+        fi
+        t0=$EPOCHREALTIME
+        "$LOADGEN" "${args[@]}" >"$out" 2>"$WORK/$test-$variant-$round.err" &
+        lg=$!
+        seen=""
+        # Watch for other eddy-agents while it runs (bash reaps the child
+        # itself; a zombie would still answer kill -0).
+        while kill -0 "$lg" 2>/dev/null && [[ $(cut -d' ' -f3 "/proc/$lg/stat" 2>/dev/null) != Z ]]; do
+            others=$(foreign_agents)
+            [[ -z $others ]] || seen=$others
+            sleep 0.2
+        done
+        wait "$lg" ||
+            die "eddy-loadgen ${args[*]} failed: $(cat "$WORK/$test-$variant-$round.err")"
+        [[ -z $seen ]] && break
+        ((attempt < 20)) || die "another eddy-agent (pid $seen) kept running during the measurements"
+        note "  another eddy-agent (pid $seen) ran during $variant $test: measuring again"
+    done
     sleep "$DRAIN"
     if [[ $variant == agent ]]; then
         c1=$(cpu_ticks "$AGENT_PID") || die "eddy-agent (pid $AGENT_PID) died during $test"
@@ -275,7 +311,11 @@ run_variant() {
 # --- 1-4: overhead, alternating baseline and agent -----------------------------
 
 note "work directory: $WORK"
-note "measuring: $ROUNDS rounds x (conn-rate, 1 KiB writes, 128 KiB writes), ${DURATION} s each"
+if [[ -n $(foreign_agents) ]]; then
+    note "another eddy-agent is running (pid $(foreign_agents)): its eBPF programs would skew the baseline"
+    wait_quiet
+fi
+note "measuring: $ROUNDS round(s) x (conn-rate, 1 KiB writes, 128 KiB writes), ${DURATION} s each"
 for ((round = 1; round <= ROUNDS; round++)); do
     if ((round % 2 == 1)); then
         run_variant baseline "$round"
@@ -302,6 +342,7 @@ CAP_OUT=$WORK/capture.jsonl
 CAP_ERR=$WORK/capture.log
 TUPLES=$WORK/churn-tuples.txt
 note "churn: eddy-agent capture --duration ${CAPTURE_SECS}s, eddy-loadgen churn --count $COUNT"
+wait_quiet
 "$AGENT" capture --duration "${CAPTURE_SECS}s" >"$CAP_OUT" 2>"$CAP_ERR" &
 CAPTURE_PID=$!
 for ((i = 0; ; i++)); do
@@ -447,7 +488,7 @@ failed |= not churn_ok
 
 # ---- print
 print()
-print(f"Eddy overhead benchmark: {rounds} rounds x {duration} s per measurement, loopback, "
+print(f"Eddy overhead benchmark: {rounds} round(s) x {duration} s per measurement, loopback, "
       f"agent = eddy-agent run --poll-interval 1s")
 print("(medians; ratio = median of the per-round agent/baseline ratios, spread = their min-max)")
 print()
