@@ -47,7 +47,10 @@ pub use wire::{ImpairedLink, Impairment, TunWire, WireConfig, impairment_availab
 pub mod hooks {
     /// The preferred TCP lifecycle hook: disabling it selects sockops.
     pub const LIFECYCLE_TP_BTF: &str = "tp_btf/inet_sock_set_state+tcp_destroy_sock";
-    /// The preferred TCP byte hook: disabling it selects fentry, kprobes or close-time counters.
+    /// The preferred TCP byte source: tcp_sock counters, refreshed live by a socket iterator.
+    pub const BYTES_COUNTERS: &str = "tcp_sock counters (live via iter/task_file)";
+    /// The per-call TCP byte hook (application reads and writes): disabling it as well as
+    /// [`BYTES_COUNTERS`] selects fentry, kprobes or close-time counters.
     pub const BYTES_TP_BTF: &str = "tp_btf/sock_send_length+sock_recv_length";
 }
 

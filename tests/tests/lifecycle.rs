@@ -17,12 +17,7 @@ fn check_status(status: &Value) {
     let hooks = status["hooks"].as_array().cloned().unwrap_or_default();
     match hooks.iter().find(|h| h["capability"] == "tcp_bytes") {
         Some(h) => {
-            c.eq(
-                "/status tcp_bytes",
-                "chosen",
-                h["chosen"].as_str(),
-                Some("tp_btf/sock_send_length+sock_recv_length"),
-            );
+            c.eq("/status tcp_bytes", "chosen", h["chosen"].as_str(), Some(hooks::BYTES_COUNTERS));
             let rejected: Vec<&str> = h["rejected"]
                 .as_array()
                 .map(|r| r.iter().filter_map(|x| x["hook"].as_str()).collect())
@@ -136,7 +131,8 @@ fn byte_hook_fallback_is_detected_and_reported() {
     if !require_privileges() {
         return;
     }
-    let agent = RunAgent::start(&["--poll-interval", "200ms", "--disabled-hooks", hooks::BYTES_TP_BTF]);
+    let disabled = format!("{},{}", hooks::BYTES_COUNTERS, hooks::BYTES_TP_BTF);
+    let agent = RunAgent::start(&["--poll-interval", "200ms", "--disabled-hooks", &disabled]);
     let status = agent.status();
     let hooks = status["hooks"].as_array().cloned().unwrap_or_default();
     let bytes = hooks.iter().find(|h| h["capability"] == "tcp_bytes").expect("tcp_bytes hook entry");
@@ -150,6 +146,7 @@ fn byte_hook_fallback_is_detected_and_reported() {
             .to_string()
     };
     assert!(reason("tp_btf/").contains("disabled by config"), "{bytes}");
+    assert!(reason("tcp_sock counters (live").contains("disabled by config"), "{bytes}");
     let order = ["fexit/", "kprobe/", "tcp_sock counters at close"];
     let pos =
         order.iter().position(|p| chosen.starts_with(p)).unwrap_or_else(|| panic!("unexpected {chosen}"));

@@ -175,20 +175,40 @@ fn tcp_bytes_exact_ipv6() {
     run(true);
 }
 
-/// The sockops lifecycle fallback (for kernels where the tp_btf programs cannot attach).
+/// Per-call byte counting (what the application wrote and read).
 #[test]
-fn tcp_bytes_exact_sockops_lifecycle() {
-    run_mode(false, Mode { disabled: &[hooks::LIFECYCLE_TP_BTF], pid: Pid::WithBytes });
+fn tcp_bytes_exact_per_call_hooks() {
+    run_mode(false, Mode { disabled: &[hooks::BYTES_COUNTERS], pid: Pid::Always });
 }
 
-/// The last-resort byte source: tcp_sock counters at close (fentry and kprobes are refused here).
+/// The sockops lifecycle fallback (for kernels where the tp_btf programs cannot attach). The process
+/// is then only known when the socket iterator happens to see the connection open.
+#[test]
+fn tcp_bytes_exact_sockops_lifecycle() {
+    run_mode(false, Mode { disabled: &[hooks::LIFECYCLE_TP_BTF], pid: Pid::Never });
+}
+
+/// sockops with per-call byte hooks, over IPv6: the byte hooks name the process.
+#[test]
+fn tcp_bytes_exact_sockops_per_call_ipv6() {
+    run_mode(true, Mode { disabled: &[hooks::LIFECYCLE_TP_BTF, hooks::BYTES_COUNTERS], pid: Pid::WithBytes });
+}
+
+/// The last-resort byte source: tcp_sock counters at close, without the iterator or per-call hooks
+/// (fentry and kprobes are refused here).
 #[test]
 fn tcp_bytes_exact_close_time_counters() {
-    run_mode(false, Mode { disabled: &[hooks::BYTES_TP_BTF], pid: Pid::Always });
+    run_mode(false, Mode { disabled: &[hooks::BYTES_COUNTERS, hooks::BYTES_TP_BTF], pid: Pid::Always });
 }
 
 /// Both fallbacks at once, over IPv6.
 #[test]
 fn tcp_bytes_exact_sockops_and_close_time_counters_ipv6() {
-    run_mode(true, Mode { disabled: &[hooks::LIFECYCLE_TP_BTF, hooks::BYTES_TP_BTF], pid: Pid::Never });
+    run_mode(
+        true,
+        Mode {
+            disabled: &[hooks::LIFECYCLE_TP_BTF, hooks::BYTES_COUNTERS, hooks::BYTES_TP_BTF],
+            pid: Pid::Never,
+        },
+    );
 }

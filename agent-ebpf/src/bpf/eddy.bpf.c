@@ -33,6 +33,7 @@
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
+#define TCP_LISTEN 10
 #define MSG_PEEK 2
 #define RCV_SHUTDOWN 1
 /* tcp_sock counters (segments, RTT, retransmits) are copied at most this often per connection. */
@@ -183,32 +184,49 @@ static __always_inline struct eddy_flow *tcp_track(struct sock *sk, __u64 cookie
 	return NULL;
 }
 
+static __always_inline bool bytes_from_tcp_sock(void)
+{
+	__u32 zero = 0;
+	__u32 *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
+
+	return cfg && (*cfg & EDDY_CFG_BYTES_FROM_TCP_SOCK);
+}
+
+/*
+ * Payload bytes from tcp_sock: data bytes sent minus retransmitted ones, and
+ * bytes received minus the FIN, which bytes_received counts as one byte (at
+ * the CLOSE transition RCV_SHUTDOWN means a FIN arrived: tcp_done() sets the
+ * rest of sk_shutdown after the state change). Counters only grow while the
+ * socket lives (tcp_disconnect() zeroes them, after CLOSE): keep the largest.
+ */
+static __always_inline void tcp_sock_bytes(struct eddy_flow *e, struct sock *sk)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u64 sent = tp->bytes_sent - tp->bytes_retrans;
+	__u64 rcvd = tp->bytes_received;
+
+	if (rcvd > 0 && (sk->sk_shutdown & RCV_SHUTDOWN))
+		rcvd -= 1;
+	if (sent > e->bytes_sent)
+		e->bytes_sent = sent;
+	if (rcvd > e->bytes_received)
+		e->bytes_received = rcvd;
+}
+
 /* The connection reached CLOSE: keep the error (set before the state change,
  * cleared once the application reads it) and the final tcp_sock counters
  * (a failed connect() or an abort runs tcp_disconnect(), which zeroes them
  * before the socket is destroyed). */
 static __always_inline void mark_closed(struct eddy_flow *e, struct sock *sk, __u64 now)
 {
-	__u32 zero = 0;
-	__u32 *cfg;
-
 	e->sk_err = sk->sk_err;
 	e->closed_ns = now;
 	e->last_ns = now;
 	if (e->tuple.local_port == 0)
 		read_tuple(sk, &e->tuple);
 	snapshot(e, sk, now);
-	cfg = bpf_map_lookup_elem(&CONFIG, &zero);
-	if (cfg && (*cfg & EDDY_CFG_BYTES_AT_CLOSE)) {
-		struct tcp_sock *tp = (struct tcp_sock *)sk;
-		__u64 rcvd = tp->bytes_received;
-		/* Data bytes sent, minus retransmitted ones; bytes_received counts a
-		 * received FIN as one byte (RCV_SHUTDOWN without an error). */
-		e->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
-		if (rcvd > 0 && (sk->sk_shutdown & RCV_SHUTDOWN) && e->sk_err == 0)
-			rcvd -= 1;
-		e->bytes_received = rcvd;
-	}
+	if (bytes_from_tcp_sock())
+		tcp_sock_bytes(e, sk);
 }
 
 /* Final record: to the ring buffer, or (ring full) left in the map flagged CLOSED. */
@@ -468,6 +486,67 @@ SEC("kprobe/tcp_cleanup_rbuf")
 int BPF_KPROBE(eddy_recv_kprobe, struct sock *sk, int copied)
 {
 	return on_bytes_raw(sk, copied, false);
+}
+
+/* ---- Live TCP counters: an iterator over every process's sockets ---- */
+
+/*
+ * Run by the agent once per scan (reading an iterator fd runs it to the end).
+ * For every TCP socket held by a process, in any network namespace, copies
+ * tcp_sock's segments, RTT, retransmits and (when bytes come from tcp_sock)
+ * payload bytes into its TCP_FLOWS entry. Sockets without an entry that were
+ * not refused one (UNTRACKED) were opened before the agent: they get one.
+ * Entries without a process get the one that holds the socket. Prints nothing.
+ */
+SEC("iter/task_file")
+int eddy_iter_sockets(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct eddy_flow *e;
+	struct socket *sock;
+	struct sock *sk;
+	__u64 cookie, now, before;
+
+	if (!file)
+		return 0;
+	sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	sk = sock->sk;
+	if (!sk)
+		return 0;
+	sk = tcp_full(sk);
+	if (!sk)
+		return 0;
+	if (sk->__sk_common.skc_state == TCP_CLOSE || sk->__sk_common.skc_state == TCP_LISTEN)
+		return 0;
+	count(EDDY_CTR_ITER_SOCKETS);
+	cookie = bpf_get_socket_cookie(sk);
+	now = bpf_ktime_get_ns();
+	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	if (!e) {
+		if (bpf_map_lookup_elem(&UNTRACKED, &cookie))
+			return 0;
+		e = tcp_track(sk, cookie, EDDY_DIR_UNKNOWN, EDDY_FLAG_PREEXISTING | EDDY_FLAG_ESTABLISHED, now,
+			      false);
+		if (!e)
+			return 0;
+	}
+	if (e->closed_ns)
+		return 0;
+	if (e->pid == 0 && task) {
+		/* Incoming connections open in softirq: the holder of the socket is the owner. */
+		e->pid = task->tgid;
+		bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), task->comm);
+	}
+	before = e->bytes_sent + e->bytes_received + e->packets_sent + e->packets_received;
+	if (bytes_from_tcp_sock())
+		tcp_sock_bytes(e, sk);
+	snapshot(e, sk, now);
+	if (e->bytes_sent + e->bytes_received + e->packets_sent + e->packets_received != before)
+		e->last_ns = now;
+	return 0;
 }
 
 /* ---- TCP lifecycle fallback: sockops on the cgroup v2 root ---- */

@@ -20,7 +20,7 @@
 #define EDDY_MAP_CONFIG "CONFIG"
 
 /* Bits of CONFIG[0]. */
-#define EDDY_CFG_BYTES_AT_CLOSE 0x01 /* no byte hook: take bytes from tcp_sock at close */
+#define EDDY_CFG_BYTES_FROM_TCP_SOCK 0x01 /* bytes from tcp_sock counters (at close and by the iterator), not per call */
 
 #define EDDY_COMM_LEN 16
 
@@ -45,7 +45,8 @@
 #define EDDY_CTR_CLOSED_SENT 5     /* closed records delivered through the ring buffer */
 #define EDDY_CTR_TCP_OPENED 6      /* TCP connections that got an entry */
 #define EDDY_CTR_UNTRACKED_FULL 7  /* the untracked-connection set itself was full */
-#define EDDY_CTR_MAX 8
+#define EDDY_CTR_ITER_SOCKETS 8    /* TCP sockets visited by the refresh iterator */
+#define EDDY_CTR_MAX 9
 
 /*
  * Connection 5-tuple. Addresses in network byte order (IPv4 in the first 4

@@ -90,6 +90,32 @@ struct tcp_sock {
 	__u64 bytes_retrans;
 } __attribute__((preserve_access_index));
 
+struct socket {
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+struct file;
+struct bpf_iter_meta;
+
+struct task_struct {
+	int tgid;
+	char comm[16];
+} __attribute__((preserve_access_index));
+
+/* Context of iter/task_file programs: every open file of every process. */
+struct bpf_iter__task_file {
+	union {
+		struct bpf_iter_meta *meta;
+	};
+	union {
+		struct task_struct *task;
+	};
+	__u32 fd;
+	union {
+		struct file *file;
+	};
+} __attribute__((preserve_access_index));
+
 struct msghdr;
 struct sk_buff;
 

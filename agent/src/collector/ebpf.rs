@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::Iter;
 use aya::{Btf, Ebpf, EbpfLoader};
 use eddy_ebpf::{Flow, UdpKey, shared as k};
 
@@ -26,6 +27,9 @@ use crate::clock::Clock;
 
 pub mod convert;
 pub mod hooks;
+
+/// The socket iterator (`iter/task_file`) in the object.
+const ITER_PROGRAM: &str = "eddy_iter_sockets";
 
 /// A connection that reached CLOSE but whose socket the application still holds (and
 /// has not used) for this long is reported as closed and removed from the kernel map.
@@ -48,7 +52,10 @@ pub struct EbpfSettings {
 /// Reads Eddy's kernel programs.
 pub struct EbpfSource {
     // Keeps programs and their links alive; maps below were taken out of it.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// The socket iterator loaded: run it before every scan.
+    live_refresh: bool,
+    iter_errors: u64,
     closed: RingBuf<MapData>,
     tcp: BpfHashMap<MapData, u64, Flow>,
     udp: BpfHashMap<MapData, UdpKey, Flow>,
@@ -88,7 +95,7 @@ impl EbpfSource {
         let targets =
             hooks::Targets { btf: &btf, cgroup: cgroup.as_ref(), disabled: &settings.disabled_hooks };
 
-        let lifecycle = hooks::attach_first(&mut ebpf, &targets, "tcp_lifecycle", hooks::TCP_LIFECYCLE);
+        let lifecycle = hooks::attach_first(&mut ebpf, &targets, "tcp_lifecycle", hooks::TCP_LIFECYCLE, None);
         if lifecycle.chosen.is_none() {
             let reasons = lifecycle
                 .rejected
@@ -98,17 +105,34 @@ impl EbpfSource {
                 .join("; ");
             return Err(CollectorError::NoHook { capability: "tcp_lifecycle", reasons });
         }
-        let retransmits = hooks::attach_first(&mut ebpf, &targets, "tcp_retransmits", hooks::TCP_RETRANSMITS);
-        let mut bytes = hooks::attach_first(&mut ebpf, &targets, "tcp_bytes", hooks::TCP_BYTES);
+        let retransmits =
+            hooks::attach_first(&mut ebpf, &targets, "tcp_retransmits", hooks::TCP_RETRANSMITS, None);
+        let live = hooks::attach_first(&mut ebpf, &targets, "tcp_live_counters", hooks::TCP_LIVE, None);
+        let counters = hooks::TCP_BYTES_COUNTERS;
+        let counters_off = if live.chosen.is_none() {
+            Some("no iterator refreshes live counters (see tcp_live_counters)")
+        } else if settings.disabled_hooks.iter().any(|d| d == counters) {
+            Some("disabled by config (disabled_hooks)")
+        } else {
+            None
+        };
+        let preset = counters_off.is_none().then_some(counters);
+        let mut bytes = hooks::attach_first(&mut ebpf, &targets, "tcp_bytes", hooks::TCP_BYTES, preset);
+        if let Some(reason) = counters_off {
+            bytes.rejected.insert(0, Rejected { hook: counters.into(), reason: reason.into() });
+        }
         if bytes.chosen.is_none() {
-            let mut config: Array<_, u32> = take(&mut ebpf, k::MAP_CONFIG)?;
-            config
-                .set(0, k::CFG_BYTES_AT_CLOSE, 0)
-                .map_err(|e| CollectorError::Map { map: "CONFIG", reason: e.to_string() })?;
             bytes.chosen = Some(hooks::TCP_BYTES_AT_CLOSE.to_string());
         }
+        if matches!(bytes.chosen.as_deref(), Some(c) if c == counters || c == hooks::TCP_BYTES_AT_CLOSE) {
+            let mut config: Array<_, u32> = take(&mut ebpf, k::MAP_CONFIG)?;
+            config
+                .set(0, k::CFG_BYTES_FROM_TCP_SOCK, 0)
+                .map_err(|e| CollectorError::Map { map: "CONFIG", reason: e.to_string() })?;
+        }
+        let live_refresh = live.chosen.is_some();
         let udp = if settings.udp {
-            hooks::attach_first(&mut ebpf, &targets, "udp", hooks::UDP)
+            hooks::attach_first(&mut ebpf, &targets, "udp", hooks::UDP, None)
         } else {
             HookStatus {
                 capability: "udp",
@@ -119,7 +143,7 @@ impl EbpfSource {
                 }],
             }
         };
-        let hooks = vec![lifecycle, retransmits, bytes, udp];
+        let hooks = vec![lifecycle, retransmits, live, bytes, udp];
         for h in &hooks {
             tracing::info!(capability = h.capability, chosen = h.chosen.as_deref().unwrap_or("none"), "hook");
             for r in &h.rejected {
@@ -132,7 +156,9 @@ impl EbpfSource {
             tcp: take(&mut ebpf, k::MAP_TCP_FLOWS)?,
             udp: take(&mut ebpf, k::MAP_UDP_FLOWS)?,
             counters: take(&mut ebpf, k::MAP_COUNTERS)?,
-            _ebpf: ebpf,
+            ebpf,
+            live_refresh,
+            iter_errors: 0,
             maps: vec![
                 MapStatus { name: "tcp_flows", capacity: settings.flow_map_entries.into(), entries: Some(0) },
                 MapStatus { name: "udp_flows", capacity: settings.udp_map_entries.into(), entries: Some(0) },
@@ -163,6 +189,21 @@ impl EbpfSource {
             // read_unaligned copes with the ring buffer's 8-byte alignment.
             let f: Flow = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Flow>()) };
             out.push(convert::to_record(&f, self.clock.as_ref()));
+        }
+    }
+
+    /// Refreshes live TCP counters in the map (see `eddy_iter_sockets`).
+    fn refresh(&mut self) {
+        if !self.live_refresh {
+            return;
+        }
+        let result = match self.ebpf.program_mut(ITER_PROGRAM).map(<&mut Iter>::try_from) {
+            Some(Ok(p)) => hooks::run_iter(p),
+            _ => Err("iterator program missing".to_string()),
+        };
+        if let Err(e) = result {
+            self.iter_errors += 1;
+            tracing::warn!(error = %e, "socket iterator failed");
         }
     }
 
@@ -257,6 +298,7 @@ impl FlowSource for EbpfSource {
         if !scan_live {
             return Ok(Batch { closed, live: None });
         }
+        self.refresh();
         let mut live = self.scan_tcp(&mut closed);
         live.extend(self.scan_udp(&mut closed));
         self.read_counters();
@@ -276,10 +318,12 @@ impl FlowSource for EbpfSource {
             ("ring_buffer_full", c(k::CTR_RINGBUF_FULL)),
             ("malformed_ring_records", self.malformed_records),
             ("map_read_errors", self.map_read_errors),
+            ("iterator_errors", self.iter_errors),
         ]);
         let counters = BTreeMap::from([
             ("tcp_connections_tracked", c(k::CTR_TCP_OPENED)),
             ("tcp_closed_delivered", c(k::CTR_CLOSED_SENT)),
+            ("iterator_sockets_visited", c(k::CTR_ITER_SOCKETS)),
         ]);
         SourceStatus { hooks: self.hooks.clone(), maps: self.maps.clone(), drops, counters }
     }

@@ -5,7 +5,7 @@
 use std::fs::File;
 
 use aya::programs::{
-    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, FEntry, FExit, KProbe,
+    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, FEntry, FExit, Iter, KProbe,
     ProgramError, SockOps,
 };
 use aya::{Btf, Ebpf};
@@ -27,6 +27,8 @@ pub enum Attach {
     SockOps,
     /// cgroup/sock_release on the cgroup v2 root.
     SockRelease,
+    /// BPF iterator, by iterator type: loaded here, run (attached and read) on every scan.
+    Iter(&'static str),
     /// kprobe or kretprobe (the object's section says which), by function name.
     KProbe(&'static str),
 }
@@ -48,14 +50,16 @@ pub struct Targets<'a> {
     pub disabled: &'a [String],
 }
 
-/// Attaches the first candidate that works. `chosen` is `None` if none did.
+/// Attaches the first candidate that works. `chosen` is `None` if none did. With
+/// `already`, the capability is provided elsewhere and every candidate is only probed.
 pub fn attach_first(
     ebpf: &mut Ebpf,
     targets: &Targets<'_>,
     capability: &'static str,
     candidates: &[Candidate],
+    already: Option<&str>,
 ) -> HookStatus {
-    let mut status = HookStatus { capability, chosen: None, rejected: Vec::new() };
+    let mut status = HookStatus { capability, chosen: already.map(String::from), rejected: Vec::new() };
     for c in candidates {
         if let Some(chosen) = &status.chosen {
             // Say whether it would have worked, so /status shows what this kernel refuses.
@@ -127,6 +131,9 @@ fn load_one(ebpf: &mut Ebpf, t: &Targets<'_>, name: &str, how: Attach) -> Result
         Attach::CgroupSkb(_) => <&mut CgroupSkb>::try_from(prog).map_err(describe)?.load().map_err(describe),
         Attach::SockOps => <&mut SockOps>::try_from(prog).map_err(describe)?.load().map_err(describe),
         Attach::SockRelease => <&mut CgroupSock>::try_from(prog).map_err(describe)?.load().map_err(describe),
+        Attach::Iter(kind) => {
+            <&mut Iter>::try_from(prog).map_err(describe)?.load(kind, t.btf).map_err(describe)
+        }
         Attach::KProbe(_) => {
             <&mut KProbe>::try_from(prog).map_err(describe)?.load().map_err(describe)?;
             if kprobes_supported() { Ok(()) } else { Err(NO_KPROBES.into()) }
@@ -171,6 +178,11 @@ fn attach_one(ebpf: &mut Ebpf, t: &Targets<'_>, name: &str, how: Attach) -> Resu
             p.load().map_err(describe)?;
             p.attach(cgroup, CgroupAttachMode::default()).map_err(describe)?;
         }
+        Attach::Iter(kind) => {
+            let p: &mut Iter = prog.try_into().map_err(describe)?;
+            p.load(kind, t.btf).map_err(describe)?;
+            run_iter(p)?;
+        }
         Attach::KProbe(f) => {
             let p: &mut KProbe = prog.try_into().map_err(describe)?;
             p.load().map_err(describe)?;
@@ -207,12 +219,23 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
         p.unload()
     } else if let Ok(p) = <&mut CgroupSock>::try_from(&mut *prog) {
         p.unload()
+    } else if let Ok(p) = <&mut Iter>::try_from(&mut *prog) {
+        p.unload()
     } else {
         Ok(())
     };
     if let Err(e) = result {
         tracing::debug!(program = name, error = %e, "unload after a failed attach");
     }
+}
+
+/// Runs a loaded iterator once: a new link and iterator fd, read to the end.
+pub fn run_iter(p: &mut Iter) -> Result<(), String> {
+    let id = p.attach().map_err(describe)?;
+    let link = p.take_link(id).map_err(describe)?;
+    let mut file = link.into_file().map_err(|e| describe_any(&e))?;
+    std::io::copy(&mut file, &mut std::io::sink()).map_err(|e| format!("reading the iterator: {e}"))?;
+    Ok(())
 }
 
 /// One line: the error and its causes; verifier logs cut to their last lines.
@@ -263,7 +286,17 @@ pub const TCP_RETRANSMITS: &[Candidate] = &[Candidate {
     programs: &[("eddy_retransmit", Attach::TpBtf("tcp_retransmit_skb"))],
 }];
 
-/// Exact TCP payload bytes.
+/// Live tcp_sock counters (segments, RTT, retransmits; bytes in the preferred mode) for every
+/// TCP socket a process holds, in every network namespace, refreshed on every scan.
+pub const TCP_LIVE: &[Candidate] =
+    &[Candidate { hook: "iter/task_file", programs: &[("eddy_iter_sockets", Attach::Iter("task_file"))] }];
+
+/// The preferred byte source: tcp_sock counters, read at CLOSE and by [`TCP_LIVE`] on every scan.
+/// No per-call cost; wire payload bytes (what TCP sent once and received), exact for every
+/// connection at close.
+pub const TCP_BYTES_COUNTERS: &str = "tcp_sock counters (live via iter/task_file)";
+
+/// Per-call TCP payload bytes (what the application wrote and read), in order of preference.
 pub const TCP_BYTES: &[Candidate] = &[
     Candidate {
         hook: "tp_btf/sock_send_length+sock_recv_length",
@@ -291,8 +324,8 @@ pub const TCP_BYTES: &[Candidate] = &[
     },
 ];
 
-/// Name of the last-resort byte source, used when no TCP_BYTES candidate attaches.
-/// Open connections show 0 bytes until they close.
+/// Name of the last-resort byte source, used when no TCP_BYTES candidate attaches and no
+/// iterator refreshes live counters. Open connections show 0 bytes until they close.
 pub const TCP_BYTES_AT_CLOSE: &str = "tcp_sock counters at close";
 
 /// UDP flows and datagram counts.
