@@ -255,10 +255,14 @@ static __always_inline void finish(struct eddy_flow *e, struct sock *sk, __u64 c
 
 static __always_inline int on_state(struct sock *arg, int oldstate, int newstate)
 {
-	struct sock *sk = tcp_full(arg);
 	struct eddy_flow *e;
+	struct sock *sk;
 	__u64 cookie, now;
 
+	/* Most transitions (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, LISTEN...) need nothing. */
+	if (newstate != TCP_SYN_SENT && newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
+		return 0;
+	sk = tcp_full(arg);
 	if (!sk)
 		return 0;
 	cookie = bpf_get_socket_cookie(sk);
