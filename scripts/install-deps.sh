@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Eddy needs on Debian 12 (root). Usage: install-deps.sh build|test
 #   build: clang-19 + libbpf headers (kernel programs), iproute2
-#   test:  build + what the integration tests drive (iproute2's ip/tc, kmod for netem)
+#   test:  build + what the integration tests drive (iproute2 ip/tc, kmod, prometheus + promtool)
 # The Rust toolchain is not installed here: Eddy needs cargo/rustc >= 1.95 (rustup).
 set -euo pipefail
 
@@ -14,7 +14,7 @@ esac
 
 pkgs=(clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 python3)
 if [ "$what" = test ]; then
-  pkgs+=(kmod)
+  pkgs+=(kmod prometheus)
 fi
 
 missing=()

@@ -1,7 +1,7 @@
 //! The local HTTP API (axum, bound to 127.0.0.1:9780 by default):
 //! `/healthz` (liveness, for the ECS health check), `/readyz` (first scan done),
 //! `/status` (collector, hooks, kernel, map fill, drops, uptime) and `/flows`
-//! (open and recently closed flow records).
+//! (open and recently closed flow records), `/metrics` (see [`crate::metrics`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -9,13 +9,15 @@ use std::sync::{Arc, PoisonError};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Serialize;
 
+use crate::aggregate::AggregateStats;
 use crate::collector::{HookStatus, MapStatus};
 use crate::flow::FlowRecord;
+use crate::metrics;
 use crate::pipeline::Shared;
 use crate::preflight::KernelInfo;
 use crate::table::TableStats;
@@ -35,6 +37,7 @@ pub struct Status {
     pub drops: BTreeMap<&'static str, u64>,
     pub counters: BTreeMap<&'static str, u64>,
     pub flows: TableStats,
+    pub aggregation: AggregateStats,
 }
 
 impl Status {
@@ -60,18 +63,35 @@ impl Status {
             drops,
             counters: source.counters,
             flows,
+            aggregation: shared.series.lock().unwrap_or_else(PoisonError::into_inner).1,
         }
     }
 }
 
-/// Routes over the shared state.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+/// Routes over the shared state; `/metrics` only when `metrics` is on.
+pub fn router(shared: Arc<Shared>, metrics: bool) -> Router {
+    let r = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
-        .route("/flows", get(flows))
-        .with_state(shared)
+        .route("/flows", get(flows));
+    let r = if metrics { r.route("/metrics", get(metrics_handler)) } else { r };
+    r.with_state(shared)
+}
+
+/// OpenMetrics when the scraper prefers it (`Accept: application/openmetrics-text`), else
+/// the Prometheus text format.
+async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let status = Status::of(&s);
+    let (series, aggregate) = s.series.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let body =
+        metrics::render(&metrics::Snapshot { series: &series, aggregate, status: &status }, openmetrics);
+    let ct = if openmetrics { metrics::OPENMETRICS_CONTENT_TYPE } else { metrics::TEXT_CONTENT_TYPE };
+    ([(header::CONTENT_TYPE, ct)], body).into_response()
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {

@@ -73,6 +73,12 @@ pub struct Overrides {
     /// Log filter (`info`, `debug`, …).
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Serve /metrics (`true`/`false`).
+    #[arg(long)]
+    pub metrics: Option<String>,
+    /// Most aggregated series before folding into `other`.
+    #[arg(long)]
+    pub max_series: Option<String>,
     /// Hook candidates not to use, comma-separated (names as in /status).
     #[arg(long)]
     pub disabled_hooks: Option<String>,
@@ -94,6 +100,8 @@ impl Overrides {
             ("udp", &self.udp),
             ("cgroup_path", &self.cgroup_path),
             ("log_level", &self.log_level),
+            ("metrics", &self.metrics),
+            ("max_series", &self.max_series),
             ("disabled_hooks", &self.disabled_hooks),
         ]
         .into_iter()
@@ -121,6 +129,8 @@ mod tests {
             udp: Some("x".into()),
             cgroup_path: Some("x".into()),
             log_level: Some("x".into()),
+            metrics: Some("x".into()),
+            max_series: Some("x".into()),
             disabled_hooks: Some("x".into()),
             config: None,
         };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::aggregate::AggregateSettings;
 use crate::capture::{CaptureSettings, capture};
 use crate::clock::{Clock, SystemClock};
 use crate::collector::CollectorError;
@@ -14,6 +15,9 @@ use crate::config::{Config, Output};
 use crate::pipeline::{LoopSettings, OUTPUT_QUEUE_BATCHES, Shared, collect, write_jsonl};
 use crate::preflight::{self, KernelInfo, PreflightError};
 use crate::table::FlowTable;
+
+/// Series without traffic for this many export intervals are dropped.
+const SERIES_IDLE_INTERVALS: u64 = 60;
 
 /// How long in-flight API requests may take once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(800);
@@ -107,8 +111,15 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     } else {
         (None, None)
     };
-    let settings =
-        LoopSettings { poll_interval: cfg.poll_interval, export_interval: cfg.export_interval, output };
+    let settings = LoopSettings {
+        poll_interval: cfg.poll_interval,
+        export_interval: cfg.export_interval,
+        output,
+        aggregate: AggregateSettings {
+            max_series: cfg.max_series,
+            series_idle_intervals: SERIES_IDLE_INTERVALS,
+        },
+    };
     let collector = {
         let (sh, st) = (shared.clone(), stop.clone());
         std::thread::Builder::new()
@@ -121,7 +132,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     rt.block_on(async {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
-            axum::serve(listener, crate::api::router(shared.clone()))
+            axum::serve(listener, crate::api::router(shared.clone(), cfg.metrics))
                 .with_graceful_shutdown(async {
                     let _ = rx.await;
                 })

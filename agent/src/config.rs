@@ -57,6 +57,10 @@ pub struct Config {
     pub cgroup_path: Option<PathBuf>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
     pub log_level: String,
+    /// Serve aggregated series and agent health at `/metrics` (OpenMetrics / Prometheus text).
+    pub metrics: bool,
+    /// Most aggregated series kept; new series beyond it fold into an `other` series.
+    pub max_series: usize,
     /// Hook candidates never to use, by the names `/status` shows (comma-separated in the
     /// environment and on the command line), e.g. to step around a kernel bug.
     pub disabled_hooks: Vec<String>,
@@ -78,6 +82,8 @@ impl Default for Config {
             udp: true,
             cgroup_path: None,
             log_level: "info".into(),
+            metrics: true,
+            max_series: 10_000,
             disabled_hooks: Vec::new(),
         }
     }
@@ -112,6 +118,8 @@ pub const KEYS: &[&str] = &[
     "udp",
     "cgroup_path",
     "log_level",
+    "metrics",
+    "max_series",
     "disabled_hooks",
 ];
 
@@ -196,12 +204,10 @@ impl Config {
                     usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
             }
             "udp_idle_timeout" => self.udp_idle_timeout = dur(value)?,
-            "udp" => {
-                self.udp = match value.trim() {
-                    "true" | "1" | "yes" | "on" => true,
-                    "false" | "0" | "no" | "off" => false,
-                    _ => return Err(bad("expected true or false".into())),
-                }
+            "udp" => self.udp = boolean(value).ok_or_else(|| bad("expected true or false".into()))?,
+            "metrics" => self.metrics = boolean(value).ok_or_else(|| bad("expected true or false".into()))?,
+            "max_series" => {
+                self.max_series = usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
             }
             "cgroup_path" => self.cgroup_path = Some(PathBuf::from(value.trim())),
             "log_level" => self.log_level = value.trim().to_string(),
@@ -246,6 +252,9 @@ impl Config {
         if self.closed_flow_retention > 10_000_000 {
             return fail("closed_flow_retention must be at most 10000000".into());
         }
+        if !(10..=1_000_000).contains(&self.max_series) {
+            return fail(format!("max_series {} must be between 10 and 1000000", self.max_series));
+        }
         if self.udp_idle_timeout < Duration::from_secs(1) {
             return fail("udp_idle_timeout must be at least 1s".into());
         }
@@ -253,6 +262,14 @@ impl Config {
             return fail(format!("log_level {:?}: {e}", self.log_level));
         }
         Ok(())
+    }
+}
+
+fn boolean(v: &str) -> Option<bool> {
+    match v.trim() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
     }
 }
 

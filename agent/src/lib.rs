@@ -12,6 +12,7 @@
 //!
 //! Limits: see the README (kernel support matrix; what each hook misses).
 
+pub mod aggregate;
 pub mod api;
 pub mod capture;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod collector;
 pub mod commands;
 pub mod config;
 pub mod flow;
+pub mod metrics;
 pub mod pipeline;
 pub mod preflight;
 pub mod table;

@@ -1,15 +1,19 @@
 //! The collection loop of `eddy-agent run`: one thread owns the [`FlowSource`],
 //! drains closed flows every [`DRAIN_INTERVAL`], scans open flows every
-//! `poll_interval`, feeds the [`FlowTable`] and hands JSON-lines batches to a
-//! writer thread through a bounded channel (never blocking collection; a batch
-//! that does not fit is counted as dropped).
+//! `poll_interval`, feeds the [`FlowTable`] and the [`Aggregator`], closes an
+//! aggregation interval every `export_interval` (series for `/metrics`), and hands
+//! JSON-lines batches to a writer thread through a bounded channel (never
+//! blocking collection; a batch that does not fit is counted as dropped).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use serde::Serialize;
+
+use crate::aggregate::{AggregateRecord, AggregateSettings, AggregateStats, Aggregator, SeriesSnapshot};
 use crate::clock::Clock;
 use crate::collector::{FlowSource, SourceStatus};
 use crate::flow::FlowRecord;
@@ -38,6 +42,8 @@ pub struct Shared {
     pub last_scan: Mutex<Option<Instant>>,
     pub output_dropped: AtomicU64,
     pub output_errors: AtomicU64,
+    /// Aggregated series as of the last interval, for `/metrics`.
+    pub series: Mutex<(SeriesSnapshot, AggregateStats)>,
 }
 
 impl Shared {
@@ -54,6 +60,7 @@ impl Shared {
             last_scan: Mutex::new(None),
             output_dropped: AtomicU64::new(0),
             output_errors: AtomicU64::new(0),
+            series: Mutex::new((Arc::new(Vec::new()), AggregateStats::default())),
         }
     }
 
@@ -62,12 +69,21 @@ impl Shared {
     }
 }
 
+/// One JSON line: a flow record or an interval's aggregate.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Line {
+    Flow(FlowRecord),
+    Aggregate(AggregateRecord),
+}
+
 /// Loop settings.
 pub struct LoopSettings {
     pub poll_interval: Duration,
     pub export_interval: Duration,
     /// Where JSON-lines batches go (`None`: no output).
-    pub output: Option<SyncSender<Vec<FlowRecord>>>,
+    pub output: Option<SyncSender<Vec<Line>>>,
+    pub aggregate: AggregateSettings,
 }
 
 /// Runs until `stop` is set, then polls once more, exports, and returns.
@@ -78,6 +94,7 @@ pub fn collect(
     clock: Arc<dyn Clock>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut aggregator = Aggregator::new(settings.aggregate, SystemTime::now());
     let mut next_scan = Instant::now();
     let mut next_export = Instant::now() + settings.export_interval;
     loop {
@@ -86,6 +103,10 @@ pub fn collect(
         let scan = stopping || now >= next_scan;
         match source.poll(scan) {
             Ok(batch) => {
+                // Every closed flow is counted as it arrives (final counters).
+                for o in &batch.closed {
+                    aggregator.observe(&o.record);
+                }
                 shared.table().apply(batch);
                 if scan {
                     *shared.source.lock().unwrap_or_else(PoisonError::into_inner) = source.status();
@@ -101,17 +122,9 @@ pub fn collect(
         if scan {
             next_scan = now + settings.poll_interval;
         }
-        if let Some(tx) = &settings.output
-            && (stopping || now >= next_export)
-        {
+        if stopping || now >= next_export {
             next_export = now + settings.export_interval;
-            let records = shared.table().take_export(clock.mono_now_ns());
-            if !records.is_empty() {
-                let n = records.len() as u64;
-                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(records) {
-                    shared.output_dropped.fetch_add(n, Ordering::Relaxed);
-                }
-            }
+            export(&shared, &mut aggregator, settings.output.as_ref(), clock.as_ref());
         }
         if stopping {
             break;
@@ -122,8 +135,46 @@ pub fn collect(
     shared.collecting.store(false, Ordering::SeqCst);
 }
 
+/// Closes an aggregation interval: open flows active since the last one are
+/// counted, the series snapshot for `/metrics` is replaced, and flows and
+/// aggregates go to the JSON-lines writer.
+fn export(
+    shared: &Shared,
+    aggregator: &mut Aggregator,
+    output: Option<&SyncSender<Vec<Line>>>,
+    clock: &dyn Clock,
+) {
+    let flows = {
+        let mut table = shared.table();
+        let flows = table.take_export(clock.mono_now_ns());
+        for r in &flows.live {
+            aggregator.observe(r);
+        }
+        aggregator.retain_flows(|k| table.is_live(k));
+        flows
+    };
+    let aggregates = aggregator.finish_interval(SystemTime::now());
+    *shared.series.lock().unwrap_or_else(PoisonError::into_inner) =
+        (Arc::new(aggregator.series()), aggregator.stats());
+    let Some(tx) = output else { return };
+    let lines: Vec<Line> = flows
+        .closed
+        .into_iter()
+        .chain(flows.live)
+        .map(Line::Flow)
+        .chain(aggregates.into_iter().map(Line::Aggregate))
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    let n = lines.len() as u64;
+    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(lines) {
+        shared.output_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Writes batches as JSON lines to `out` until the channel closes.
-pub fn write_jsonl(rx: Receiver<Vec<FlowRecord>>, mut out: impl Write, shared: Arc<Shared>) {
+pub fn write_jsonl(rx: Receiver<Vec<Line>>, mut out: impl Write, shared: Arc<Shared>) {
     for batch in rx {
         let mut ok = true;
         for r in &batch {
@@ -190,13 +241,20 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             export_interval: Duration::from_secs(60),
             output: Some(tx),
+            aggregate: AggregateSettings { max_series: 10, series_idle_intervals: 10 },
         };
         collect(Box::new(source), shared.clone(), settings, Arc::new(FakeClock::at(10)), stop);
         let mut buf = Vec::new();
         write_jsonl(rx, &mut buf, shared.clone());
         let text = String::from_utf8(buf).expect("utf8");
-        let lines: Vec<FlowRecord> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
-        assert_eq!(lines, vec![record(1)]);
+        let (aggregates, flows): (Vec<&str>, Vec<&str>) =
+            text.lines().partition(|l| l.contains("\"record\":"));
+        let flows: Vec<FlowRecord> = flows.iter().map(|l| serde_json::from_str(l).expect("json")).collect();
+        assert_eq!(flows, vec![record(1)]);
+        assert_eq!(aggregates.len(), 1);
+        let agg: serde_json::Value = serde_json::from_str(aggregates[0]).expect("json");
+        assert_eq!((agg["record"].as_str(), agg["bytes_sent"].as_u64()), (Some("aggregate"), Some(5)));
+        assert_eq!(shared.series.lock().expect("lock").0.len(), 1, "series published for /metrics");
         assert!(shared.ready.load(Ordering::SeqCst));
         assert!(!shared.collecting.load(Ordering::SeqCst));
     }
@@ -213,8 +271,9 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             export_interval: Duration::from_secs(60),
             output: Some(tx),
+            aggregate: AggregateSettings { max_series: 10, series_idle_intervals: 10 },
         };
         collect(Box::new(source), shared.clone(), settings, Arc::new(FakeClock::at(10)), stop);
-        assert_eq!(shared.output_dropped.load(Ordering::SeqCst), 1);
+        assert_eq!(shared.output_dropped.load(Ordering::SeqCst), 2, "a flow line and an aggregate line");
     }
 }

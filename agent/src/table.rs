@@ -31,6 +31,23 @@ impl FlowKey {
     }
 }
 
+/// What [`FlowTable::take_export`] hands out.
+#[derive(Debug, Default)]
+pub struct Export {
+    pub closed: Vec<FlowRecord>,
+    pub live: Vec<FlowRecord>,
+}
+
+impl Export {
+    pub fn len(&self) -> usize {
+        self.closed.len() + self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Counters of the table itself, for `/status`.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct TableStats {
@@ -117,10 +134,11 @@ impl FlowTable {
         self.live.values().chain(self.closed.iter()).map(|o| o.record.clone()).collect()
     }
 
-    /// Flows to export now: closed since the last export, and open flows with
-    /// activity since then. `now_ns` is CLOCK_MONOTONIC.
-    pub fn take_export(&mut self, now_ns: u64) -> Vec<FlowRecord> {
-        let mut out: Vec<FlowRecord> = self
+    /// Flows to export now: closed since the last export (kept only when the table
+    /// was made with `export`), and open flows with activity since then.
+    /// `now_ns` is CLOCK_MONOTONIC.
+    pub fn take_export(&mut self, now_ns: u64) -> Export {
+        let closed = self
             .pending
             .as_mut()
             .map(std::mem::take)
@@ -128,9 +146,19 @@ impl FlowTable {
             .into_iter()
             .map(|o| o.record)
             .collect();
-        out.extend(self.live.values().filter(|o| o.last_ns > self.last_export_ns).map(|o| o.record.clone()));
+        let live = self
+            .live
+            .values()
+            .filter(|o| o.last_ns > self.last_export_ns)
+            .map(|o| o.record.clone())
+            .collect();
         self.last_export_ns = now_ns;
-        out
+        Export { closed, live }
+    }
+
+    /// Whether a flow is open (as of the last scan).
+    pub fn is_live(&self, key: &FlowKey) -> bool {
+        self.live.contains_key(key)
     }
 
     pub fn stats(&self) -> TableStats {

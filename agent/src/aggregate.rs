@@ -1,0 +1,312 @@
+//! Aggregation: flow records rolled up per interval into bounded series.
+//!
+//! A series is one identity pair — local address ↔ remote address, the server's
+//! port (the remote port of outgoing flows, the local port of incoming ones; never
+//! an ephemeral client port), protocol, family and direction. No PIDs, cookies or
+//! client ports become labels. Each flow's counters are turned into deltas (the
+//! aggregator remembers what it already counted per flow), so series counters are
+//! monotonic totals since the agent started, exactly the sum of the traffic.
+//!
+//! Bounded: at most `max_series` series. At the end of an interval, new series are
+//! admitted largest (bytes) first while there is room; the rest are folded into an
+//! `other` series per protocol/family/direction (counted in `series_folded`), so
+//! totals still equal the sum of all traffic. Series idle for `series_idle_intervals`
+//! are dropped to make room again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::flow::{Direction, Failure, Family, FlowRecord, Protocol};
+use crate::table::FlowKey;
+
+mod record;
+
+pub use record::AggregateRecord;
+
+/// Upper bounds of the RTT histogram, in microseconds.
+pub const RTT_BUCKETS_US: [u64; 12] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
+
+/// Label value of the folded series.
+pub const OTHER: &str = "other";
+
+/// Every series with its totals, as published for `/metrics`.
+pub type SeriesSnapshot = std::sync::Arc<Vec<(SeriesKey, SeriesValues)>>;
+
+/// Series labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SeriesKey {
+    pub protocol: Protocol,
+    pub family: Family,
+    pub direction: Direction,
+    pub local_addr: String,
+    pub remote_addr: String,
+    pub server_port: String,
+}
+
+impl SeriesKey {
+    pub fn of(r: &FlowRecord) -> Self {
+        let server_port = match r.direction {
+            Direction::Outgoing => r.remote.port,
+            Direction::Incoming => r.local.port,
+            Direction::Unknown => r.local.port.min(r.remote.port),
+        };
+        SeriesKey {
+            protocol: r.protocol,
+            family: r.family,
+            direction: r.direction,
+            local_addr: r.local.addr.to_string(),
+            remote_addr: r.remote.addr.to_string(),
+            server_port: server_port.to_string(),
+        }
+    }
+
+    fn other(&self) -> Self {
+        SeriesKey {
+            local_addr: OTHER.into(),
+            remote_addr: OTHER.into(),
+            server_port: OTHER.into(),
+            ..self.clone()
+        }
+    }
+}
+
+/// RTT distribution (one observation per TCP flow per interval in which it was active).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Histogram {
+    /// Non-cumulative counts per bucket of [`RTT_BUCKETS_US`], plus one for +Inf.
+    pub counts: [u64; RTT_BUCKETS_US.len() + 1],
+    pub sum_us: u64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, us: u64) {
+        let i = RTT_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(RTT_BUCKETS_US.len());
+        self.counts[i] += 1;
+        self.sum_us += us;
+        self.count += 1;
+    }
+
+    fn add(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts) {
+            *a += b;
+        }
+        self.sum_us += o.sum_us;
+        self.count += o.count;
+    }
+}
+
+/// Counters of one series.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SeriesValues {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub retransmits: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub connections_failed: BTreeMap<Failure, u64>,
+    pub rtt: Histogram,
+}
+
+impl SeriesValues {
+    fn add(&mut self, o: &SeriesValues) {
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.packets_sent += o.packets_sent;
+        self.packets_received += o.packets_received;
+        self.retransmits += o.retransmits;
+        self.connections_opened += o.connections_opened;
+        self.connections_closed += o.connections_closed;
+        for (f, n) in &o.connections_failed {
+            *self.connections_failed.entry(*f).or_default() += n;
+        }
+        self.rtt.add(&o.rtt);
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes_sent + self.bytes_received
+    }
+}
+
+/// What was already counted of one flow.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counted {
+    bytes_sent: u64,
+    bytes_received: u64,
+    packets_sent: u64,
+    packets_received: u64,
+    retransmits: u64,
+    interval: u64,
+}
+
+/// Counters of the aggregator itself.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct AggregateStats {
+    pub series: u64,
+    pub max_series: u64,
+    /// New series folded into `other` because `max_series` was reached.
+    pub series_folded: u64,
+    /// Series dropped after `series_idle_intervals` without traffic.
+    pub series_expired: u64,
+    pub flows_tracked: u64,
+    pub intervals: u64,
+}
+
+/// Aggregator settings.
+#[derive(Clone, Copy, Debug)]
+pub struct AggregateSettings {
+    pub max_series: usize,
+    pub series_idle_intervals: u64,
+}
+
+/// Series totals since start, and the current interval's deltas.
+#[derive(Debug)]
+pub struct Aggregator {
+    settings: AggregateSettings,
+    counted: HashMap<FlowKey, Counted>,
+    /// Totals since start, with the interval each series last moved in.
+    series: HashMap<SeriesKey, (SeriesValues, u64)>,
+    interval: HashMap<SeriesKey, SeriesValues>,
+    interval_no: u64,
+    interval_start: SystemTime,
+    stats: AggregateStats,
+}
+
+impl Aggregator {
+    pub fn new(settings: AggregateSettings, now: SystemTime) -> Self {
+        Aggregator {
+            settings,
+            counted: HashMap::new(),
+            series: HashMap::new(),
+            interval: HashMap::new(),
+            interval_no: 0,
+            interval_start: now,
+            stats: AggregateStats { max_series: settings.max_series as u64, ..Default::default() },
+        }
+    }
+
+    /// Counts what is new in `r` since it was last observed. `closed` records are final.
+    pub fn observe(&mut self, r: &FlowRecord) {
+        let key = FlowKey::of(r);
+        let prev = self.counted.get(&key).copied();
+        let before = prev.unwrap_or_default();
+        let d = SeriesValues {
+            bytes_sent: r.bytes_sent.saturating_sub(before.bytes_sent),
+            bytes_received: r.bytes_received.saturating_sub(before.bytes_received),
+            packets_sent: r.packets_sent.saturating_sub(before.packets_sent),
+            packets_received: r.packets_received.saturating_sub(before.packets_received),
+            retransmits: u64::from(r.retransmits).saturating_sub(before.retransmits),
+            connections_opened: u64::from(prev.is_none()),
+            connections_closed: u64::from(r.is_closed()),
+            connections_failed: r.failure.map(|f| BTreeMap::from([(f, 1)])).unwrap_or_default(),
+            rtt: Histogram::default(),
+        };
+        let mut d = d;
+        if let Some(rtt) = r.rtt_us.filter(|&v| v > 0) {
+            d.rtt.observe(u64::from(rtt));
+        }
+        if r.is_closed() {
+            self.counted.remove(&key);
+        } else {
+            self.counted.insert(
+                key,
+                Counted {
+                    bytes_sent: r.bytes_sent.max(before.bytes_sent),
+                    bytes_received: r.bytes_received.max(before.bytes_received),
+                    packets_sent: r.packets_sent.max(before.packets_sent),
+                    packets_received: r.packets_received.max(before.packets_received),
+                    retransmits: u64::from(r.retransmits).max(before.retransmits),
+                    interval: self.interval_no,
+                },
+            );
+        }
+        self.interval.entry(SeriesKey::of(r)).or_default().add(&d);
+    }
+
+    /// Closes the interval: merges its deltas into the series (admitting new series
+    /// largest first, folding the rest), expires idle series, and returns the
+    /// interval's records (one per series that moved).
+    pub fn finish_interval(&mut self, now: SystemTime) -> Vec<AggregateRecord> {
+        let mut deltas: Vec<(SeriesKey, SeriesValues)> =
+            std::mem::take(&mut self.interval).into_iter().collect();
+        // Existing series first, then new ones by bytes, largest first.
+        deltas.sort_by(|(ka, a), (kb, b)| {
+            let (ea, eb) = (self.series.contains_key(ka), self.series.contains_key(kb));
+            eb.cmp(&ea).then(b.bytes().cmp(&a.bytes())).then(ka.cmp(kb))
+        });
+        let mut moved: BTreeMap<SeriesKey, SeriesValues> = BTreeMap::new();
+        for (key, d) in deltas {
+            let key = if self.series.contains_key(&key) || self.series.len() < self.settings.max_series {
+                key
+            } else {
+                self.stats.series_folded += 1;
+                let other = key.other();
+                if !self.series.contains_key(&other) && self.series.len() >= self.settings.max_series {
+                    // Room for the fold target is always made: evict the smallest series into it.
+                    self.evict_smallest_into(&other);
+                }
+                other
+            };
+            let entry = self.series.entry(key.clone()).or_insert_with(|| (SeriesValues::default(), 0));
+            entry.0.add(&d);
+            entry.1 = self.interval_no;
+            moved.entry(key).or_default().add(&d);
+        }
+        let idle = self.settings.series_idle_intervals;
+        let no = self.interval_no;
+        let before = self.series.len();
+        self.series.retain(|k, (_, last)| k.remote_addr == OTHER || no.saturating_sub(*last) < idle);
+        self.stats.series_expired += (before - self.series.len()) as u64;
+
+        let records =
+            moved.into_iter().map(|(k, v)| AggregateRecord::new(k, v, self.interval_start, now)).collect();
+        self.interval_start = now;
+        self.interval_no += 1;
+        self.stats.intervals += 1;
+        self.stats.series = self.series.len() as u64;
+        self.stats.flows_tracked = self.counted.len() as u64;
+        records
+    }
+
+    /// Forgets flows that are neither open (`is_open`) nor new in this interval: their
+    /// closed record has been counted, or they vanished with nothing left to count.
+    pub fn retain_flows(&mut self, is_open: impl Fn(&FlowKey) -> bool) {
+        let no = self.interval_no;
+        self.counted.retain(|k, c| c.interval == no || is_open(k));
+        self.stats.flows_tracked = self.counted.len() as u64;
+    }
+
+    fn evict_smallest_into(&mut self, other: &SeriesKey) {
+        let smallest = self
+            .series
+            .iter()
+            .filter(|(k, _)| k.remote_addr != OTHER)
+            .min_by_key(|(k, (v, _))| (v.bytes(), (*k).clone()))
+            .map(|(k, _)| k.clone());
+        if let Some(k) = smallest
+            && let Some((v, last)) = self.series.remove(&k)
+        {
+            let e = self.series.entry(other.clone()).or_insert_with(|| (SeriesValues::default(), last));
+            e.0.add(&v);
+        }
+    }
+
+    /// Every series with its totals since start, sorted by labels.
+    pub fn series(&self) -> Vec<(SeriesKey, SeriesValues)> {
+        let mut v: Vec<_> = self.series.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn stats(&self) -> AggregateStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::flow::Endpoint;
+
+fn flow(cookie: u64, remote: &str, sent: u64, rcvd: u64, closed: bool) -> FlowRecord {
+    let addr = |s: &str| s.parse::<IpAddr>().expect("ip");
+    FlowRecord {
+        protocol: Protocol::Tcp,
+        family: Family::Ipv4,
+        direction: Direction::Outgoing,
+        local: Endpoint { addr: addr("10.0.0.1"), port: 40000 + cookie as u16 },
+        remote: Endpoint { addr: addr(remote), port: 443 },
+        netns: None,
+        cgroup_id: None,
+        pid: Some(1),
+        comm: None,
+        cookie,
+        bytes_sent: sent,
+        bytes_received: rcvd,
+        packets_sent: 1,
+        packets_received: 1,
+        retransmits: 0,
+        rtt_us: Some(2_000),
+        rtt_var_us: Some(1),
+        failure: None,
+        opened_at: None,
+        closed_at: closed.then_some(SystemTime::UNIX_EPOCH),
+    }
+}
+
+fn agg(max: usize) -> Aggregator {
+    Aggregator::new(AggregateSettings { max_series: max, series_idle_intervals: 3 }, SystemTime::UNIX_EPOCH)
+}
+
+fn t(s: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+}
+
+fn total_sent(a: &Aggregator) -> u64 {
+    a.series().iter().map(|(_, v)| v.bytes_sent).sum()
+}
+
+#[test]
+fn deltas_make_monotonic_series_equal_to_the_traffic() {
+    let mut a = agg(10);
+    a.observe(&flow(1, "10.0.0.2", 100, 10, false));
+    let r = a.finish_interval(t(10));
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].bytes_sent, r[0].connections_opened), (100, 1));
+    a.observe(&flow(1, "10.0.0.2", 250, 10, false));
+    a.observe(&flow(2, "10.0.0.2", 5, 0, true));
+    let r = a.finish_interval(t(20));
+    assert_eq!(r[0].bytes_sent, 155, "150 more on flow 1, 5 on flow 2");
+    assert_eq!((r[0].connections_opened, r[0].connections_closed), (1, 1));
+    a.observe(&flow(1, "10.0.0.2", 300, 10, true));
+    a.finish_interval(t(30));
+    let s = a.series();
+    assert_eq!(s.len(), 1, "one identity pair: client ports are not labels");
+    assert_eq!(s[0].0.server_port, "443");
+    assert_eq!((s[0].1.bytes_sent, s[0].1.connections_opened, s[0].1.connections_closed), (305, 2, 2));
+    assert_eq!(s[0].1.rtt.count, 4);
+}
+
+#[test]
+fn incoming_flows_are_labelled_with_the_local_server_port() {
+    let mut a = agg(10);
+    let mut f = flow(1, "10.0.0.2", 1, 1, true);
+    f.direction = Direction::Incoming;
+    f.local.port = 8080;
+    f.remote.port = 51234;
+    a.observe(&f);
+    a.finish_interval(t(1));
+    assert_eq!(a.series()[0].0.server_port, "8080");
+}
+
+#[test]
+fn cardinality_is_capped_and_other_keeps_the_totals() {
+    let mut a = agg(10);
+    let mut expected = 0;
+    for i in 0..5_000u64 {
+        let remote = format!("10.1.{}.{}", i / 250, i % 250);
+        let bytes = 1 + i % 7;
+        expected += bytes;
+        a.observe(&flow(i, &remote, bytes, 0, true));
+    }
+    a.finish_interval(t(10));
+    let s = a.series();
+    assert!(s.len() <= 10, "{} series", s.len());
+    assert!(s.iter().any(|(k, _)| k.remote_addr == OTHER));
+    assert_eq!(total_sent(&a), expected);
+    assert!(a.stats().series_folded >= 4_990);
+}
+
+#[test]
+fn largest_new_series_are_admitted_first() {
+    let mut a = agg(3);
+    a.observe(&flow(1, "10.0.0.2", 10, 0, true));
+    a.observe(&flow(2, "10.0.0.3", 1_000, 0, true));
+    a.observe(&flow(3, "10.0.0.4", 500, 0, true));
+    a.observe(&flow(4, "10.0.0.5", 1, 0, true));
+    a.finish_interval(t(10));
+    let remotes: Vec<String> = a.series().into_iter().map(|(k, _)| k.remote_addr).collect();
+    assert!(remotes.contains(&"10.0.0.3".to_string()) && remotes.contains(&"10.0.0.4".to_string()));
+    assert!(remotes.contains(&OTHER.to_string()));
+    assert_eq!(total_sent(&a), 1_511);
+}
+
+#[test]
+fn idle_series_expire_and_flows_are_forgotten_when_gone() {
+    let mut a = agg(10);
+    a.observe(&flow(1, "10.0.0.2", 10, 0, false));
+    a.finish_interval(t(10));
+    a.retain_flows(|_| false);
+    assert_eq!(a.stats().flows_tracked, 0);
+    for i in 0..4 {
+        a.finish_interval(t(20 + i));
+    }
+    assert!(a.series().is_empty());
+    assert_eq!(a.stats().series_expired, 1);
+}
+
+#[test]
+fn failures_and_rtt_histogram() {
+    let mut a = agg(10);
+    let mut f = flow(1, "10.0.0.2", 0, 0, true);
+    f.failure = Some(Failure::Refused);
+    f.rtt_us = Some(0);
+    a.observe(&f);
+    a.observe(&flow(2, "10.0.0.2", 1, 1, true));
+    let r = a.finish_interval(t(1));
+    assert_eq!(r[0].connections_failed, 1);
+    let s = a.series();
+    assert_eq!(s[0].1.connections_failed.get(&Failure::Refused), Some(&1));
+    assert_eq!(s[0].1.rtt.count, 1, "zero RTT (no sample) is not observed");
+    assert_eq!(s[0].1.rtt.counts[4], 1, "2 ms falls in the 2.5 ms bucket");
+}

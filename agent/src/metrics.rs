@@ -1,0 +1,223 @@
+//! `/metrics`: the aggregated series and the agent's own health in the
+//! Prometheus text format (0.0.4) or, when the scraper asks for it in `Accept`,
+//! OpenMetrics 1.0. Names follow Prometheus conventions: base units (bytes,
+//! seconds), `_total` on counters, one family per quantity.
+//!
+//! Series move once per `export_interval` (when the aggregator closes an
+//! interval); agent health is read at scrape time.
+
+use std::fmt::Write as _;
+
+use crate::aggregate::{AggregateStats, RTT_BUCKETS_US, SeriesKey, SeriesValues};
+use crate::api::Status;
+
+/// `Content-Type` of the two formats.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What `/metrics` renders.
+pub struct Snapshot<'a> {
+    pub series: &'a [(SeriesKey, SeriesValues)],
+    pub aggregate: AggregateStats,
+    pub status: &'a Status,
+}
+
+/// Name, help and value of one counter family over the series.
+type CounterFamily = (&'static str, &'static str, fn(&SeriesValues) -> u64);
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+struct Writer {
+    out: String,
+    openmetrics: bool,
+}
+
+impl Writer {
+    /// Family header. `name` is the family name (counters without `_total`).
+    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        let (ty, suffix) = match kind {
+            Kind::Counter => ("counter", if self.openmetrics { "" } else { "_total" }),
+            Kind::Gauge => ("gauge", ""),
+            Kind::Histogram => ("histogram", ""),
+        };
+        let _ = writeln!(self.out, "# HELP {name}{suffix} {help}");
+        let _ = writeln!(self.out, "# TYPE {name}{suffix} {ty}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn series_labels(k: &SeriesKey) -> [(&'static str, String); 6] {
+    let s = |v: &dyn erased::Label| v.label();
+    [
+        ("protocol", s(&k.protocol)),
+        ("family", s(&k.family)),
+        ("direction", s(&k.direction)),
+        ("local_addr", k.local_addr.clone()),
+        ("remote_addr", k.remote_addr.clone()),
+        ("server_port", k.server_port.clone()),
+    ]
+}
+
+mod erased {
+    /// Lower-case serde name of a label enum.
+    pub trait Label {
+        fn label(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Label for T {
+        fn label(&self) -> String {
+            serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+        }
+    }
+}
+
+/// Renders the exposition.
+pub fn render(s: &Snapshot<'_>, openmetrics: bool) -> String {
+    let mut w = Writer { out: String::with_capacity(4096 + s.series.len() * 1024), openmetrics };
+    let labelled: Vec<([(&str, String); 6], &SeriesValues)> =
+        s.series.iter().map(|(k, v)| (series_labels(k), v)).collect();
+
+    let counters: [CounterFamily; 7] = [
+        ("eddy_flow_sent_bytes", "Payload bytes sent by the local end.", |v| v.bytes_sent),
+        ("eddy_flow_received_bytes", "Payload bytes received by the local end.", |v| v.bytes_received),
+        ("eddy_flow_sent_packets", "Packets (TCP segments, UDP datagrams) sent.", |v| v.packets_sent),
+        ("eddy_flow_received_packets", "Packets (TCP segments, UDP datagrams) received.", |v| {
+            v.packets_received
+        }),
+        ("eddy_tcp_retransmits", "TCP segments retransmitted.", |v| v.retransmits),
+        ("eddy_connections_opened", "Flows seen opening (TCP connections, UDP socket-peer pairs).", |v| {
+            v.connections_opened
+        }),
+        ("eddy_connections_closed", "Flows seen closing.", |v| v.connections_closed),
+    ];
+    for (name, help, get) in counters {
+        w.family(name, Kind::Counter, help);
+        for (labels, v) in &labelled {
+            let refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            w.sample(&format!("{name}_total"), &refs, get(v));
+        }
+    }
+
+    w.family("eddy_connections_failed", Kind::Counter, "TCP connections that failed, by reason.");
+    for (labels, v) in &labelled {
+        for (failure, n) in &v.connections_failed {
+            let reason = erased::Label::label(failure);
+            let mut refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            refs.push(("reason", reason.as_str()));
+            w.sample("eddy_connections_failed_total", &refs, n);
+        }
+    }
+
+    w.family(
+        "eddy_tcp_rtt_seconds",
+        Kind::Histogram,
+        "Smoothed TCP round-trip time of active flows, per interval.",
+    );
+    for (labels, v) in &labelled {
+        if v.rtt.count == 0 {
+            continue;
+        }
+        let base: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut cumulative = 0;
+        for (i, bound) in
+            RTT_BUCKETS_US.iter().map(|b| format!("{}", *b as f64 / 1e6)).chain(["+Inf".into()]).enumerate()
+        {
+            cumulative += v.rtt.counts[i];
+            let mut refs = base.clone();
+            refs.push(("le", bound.as_str()));
+            w.sample("eddy_tcp_rtt_seconds_bucket", &refs, cumulative);
+        }
+        w.sample("eddy_tcp_rtt_seconds_sum", &base, v.rtt.sum_us as f64 / 1e6);
+        w.sample("eddy_tcp_rtt_seconds_count", &base, v.rtt.count);
+    }
+
+    agent_health(&mut w, s);
+    if openmetrics {
+        w.out.push_str("# EOF\n");
+    }
+    w.out
+}
+
+fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
+    let st = s.status;
+    w.family("eddy_agent_build_info", Kind::Gauge, "Agent version and collector (always 1).");
+    w.sample("eddy_agent_build_info", &[("version", st.version), ("collector", st.collector)], 1);
+    w.family("eddy_agent_uptime_seconds", Kind::Gauge, "Seconds since the agent started.");
+    w.sample("eddy_agent_uptime_seconds", &[], format!("{:.3}", st.uptime_seconds));
+    w.family("eddy_agent_ready", Kind::Gauge, "1 once the first scan of the kernel maps is done.");
+    w.sample("eddy_agent_ready", &[], u8::from(st.ready));
+    if let Some(age) = st.last_scan_age_seconds {
+        w.family(
+            "eddy_agent_last_scan_age_seconds",
+            Kind::Gauge,
+            "Seconds since the kernel maps were last read.",
+        );
+        w.sample("eddy_agent_last_scan_age_seconds", &[], format!("{age:.3}"));
+    }
+    w.family("eddy_agent_hook_info", Kind::Gauge, "Hook chosen per capability (always 1).");
+    for h in &st.hooks {
+        w.sample(
+            "eddy_agent_hook_info",
+            &[("capability", h.capability), ("hook", h.chosen.as_deref().unwrap_or("none"))],
+            1,
+        );
+    }
+    w.family("eddy_agent_map_capacity", Kind::Gauge, "Capacity of each bounded kernel map.");
+    for m in &st.maps {
+        w.sample("eddy_agent_map_capacity", &[("map", m.name)], m.capacity);
+    }
+    w.family("eddy_agent_map_entries", Kind::Gauge, "Entries in each bounded kernel map at the last scan.");
+    for m in &st.maps {
+        if let Some(n) = m.entries {
+            w.sample("eddy_agent_map_entries", &[("map", m.name)], n);
+        }
+    }
+    w.family(
+        "eddy_agent_dropped",
+        Kind::Counter,
+        "Events, records or packets not counted or not delivered, by cause.",
+    );
+    for (cause, n) in &st.drops {
+        w.sample("eddy_agent_dropped_total", &[("cause", cause)], n);
+    }
+    w.family("eddy_agent_live_flows", Kind::Gauge, "Open flows at the last scan.");
+    w.sample("eddy_agent_live_flows", &[], st.flows.live_flows);
+    w.family("eddy_agent_series", Kind::Gauge, "Aggregated series currently exported.");
+    w.sample("eddy_agent_series", &[], s.aggregate.series);
+    w.family("eddy_agent_series_limit", Kind::Gauge, "Maximum number of aggregated series (max_series).");
+    w.sample("eddy_agent_series_limit", &[], s.aggregate.max_series);
+    w.family(
+        "eddy_agent_series_folded",
+        Kind::Counter,
+        "New series folded into the `other` series by the cap.",
+    );
+    w.sample("eddy_agent_series_folded_total", &[], s.aggregate.series_folded);
+    w.family("eddy_agent_series_expired", Kind::Counter, "Series dropped after being idle.");
+    w.sample("eddy_agent_series_expired_total", &[], s.aggregate.series_expired);
+}
+
+#[cfg(test)]
+mod tests;

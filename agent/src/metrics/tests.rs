@@ -1,0 +1,77 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::aggregate::{Histogram, SeriesValues};
+use crate::collector::{HookStatus, MapStatus};
+use crate::flow::{Direction, Failure, Family, Protocol};
+use crate::preflight::KernelInfo;
+use crate::table::TableStats;
+
+fn status() -> Status {
+    Status {
+        version: "0.1.0",
+        collector: "ebpf",
+        ready: true,
+        collecting: true,
+        uptime_seconds: 12.5,
+        last_scan_age_seconds: Some(0.2),
+        kernel: KernelInfo { release: "6.1".into(), btf: true, cgroup2: None },
+        hooks: vec![HookStatus { capability: "tcp_bytes", chosen: Some("x".into()), rejected: vec![] }],
+        maps: vec![MapStatus { name: "tcp_flows", capacity: 64, entries: Some(3) }],
+        drops: BTreeMap::from([("tcp_map_full", 2)]),
+        counters: BTreeMap::new(),
+        flows: TableStats::default(),
+        aggregation: AggregateStats::default(),
+    }
+}
+
+fn series() -> Vec<(SeriesKey, SeriesValues)> {
+    let mut rtt = Histogram::default();
+    rtt.observe(2_000);
+    rtt.observe(300_000);
+    let key = SeriesKey {
+        protocol: Protocol::Tcp,
+        family: Family::Ipv4,
+        direction: Direction::Outgoing,
+        local_addr: "10.0.0.1".into(),
+        remote_addr: r#"we"ird\"#.into(),
+        server_port: "443".into(),
+    };
+    let values = SeriesValues {
+        bytes_sent: 305,
+        connections_failed: BTreeMap::from([(Failure::Refused, 1)]),
+        rtt,
+        ..Default::default()
+    };
+    vec![(key, values)]
+}
+
+#[test]
+fn text_format_has_total_suffixes_escaping_and_cumulative_buckets() {
+    let st = status();
+    let series = series();
+    let out = render(&Snapshot { series: &series, aggregate: AggregateStats::default(), status: &st }, false);
+    assert!(out.contains("# TYPE eddy_flow_sent_bytes_total counter\n"), "{out}");
+    let expected = concat!(
+        r#"eddy_flow_sent_bytes_total{protocol="tcp",family="ipv4",direction="outgoing","#,
+        r#"local_addr="10.0.0.1",remote_addr="we\"ird\\",server_port="443"} 305"#,
+    );
+    assert!(out.contains(expected), "{out}");
+    assert!(out.contains(r#",reason="refused"} 1"#), "{out}");
+    assert!(out.contains(r#"le="0.0025"} 1"#), "{out}");
+    assert!(out.contains(r#"le="0.25"} 1"#) && out.contains(r#"le="1"} 2"#), "{out}");
+    assert!(out.contains(r#"le="+Inf"} 2"#), "{out}");
+    assert!(out.contains("eddy_tcp_rtt_seconds_sum{") && out.contains("} 0.302\n"), "{out}");
+    assert!(out.contains(r#"eddy_agent_dropped_total{cause="tcp_map_full"} 2"#), "{out}");
+    assert!(out.contains(r#"eddy_agent_map_entries{map="tcp_flows"} 3"#), "{out}");
+    assert!(!out.contains("# EOF"));
+}
+
+#[test]
+fn openmetrics_names_families_without_total_and_ends_with_eof() {
+    let st = status();
+    let out = render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &st }, true);
+    assert!(out.contains("# TYPE eddy_flow_sent_bytes counter\n"), "{out}");
+    assert!(out.contains("# TYPE eddy_agent_dropped counter\n"), "{out}");
+    assert!(out.ends_with("# EOF\n"));
+}
