@@ -18,6 +18,7 @@ use crate::aggregate::AggregateStats;
 use crate::collector::{HookStatus, MapStatus};
 use crate::flow::FlowRecord;
 use crate::metrics;
+use crate::otlp::OtlpCounts;
 use crate::pipeline::Shared;
 use crate::preflight::KernelInfo;
 use crate::table::TableStats;
@@ -38,6 +39,8 @@ pub struct Status {
     pub counters: BTreeMap<&'static str, u64>,
     pub flows: TableStats,
     pub aggregation: AggregateStats,
+    /// OTLP exporter counters (absent when OTLP is off).
+    pub otlp: Option<OtlpCounts>,
 }
 
 impl Status {
@@ -49,6 +52,14 @@ impl Status {
         drops.insert("output_write_errors", shared.output_errors.load(Ordering::Relaxed));
         drops.insert("poll_errors", shared.poll_errors.load(Ordering::Relaxed));
         drops.insert("export_overflow", flows.export_overflow);
+        let mut counters = source.counters;
+        if let Some(o) = &shared.otlp {
+            let c = o.counts();
+            drops.insert("otlp_batches_dropped", c.batches_dropped);
+            drops.insert("otlp_batches_rejected", c.batches_rejected);
+            counters.insert("otlp_batches_sent", c.batches_sent);
+            counters.insert("otlp_attempts_failed", c.attempts_failed);
+        }
         let last_scan = *shared.last_scan.lock().unwrap_or_else(PoisonError::into_inner);
         Status {
             version: env!("CARGO_PKG_VERSION"),
@@ -61,9 +72,10 @@ impl Status {
             hooks: source.hooks,
             maps: source.maps,
             drops,
-            counters: source.counters,
+            counters,
             flows,
             aggregation: shared.series.lock().unwrap_or_else(PoisonError::into_inner).1,
+            otlp: shared.otlp.as_ref().map(|o| o.counts()),
         }
     }
 }

@@ -79,6 +79,18 @@ pub struct Overrides {
     /// Most aggregated series before folding into `other`.
     #[arg(long)]
     pub max_series: Option<String>,
+    /// OTLP/HTTP metrics endpoint URL (off when unset).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP request headers, `name=value`, comma-separated.
+    #[arg(long)]
+    pub otlp_headers: Option<String>,
+    /// Timeout of one OTLP request.
+    #[arg(long)]
+    pub otlp_timeout: Option<String>,
+    /// Batches queued for the OTLP endpoint before dropping.
+    #[arg(long)]
+    pub otlp_queue_batches: Option<String>,
     /// Hook candidates not to use, comma-separated (names as in /status).
     #[arg(long)]
     pub disabled_hooks: Option<String>,
@@ -102,6 +114,10 @@ impl Overrides {
             ("log_level", &self.log_level),
             ("metrics", &self.metrics),
             ("max_series", &self.max_series),
+            ("otlp_endpoint", &self.otlp_endpoint),
+            ("otlp_headers", &self.otlp_headers),
+            ("otlp_timeout", &self.otlp_timeout),
+            ("otlp_queue_batches", &self.otlp_queue_batches),
             ("disabled_hooks", &self.disabled_hooks),
         ]
         .into_iter()
@@ -131,6 +147,10 @@ mod tests {
             log_level: Some("x".into()),
             metrics: Some("x".into()),
             max_series: Some("x".into()),
+            otlp_endpoint: Some("x".into()),
+            otlp_headers: Some("x".into()),
+            otlp_timeout: Some("x".into()),
+            otlp_queue_batches: Some("x".into()),
             disabled_hooks: Some("x".into()),
             config: None,
         };

@@ -12,6 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::collector::CollectorError;
 use crate::collector::ebpf::{EbpfSettings, EbpfSource};
 use crate::config::{Config, Output};
+use crate::otlp::{self, OtlpError, OtlpSettings, OtlpStats, Resource};
 use crate::pipeline::{LoopSettings, OUTPUT_QUEUE_BATCHES, Shared, collect, write_jsonl};
 use crate::preflight::{self, KernelInfo, PreflightError};
 use crate::table::FlowTable;
@@ -40,6 +41,14 @@ pub enum CommandError {
     Thread { name: &'static str, source: std::io::Error },
     #[error("writing the capture to stdout: {0}")]
     Stdout(std::io::Error),
+    #[error(transparent)]
+    Otlp(#[from] OtlpError),
+}
+
+fn hostname() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.nodename().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn start_source(cfg: &Config) -> Result<(EbpfSource, KernelInfo, Arc<dyn Clock>), CommandError> {
@@ -93,11 +102,27 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         .block_on(tokio::net::TcpListener::bind(cfg.listen))
         .map_err(|source| CommandError::Listen { addr: cfg.listen, source })?;
     let (source, kernel, clock) = start_source(&cfg)?;
-    let shared = Arc::new(Shared::new(
-        FlowTable::new(cfg.closed_flow_retention, cfg.output == Output::Jsonl),
-        "ebpf",
-        kernel,
-    ));
+    let mut shared =
+        Shared::new(FlowTable::new(cfg.closed_flow_retention, cfg.output == Output::Jsonl), "ebpf", kernel);
+    let otlp = match &cfg.otlp_endpoint {
+        Some(endpoint) => {
+            let stats = Arc::new(OtlpStats::default());
+            let settings = OtlpSettings {
+                endpoint: endpoint.clone(),
+                headers: cfg.otlp_header_pairs(),
+                timeout: cfg.otlp_timeout,
+                queue_batches: cfg.otlp_queue_batches,
+                resource: Resource::agent(&hostname()),
+            };
+            let (queue, task) = otlp::start(settings, stats.clone())?;
+            rt.spawn(task);
+            shared.otlp = Some(stats);
+            tracing::info!(%endpoint, "OTLP metrics export on");
+            Some(queue)
+        }
+        None => None,
+    };
+    let shared = Arc::new(shared);
     let stop = Arc::new(AtomicBool::new(false));
 
     let (output, writer) = if cfg.output == Output::Jsonl {
@@ -119,6 +144,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
             max_series: cfg.max_series,
             series_idle_intervals: SERIES_IDLE_INTERVALS,
         },
+        otlp,
     };
     let collector = {
         let (sh, st) = (shared.clone(), stop.clone());

@@ -61,6 +61,17 @@ pub struct Config {
     pub metrics: bool,
     /// Most aggregated series kept; new series beyond it fold into an `other` series.
     pub max_series: usize,
+    /// OTLP/HTTP metrics endpoint (full URL, e.g. `http://127.0.0.1:4318/v1/metrics`); unset = off.
+    pub otlp_endpoint: Option<String>,
+    /// Extra HTTP headers for the OTLP endpoint, `name=value` (comma-separated in the
+    /// environment), e.g. an authorization header: set it from a secret, never in plain
+    /// text in a task definition. Values are redacted in logs.
+    pub otlp_headers: Vec<String>,
+    /// Timeout of one OTLP request.
+    #[serde(with = "duration_str")]
+    pub otlp_timeout: Duration,
+    /// Batches waiting for the OTLP endpoint; more are dropped (counted).
+    pub otlp_queue_batches: usize,
     /// Hook candidates never to use, by the names `/status` shows (comma-separated in the
     /// environment and on the command line), e.g. to step around a kernel bug.
     pub disabled_hooks: Vec<String>,
@@ -84,6 +95,10 @@ impl Default for Config {
             log_level: "info".into(),
             metrics: true,
             max_series: 10_000,
+            otlp_endpoint: None,
+            otlp_headers: Vec::new(),
+            otlp_timeout: Duration::from_secs(10),
+            otlp_queue_batches: 8,
             disabled_hooks: Vec::new(),
         }
     }
@@ -120,6 +135,10 @@ pub const KEYS: &[&str] = &[
     "log_level",
     "metrics",
     "max_series",
+    "otlp_endpoint",
+    "otlp_headers",
+    "otlp_timeout",
+    "otlp_queue_batches",
     "disabled_hooks",
 ];
 
@@ -211,6 +230,18 @@ impl Config {
             }
             "cgroup_path" => self.cgroup_path = Some(PathBuf::from(value.trim())),
             "log_level" => self.log_level = value.trim().to_string(),
+            "otlp_endpoint" => {
+                let v = value.trim();
+                self.otlp_endpoint = (!v.is_empty()).then(|| v.to_string());
+            }
+            "otlp_headers" => {
+                self.otlp_headers =
+                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+            }
+            "otlp_timeout" => self.otlp_timeout = dur(value)?,
+            "otlp_queue_batches" => {
+                self.otlp_queue_batches = usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
+            }
             "disabled_hooks" => {
                 self.disabled_hooks =
                     value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
@@ -255,6 +286,19 @@ impl Config {
         if !(10..=1_000_000).contains(&self.max_series) {
             return fail(format!("max_series {} must be between 10 and 1000000", self.max_series));
         }
+        if let Some(e) = &self.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return fail(format!("otlp_endpoint {e:?} must be an http:// or https:// URL"));
+        }
+        for h in &self.otlp_headers {
+            if !h.split_once('=').is_some_and(|(k, _)| !k.trim().is_empty()) {
+                return fail("otlp_headers entries must be `name=value`".into());
+            }
+        }
+        if !(1..=1024).contains(&self.otlp_queue_batches) {
+            return fail("otlp_queue_batches must be between 1 and 1024".into());
+        }
         if self.udp_idle_timeout < Duration::from_secs(1) {
             return fail("udp_idle_timeout must be at least 1s".into());
         }
@@ -262,6 +306,27 @@ impl Config {
             return fail(format!("log_level {:?}: {e}", self.log_level));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The configuration as it may be logged: header values replaced by `<redacted>`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.otlp_headers = c
+            .otlp_headers
+            .iter()
+            .map(|h| format!("{}=<redacted>", h.split_once('=').map_or(h.as_str(), |(k, _)| k)))
+            .collect();
+        c
+    }
+
+    /// `otlp_headers` as (name, value) pairs.
+    pub fn otlp_header_pairs(&self) -> Vec<(String, String)> {
+        self.otlp_headers
+            .iter()
+            .filter_map(|h| h.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+            .collect()
     }
 }
 

@@ -22,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod flow;
 pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod preflight;
 pub mod table;

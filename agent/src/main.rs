@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cfg.log_level);
-    tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
+    tracing::info!(config = %serde_json::to_string(&cfg.redacted()).unwrap_or_default(), "effective configuration");
     let result = match duration {
         None => commands::run(cfg),
         Some((d, max)) => commands::capture_window(cfg, d, max),

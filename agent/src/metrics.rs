@@ -203,6 +203,34 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
     for (cause, n) in &st.drops {
         w.sample("eddy_agent_dropped_total", &[("cause", cause)], n);
     }
+    w.family(
+        "eddy_agent_events",
+        Kind::Counter,
+        "Agent throughput: connections tracked, records delivered, ...",
+    );
+    for (event, n) in &st.counters {
+        w.sample("eddy_agent_events_total", &[("event", event)], n);
+    }
+    if let Some(o) = &st.otlp {
+        w.family(
+            "eddy_agent_otlp_batches",
+            Kind::Counter,
+            "OTLP batches by outcome (sent, rejected, dropped).",
+        );
+        for (result, n) in
+            [("sent", o.batches_sent), ("rejected", o.batches_rejected), ("dropped", o.batches_dropped)]
+        {
+            w.sample("eddy_agent_otlp_batches_total", &[("result", result)], n);
+        }
+        w.family(
+            "eddy_agent_otlp_failed_attempts",
+            Kind::Counter,
+            "OTLP requests that failed and were retried.",
+        );
+        w.sample("eddy_agent_otlp_failed_attempts_total", &[], o.attempts_failed);
+        w.family("eddy_agent_otlp_queue_batches", Kind::Gauge, "OTLP batches waiting to be sent.");
+        w.sample("eddy_agent_otlp_queue_batches", &[], o.queued);
+    }
     w.family("eddy_agent_live_flows", Kind::Gauge, "Open flows at the last scan.");
     w.sample("eddy_agent_live_flows", &[], st.flows.live_flows);
     w.family("eddy_agent_series", Kind::Gauge, "Aggregated series currently exported.");

@@ -17,6 +17,7 @@ use crate::aggregate::{AggregateRecord, AggregateSettings, AggregateStats, Aggre
 use crate::clock::Clock;
 use crate::collector::{FlowSource, SourceStatus};
 use crate::flow::FlowRecord;
+use crate::otlp::{Batch as OtlpBatch, OtlpQueue, OtlpStats};
 use crate::preflight::KernelInfo;
 use crate::table::FlowTable;
 
@@ -44,6 +45,8 @@ pub struct Shared {
     pub output_errors: AtomicU64,
     /// Aggregated series as of the last interval, for `/metrics`.
     pub series: Mutex<(SeriesSnapshot, AggregateStats)>,
+    /// OTLP exporter counters, when OTLP is on.
+    pub otlp: Option<Arc<OtlpStats>>,
 }
 
 impl Shared {
@@ -61,6 +64,7 @@ impl Shared {
             output_dropped: AtomicU64::new(0),
             output_errors: AtomicU64::new(0),
             series: Mutex::new((Arc::new(Vec::new()), AggregateStats::default())),
+            otlp: None,
         }
     }
 
@@ -84,6 +88,8 @@ pub struct LoopSettings {
     /// Where JSON-lines batches go (`None`: no output).
     pub output: Option<SyncSender<Vec<Line>>>,
     pub aggregate: AggregateSettings,
+    /// Where series snapshots go for OTLP (`None`: off).
+    pub otlp: Option<OtlpQueue>,
 }
 
 /// Runs until `stop` is set, then polls once more, exports, and returns.
@@ -124,7 +130,7 @@ pub fn collect(
         }
         if stopping || now >= next_export {
             next_export = now + settings.export_interval;
-            export(&shared, &mut aggregator, settings.output.as_ref(), clock.as_ref());
+            export(&shared, &mut aggregator, &settings, clock.as_ref());
         }
         if stopping {
             break;
@@ -138,12 +144,7 @@ pub fn collect(
 /// Closes an aggregation interval: open flows active since the last one are
 /// counted, the series snapshot for `/metrics` is replaced, and flows and
 /// aggregates go to the JSON-lines writer.
-fn export(
-    shared: &Shared,
-    aggregator: &mut Aggregator,
-    output: Option<&SyncSender<Vec<Line>>>,
-    clock: &dyn Clock,
-) {
+fn export(shared: &Shared, aggregator: &mut Aggregator, settings: &LoopSettings, clock: &dyn Clock) {
     let flows = {
         let mut table = shared.table();
         let flows = table.take_export(clock.mono_now_ns());
@@ -153,10 +154,14 @@ fn export(
         aggregator.retain_flows(|k| table.is_live(k));
         flows
     };
-    let aggregates = aggregator.finish_interval(SystemTime::now());
-    *shared.series.lock().unwrap_or_else(PoisonError::into_inner) =
-        (Arc::new(aggregator.series()), aggregator.stats());
-    let Some(tx) = output else { return };
+    let now = SystemTime::now();
+    let aggregates = aggregator.finish_interval(now);
+    let series: SeriesSnapshot = Arc::new(aggregator.series());
+    if let Some(q) = &settings.otlp {
+        q.offer(OtlpBatch { series: series.clone(), time: now });
+    }
+    *shared.series.lock().unwrap_or_else(PoisonError::into_inner) = (series, aggregator.stats());
+    let Some(tx) = &settings.output else { return };
     let lines: Vec<Line> = flows
         .closed
         .into_iter()
@@ -242,6 +247,7 @@ mod tests {
             export_interval: Duration::from_secs(60),
             output: Some(tx),
             aggregate: AggregateSettings { max_series: 10, series_idle_intervals: 10 },
+            otlp: None,
         };
         collect(Box::new(source), shared.clone(), settings, Arc::new(FakeClock::at(10)), stop);
         let mut buf = Vec::new();
@@ -272,6 +278,7 @@ mod tests {
             export_interval: Duration::from_secs(60),
             output: Some(tx),
             aggregate: AggregateSettings { max_series: 10, series_idle_intervals: 10 },
+            otlp: None,
         };
         collect(Box::new(source), shared.clone(), settings, Arc::new(FakeClock::at(10)), stop);
         assert_eq!(shared.output_dropped.load(Ordering::SeqCst), 2, "a flow line and an aggregate line");

@@ -64,9 +64,33 @@ fn rejects_bad_values_with_origin() {
 fn every_key_round_trips_through_the_file_format() {
     let c = Config::default();
     let text = toml::to_string(&c).expect("encode");
-    for key in KEYS.iter().filter(|k| **k != "cgroup_path") {
+    for key in KEYS.iter().filter(|k| !["cgroup_path", "otlp_endpoint"].contains(*k)) {
         assert!(text.contains(key), "{key} missing from {text}");
     }
     let back: Config = toml::from_str(&text).expect("decode");
     assert_eq!(back, c);
+}
+
+#[test]
+fn otlp_headers_are_parsed_and_redacted() {
+    let c = Config::load(
+        None,
+        env(&[
+            ("EDDY_OTLP_ENDPOINT", "http://127.0.0.1:4318/v1/metrics"),
+            ("EDDY_OTLP_HEADERS", "authorization=Bearer s3cret, x-team=payments"),
+        ]),
+        &[],
+    )
+    .expect("load");
+    assert_eq!(
+        c.otlp_header_pairs(),
+        vec![
+            ("authorization".to_string(), "Bearer s3cret".to_string()),
+            ("x-team".to_string(), "payments".to_string())
+        ]
+    );
+    let logged = serde_json::to_string(&c.redacted()).expect("json");
+    assert!(!logged.contains("s3cret") && logged.contains("authorization=<redacted>"), "{logged}");
+    let e = Config::load(None, env(&[("EDDY_OTLP_ENDPOINT", "collector:4318")]), &[]).expect_err("no scheme");
+    assert!(e.to_string().contains("otlp_endpoint"), "{e}");
 }

@@ -22,6 +22,7 @@ fn status() -> Status {
         counters: BTreeMap::new(),
         flows: TableStats::default(),
         aggregation: AggregateStats::default(),
+        otlp: None,
     }
 }
 
