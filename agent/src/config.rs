@@ -292,7 +292,7 @@ impl Config {
             return fail(format!("otlp_endpoint {e:?} must be an http:// or https:// URL"));
         }
         for h in &self.otlp_headers {
-            if !h.split_once('=').is_some_and(|(k, _)| !k.trim().is_empty()) {
+            if h.split_once('=').is_none_or(|(k, _)| k.trim().is_empty()) {
                 return fail("otlp_headers entries must be `name=value`".into());
             }
         }

@@ -259,7 +259,7 @@ mod tests {
                                 == Some(AnyValue { value: Some(any_value::Value::StringValue(d.into())) })
                     })
                 })
-                .and_then(|p| p.value.clone())
+                .and_then(|p| p.value)
         };
         assert_eq!(value("transmit"), Some(number_data_point::Value::AsInt(7)));
         assert_eq!(value("receive"), Some(number_data_point::Value::AsInt(9)));
