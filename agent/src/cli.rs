@@ -88,6 +88,9 @@ pub struct Overrides {
     /// Timeout of one OTLP request.
     #[arg(long)]
     pub otlp_timeout: Option<String>,
+    /// Longest wait between OTLP retries.
+    #[arg(long)]
+    pub otlp_max_backoff: Option<String>,
     /// Batches queued for the OTLP endpoint before dropping.
     #[arg(long)]
     pub otlp_queue_batches: Option<String>,
@@ -117,6 +120,7 @@ impl Overrides {
             ("otlp_endpoint", &self.otlp_endpoint),
             ("otlp_headers", &self.otlp_headers),
             ("otlp_timeout", &self.otlp_timeout),
+            ("otlp_max_backoff", &self.otlp_max_backoff),
             ("otlp_queue_batches", &self.otlp_queue_batches),
             ("disabled_hooks", &self.disabled_hooks),
         ]
@@ -150,6 +154,7 @@ mod tests {
             otlp_endpoint: Some("x".into()),
             otlp_headers: Some("x".into()),
             otlp_timeout: Some("x".into()),
+            otlp_max_backoff: Some("x".into()),
             otlp_queue_batches: Some("x".into()),
             disabled_hooks: Some("x".into()),
             config: None,

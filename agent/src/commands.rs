@@ -111,6 +111,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
                 endpoint: endpoint.clone(),
                 headers: cfg.otlp_header_pairs(),
                 timeout: cfg.otlp_timeout,
+                max_backoff: cfg.otlp_max_backoff,
                 queue_batches: cfg.otlp_queue_batches,
                 resource: Resource::agent(&hostname()),
             };

@@ -70,6 +70,9 @@ pub struct Config {
     /// Timeout of one OTLP request.
     #[serde(with = "duration_str")]
     pub otlp_timeout: Duration,
+    /// Longest wait between OTLP retries (exponential backoff from 1 s, with jitter).
+    #[serde(with = "duration_str")]
+    pub otlp_max_backoff: Duration,
     /// Batches waiting for the OTLP endpoint; more are dropped (counted).
     pub otlp_queue_batches: usize,
     /// Hook candidates never to use, by the names `/status` shows (comma-separated in the
@@ -98,6 +101,7 @@ impl Default for Config {
             otlp_endpoint: None,
             otlp_headers: Vec::new(),
             otlp_timeout: Duration::from_secs(10),
+            otlp_max_backoff: Duration::from_secs(60),
             otlp_queue_batches: 8,
             disabled_hooks: Vec::new(),
         }
@@ -138,6 +142,7 @@ pub const KEYS: &[&str] = &[
     "otlp_endpoint",
     "otlp_headers",
     "otlp_timeout",
+    "otlp_max_backoff",
     "otlp_queue_batches",
     "disabled_hooks",
 ];
@@ -239,6 +244,7 @@ impl Config {
                     value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
             }
             "otlp_timeout" => self.otlp_timeout = dur(value)?,
+            "otlp_max_backoff" => self.otlp_max_backoff = dur(value)?,
             "otlp_queue_batches" => {
                 self.otlp_queue_batches = usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
             }
@@ -295,6 +301,9 @@ impl Config {
             if h.split_once('=').is_none_or(|(k, _)| k.trim().is_empty()) {
                 return fail("otlp_headers entries must be `name=value`".into());
             }
+        }
+        if self.otlp_max_backoff < Duration::from_secs(1) || self.otlp_timeout < Duration::from_millis(100) {
+            return fail("otlp_max_backoff must be at least 1s and otlp_timeout at least 100ms".into());
         }
         if !(1..=1024).contains(&self.otlp_queue_batches) {
             return fail("otlp_queue_batches must be between 1 and 1024".into());

@@ -8,7 +8,7 @@
 //!
 //! How: cumulative temporality (like `/metrics`), so a dropped batch loses no
 //! traffic, only resolution: the next one carries the totals. Failures are
-//! retried with exponential backoff and jitter (1 s doubling to 60 s), honouring
+//! retried with exponential backoff and jitter (1 s doubling to `otlp_max_backoff`), honouring
 //! `Retry-After`; 4xx answers other than 408/429 are not retried (counted as
 //! rejected). Attributes follow OpenTelemetry semantic conventions where one
 //! exists (`network.transport`, `network.type`, `network.local.address`,
@@ -97,6 +97,8 @@ pub struct OtlpSettings {
     pub endpoint: String,
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Longest wait between retries (the backoff starts at 1 s and doubles).
+    pub max_backoff: Duration,
     pub queue_batches: usize,
     pub resource: Resource,
 }
@@ -109,7 +111,6 @@ pub enum OtlpError {
 }
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// Builds the queue and the sending task (to be spawned on the agent's runtime).
 pub fn start(
@@ -157,10 +158,10 @@ async fn send_loop(
                 }
                 Outcome::Retry { why, after } => {
                     stats.attempts_failed.fetch_add(1, Ordering::Relaxed);
-                    let wait = after.unwrap_or_else(|| jitter(backoff)).min(BACKOFF_MAX);
+                    let wait = after.unwrap_or_else(|| jitter(backoff)).min(settings.max_backoff);
                     tracing::warn!(endpoint = %settings.endpoint, %why, retry_in = ?wait, "OTLP: export failed");
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    backoff = (backoff * 2).min(settings.max_backoff);
                 }
             }
         }

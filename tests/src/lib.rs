@@ -22,6 +22,7 @@ pub mod agent;
 pub mod flow;
 pub mod http;
 pub mod netns;
+pub mod otlp_receiver;
 pub mod sock;
 pub mod traffic;
 pub mod wire;

@@ -1,0 +1,179 @@
+//! OTLP/HTTP export: a receiver built on the same proto types gets exactly the traffic's data points
+//! with semantic-convention attributes and the configured header; when it fails (503 + Retry-After) or
+//! is gone, the agent backs off, its queue stays bounded and drops are counted; restarted, delivery
+//! resumes.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use eddy_tests::otlp_receiver::{OtlpReceiver, attr_int, attr_str, sum_points};
+use eddy_tests::*;
+
+/// Runs `plan` exchanges (client→server bytes, server→client bytes) between two namespaces.
+fn traffic(plan: &'static [(usize, usize)]) -> SocketAddr {
+    let client_ns = NetNs::new("otlp-c");
+    let server_ns = NetNs::new("otlp-s");
+    let link = veth_link(&client_ns, &server_ns);
+    let server_ip: IpAddr = link.b_v4.into();
+    let listener = server_ns.run(move || TcpListener::bind((server_ip, 0)).expect("bind"));
+    let server_addr = listener.local_addr().expect("addr");
+    let server = server_ns.spawn(move || {
+        for &(up, down) in plan {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = vec![0u8; up];
+            s.read_exact(&mut buf).expect("read");
+            s.write_all(&payload(down, 1)).expect("write");
+        }
+    });
+    client_ns.run(move || {
+        for &(up, down) in plan {
+            let mut s = TcpStream::connect(server_addr).expect("connect");
+            s.write_all(&payload(up, 2)).expect("write");
+            let mut buf = vec![0u8; down];
+            s.read_exact(&mut buf).expect("read");
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).expect("eof");
+        }
+    });
+    join(server);
+    server_addr
+}
+
+/// Sum of the latest `eddy.network.io` points for one server port, direction and io direction.
+fn latest_io(rx: &OtlpReceiver, port: u16, flow_direction: &str, io: &str) -> Option<i64> {
+    let last = rx.received().into_iter().last()?;
+    let v = sum_points(&last.request, "eddy.network.io")
+        .into_iter()
+        .filter(|(a, _)| {
+            attr_int(a, "server.port") == Some(i64::from(port))
+                && attr_str(a, "eddy.flow.direction").as_deref() == Some(flow_direction)
+                && attr_str(a, "network.io.direction").as_deref() == Some(io)
+        })
+        .map(|(_, v)| v)
+        .sum();
+    Some(v)
+}
+
+#[test]
+fn receiver_gets_exact_points_attributes_and_headers() {
+    if !require_privileges() {
+        return;
+    }
+    let rx = OtlpReceiver::start("127.0.0.1:0".parse().expect("addr"));
+    let agent = RunAgent::start(&[
+        "--poll-interval",
+        "200ms",
+        "--export-interval",
+        "1s",
+        "--otlp-endpoint",
+        &rx.endpoint(),
+        "--otlp-headers",
+        "authorization=Bearer test-token",
+    ]);
+    const PLAN: &[(usize, usize)] = &[(1_000, 2_000), (3_333, 7)];
+    let server = traffic(PLAN);
+    let up: i64 = PLAN.iter().map(|p| p.0 as i64).sum();
+    let down: i64 = PLAN.iter().map(|p| p.1 as i64).sum();
+    let port = server.port();
+    let want = [
+        ("outgoing", "transmit", up),
+        ("outgoing", "receive", down),
+        ("incoming", "transmit", down),
+        ("incoming", "receive", up),
+    ];
+    poll_until(Duration::from_secs(20), Duration::from_millis(250), "exact OTLP points", || {
+        for (dir, io, v) in want {
+            match latest_io(&rx, port, dir, io) {
+                Some(got) if got == v => {}
+                got => return Err(format!("{dir}/{io}: {got:?}, want {v}")),
+            }
+        }
+        Ok(())
+    });
+    let last = rx.received().into_iter().last().expect("a request");
+    assert!(
+        last.headers.iter().any(|(k, v)| k == "authorization" && v == "Bearer test-token"),
+        "configured header missing: {:?}",
+        last.headers
+    );
+    assert!(last.headers.iter().any(|(k, v)| k == "content-type" && v == "application/x-protobuf"));
+    let resource = last.request.resource_metrics[0].resource.clone().expect("resource");
+    assert_eq!(attr_str(&resource.attributes, "service.name").as_deref(), Some("eddy-agent"));
+    let points = sum_points(&last.request, "eddy.network.io");
+    let (attrs, _) =
+        points.iter().find(|(a, _)| attr_int(a, "server.port") == Some(i64::from(port))).expect("point");
+    assert_eq!(attr_str(attrs, "network.transport").as_deref(), Some("tcp"));
+    assert_eq!(attr_str(attrs, "network.type").as_deref(), Some("ipv4"));
+    let peer = attr_str(attrs, "network.peer.address").expect("network.peer.address");
+    assert!(
+        peer == server.ip().to_string()
+            || attr_str(attrs, "network.local.address") == Some(server.ip().to_string())
+    );
+    let closed: i64 = sum_points(&last.request, "eddy.connections.closed")
+        .into_iter()
+        .filter(|(a, _)| attr_int(a, "server.port") == Some(i64::from(port)))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(closed, 2 * PLAN.len() as i64, "both ends of each connection");
+    assert!(agent.status()["otlp"]["batches_sent"].as_u64().is_some_and(|n| n > 0));
+}
+
+#[test]
+fn outage_backs_off_keeps_the_queue_bounded_and_resumes() {
+    if !require_privileges() {
+        return;
+    }
+    let rx = OtlpReceiver::start("127.0.0.1:0".parse().expect("addr"));
+    let addr = rx.addr();
+    let agent = RunAgent::start(&[
+        "--poll-interval",
+        "100ms",
+        "--export-interval",
+        "100ms",
+        "--otlp-endpoint",
+        &rx.endpoint(),
+        "--otlp-queue-batches",
+        "2",
+        "--otlp-max-backoff",
+        "2s",
+    ]);
+    poll_until(Duration::from_secs(10), Duration::from_millis(100), "first delivery", || {
+        if rx.received().is_empty() { Err("nothing yet".into()) } else { Ok(()) }
+    });
+
+    // 503 with Retry-After: 1 for 3 s: ~30 batches are produced, few requests may be made.
+    rx.answer(503);
+    let before = rx.requests();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = rx.requests() - before;
+    assert!(during <= 6, "{during} requests in 3 s despite Retry-After: 1");
+    let status = agent.status();
+    let otlp = &status["otlp"];
+    assert!(otlp["attempts_failed"].as_u64().is_some_and(|n| n >= 2), "{otlp}");
+    assert!(otlp["batches_dropped"].as_u64().is_some_and(|n| n > 10), "queue of 2 must overflow: {otlp}");
+    assert!(otlp["queued"].as_u64().is_some_and(|n| n <= 2), "queue bounded: {otlp}");
+    assert!(status["drops"]["otlp_batches_dropped"].as_u64().is_some_and(|n| n > 10));
+
+    // Gone: connections refused.
+    rx.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        agent.status()["otlp"]["attempts_failed"].as_u64().is_some_and(|n| n >= 3),
+        "refused attempts count"
+    );
+
+    // Back on the same port: delivery resumes (backoff is at most 2 s) with fresh totals.
+    let rx = OtlpReceiver::start(addr);
+    let sent_before = agent.status()["otlp"]["batches_sent"].as_u64().unwrap_or(0);
+    const PLAN: &[(usize, usize)] = &[(4_321, 1_234)];
+    let server = traffic(PLAN);
+    poll_until(Duration::from_secs(15), Duration::from_millis(200), "delivery after the restart", || {
+        match latest_io(&rx, server.port(), "outgoing", "transmit") {
+            Some(4_321) => Ok(()),
+            got => Err(format!("{got:?}")),
+        }
+    });
+    assert!(agent.status()["otlp"]["batches_sent"].as_u64().is_some_and(|n| n > sent_before));
+}
