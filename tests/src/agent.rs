@@ -330,9 +330,15 @@ pub struct RunAgent {
     child: Option<Child>,
     addr: SocketAddr,
     log: AgentLog,
+    stdout: AgentLog,
 }
 
 impl RunAgent {
+    /// Every line the agent wrote to stdout so far (`--output jsonl`).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// Starts `eddy-agent run --listen 127.0.0.1:<free port> <extra>` and waits until `/readyz` is 200.
     pub fn start(extra: &[&str]) -> RunAgent {
         let port = free_loopback_port();
@@ -346,20 +352,22 @@ impl RunAgent {
         eprintln!("started eddy-agent {} (pid {pid})", args.join(" "));
         let log = AgentLog::default();
         spawn_stderr_reader(child.stderr.take().expect("piped stderr"), pid, log.clone(), None);
-        // Drain stdout (echoed like stderr) so the agent never blocks on a full pipe.
+        // Drain stdout (kept for `stdout_lines`) so the agent never blocks on a full pipe.
         let out = child.stdout.take().expect("piped stdout");
+        let stdout = AgentLog::default();
+        let kept = stdout.clone();
         std::thread::Builder::new()
             .name(format!("agent-{pid}-stdout"))
             .spawn(move || {
                 for line in BufReader::new(out).lines() {
                     match line {
-                        Ok(l) => eprintln!("[eddy-agent {pid} stdout] {l}"),
+                        Ok(l) => kept.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(l),
                         Err(_) => break,
                     }
                 }
             })
             .expect("spawn stdout reader");
-        let mut agent = RunAgent { child: Some(child), addr, log };
+        let mut agent = RunAgent { child: Some(child), addr, log, stdout };
         let started = Instant::now();
         let mut last: String;
         loop {

@@ -41,7 +41,7 @@ pub use sock::{
     TCP_CLOSE, TCP_ESTABLISHED, set_linger_zero, set_syn_count, socket_cookie, tcp_connect_bound, tcp_info,
     tcp_state,
 };
-pub use traffic::{Exchange, read_to_eof, tcp_exchange, wait_closed};
+pub use traffic::{Exchange, exchanges_between_namespaces, read_to_eof, tcp_exchange, wait_closed};
 pub use wire::{ImpairedLink, Impairment, TunWire, WireConfig, impairment_available};
 
 /// Hook names (as `/status` shows them) that the fallback tests disable.

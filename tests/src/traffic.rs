@@ -63,3 +63,35 @@ pub fn read_to_eof(mut stream: &TcpStream) -> usize {
         }
     }
 }
+
+/// Runs `plan` request/response exchanges (client→server bytes, server→client bytes), one connection
+/// each, from a fresh client namespace to a server in a fresh server namespace joined by a veth pair;
+/// returns the server's address. Both namespaces are gone on return.
+pub fn exchanges_between_namespaces(tag: &str, plan: &'static [(usize, usize)]) -> std::net::SocketAddr {
+    let client_ns = crate::NetNs::new(&format!("{tag}-c"));
+    let server_ns = crate::NetNs::new(&format!("{tag}-s"));
+    let link = crate::veth_link(&client_ns, &server_ns);
+    let server_ip: std::net::IpAddr = link.b_v4.into();
+    let listener = server_ns.run(move || std::net::TcpListener::bind((server_ip, 0)).expect("bind"));
+    let server_addr = listener.local_addr().expect("addr");
+    let server = server_ns.spawn(move || {
+        for &(up, down) in plan {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = vec![0u8; up];
+            s.read_exact(&mut buf).expect("read request");
+            s.write_all(&crate::payload(down, 1)).expect("write response");
+        }
+    });
+    client_ns.run(move || {
+        for &(up, down) in plan {
+            let mut s = TcpStream::connect(server_addr).expect("connect");
+            s.write_all(&crate::payload(up, 2)).expect("write request");
+            let mut buf = vec![0u8; down];
+            s.read_exact(&mut buf).expect("read response");
+            s.shutdown(Shutdown::Write).expect("shutdown");
+            read_to_eof(&s);
+        }
+    });
+    crate::join(server);
+    server_addr
+}

@@ -3,8 +3,8 @@
 //! exposition; 5,000 distinct peers stay under the series cap with the totals intact.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::Write;
+use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -127,33 +127,8 @@ fn prometheus_scrapes_exact_bytes_and_promtool_accepts_the_exposition() {
     let prom = Prometheus::start(&prometheus, agent.addr());
 
     // Known traffic between two namespaces, to one server port.
-    let client_ns = NetNs::new("prom-c");
-    let server_ns = NetNs::new("prom-s");
-    let link = veth_link(&client_ns, &server_ns);
-    let server_ip: IpAddr = link.b_v4.into();
-    let listener = server_ns.run(move || TcpListener::bind((server_ip, 0)).expect("bind"));
-    let server_addr = listener.local_addr().expect("addr");
-    const PLAN: [(usize, usize); 3] = [(1_000, 2_000), (12_345, 54_321), (0, 1)];
-    let server = server_ns.spawn(move || {
-        for &(up, down) in &PLAN {
-            let (mut s, _) = listener.accept().expect("accept");
-            let mut buf = vec![0u8; up];
-            s.read_exact(&mut buf).expect("read");
-            s.write_all(&payload(down, 1)).expect("write");
-        }
-    });
-    client_ns.run(move || {
-        for &(up, down) in &PLAN {
-            let mut s = TcpStream::connect(server_addr).expect("connect");
-            s.write_all(&payload(up, 2)).expect("write");
-            let mut buf = vec![0u8; down];
-            s.read_exact(&mut buf).expect("read");
-            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
-            let mut rest = Vec::new();
-            s.read_to_end(&mut rest).expect("eof");
-        }
-    });
-    join(server);
+    const PLAN: &[(usize, usize)] = &[(1_000, 2_000), (12_345, 54_321), (0, 1)];
+    let server_addr = exchanges_between_namespaces("prom", PLAN);
     let up: usize = PLAN.iter().map(|p| p.0).sum();
     let down: usize = PLAN.iter().map(|p| p.1).sum();
     let port = server_addr.port();

@@ -3,43 +3,10 @@
 //! is gone, the agent backs off, its queue stays bounded and drops are counted; restarted, delivery
 //! resumes.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use eddy_tests::otlp_receiver::{OtlpReceiver, attr_int, attr_str, sum_points};
 use eddy_tests::*;
-
-/// Runs `plan` exchanges (client→server bytes, server→client bytes) between two namespaces.
-fn traffic(plan: &'static [(usize, usize)]) -> SocketAddr {
-    let client_ns = NetNs::new("otlp-c");
-    let server_ns = NetNs::new("otlp-s");
-    let link = veth_link(&client_ns, &server_ns);
-    let server_ip: IpAddr = link.b_v4.into();
-    let listener = server_ns.run(move || TcpListener::bind((server_ip, 0)).expect("bind"));
-    let server_addr = listener.local_addr().expect("addr");
-    let server = server_ns.spawn(move || {
-        for &(up, down) in plan {
-            let (mut s, _) = listener.accept().expect("accept");
-            let mut buf = vec![0u8; up];
-            s.read_exact(&mut buf).expect("read");
-            s.write_all(&payload(down, 1)).expect("write");
-        }
-    });
-    client_ns.run(move || {
-        for &(up, down) in plan {
-            let mut s = TcpStream::connect(server_addr).expect("connect");
-            s.write_all(&payload(up, 2)).expect("write");
-            let mut buf = vec![0u8; down];
-            s.read_exact(&mut buf).expect("read");
-            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
-            let mut rest = Vec::new();
-            s.read_to_end(&mut rest).expect("eof");
-        }
-    });
-    join(server);
-    server_addr
-}
 
 /// Sum of the latest `eddy.network.io` points for one server port, direction and io direction.
 fn latest_io(rx: &OtlpReceiver, port: u16, flow_direction: &str, io: &str) -> Option<i64> {
@@ -73,7 +40,7 @@ fn receiver_gets_exact_points_attributes_and_headers() {
         "authorization=Bearer test-token",
     ]);
     const PLAN: &[(usize, usize)] = &[(1_000, 2_000), (3_333, 7)];
-    let server = traffic(PLAN);
+    let server = exchanges_between_namespaces("otlp", PLAN);
     let up: i64 = PLAN.iter().map(|p| p.0 as i64).sum();
     let down: i64 = PLAN.iter().map(|p| p.1 as i64).sum();
     let port = server.port();
@@ -168,7 +135,7 @@ fn outage_backs_off_keeps_the_queue_bounded_and_resumes() {
     let rx = OtlpReceiver::start(addr);
     let sent_before = agent.status()["otlp"]["batches_sent"].as_u64().unwrap_or(0);
     const PLAN: &[(usize, usize)] = &[(4_321, 1_234)];
-    let server = traffic(PLAN);
+    let server = exchanges_between_namespaces("otlp", PLAN);
     poll_until(Duration::from_secs(15), Duration::from_millis(200), "delivery after the restart", || {
         match latest_io(&rx, server.port(), "outgoing", "transmit") {
             Some(4_321) => Ok(()),
