@@ -18,6 +18,9 @@ pub struct Cli {
 pub enum Command {
     /// Collect flows and serve the local API until SIGTERM/SIGINT.
     Run(Overrides),
+    /// Exit 0 if the local agent answers `GET /healthz` with 200 within 2 s, else 1 (for the
+    /// container health check: no curl needed in the image).
+    Healthcheck(Overrides),
     /// Print, as JSON lines, every flow seen during a time window, then exit.
     Capture {
         /// Length of the window (e.g. `10s`, `2m`).
@@ -173,7 +176,7 @@ mod tests {
                 assert_eq!(duration, Duration::from_secs(2));
                 assert_eq!(overrides.pairs(), vec![("flow_map_entries", "64".to_string())]);
             }
-            Command::Run(_) => panic!("wrong command"),
+            Command::Run(_) | Command::Healthcheck(_) => panic!("wrong command"),
         }
     }
 }

@@ -9,7 +9,7 @@ use eddy_agent::{commands, config::Config};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (overrides, duration) = match &cli.command {
-        Command::Run(o) => (o, None),
+        Command::Run(o) | Command::Healthcheck(o) => (o, None),
         Command::Capture { duration, overrides, max_flows } => (overrides, Some((*duration, *max_flows))),
     };
     let cfg = match Config::load(overrides.config.as_deref(), std::env::vars(), &overrides.pairs()) {
@@ -19,6 +19,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Healthcheck(_) = cli.command {
+        return match eddy_agent::healthcheck::check(cfg.listen, std::time::Duration::from_secs(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("eddy-agent healthcheck: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging(&cfg.log_level);
     tracing::info!(config = %serde_json::to_string(&cfg.redacted()).unwrap_or_default(), "effective configuration");
     let result = match duration {

@@ -160,3 +160,26 @@ fn byte_hook_fallback_is_detected_and_reported() {
         assert!(reason("kprobe/").contains("kprobe"), "{bytes}");
     }
 }
+
+/// `eddy-agent healthcheck` (the container health check) answers 0 for a running agent and 1 once
+/// it is gone.
+#[test]
+fn healthcheck_subcommand_follows_the_agent() {
+    if !require_privileges() {
+        return;
+    }
+    let mut agent = RunAgent::start(&[]);
+    let listen = agent.addr().to_string();
+    let check = || {
+        agent_command(&["healthcheck".to_string(), "--listen".to_string(), listen.clone()])
+            .output()
+            .expect("run healthcheck")
+    };
+    let up = check();
+    assert!(up.status.success(), "healthy agent: {}", String::from_utf8_lossy(&up.stderr));
+    let (status, _) = agent.terminate();
+    assert!(status.success());
+    let down = check();
+    assert_eq!(down.status.code(), Some(1), "stopped agent must fail the check");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the agent"));
+}
