@@ -141,35 +141,13 @@ mod tests {
     use crate::clock::FakeClock;
     use crate::collector::Batch;
     use crate::collector::fake::FakeSource;
-    use crate::flow::{Direction, Endpoint, Family, Protocol};
+    use crate::flow::Protocol;
 
     fn obs(protocol: Protocol, cookie: u64, sent: u64, last_ns: u64, closed: bool) -> Observed {
-        let ep = Endpoint { addr: "127.0.0.1".parse().expect("ip"), port: 7 };
-        Observed {
-            record: FlowRecord {
-                protocol,
-                family: Family::Ipv4,
-                direction: Direction::Outgoing,
-                local: ep,
-                remote: ep,
-                netns: None,
-                cgroup_id: None,
-                pid: None,
-                comm: None,
-                cookie,
-                bytes_sent: sent,
-                bytes_received: sent * 2,
-                packets_sent: 1,
-                packets_received: 1,
-                retransmits: 0,
-                rtt_us: None,
-                rtt_var_us: None,
-                failure: None,
-                opened_at: None,
-                closed_at: closed.then_some(std::time::SystemTime::UNIX_EPOCH),
-            },
-            last_ns,
-        }
+        let mut record = FlowRecord::test(protocol, cookie, closed);
+        (record.bytes_sent, record.bytes_received, record.packets_sent, record.packets_received) =
+            (sent, sent * 2, 1, 1);
+        Observed { record, last_ns }
     }
 
     fn run(batches: Vec<Batch>, clock_ns: u64) -> Vec<FlowRecord> {

@@ -101,6 +101,35 @@ impl FlowRecord {
     pub fn is_closed(&self) -> bool {
         self.closed_at.is_some()
     }
+
+    /// A minimal record for tests: IPv4 outgoing 127.0.0.1:40000 → 127.0.0.1:80, all counters 0,
+    /// closed at the epoch when `closed`.
+    #[cfg(test)]
+    pub fn test(protocol: Protocol, cookie: u64, closed: bool) -> FlowRecord {
+        let ep = |port| Endpoint { addr: std::net::Ipv4Addr::LOCALHOST.into(), port };
+        FlowRecord {
+            protocol,
+            family: Family::Ipv4,
+            direction: Direction::Outgoing,
+            local: ep(40000),
+            remote: ep(80),
+            netns: None,
+            cgroup_id: None,
+            pid: None,
+            comm: None,
+            cookie,
+            bytes_sent: 0,
+            bytes_received: 0,
+            packets_sent: 0,
+            packets_received: 0,
+            retransmits: 0,
+            rtt_us: None,
+            rtt_var_us: None,
+            failure: None,
+            opened_at: None,
+            closed_at: closed.then_some(SystemTime::UNIX_EPOCH),
+        }
+    }
 }
 
 mod rfc3339_opt {

@@ -201,32 +201,13 @@ mod tests {
     use crate::clock::FakeClock;
     use crate::collector::fake::FakeSource;
     use crate::collector::{Batch, Observed};
-    use crate::flow::{Direction, Endpoint, Family, Protocol};
+    use crate::flow::{Direction, Protocol};
 
     fn record(cookie: u64) -> FlowRecord {
-        let ep = Endpoint { addr: "127.0.0.1".parse().expect("ip"), port: 1 };
-        FlowRecord {
-            protocol: Protocol::Tcp,
-            family: Family::Ipv4,
-            direction: Direction::Incoming,
-            local: ep,
-            remote: ep,
-            netns: None,
-            cgroup_id: None,
-            pid: None,
-            comm: None,
-            cookie,
-            bytes_sent: 5,
-            bytes_received: 6,
-            packets_sent: 1,
-            packets_received: 1,
-            retransmits: 0,
-            rtt_us: Some(1),
-            rtt_var_us: Some(1),
-            failure: None,
-            opened_at: None,
-            closed_at: Some(std::time::SystemTime::UNIX_EPOCH),
-        }
+        let mut r = FlowRecord::test(Protocol::Tcp, cookie, true);
+        (r.direction, r.bytes_sent, r.bytes_received, r.packets_sent, r.packets_received) =
+            (Direction::Incoming, 5, 6, 1, 1);
+        r
     }
 
     fn kernel() -> KernelInfo {

@@ -97,6 +97,15 @@ static __always_inline void count(__u32 idx)
  * a BTF-typed pointer (tp_btf and fentry arguments, bpf_skc_to_tcp_sock() in
  * sockops), which the verifier lets us walk without bpf_probe_read_kernel().
  */
+/* Names the current task as the flow's process, unless one is known (process context only). */
+static __always_inline void fill_owner(struct eddy_flow *e)
+{
+	if (e->pid == 0) {
+		e->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+	}
+}
+
 static __always_inline void read_tuple(struct sock *sk, struct eddy_tuple *t)
 {
 	__u16 family = sk->__sk_common.skc_family;
@@ -347,11 +356,8 @@ static __always_inline int on_bytes(struct sock *arg, int ret, int flags, bool s
 		__sync_fetch_and_add(&e->bytes_sent, ret);
 	else
 		__sync_fetch_and_add(&e->bytes_received, ret);
-	if (e->pid == 0) {
-		/* Passive connections are opened in softirq: take the owner now. */
-		e->pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(e->comm, sizeof(e->comm));
-	}
+	/* Passive connections are opened in softirq: take the owner now. */
+	fill_owner(e);
 	e->last_ns = now;
 	if (now - e->snapshot_ns > SNAPSHOT_INTERVAL_NS)
 		snapshot(e, sk, now);
@@ -454,10 +460,7 @@ static __always_inline int on_bytes_raw(struct sock *sk, int ret, bool sent)
 		__sync_fetch_and_add(&e->bytes_sent, ret);
 	else
 		__sync_fetch_and_add(&e->bytes_received, ret);
-	if (e->pid == 0) {
-		e->pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(e->comm, sizeof(e->comm));
-	}
+	fill_owner(e);
 	e->last_ns = bpf_ktime_get_ns();
 	return 0;
 }
@@ -773,10 +776,7 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 	if (egress) {
 		__sync_fetch_and_add(&e->bytes_sent, payload);
 		__sync_fetch_and_add(&e->packets_sent, segs);
-		if (e->pid == 0) {
-			e->pid = bpf_get_current_pid_tgid() >> 32;
-			bpf_get_current_comm(e->comm, sizeof(e->comm));
-		}
+		fill_owner(e);
 	} else {
 		__sync_fetch_and_add(&e->bytes_received, payload);
 		__sync_fetch_and_add(&e->packets_received, segs);

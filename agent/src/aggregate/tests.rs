@@ -5,29 +5,12 @@ use super::*;
 use crate::flow::Endpoint;
 
 fn flow(cookie: u64, remote: &str, sent: u64, rcvd: u64, closed: bool) -> FlowRecord {
-    let addr = |s: &str| s.parse::<IpAddr>().expect("ip");
-    FlowRecord {
-        protocol: Protocol::Tcp,
-        family: Family::Ipv4,
-        direction: Direction::Outgoing,
-        local: Endpoint { addr: addr("10.0.0.1"), port: 40000 + cookie as u16 },
-        remote: Endpoint { addr: addr(remote), port: 443 },
-        netns: None,
-        cgroup_id: None,
-        pid: Some(1),
-        comm: None,
-        cookie,
-        bytes_sent: sent,
-        bytes_received: rcvd,
-        packets_sent: 1,
-        packets_received: 1,
-        retransmits: 0,
-        rtt_us: Some(2_000),
-        rtt_var_us: Some(1),
-        failure: None,
-        opened_at: None,
-        closed_at: closed.then_some(SystemTime::UNIX_EPOCH),
-    }
+    let mut f = FlowRecord::test(Protocol::Tcp, cookie, closed);
+    f.local = Endpoint { addr: "10.0.0.1".parse::<IpAddr>().expect("ip"), port: 40000 + cookie as u16 };
+    f.remote = Endpoint { addr: remote.parse::<IpAddr>().expect("ip"), port: 443 };
+    (f.bytes_sent, f.bytes_received, f.packets_sent, f.packets_received) = (sent, rcvd, 1, 1);
+    (f.pid, f.rtt_us, f.rtt_var_us) = (Some(1), Some(2_000), Some(1));
+    f
 }
 
 fn agg(max: usize) -> Aggregator {

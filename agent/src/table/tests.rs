@@ -1,33 +1,10 @@
 use super::*;
-use crate::flow::{Direction, Family};
 
 fn obs(protocol: Protocol, cookie: u64, port: u16, last_ns: u64, closed: bool) -> Observed {
-    let ep = |port| Endpoint { addr: "127.0.0.1".parse().expect("ip"), port };
-    Observed {
-        record: FlowRecord {
-            protocol,
-            family: Family::Ipv4,
-            direction: Direction::Outgoing,
-            local: ep(port),
-            remote: ep(80),
-            netns: None,
-            cgroup_id: None,
-            pid: None,
-            comm: None,
-            cookie,
-            bytes_sent: 1,
-            bytes_received: 2,
-            packets_sent: 1,
-            packets_received: 1,
-            retransmits: 0,
-            rtt_us: None,
-            rtt_var_us: None,
-            failure: None,
-            opened_at: None,
-            closed_at: closed.then(std::time::SystemTime::now),
-        },
-        last_ns,
-    }
+    let mut record = FlowRecord::test(protocol, cookie, closed);
+    record.local.port = port;
+    (record.bytes_sent, record.bytes_received) = (1, 2);
+    Observed { record, last_ns }
 }
 
 #[test]
