@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::aggregate::AggregateStats;
 use crate::collector::{HookStatus, MapStatus};
+use crate::ecs::local::EcsStatus;
 use crate::flow::FlowRecord;
 use crate::metrics;
 use crate::otlp::OtlpCounts;
@@ -41,6 +42,8 @@ pub struct Status {
     pub aggregation: AggregateStats,
     /// OTLP exporter counters (absent when OTLP is off).
     pub otlp: Option<OtlpCounts>,
+    /// ECS provider freshness and errors (absent when no ECS environment is detected).
+    pub ecs: Option<EcsStatus>,
 }
 
 impl Status {
@@ -76,6 +79,7 @@ impl Status {
             flows,
             aggregation: shared.series.lock().unwrap_or_else(PoisonError::into_inner).1,
             otlp: shared.otlp.as_ref().map(|o| o.counts()),
+            ecs: shared.ecs.as_ref().map(|e| e.status()),
         }
     }
 }

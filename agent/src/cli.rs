@@ -97,6 +97,12 @@ pub struct Overrides {
     /// Batches queued for the OTLP endpoint before dropping.
     #[arg(long)]
     pub otlp_queue_batches: Option<String>,
+    /// ECS agent introspection URL (default: detected).
+    #[arg(long)]
+    pub ecs_agent_uri: Option<String>,
+    /// How often ECS tasks and the cgroup tree are re-read.
+    #[arg(long)]
+    pub ecs_refresh_interval: Option<String>,
     /// Hook candidates not to use, comma-separated (names as in /status).
     #[arg(long)]
     pub disabled_hooks: Option<String>,
@@ -125,6 +131,8 @@ impl Overrides {
             ("otlp_timeout", &self.otlp_timeout),
             ("otlp_max_backoff", &self.otlp_max_backoff),
             ("otlp_queue_batches", &self.otlp_queue_batches),
+            ("ecs_agent_uri", &self.ecs_agent_uri),
+            ("ecs_refresh_interval", &self.ecs_refresh_interval),
             ("disabled_hooks", &self.disabled_hooks),
         ]
         .into_iter()
@@ -159,6 +167,8 @@ mod tests {
             otlp_timeout: Some("x".into()),
             otlp_max_backoff: Some("x".into()),
             otlp_queue_batches: Some("x".into()),
+            ecs_agent_uri: Some("x".into()),
+            ecs_refresh_interval: Some("x".into()),
             disabled_hooks: Some("x".into()),
             config: None,
         };

@@ -12,6 +12,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::collector::CollectorError;
 use crate::collector::ebpf::{EbpfSettings, EbpfSource};
 use crate::config::{Config, Output};
+use crate::ecs::environment::{self, Environment};
+use crate::ecs::local::{LocalResolver, RefreshSettings, refresh_loop};
 use crate::otlp::{self, OtlpError, OtlpSettings, OtlpStats, Resource};
 use crate::pipeline::{LoopSettings, OUTPUT_QUEUE_BATCHES, Shared, collect, write_jsonl};
 use crate::preflight::{self, KernelInfo, PreflightError};
@@ -43,6 +45,47 @@ pub enum CommandError {
     Stdout(std::io::Error),
     #[error(transparent)]
     Otlp(#[from] OtlpError),
+}
+
+/// Starts the ECS provider where ECS is detected or configured (see [`environment::detect`]).
+fn start_ecs(
+    cfg: &Config,
+    cgroup_root: Option<std::path::PathBuf>,
+    rt: &tokio::runtime::Runtime,
+) -> Option<Arc<LocalResolver>> {
+    let mut inputs = environment::Inputs {
+        env: std::env::vars().filter(|(k, _)| k.starts_with("ECS_") || k == "AWS_EXECUTION_ENV").collect(),
+        configured_agent_uri: cfg.ecs_agent_uri.clone(),
+        agent_on_loopback: false,
+    };
+    if environment::detect(&inputs) == Environment::Plain {
+        // Loopback only: the ECS agent's introspection port on a container instance.
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 51678));
+        inputs.agent_on_loopback =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+    }
+    match environment::detect(&inputs) {
+        Environment::EcsOnEc2 { agent_uri, why } => {
+            tracing::info!(%agent_uri, detected_by = why, "ECS provider on: local ends get ECS labels");
+            let resolver = Arc::new(LocalResolver::new(&agent_uri, why));
+            let settings = RefreshSettings {
+                agent_uri,
+                cgroup_root,
+                interval: cfg.ecs_refresh_interval,
+                max_backoff: Duration::from_secs(60).max(cfg.ecs_refresh_interval),
+                timeout: Duration::from_secs(2),
+            };
+            rt.spawn(refresh_loop(resolver.clone(), settings));
+            Some(resolver)
+        }
+        Environment::Fargate { .. } => {
+            tracing::warn!(
+                "Fargate detected: task metadata v4 identity is not implemented yet; no ECS labels"
+            );
+            None
+        }
+        Environment::Plain => None,
+    }
 }
 
 fn hostname() -> String {
@@ -123,6 +166,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         }
         None => None,
     };
+    shared.ecs = start_ecs(&cfg, shared.kernel.cgroup2.clone(), &rt);
     let shared = Arc::new(shared);
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -186,7 +230,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
 
 /// `eddy-agent capture`.
 pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Result<(), CommandError> {
-    let (mut source, _kernel, clock) = start_source(&cfg)?;
+    let (mut source, kernel, clock) = start_source(&cfg)?;
     let stop = Arc::new(AtomicBool::new(false));
     let rt = runtime()?;
     {
@@ -196,11 +240,17 @@ pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Resu
             stop.store(true, Ordering::SeqCst);
         });
     }
+    let ecs = start_ecs(&cfg, kernel.cgroup2.clone(), &rt);
     let settings = CaptureSettings { duration, poll_interval: cfg.poll_interval, max_flows };
     let captured = capture(&mut source, &settings, clock.as_ref(), &stop, || {
         tracing::info!(duration = %humantime::format_duration(duration), "capture started");
     })?;
-    let flows = captured.flows;
+    let mut flows = captured.flows;
+    if let Some(ecs) = &ecs {
+        for f in &mut flows {
+            ecs.enrich(f);
+        }
+    }
     if captured.dropped > 0 {
         tracing::warn!(dropped = captured.dropped, max_flows, "flows beyond --max-flows were not kept");
     }

@@ -75,6 +75,12 @@ pub struct Config {
     pub otlp_max_backoff: Duration,
     /// Batches waiting for the OTLP endpoint; more are dropped (counted).
     pub otlp_queue_batches: usize,
+    /// ECS agent introspection API (EC2 launch type). Unset: `http://127.0.0.1:51678` when ECS is
+    /// detected (task environment variables, or the agent answering on loopback), else no ECS labels.
+    pub ecs_agent_uri: Option<String>,
+    /// How often the ECS task list and the cgroup tree are re-read.
+    #[serde(with = "duration_str")]
+    pub ecs_refresh_interval: Duration,
     /// Hook candidates never to use, by the names `/status` shows (comma-separated in the
     /// environment and on the command line), e.g. to step around a kernel bug.
     pub disabled_hooks: Vec<String>,
@@ -103,6 +109,8 @@ impl Default for Config {
             otlp_timeout: Duration::from_secs(10),
             otlp_max_backoff: Duration::from_secs(60),
             otlp_queue_batches: 8,
+            ecs_agent_uri: None,
+            ecs_refresh_interval: Duration::from_secs(10),
             disabled_hooks: Vec::new(),
         }
     }
@@ -144,6 +152,8 @@ pub const KEYS: &[&str] = &[
     "otlp_timeout",
     "otlp_max_backoff",
     "otlp_queue_batches",
+    "ecs_agent_uri",
+    "ecs_refresh_interval",
     "disabled_hooks",
 ];
 
@@ -244,6 +254,11 @@ impl Config {
                     value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
             }
             "otlp_timeout" => self.otlp_timeout = dur(value)?,
+            "ecs_agent_uri" => {
+                let v = value.trim();
+                self.ecs_agent_uri = (!v.is_empty()).then(|| v.to_string());
+            }
+            "ecs_refresh_interval" => self.ecs_refresh_interval = dur(value)?,
             "otlp_max_backoff" => self.otlp_max_backoff = dur(value)?,
             "otlp_queue_batches" => {
                 self.otlp_queue_batches = usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
@@ -301,6 +316,14 @@ impl Config {
             if h.split_once('=').is_none_or(|(k, _)| k.trim().is_empty()) {
                 return fail("otlp_headers entries must be `name=value`".into());
             }
+        }
+        if let Some(u) = &self.ecs_agent_uri
+            && !u.starts_with("http://")
+        {
+            return fail(format!("ecs_agent_uri {u:?} must be an http:// URL"));
+        }
+        if self.ecs_refresh_interval < Duration::from_millis(100) {
+            return fail("ecs_refresh_interval must be at least 100ms".into());
         }
         if self.otlp_max_backoff < Duration::from_secs(1) || self.otlp_timeout < Duration::from_millis(100) {
             return fail("otlp_max_backoff must be at least 1s and otlp_timeout at least 100ms".into());

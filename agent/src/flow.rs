@@ -10,6 +10,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ecs::EcsLabels;
+
 /// Transport protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,10 +55,23 @@ pub enum Failure {
 }
 
 /// One end of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,
+    /// ECS identity of this end, when an ECS provider runs (see [`crate::ecs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecs: Option<Box<EcsLabels>>,
+}
+
+impl Endpoint {
+    pub fn new(addr: IpAddr, port: u16) -> Self {
+        Endpoint { addr, port, ecs: None }
+    }
+
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.addr, self.port)
+    }
 }
 
 /// A connection's flow record (see the README's API reference).
@@ -106,7 +121,7 @@ impl FlowRecord {
     /// closed at the epoch when `closed`.
     #[cfg(test)]
     pub fn test(protocol: Protocol, cookie: u64, closed: bool) -> FlowRecord {
-        let ep = |port| Endpoint { addr: std::net::Ipv4Addr::LOCALHOST.into(), port };
+        let ep = |port| Endpoint::new(std::net::Ipv4Addr::LOCALHOST.into(), port);
         FlowRecord {
             protocol,
             family: Family::Ipv4,
@@ -160,8 +175,8 @@ mod tests {
             protocol: Protocol::Tcp,
             family: Family::Ipv4,
             direction: Direction::Outgoing,
-            local: Endpoint { addr: "10.0.0.1".parse().expect("ip"), port: 40000 },
-            remote: Endpoint { addr: "10.0.0.2".parse().expect("ip"), port: 443 },
+            local: Endpoint::new("10.0.0.1".parse().expect("ip"), 40000),
+            remote: Endpoint::new("10.0.0.2".parse().expect("ip"), 443),
             netns: Some(4026531840),
             cgroup_id: Some(1),
             pid: Some(42),

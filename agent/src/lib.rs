@@ -20,6 +20,7 @@ pub mod clock;
 pub mod collector;
 pub mod commands;
 pub mod config;
+pub mod ecs;
 pub mod flow;
 pub mod healthcheck;
 pub mod metrics;

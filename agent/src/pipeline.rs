@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::aggregate::{AggregateRecord, AggregateSettings, AggregateStats, Aggregator, SeriesSnapshot};
 use crate::clock::Clock;
 use crate::collector::{FlowSource, SourceStatus};
+use crate::ecs::local::LocalResolver;
 use crate::flow::FlowRecord;
 use crate::otlp::{Batch as OtlpBatch, OtlpQueue, OtlpStats};
 use crate::preflight::KernelInfo;
@@ -47,6 +48,8 @@ pub struct Shared {
     pub series: Mutex<(SeriesSnapshot, AggregateStats)>,
     /// OTLP exporter counters, when OTLP is on.
     pub otlp: Option<Arc<OtlpStats>>,
+    /// ECS identity of local ends, when an ECS environment is detected.
+    pub ecs: Option<Arc<LocalResolver>>,
 }
 
 impl Shared {
@@ -65,6 +68,7 @@ impl Shared {
             output_errors: AtomicU64::new(0),
             series: Mutex::new((Arc::new(Vec::new()), AggregateStats::default())),
             otlp: None,
+            ecs: None,
         }
     }
 
@@ -108,7 +112,12 @@ pub fn collect(
         let now = Instant::now();
         let scan = stopping || now >= next_scan;
         match source.poll(scan) {
-            Ok(batch) => {
+            Ok(mut batch) => {
+                if let Some(ecs) = &shared.ecs {
+                    for o in batch.closed.iter_mut().chain(batch.live.iter_mut().flatten()) {
+                        ecs.enrich(&mut o.record);
+                    }
+                }
                 // Every closed flow is counted as it arrives (final counters).
                 for o in &batch.closed {
                     aggregator.observe(&o.record);

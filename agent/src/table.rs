@@ -11,7 +11,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use serde::Serialize;
 
 use crate::collector::{Batch, Observed};
-use crate::flow::{Endpoint, FlowRecord, Protocol};
+use std::net::SocketAddr;
+
+use crate::flow::{FlowRecord, Protocol};
 
 /// Identity of a flow across polls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -19,14 +21,18 @@ pub enum FlowKey {
     /// TCP: the socket cookie (the tuple's local port can appear after the first event).
     Tcp(u64),
     /// UDP: socket and both ends.
-    Udp { cookie: u64, local: Endpoint, remote: Endpoint },
+    Udp { cookie: u64, local: SocketAddr, remote: SocketAddr },
 }
 
 impl FlowKey {
     pub fn of(r: &FlowRecord) -> Self {
         match r.protocol {
             Protocol::Tcp => FlowKey::Tcp(r.cookie),
-            Protocol::Udp => FlowKey::Udp { cookie: r.cookie, local: r.local, remote: r.remote },
+            Protocol::Udp => FlowKey::Udp {
+                cookie: r.cookie,
+                local: r.local.socket_addr(),
+                remote: r.remote.socket_addr(),
+            },
         }
     }
 }

@@ -6,8 +6,8 @@ use crate::flow::Endpoint;
 
 fn flow(cookie: u64, remote: &str, sent: u64, rcvd: u64, closed: bool) -> FlowRecord {
     let mut f = FlowRecord::test(Protocol::Tcp, cookie, closed);
-    f.local = Endpoint { addr: "10.0.0.1".parse::<IpAddr>().expect("ip"), port: 40000 + cookie as u16 };
-    f.remote = Endpoint { addr: remote.parse::<IpAddr>().expect("ip"), port: 443 };
+    f.local = Endpoint::new("10.0.0.1".parse::<IpAddr>().expect("ip"), 40000 + cookie as u16);
+    f.remote = Endpoint::new(remote.parse::<IpAddr>().expect("ip"), 443);
     (f.bytes_sent, f.bytes_received, f.packets_sent, f.packets_received) = (sent, rcvd, 1, 1);
     (f.pid, f.rtt_us, f.rtt_var_us) = (Some(1), Some(2_000), Some(1));
     f

@@ -23,6 +23,7 @@ fn status() -> Status {
         flows: TableStats::default(),
         aggregation: AggregateStats::default(),
         otlp: None,
+        ecs: None,
     }
 }
 

@@ -76,10 +76,7 @@ pub fn endpoints(t: &Tuple) -> (Endpoint, Endpoint) {
             IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
         }
     };
-    (
-        Endpoint { addr: addr(&t.local_addr), port: t.local_port },
-        Endpoint { addr: addr(&t.remote_addr), port: t.remote_port },
-    )
+    (Endpoint::new(addr(&t.local_addr), t.local_port), Endpoint::new(addr(&t.remote_addr), t.remote_port))
 }
 
 /// Failure of a closed TCP connection from the socket error kept at close.

@@ -1,0 +1,64 @@
+//! ECS identity of the local end of a flow (EC2 launch type, through the ECS agent's
+//! introspection API).
+//!
+//! What: `local.ecs` on every flow record — cluster, task, family:revision, service
+//! (when known), container, image, launch type, network mode — for traffic of
+//! containers, and `container_name = "host"` for processes outside any container.
+//!
+//! How: the socket's cgroup v2 id (from the kernel) → the cgroup directory
+//! ([`local::CgroupIndex`], a walk of the cgroup2 mount refreshed in the background)
+//! → a container id parsed from its path ([`cgroup`]) → the task and container the
+//! ECS agent reports at `/v1/tasks` ([`introspection`]), refreshed in the background
+//! into an immutable snapshot. Lookups never block the data path; misses say
+//! `unknown`.
+//!
+//! Limits: remote identities (other tasks through the ECS API), Fargate (task
+//! metadata v4 and the sock_diag collector) and the netns/pid fallbacks for
+//! containers whose cgroup is not under the cgroup2 mount are not done yet.
+
+use serde::{Deserialize, Serialize};
+
+pub mod cgroup;
+pub mod environment;
+pub mod introspection;
+pub mod local;
+
+/// Label value for what could not be resolved.
+pub const UNKNOWN: &str = "unknown";
+
+/// ECS labels of one end of a flow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EcsLabels {
+    pub cluster: Option<String>,
+    pub task_arn: Option<String>,
+    pub task_family: Option<String>,
+    pub task_revision: Option<String>,
+    pub service: Option<String>,
+    pub container_name: Option<String>,
+    pub container_id: Option<String>,
+    pub image: Option<String>,
+    pub launch_type: Option<String>,
+    pub availability_zone: Option<String>,
+    pub network_mode: Option<String>,
+}
+
+impl EcsLabels {
+    /// A process outside any container.
+    pub fn host(cluster: Option<String>) -> Self {
+        EcsLabels { cluster, container_name: Some("host".into()), ..Default::default() }
+    }
+
+    /// A container the ECS agent does not (yet) know.
+    pub fn unknown_container(cluster: Option<String>, container_id: &str) -> Self {
+        let u = || Some(UNKNOWN.to_string());
+        EcsLabels {
+            cluster,
+            task_arn: u(),
+            task_family: u(),
+            task_revision: u(),
+            container_name: u(),
+            container_id: Some(container_id.to_string()),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The ECS agent introspection API (`/v1/metadata`, `/v1/tasks`) as AWS documents
+//! it, and the snapshot built from it: container id → [`EcsLabels`].
+//!
+//! Bad input (malformed or truncated JSON, HTTP errors, stalls) is an error the
+//! refresher counts and backs off from; the previous snapshot stays in use.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use super::EcsLabels;
+
+/// `GET /v1/metadata`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Metadata {
+    pub cluster: Option<String>,
+    pub container_instance_arn: Option<String>,
+    pub version: Option<String>,
+}
+
+/// `GET /v1/tasks`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Tasks {
+    #[serde(rename = "Tasks", default)]
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Task {
+    pub arn: String,
+    pub family: Option<String>,
+    pub version: Option<String>,
+    pub known_status: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Container {
+    pub docker_id: String,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    #[serde(default)]
+    pub networks: Vec<Network>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Network {
+    pub network_mode: Option<String>,
+    #[serde(rename = "IPv4Addresses", default)]
+    pub ipv4_addresses: Vec<String>,
+}
+
+/// Labels of every container the ECS agent reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub cluster: Option<String>,
+    pub containers: HashMap<String, EcsLabels>,
+}
+
+impl Snapshot {
+    pub fn build(meta: &Metadata, tasks: &Tasks) -> Snapshot {
+        let mut containers = HashMap::new();
+        for t in &tasks.tasks {
+            let network_mode =
+                t.containers.iter().flat_map(|c| &c.networks).find_map(|n| n.network_mode.clone());
+            for c in &t.containers {
+                containers.insert(
+                    c.docker_id.clone(),
+                    EcsLabels {
+                        cluster: meta.cluster.clone(),
+                        task_arn: Some(t.arn.clone()),
+                        task_family: t.family.clone(),
+                        task_revision: t.version.clone(),
+                        service: None,
+                        container_name: c.name.clone(),
+                        container_id: Some(c.docker_id.clone()),
+                        image: c.image.clone(),
+                        launch_type: Some("EC2".into()),
+                        availability_zone: None,
+                        network_mode: network_mode.clone().or_else(|| Some("bridge".into())),
+                    },
+                );
+            }
+        }
+        Snapshot { cluster: meta.cluster.clone(), containers }
+    }
+}
+
+/// Why a refresh failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IntrospectionError {
+    #[error("GET {url}: {reason}")]
+    Http { url: String, reason: String },
+    #[error("GET {url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("GET {url}: malformed response: {reason}")]
+    Decode { url: String, reason: String },
+}
+
+impl IntrospectionError {
+    /// Counter name in `/status`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IntrospectionError::Http { .. } => "ecs_agent_unreachable",
+            IntrospectionError::Status { .. } => "ecs_agent_http_errors",
+            IntrospectionError::Decode { .. } => "ecs_agent_malformed_responses",
+        }
+    }
+}
+
+async fn get<T: for<'de> Deserialize<'de>>(
+    client: &reqwest::Client,
+    url: String,
+) -> Result<T, IntrospectionError> {
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| IntrospectionError::Http { url: url.clone(), reason: e.to_string() })?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(IntrospectionError::Status { url, status: status.as_u16() });
+    }
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| IntrospectionError::Http { url: url.clone(), reason: e.to_string() })?;
+    serde_json::from_slice(&bytes).map_err(|e| IntrospectionError::Decode { url, reason: e.to_string() })
+}
+
+/// Fetches both documents and builds a snapshot.
+pub async fn fetch(client: &reqwest::Client, base: &str) -> Result<Snapshot, IntrospectionError> {
+    let base = base.trim_end_matches('/');
+    let meta: Metadata = get(client, format!("{base}/v1/metadata")).await?;
+    let tasks: Tasks = get(client, format!("{base}/v1/tasks")).await?;
+    Ok(Snapshot::build(&meta, &tasks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/ecs").join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn builds_labels_from_the_documented_shapes() {
+        let meta: Metadata =
+            serde_json::from_str(&fixture("introspection_v1_metadata.json")).expect("metadata");
+        let tasks: Tasks = serde_json::from_str(&fixture("introspection_v1_tasks.json")).expect("tasks");
+        let s = Snapshot::build(&meta, &tasks);
+        assert_eq!(s.cluster.as_deref(), Some("flows"));
+        let web = &s.containers["9a8b7c6d5e4f30219a8b7c6d5e4f30219a8b7c6d5e4f30219a8b7c6d5e4f3021"];
+        assert_eq!(web.task_family.as_deref(), Some("web"));
+        assert_eq!(web.task_revision.as_deref(), Some("7"));
+        assert_eq!(web.container_name.as_deref(), Some("web"));
+        assert_eq!(web.network_mode.as_deref(), Some("awsvpc"));
+        let worker = &s.containers["abcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcd"];
+        assert_eq!(worker.network_mode.as_deref(), Some("bridge"), "no Networks: bridge");
+    }
+
+    #[test]
+    fn malformed_documents_are_errors_not_panics() {
+        for bad in ["", "{", "{\"Tasks\": [{\"Arn\": 5}]}", "null", "{\"Tasks\": [{\"Containers\": []}]}"] {
+            assert!(serde_json::from_str::<Tasks>(bad).is_err(), "{bad:?} must not parse");
+        }
+        let empty: Tasks = serde_json::from_str("{}").expect("no tasks");
+        assert!(empty.tasks.is_empty());
+    }
+}

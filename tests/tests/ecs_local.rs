@@ -1,0 +1,243 @@
+//! ECS identity of the local end (EC2 launch type): a real process placed in a container-shaped cgroup
+//! (`<cgroup2>/ecs/<task-id>/<container-id>`, the ECS layout) talks to a server; the agent, pointed at a
+//! fixture ECS agent introspection API that serves the documented shapes (`shared/fixtures/ecs`), labels
+//! the flow with the task and container; the test process itself is labelled as the host. Bad answers
+//! (malformed JSON, HTTP 500, a 5 s stall) leave flows flowing with `unknown` labels and counted errors.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use eddy_tests::*;
+use serde_json::Value;
+
+const TASK_ID: &str = "4b5c6d7e8f9041a2b3c4d5e6f7a8b9c0";
+const WEB_CONTAINER: &str = "9a8b7c6d5e4f30219a8b7c6d5e4f30219a8b7c6d5e4f30219a8b7c6d5e4f3021";
+
+const GOOD: u8 = 0;
+const MALFORMED: u8 = 1;
+const ERROR_500: u8 = 2;
+const STALL: u8 = 3;
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/ecs").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The ECS agent introspection API, answering from the shared fixtures (or badly, on demand).
+fn introspection_fixture(mode: Arc<AtomicU8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind fixture");
+    let addr = listener.local_addr().expect("addr");
+    let (metadata, tasks) =
+        (fixture("introspection_v1_metadata.json"), fixture("introspection_v1_tasks.json"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (mode, metadata, tasks) = (mode.clone(), metadata.clone(), tasks.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    return;
+                }
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("");
+                let (status, body) = match (mode.load(Ordering::SeqCst), path) {
+                    (GOOD, "/v1/metadata") => (200, metadata),
+                    (GOOD, "/v1/tasks") => (200, tasks),
+                    (MALFORMED, _) => (200, tasks[..tasks.len() / 2].to_string()),
+                    (ERROR_500, _) => (500, "{}".to_string()),
+                    (STALL, _) => {
+                        std::thread::sleep(Duration::from_secs(5));
+                        (200, "{}".to_string())
+                    }
+                    _ => (404, String::new()),
+                };
+                let mut s = stream;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// A cgroup shaped like an ECS container's, removed on drop.
+struct ContainerCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl ContainerCgroup {
+    fn create(root: &Path) -> ContainerCgroup {
+        let task = root.join("ecs").join(TASK_ID);
+        let container = task.join(WEB_CONTAINER);
+        std::fs::create_dir_all(&container).unwrap_or_else(|e| panic!("mkdir {}: {e}", container.display()));
+        ContainerCgroup { dirs: vec![container, task, root.join("ecs")] }
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.dirs[0].join("cgroup.procs")
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mountpoint = pre.split_whitespace().nth(4)?;
+            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mountpoint))
+        })
+        .collect();
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .find_map(|w| found.iter().find(|p| p.as_os_str() == *w).cloned())
+        .or_else(|| found.first().cloned())
+}
+
+/// Runs a "container" process (python3) in the cgroup: it connects to `server` and sends `bytes`.
+fn containerised_client(cg: &ContainerCgroup, server: SocketAddr, bytes: usize) -> u16 {
+    let script = "import socket,sys\nsys.stdin.readline()\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])))\n\
+                  print(s.getsockname()[1],flush=True)\ns.sendall(b'x'*int(sys.argv[3]))\ns.shutdown(socket.SHUT_WR)\n\
+                  s.recv(1)\ns.close()\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script, &server.ip().to_string(), &server.port().to_string(), &bytes.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/install-deps.sh installs it)");
+    std::fs::write(cg.procs(), child.id().to_string()).expect("move the process into the container cgroup");
+    child.stdin.take().expect("stdin").write_all(b"go\n").expect("start");
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut port).expect("port");
+    assert!(child.wait().expect("wait").success());
+    port.trim().parse().expect("local port")
+}
+
+/// Accepts `n` connections and reads each to EOF; returns the bytes read per connection.
+fn sink(listener: TcpListener, n: usize) -> std::thread::JoinHandle<Vec<usize>> {
+    std::thread::spawn(move || {
+        (0..n)
+            .map(|_| {
+                let (mut s, _) = listener.accept().expect("accept");
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).expect("read");
+                buf.len()
+            })
+            .collect()
+    })
+}
+
+fn flow_from_port(agent: &RunAgent, port: u16) -> Result<Value, String> {
+    let flows: Vec<Value> = serde_json::from_str(&agent.get("/flows").text()).map_err(|e| e.to_string())?;
+    flows
+        .into_iter()
+        .find(|f| f["local"]["port"] == port && f["direction"] == "outgoing" && !f["closed_at"].is_null())
+        .ok_or_else(|| format!("no closed outgoing flow from port {port} yet"))
+}
+
+#[test]
+fn containers_are_labelled_from_the_ecs_agent_and_bad_answers_degrade_to_unknown() {
+    if !require_privileges() {
+        return;
+    }
+    let Some(root) = cgroup2_root() else {
+        skip("no cgroup2 mount");
+        return;
+    };
+    if Command::new("python3").arg("-V").output().is_err() {
+        skip("python3 is needed for the containerised client (scripts/install-deps.sh installs it)");
+        return;
+    }
+    let mode = Arc::new(AtomicU8::new(MALFORMED));
+    let fixture = introspection_fixture(mode.clone());
+    let cg = ContainerCgroup::create(&root);
+    let agent = RunAgent::start(&[
+        "--poll-interval",
+        "200ms",
+        "--ecs-agent-uri",
+        &format!("http://{fixture}"),
+        "--ecs-refresh-interval",
+        "200ms",
+        "--closed-flow-retention",
+        "100000",
+    ]);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = listener.local_addr().expect("addr");
+    let reader = sink(listener, 3);
+
+    // 1. Malformed answers: flows still come, the container is known by its cgroup but not its task.
+    poll_until(Duration::from_secs(10), Duration::from_millis(200), "malformed answers counted", || {
+        let n = agent.status()["ecs"]["errors"]["ecs_agent_malformed_responses"].as_u64().unwrap_or(0);
+        if n > 0 { Ok(()) } else { Err("none yet".into()) }
+    });
+    let port = containerised_client(&cg, server, 1_000);
+    let f = poll_until(Duration::from_secs(10), Duration::from_millis(200), "flow with unknown task", || {
+        flow_from_port(&agent, port)
+    });
+    assert_eq!(f["bytes_sent"], 1_000, "flows are not affected by bad metadata: {f}");
+    assert_eq!(f["local"]["ecs"]["container_id"], WEB_CONTAINER, "{f}");
+    assert_eq!(f["local"]["ecs"]["task_family"], "unknown", "{f}");
+
+    // 2. HTTP 500 and a 5 s stall: counted, no panic, agent healthy.
+    mode.store(ERROR_500, Ordering::SeqCst);
+    poll_until(Duration::from_secs(10), Duration::from_millis(200), "HTTP errors counted", || {
+        let n = agent.status()["ecs"]["errors"]["ecs_agent_http_errors"].as_u64().unwrap_or(0);
+        if n > 0 { Ok(()) } else { Err("none yet".into()) }
+    });
+    mode.store(STALL, Ordering::SeqCst);
+    poll_until(Duration::from_secs(20), Duration::from_millis(200), "a stalled refresh timing out", || {
+        let n = agent.status()["ecs"]["errors"]["ecs_agent_unreachable"].as_u64().unwrap_or(0);
+        if n > 0 { Ok(()) } else { Err("none yet".into()) }
+    });
+    assert_eq!(agent.get("/healthz").status, 200);
+
+    // 3. Good answers: the container's flow carries the task's labels; the test process is the host.
+    mode.store(GOOD, Ordering::SeqCst);
+    poll_until(Duration::from_secs(40), Duration::from_millis(200), "a good refresh", || {
+        let n = agent.status()["ecs"]["containers"].as_u64().unwrap_or(0);
+        if n >= 3 { Ok(()) } else { Err(format!("{n} containers")) }
+    });
+    let port = containerised_client(&cg, server, 2_345);
+    let f = poll_until(Duration::from_secs(10), Duration::from_millis(200), "labelled flow", || {
+        flow_from_port(&agent, port)
+    });
+    let ecs = &f["local"]["ecs"];
+    assert_eq!(f["bytes_sent"], 2_345);
+    assert_eq!(ecs["cluster"], "flows", "{f}");
+    assert_eq!(ecs["task_arn"], format!("arn:aws:ecs:us-east-1:123456789012:task/flows/{TASK_ID}"), "{f}");
+    assert_eq!((ecs["task_family"].as_str(), ecs["task_revision"].as_str()), (Some("web"), Some("7")), "{f}");
+    assert_eq!(ecs["container_name"], "web", "{f}");
+    assert_eq!(ecs["container_id"], WEB_CONTAINER);
+    assert_eq!(ecs["network_mode"], "awsvpc");
+    assert_eq!(ecs["launch_type"], "EC2");
+
+    let mut host = TcpStream::connect(server).expect("connect from the host");
+    let host_port = host.local_addr().expect("addr").port();
+    host.write_all(b"host").expect("write");
+    drop(host);
+    let f = poll_until(Duration::from_secs(10), Duration::from_millis(200), "host flow", || {
+        flow_from_port(&agent, host_port)
+    });
+    assert_eq!(f["local"]["ecs"]["container_name"], "host", "{f}");
+    assert_eq!(f["local"]["ecs"]["cluster"], "flows", "{f}");
+    assert_eq!(reader.join().expect("sink"), vec![1_000, 2_345, 4]);
+}
