@@ -12,7 +12,9 @@
 //! into an immutable snapshot. Lookups never block the data path; misses say
 //! `unknown`.
 //!
-//! Limits: remote identities (other tasks through the ECS API), Fargate (task
+//! The remote end of intra-host traffic gets the peer flow's local labels ([`peers`]).
+//!
+//! Limits: remote identities of other hosts' tasks (through the ECS API), Fargate (task
 //! metadata v4 and the sock_diag collector) and the netns/pid fallbacks for
 //! containers whose cgroup is not under the cgroup2 mount are not done yet.
 
@@ -22,6 +24,7 @@ pub mod cgroup;
 pub mod environment;
 pub mod introspection;
 pub mod local;
+pub mod peers;
 
 /// Label value for what could not be resolved.
 pub const UNKNOWN: &str = "unknown";

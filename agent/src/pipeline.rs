@@ -17,6 +17,7 @@ use crate::aggregate::{AggregateRecord, AggregateSettings, AggregateStats, Aggre
 use crate::clock::Clock;
 use crate::collector::{FlowSource, SourceStatus};
 use crate::ecs::local::LocalResolver;
+use crate::ecs::peers::Peers;
 use crate::flow::FlowRecord;
 use crate::otlp::{Batch as OtlpBatch, OtlpQueue, OtlpStats};
 use crate::preflight::KernelInfo;
@@ -24,6 +25,9 @@ use crate::table::FlowTable;
 
 /// How often the closed-connection ring buffer is drained.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Flows whose local labels are kept to label the remote end of intra-host peers.
+const PEER_LABELS: usize = 200_000;
 
 /// Batches waiting for the JSON-lines writer.
 pub const OUTPUT_QUEUE_BATCHES: usize = 64;
@@ -105,6 +109,7 @@ pub fn collect(
     stop: Arc<AtomicBool>,
 ) {
     let mut aggregator = Aggregator::new(settings.aggregate, SystemTime::now());
+    let mut peers = Peers::new(PEER_LABELS);
     let mut next_scan = Instant::now();
     let mut next_export = Instant::now() + settings.export_interval;
     loop {
@@ -117,6 +122,13 @@ pub fn collect(
                     for o in batch.closed.iter_mut().chain(batch.live.iter_mut().flatten()) {
                         ecs.enrich(&mut o.record);
                     }
+                    let mut records: Vec<&mut FlowRecord> = batch
+                        .closed
+                        .iter_mut()
+                        .chain(batch.live.iter_mut().flatten())
+                        .map(|o| &mut o.record)
+                        .collect();
+                    peers.link(&mut records);
                 }
                 // Every closed flow is counted as it arrives (final counters).
                 for o in &batch.closed {

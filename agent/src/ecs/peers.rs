@@ -1,0 +1,94 @@
+//! Intra-host remote identity without any API call: when both ends of a connection
+//! are on this host, the remote end's labels are the local labels of the peer
+//! flow (the same 4-tuple seen from the other side). Holds the local labels of
+//! recently seen flows, bounded (oldest forgotten first).
+//!
+//! Limits: translated connections (bridge-mode DNAT, masquerade) do not match
+//! their peer until conntrack is read (not done yet).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use super::EcsLabels;
+use crate::flow::{FlowRecord, Protocol};
+
+type Key = (Protocol, SocketAddr, SocketAddr);
+
+/// Local labels by (protocol, local, remote).
+#[derive(Debug)]
+pub struct Peers {
+    labels: HashMap<Key, Box<EcsLabels>>,
+    order: VecDeque<Key>,
+    capacity: usize,
+}
+
+impl Peers {
+    pub fn new(capacity: usize) -> Self {
+        Peers { labels: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1) }
+    }
+
+    /// Remembers the local labels of `records`, then sets `remote.ecs` on each record
+    /// whose peer is known.
+    pub fn link(&mut self, records: &mut [&mut FlowRecord]) {
+        for r in records.iter() {
+            if let Some(l) = &r.local.ecs {
+                let key = (r.protocol, r.local.socket_addr(), r.remote.socket_addr());
+                if self.labels.insert(key, l.clone()).is_none() {
+                    self.order.push_back(key);
+                }
+            }
+        }
+        while self.labels.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(k) => {
+                    self.labels.remove(&k);
+                }
+                None => break,
+            }
+        }
+        for r in records.iter_mut() {
+            let peer = (r.protocol, r.remote.socket_addr(), r.local.socket_addr());
+            if let Some(l) = self.labels.get(&peer) {
+                r.remote.ecs = Some(l.clone());
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Endpoint;
+
+    fn rec(local: u16, remote: u16, who: &str) -> FlowRecord {
+        let mut r = FlowRecord::test(Protocol::Tcp, u64::from(local), false);
+        r.local = Endpoint::new("10.0.0.1".parse().expect("ip"), local);
+        r.remote = Endpoint::new("10.0.0.1".parse().expect("ip"), remote);
+        r.local.ecs = Some(Box::new(EcsLabels { container_name: Some(who.into()), ..Default::default() }));
+        r
+    }
+
+    #[test]
+    fn both_ends_get_each_others_labels_and_memory_is_bounded() {
+        let mut p = Peers::new(2);
+        let mut a = [rec(40000, 80, "client"), rec(80, 40000, "server")];
+        p.link(&mut a.iter_mut().collect::<Vec<_>>());
+        assert_eq!(a[0].remote.ecs.as_ref().and_then(|l| l.container_name.as_deref()), Some("server"));
+        assert_eq!(a[1].remote.ecs.as_ref().and_then(|l| l.container_name.as_deref()), Some("client"));
+        let mut later = [rec(40001, 81, "x"), rec(40002, 82, "y")];
+        p.link(&mut later.iter_mut().collect::<Vec<_>>());
+        assert_eq!(p.len(), 2, "bounded");
+        let mut lone = [rec(40000, 80, "client")];
+        lone[0].remote.ecs = None;
+        p.link(&mut lone.iter_mut().collect::<Vec<_>>());
+        assert!(lone[0].remote.ecs.is_none(), "the server's labels were forgotten");
+    }
+}
