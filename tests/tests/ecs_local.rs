@@ -231,13 +231,17 @@ fn containers_are_labelled_from_the_ecs_agent_and_bad_answers_degrade_to_unknown
     assert_eq!(ecs["launch_type"], "EC2");
     // Intra-host: the server (this test process, on the host) is the remote end, no API call needed.
     assert_eq!(f["remote"]["ecs"]["container_name"], "host", "{f}");
-    let server_side = poll_until(Duration::from_secs(10), Duration::from_millis(200), "server-side flow", || {
-        let flows: Vec<Value> = serde_json::from_str(&agent.get("/flows").text()).map_err(|e| e.to_string())?;
-        flows
-            .into_iter()
-            .find(|f| f["remote"]["port"] == port && f["direction"] == "incoming" && !f["closed_at"].is_null())
-            .ok_or_else(|| "not yet".to_string())
-    });
+    let server_side =
+        poll_until(Duration::from_secs(10), Duration::from_millis(200), "server-side flow", || {
+            let flows: Vec<Value> =
+                serde_json::from_str(&agent.get("/flows").text()).map_err(|e| e.to_string())?;
+            flows
+                .into_iter()
+                .find(|f| {
+                    f["remote"]["port"] == port && f["direction"] == "incoming" && !f["closed_at"].is_null()
+                })
+                .ok_or_else(|| "not yet".to_string())
+        });
     assert_eq!(server_side["local"]["ecs"]["container_name"], "host", "{server_side}");
     assert_eq!(server_side["remote"]["ecs"]["task_family"], "web", "{server_side}");
 
