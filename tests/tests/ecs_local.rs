@@ -1,6 +1,6 @@
 //! ECS identity of the local end (EC2 launch type): a real process placed in a container-shaped cgroup
 //! (`<cgroup2>/ecs/<task-id>/<container-id>`, the ECS layout) talks to a server; the agent, pointed at a
-//! fixture ECS agent introspection API that serves the documented shapes (`shared/fixtures/ecs`), labels
+//! fixture ECS agent introspection API that serves the documented shapes (`tests/fixtures/ecs`), labels
 //! the flow with the task and container; the test process itself is labelled as the host. Bad answers
 //! (malformed JSON, HTTP 500, a 5 s stall) leave flows flowing with `unknown` labels and counted errors.
 
@@ -24,7 +24,7 @@ const ERROR_500: u8 = 2;
 const STALL: u8 = 3;
 
 fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/ecs").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ecs").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

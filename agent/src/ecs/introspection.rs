@@ -146,8 +146,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/ecs").join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/ecs").join(name);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
