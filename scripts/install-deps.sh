@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Installs what Eddy needs on Debian 12 (root). Usage: install-deps.sh build|test
 #   build: clang-19 + libbpf headers (kernel programs), iproute2
-#   test:  build + what the integration tests drive (iproute2 ip/tc, kmod, prometheus + promtool)
+#   test:  build + what the integration tests drive (iproute2 ip/tc, kmod, prometheus + promtool,
+#          jq and python3-venv for the deploy-artifact tools)
 # The Rust toolchain is not installed here: Eddy needs cargo/rustc >= 1.95 (rustup).
 set -euo pipefail
 
 what=${1:-build}
 case "$what" in
-  -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   build|test) ;;
   *) echo "install-deps.sh: unknown target '$what' (build|test)" >&2; exit 2 ;;
 esac
 
 pkgs=(clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 python3)
 if [ "$what" = test ]; then
-  pkgs+=(kmod prometheus)
+  pkgs+=(kmod prometheus jq python3-venv)
 fi
 
 missing=()

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 case "${1:-}" in -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 
 scripts/install-deps.sh test
+# moto, the AWS CLI and cfn-lint (PyPI) for the deploy-artifact tests, in venvs under $EDDY_TOOLS_DIR.
+scripts/install-aws-tools.sh
 if [ "$(id -u)" -ne 0 ]; then
   echo "test.sh: not root: the privileged integration tests will be skipped (run with sudo to include them)" >&2
 fi

@@ -19,6 +19,7 @@
 //! filters records by the test's own addresses and ports (and socket cookies where useful).
 
 pub mod agent;
+pub mod aws;
 pub mod flow;
 pub mod http;
 pub mod netns;
