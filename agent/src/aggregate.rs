@@ -7,10 +7,11 @@
 //! aggregator remembers what it already counted per flow), so series counters are
 //! monotonic totals since the agent started, exactly the sum of the traffic.
 //!
-//! Bounded: at most `max_series` series. At the end of an interval, new series are
-//! admitted largest (bytes) first while there is room; the rest are folded into an
-//! `other` series per protocol/family/direction (counted in `series_folded`), so
-//! totals still equal the sum of all traffic. Series idle for `series_idle_intervals`
+//! Bounded: at most `max_series` series, [`OTHER_SLOTS`] of them kept for `other`
+//! series. At the end of an interval, new series are admitted largest (bytes) first
+//! while there is room; the rest are folded into the `other` series of their
+//! protocol/family/direction (counted in `series_folded`), so totals still equal
+//! the sum of all traffic, per protocol, family and direction. Series idle for `series_idle_intervals`
 //! are dropped to make room again.
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +32,10 @@ pub const RTT_BUCKETS_US: [u64; 12] =
 
 /// Label value of the folded series.
 pub const OTHER: &str = "other";
+
+/// Slots of the series cap kept for `other` series: one per protocol (2) × family (2) ×
+/// direction (3), so folding never needs to evict anything.
+pub const OTHER_SLOTS: usize = 12;
 
 /// Every series with its totals, as published for `/metrics`.
 pub type SeriesSnapshot = std::sync::Arc<Vec<(SeriesKey, SeriesValues)>>;
@@ -240,17 +245,18 @@ impl Aggregator {
             eb.cmp(&ea).then(b.bytes().cmp(&a.bytes())).then(ka.cmp(kb))
         });
         let mut moved: BTreeMap<SeriesKey, SeriesValues> = BTreeMap::new();
+        // `other` series take at most OTHER_SLOTS of the cap: regular series get the rest.
+        let room = self.settings.max_series.saturating_sub(OTHER_SLOTS);
+        let mut regular = self.series.keys().filter(|k| k.remote_addr != OTHER).count();
         for (key, d) in deltas {
-            let key = if self.series.contains_key(&key) || self.series.len() < self.settings.max_series {
+            let key = if self.series.contains_key(&key) || key.remote_addr == OTHER {
+                key
+            } else if regular < room {
+                regular += 1;
                 key
             } else {
                 self.stats.series_folded += 1;
-                let other = key.other();
-                if !self.series.contains_key(&other) && self.series.len() >= self.settings.max_series {
-                    // Room for the fold target is always made: evict the smallest series into it.
-                    self.evict_smallest_into(&other);
-                }
-                other
+                key.other()
             };
             let entry = self.series.entry(key.clone()).or_insert_with(|| (SeriesValues::default(), 0));
             entry.0.add(&d);
@@ -279,21 +285,6 @@ impl Aggregator {
         let no = self.interval_no;
         self.counted.retain(|k, c| c.interval == no || is_open(k));
         self.stats.flows_tracked = self.counted.len() as u64;
-    }
-
-    fn evict_smallest_into(&mut self, other: &SeriesKey) {
-        let smallest = self
-            .series
-            .iter()
-            .filter(|(k, _)| k.remote_addr != OTHER)
-            .min_by_key(|(k, (v, _))| (v.bytes(), (*k).clone()))
-            .map(|(k, _)| k.clone());
-        if let Some(k) = smallest
-            && let Some((v, last)) = self.series.remove(&k)
-        {
-            let e = self.series.entry(other.clone()).or_insert_with(|| (SeriesValues::default(), last));
-            e.0.add(&v);
-        }
     }
 
     /// Every series with its totals since start, sorted by labels.

@@ -144,7 +144,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(cfg.listen))
         .map_err(|source| CommandError::Listen { addr: cfg.listen, source })?;
-    let (source, kernel, clock) = start_source(&cfg)?;
+    let (source, kernel, _clock) = start_source(&cfg)?;
     let mut shared =
         Shared::new(FlowTable::new(cfg.closed_flow_retention, cfg.output == Output::Jsonl), "ebpf", kernel);
     let otlp = match &cfg.otlp_endpoint {
@@ -195,7 +195,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         let (sh, st) = (shared.clone(), stop.clone());
         std::thread::Builder::new()
             .name("collector".into())
-            .spawn(move || collect(Box::new(source), sh, settings, clock, st))
+            .spawn(move || collect(Box::new(source), sh, settings, st))
             .map_err(|source| CommandError::Thread { name: "collector", source })?
     };
     tracing::info!(listen = %cfg.listen, "serving /healthz /readyz /status /flows");

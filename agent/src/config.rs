@@ -304,8 +304,8 @@ impl Config {
         if self.closed_flow_retention > 10_000_000 {
             return fail("closed_flow_retention must be at most 10000000".into());
         }
-        if !(10..=1_000_000).contains(&self.max_series) {
-            return fail(format!("max_series {} must be between 10 and 1000000", self.max_series));
+        if !(20..=1_000_000).contains(&self.max_series) {
+            return fail(format!("max_series {} must be between 20 and 1000000", self.max_series));
         }
         if let Some(e) = &self.otlp_endpoint
             && !(e.starts_with("http://") || e.starts_with("https://"))

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::aggregate::{AggregateRecord, AggregateSettings, AggregateStats, Aggregator, SeriesSnapshot};
-use crate::clock::Clock;
 use crate::collector::{FlowSource, SourceStatus};
 use crate::ecs::local::LocalResolver;
 use crate::ecs::peers::Peers;
@@ -105,7 +104,6 @@ pub fn collect(
     mut source: Box<dyn FlowSource>,
     shared: Arc<Shared>,
     settings: LoopSettings,
-    clock: Arc<dyn Clock>,
     stop: Arc<AtomicBool>,
 ) {
     let mut aggregator = Aggregator::new(settings.aggregate, SystemTime::now());
@@ -151,7 +149,7 @@ pub fn collect(
         }
         if stopping || now >= next_export {
             next_export = now + settings.export_interval;
-            export(&shared, &mut aggregator, &settings, clock.as_ref());
+            export(&shared, &mut aggregator, &settings);
         }
         if stopping {
             break;
@@ -165,10 +163,10 @@ pub fn collect(
 /// Closes an aggregation interval: open flows active since the last one are
 /// counted, the series snapshot for `/metrics` is replaced, and flows and
 /// aggregates go to the JSON-lines writer.
-fn export(shared: &Shared, aggregator: &mut Aggregator, settings: &LoopSettings, clock: &dyn Clock) {
+fn export(shared: &Shared, aggregator: &mut Aggregator, settings: &LoopSettings) {
     let flows = {
         let mut table = shared.table();
-        let flows = table.take_export(clock.mono_now_ns());
+        let flows = table.take_export();
         for r in &flows.live {
             aggregator.observe(r);
         }
@@ -219,7 +217,6 @@ pub fn write_jsonl(rx: Receiver<Vec<Line>>, mut out: impl Write, shared: Arc<Sha
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::FakeClock;
     use crate::collector::fake::FakeSource;
     use crate::collector::{Batch, Observed};
     use crate::flow::{Direction, Protocol};
@@ -251,7 +248,7 @@ mod tests {
             aggregate: AggregateSettings { max_series: 10, series_idle_intervals: 10 },
             otlp: None,
         };
-        collect(Box::new(source), shared.clone(), settings, Arc::new(FakeClock::at(10)), stop);
+        collect(Box::new(source), shared.clone(), settings, stop);
         let mut buf = Vec::new();
         write_jsonl(rx, &mut buf, shared.clone());
         let text = String::from_utf8(buf).expect("utf8");
@@ -282,7 +279,7 @@ mod tests {
             aggregate: AggregateSettings { max_series: 10, series_idle_intervals: 10 },
             otlp: None,
         };
-        collect(Box::new(source), shared.clone(), settings, Arc::new(FakeClock::at(10)), stop);
+        collect(Box::new(source), shared.clone(), settings, stop);
         assert_eq!(shared.output_dropped.load(Ordering::SeqCst), 2, "a flow line and an aggregate line");
     }
 }

@@ -76,7 +76,10 @@ pub struct FlowTable {
     /// Closed since the last export; `None` when nothing exports.
     pending: Option<Vec<Observed>>,
     pending_cap: usize,
-    last_export_ns: u64,
+    /// Per open flow, the `last_ns` it had when last exported: a flow is exported again
+    /// when its scanned state changed (comparing with the export time instead would miss
+    /// events that happened before an export but were scanned after it).
+    exported: HashMap<FlowKey, u64>,
     stats: TableStats,
 }
 
@@ -90,7 +93,7 @@ impl FlowTable {
             retention,
             pending: export.then(Vec::new),
             pending_cap: retention.max(100_000),
-            last_export_ns: 0,
+            exported: HashMap::new(),
             stats: TableStats::default(),
         }
     }
@@ -141,9 +144,8 @@ impl FlowTable {
     }
 
     /// Flows to export now: closed since the last export (kept only when the table
-    /// was made with `export`), and open flows with activity since then.
-    /// `now_ns` is CLOCK_MONOTONIC.
-    pub fn take_export(&mut self, now_ns: u64) -> Export {
+    /// was made with `export`), and open flows whose state changed since then.
+    pub fn take_export(&mut self) -> Export {
         let closed = self
             .pending
             .as_mut()
@@ -152,13 +154,15 @@ impl FlowTable {
             .into_iter()
             .map(|o| o.record)
             .collect();
-        let live = self
-            .live
-            .values()
-            .filter(|o| o.last_ns > self.last_export_ns)
-            .map(|o| o.record.clone())
-            .collect();
-        self.last_export_ns = now_ns;
+        let mut live = Vec::new();
+        let mut exported = HashMap::with_capacity(self.live.len());
+        for (k, o) in &self.live {
+            if self.exported.get(k) != Some(&o.last_ns) {
+                live.push(o.record.clone());
+            }
+            exported.insert(*k, o.last_ns);
+        }
+        self.exported = exported;
         Export { closed, live }
     }
 

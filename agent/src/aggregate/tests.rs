@@ -13,8 +13,12 @@ fn flow(cookie: u64, remote: &str, sent: u64, rcvd: u64, closed: bool) -> FlowRe
     f
 }
 
-fn agg(max: usize) -> Aggregator {
-    Aggregator::new(AggregateSettings { max_series: max, series_idle_intervals: 3 }, SystemTime::UNIX_EPOCH)
+/// An aggregator with room for `regular` series besides the `other` ones.
+fn agg(regular: usize) -> Aggregator {
+    Aggregator::new(
+        AggregateSettings { max_series: OTHER_SLOTS + regular, series_idle_intervals: 3 },
+        SystemTime::UNIX_EPOCH,
+    )
 }
 
 fn t(s: u64) -> SystemTime {
@@ -70,7 +74,7 @@ fn cardinality_is_capped_and_other_keeps_the_totals() {
     }
     a.finish_interval(t(10));
     let s = a.series();
-    assert!(s.len() <= 10, "{} series", s.len());
+    assert!(s.len() <= OTHER_SLOTS + 10, "{} series", s.len());
     assert!(s.iter().any(|(k, _)| k.remote_addr == OTHER));
     assert_eq!(total_sent(&a), expected);
     assert!(a.stats().series_folded >= 4_990);
@@ -118,4 +122,33 @@ fn failures_and_rtt_histogram() {
     assert_eq!(s[0].1.connections_failed.get(&Failure::Refused), Some(&1));
     assert_eq!(s[0].1.rtt.count, 1, "zero RTT (no sample) is not observed");
     assert_eq!(s[0].1.rtt.counts[4], 1, "2 ms falls in the 2.5 ms bucket");
+}
+
+/// Folding keeps each protocol/family/direction's totals apart (an earlier version evicted
+/// the smallest series of any kind into the fold target, moving UDP bytes under TCP).
+#[test]
+fn folds_keep_totals_per_protocol_and_direction() {
+    let mut a = agg(1);
+    a.observe(&flow(1, "10.0.0.2", 7, 0, true));
+    a.finish_interval(t(1));
+    for i in 0..50u64 {
+        let mut f = flow(100 + i, &format!("10.2.0.{}", i + 1), 10, 0, true);
+        f.protocol = Protocol::Udp;
+        a.observe(&f);
+    }
+    let mut tcp = flow(2, "10.0.0.3", 1_000, 0, true);
+    tcp.direction = Direction::Incoming;
+    a.observe(&tcp);
+    a.finish_interval(t(2));
+    let sum = |p: Protocol, d: Direction| -> u64 {
+        a.series()
+            .iter()
+            .filter(|(k, _)| k.protocol == p && k.direction == d)
+            .map(|(_, v)| v.bytes_sent)
+            .sum()
+    };
+    assert_eq!(sum(Protocol::Udp, Direction::Outgoing), 500);
+    assert_eq!(sum(Protocol::Tcp, Direction::Outgoing), 7);
+    assert_eq!(sum(Protocol::Tcp, Direction::Incoming), 1_000);
+    assert!(a.series().len() <= OTHER_SLOTS + 1);
 }
