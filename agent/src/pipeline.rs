@@ -228,6 +228,17 @@ mod tests {
         r
     }
 
+    /// Export once, at stop (the interval is longer than the test).
+    fn settings(tx: std::sync::mpsc::SyncSender<Vec<Line>>) -> LoopSettings {
+        LoopSettings {
+            poll_interval: Duration::from_secs(1),
+            export_interval: Duration::from_secs(60),
+            output: Some(tx),
+            aggregate: AggregateSettings { max_series: 20, series_idle_intervals: 10 },
+            otlp: None,
+        }
+    }
+
     fn kernel() -> KernelInfo {
         KernelInfo { release: "test".into(), btf: true, cgroup2: None }
     }
@@ -241,13 +252,7 @@ mod tests {
         let shared = Arc::new(Shared::new(FlowTable::new(10, true), "fake", kernel()));
         let (tx, rx) = std::sync::mpsc::sync_channel(OUTPUT_QUEUE_BATCHES);
         let stop = Arc::new(AtomicBool::new(true));
-        let settings = LoopSettings {
-            poll_interval: Duration::from_secs(1),
-            export_interval: Duration::from_secs(60),
-            output: Some(tx),
-            aggregate: AggregateSettings { max_series: 10, series_idle_intervals: 10 },
-            otlp: None,
-        };
+        let settings = settings(tx);
         collect(Box::new(source), shared.clone(), settings, stop);
         let mut buf = Vec::new();
         write_jsonl(rx, &mut buf, shared.clone());
@@ -272,13 +277,7 @@ mod tests {
         let shared = Arc::new(Shared::new(FlowTable::new(10, true), "fake", kernel()));
         let (tx, _rx) = std::sync::mpsc::sync_channel(0);
         let stop = Arc::new(AtomicBool::new(true));
-        let settings = LoopSettings {
-            poll_interval: Duration::from_secs(1),
-            export_interval: Duration::from_secs(60),
-            output: Some(tx),
-            aggregate: AggregateSettings { max_series: 10, series_idle_intervals: 10 },
-            otlp: None,
-        };
+        let settings = settings(tx);
         collect(Box::new(source), shared.clone(), settings, stop);
         assert_eq!(shared.output_dropped.load(Ordering::SeqCst), 2, "a flow line and an aggregate line");
     }

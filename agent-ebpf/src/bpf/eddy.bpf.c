@@ -35,7 +35,7 @@
 #define TCP_CLOSE 7
 #define TCP_LISTEN 10
 #define MSG_PEEK 2
-#define RCV_SHUTDOWN 1
+#define SOCK_DONE 1 /* enum sock_flags: SOCK_DEAD = 0, SOCK_DONE = 1 */
 /* tcp_sock counters (segments, RTT, retransmits) are copied at most this often per connection. */
 #define SNAPSHOT_INTERVAL_NS 250000000ULL
 
@@ -97,6 +97,15 @@ static __always_inline void count(__u32 idx)
  * a BTF-typed pointer (tp_btf and fentry arguments, bpf_skc_to_tcp_sock() in
  * sockops), which the verifier lets us walk without bpf_probe_read_kernel().
  */
+/* Per-call byte accounting (two CPUs may update one connection at once). */
+static __always_inline void add_bytes(struct eddy_flow *e, int n, bool sent)
+{
+	if (sent)
+		__sync_fetch_and_add(&e->bytes_sent, n);
+	else
+		__sync_fetch_and_add(&e->bytes_received, n);
+}
+
 /* Names the current task as the flow's process, unless one is known (process context only). */
 static __always_inline void fill_owner(struct eddy_flow *e)
 {
@@ -201,12 +210,21 @@ static __always_inline bool bytes_from_tcp_sock(void)
 	return cfg && (*cfg & EDDY_CFG_BYTES_FROM_TCP_SOCK);
 }
 
+/* sk->sk_flags; newer kernels keep it in sock_common (skc_flags). */
+static __always_inline unsigned long sock_flags(struct sock *sk)
+{
+	if (bpf_core_field_exists(sk->__sk_common.skc_flags))
+		return sk->__sk_common.skc_flags;
+	return sk->sk_flags;
+}
+
 /*
  * Payload bytes from tcp_sock: data bytes sent minus retransmitted ones, and
- * bytes received minus the FIN, which bytes_received counts as one byte (at
- * the CLOSE transition RCV_SHUTDOWN means a FIN arrived: tcp_done() sets the
- * rest of sk_shutdown after the state change). Counters only grow while the
- * socket lives (tcp_disconnect() zeroes them, after CLOSE): keep the largest.
+ * bytes received minus the FIN, which bytes_received counts as one byte.
+ * SOCK_DONE is set by tcp_fin() only (and cleared by tcp_disconnect()), so it
+ * says whether a FIN was received; RCV_SHUTDOWN would not (close() sets it).
+ * Counters only grow while the socket lives (tcp_disconnect() zeroes them,
+ * after CLOSE): keep the largest.
  */
 static __always_inline void tcp_sock_bytes(struct eddy_flow *e, struct sock *sk)
 {
@@ -214,7 +232,7 @@ static __always_inline void tcp_sock_bytes(struct eddy_flow *e, struct sock *sk)
 	__u64 sent = tp->bytes_sent - tp->bytes_retrans;
 	__u64 rcvd = tp->bytes_received;
 
-	if (rcvd > 0 && (sk->sk_shutdown & RCV_SHUTDOWN))
+	if (rcvd > 0 && (sock_flags(sk) & (1UL << SOCK_DONE)))
 		rcvd -= 1;
 	if (sent > e->bytes_sent)
 		e->bytes_sent = sent;
@@ -352,10 +370,7 @@ static __always_inline int on_bytes(struct sock *arg, int ret, int flags, bool s
 		if (!e)
 			return 0;
 	}
-	if (sent)
-		__sync_fetch_and_add(&e->bytes_sent, ret);
-	else
-		__sync_fetch_and_add(&e->bytes_received, ret);
+	add_bytes(e, ret, sent);
 	/* Passive connections are opened in softirq: take the owner now. */
 	fill_owner(e);
 	e->last_ns = now;
@@ -456,10 +471,7 @@ static __always_inline int on_bytes_raw(struct sock *sk, int ret, bool sent)
 		count(EDDY_CTR_TCP_UNTRACKED);
 		return 0;
 	}
-	if (sent)
-		__sync_fetch_and_add(&e->bytes_sent, ret);
-	else
-		__sync_fetch_and_add(&e->bytes_received, ret);
+	add_bytes(e, ret, sent);
 	fill_owner(e);
 	e->last_ns = bpf_ktime_get_ns();
 	return 0;

@@ -53,6 +53,7 @@ typedef struct {
 
 struct sock_common {
 	atomic64_t skc_cookie;
+	unsigned long skc_flags; /* 6.13+: sk_flags moved here */
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
 	__be16 skc_dport;
@@ -66,7 +67,7 @@ struct sock_common {
 
 struct sock {
 	struct sock_common __sk_common;
-	__u8 sk_shutdown;
+	unsigned long sk_flags;
 	__u16 sk_protocol;
 	int sk_err;
 	int sk_err_soft;

@@ -209,18 +209,7 @@ impl EbpfSource {
 
     fn scan_tcp(&mut self, closed: &mut Vec<Observed>) -> Vec<Observed> {
         let limit = 2 * self.settings.flow_map_entries as usize;
-        let mut seen: HashMap<u64, Flow> = HashMap::new();
-        for (n, item) in self.tcp.iter().enumerate() {
-            if n >= limit {
-                break;
-            }
-            match item {
-                Ok((cookie, f)) => {
-                    seen.insert(cookie, f);
-                }
-                Err(_) => self.map_read_errors += 1,
-            }
-        }
+        let seen = read_map(&self.tcp, limit, &mut self.map_read_errors);
         self.maps[0].entries = Some(seen.len() as u64);
         let now = self.clock.mono_now_ns();
         let mut live = Vec::with_capacity(seen.len());
@@ -246,18 +235,7 @@ impl EbpfSource {
         let limit = 2 * self.settings.udp_map_entries as usize;
         let now = self.clock.mono_now_ns();
         let idle = self.settings.udp_idle_timeout.as_nanos() as u64;
-        let mut seen: HashMap<UdpKey, Flow> = HashMap::new();
-        for (n, item) in self.udp.iter().enumerate() {
-            if n >= limit {
-                break;
-            }
-            match item {
-                Ok((key, f)) => {
-                    seen.insert(key, f);
-                }
-                Err(_) => self.map_read_errors += 1,
-            }
-        }
+        let seen = read_map(&self.udp, limit, &mut self.map_read_errors);
         self.maps[1].entries = Some(seen.len() as u64);
         let mut live = Vec::with_capacity(seen.len());
         for (key, mut f) in seen {
@@ -327,6 +305,24 @@ impl FlowSource for EbpfSource {
         ]);
         SourceStatus { hooks: self.hooks.clone(), maps: self.maps.clone(), drops, counters }
     }
+}
+
+/// Every entry of a flow map, de-duplicated (iteration restarts when the kernel deletes
+/// the entry it is at) and bounded by `limit` steps; read errors are counted.
+fn read_map<K>(map: &BpfHashMap<MapData, K, Flow>, limit: usize, errors: &mut u64) -> HashMap<K, Flow>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+{
+    let mut seen = HashMap::new();
+    for item in map.iter().take(limit) {
+        match item {
+            Ok((key, f)) => {
+                seen.insert(key, f);
+            }
+            Err(_) => *errors += 1,
+        }
+    }
+    seen
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CollectorError>
