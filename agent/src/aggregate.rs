@@ -1,6 +1,7 @@
 //! Aggregation: flow records rolled up per interval into bounded series.
 //!
-//! A series is one identity pair — local address ↔ remote address, the server's
+//! A series is one identity pair — local address and ECS workload (task
+//! `family:revision`, container) ↔ remote address and workload, the server's
 //! port (the remote port of outgoing flows, the local port of incoming ones; never
 //! an ephemeral client port), protocol, family and direction. No PIDs, cookies or
 //! client ports become labels. Each flow's counters are turned into deltas (the
@@ -49,6 +50,24 @@ pub struct SeriesKey {
     pub local_addr: String,
     pub remote_addr: String,
     pub server_port: String,
+    /// ECS task `family:revision` of the local end (`host`, `unknown`; empty without ECS).
+    pub local_task: String,
+    /// ECS container name of the local end (empty without ECS).
+    pub local_container: String,
+    /// The same for the remote end, when it is known (intra-host peers).
+    pub remote_task: String,
+    pub remote_container: String,
+}
+
+/// `family:revision` and container name from ECS labels ("" when absent).
+fn workload(l: Option<&crate::ecs::EcsLabels>) -> (String, String) {
+    let Some(l) = l else { return (String::new(), String::new()) };
+    let task = match (&l.task_family, &l.task_revision) {
+        (Some(f), Some(r)) if f != crate::ecs::UNKNOWN => format!("{f}:{r}"),
+        (Some(f), _) => f.clone(),
+        (None, _) => l.container_name.clone().unwrap_or_default(),
+    };
+    (task, l.container_name.clone().unwrap_or_default())
 }
 
 impl SeriesKey {
@@ -58,6 +77,8 @@ impl SeriesKey {
             Direction::Incoming => r.local.port,
             Direction::Unknown => r.local.port.min(r.remote.port),
         };
+        let (local_task, local_container) = workload(r.local.ecs.as_deref());
+        let (remote_task, remote_container) = workload(r.remote.ecs.as_deref());
         SeriesKey {
             protocol: r.protocol,
             family: r.family,
@@ -65,6 +86,10 @@ impl SeriesKey {
             local_addr: r.local.addr.to_string(),
             remote_addr: r.remote.addr.to_string(),
             server_port: server_port.to_string(),
+            local_task,
+            local_container,
+            remote_task,
+            remote_container,
         }
     }
 
@@ -73,6 +98,10 @@ impl SeriesKey {
             local_addr: OTHER.into(),
             remote_addr: OTHER.into(),
             server_port: OTHER.into(),
+            local_task: String::new(),
+            local_container: String::new(),
+            remote_task: String::new(),
+            remote_container: String::new(),
             ..self.clone()
         }
     }

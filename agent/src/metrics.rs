@@ -69,7 +69,7 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-fn series_labels(k: &SeriesKey) -> [(&'static str, String); 6] {
+fn series_labels(k: &SeriesKey) -> [(&'static str, String); 10] {
     let s = |v: &dyn erased::Label| v.label();
     [
         ("protocol", s(&k.protocol)),
@@ -78,6 +78,11 @@ fn series_labels(k: &SeriesKey) -> [(&'static str, String); 6] {
         ("local_addr", k.local_addr.clone()),
         ("remote_addr", k.remote_addr.clone()),
         ("server_port", k.server_port.clone()),
+        // Empty values (no ECS) are the same as absent labels to Prometheus.
+        ("local_task", k.local_task.clone()),
+        ("local_container", k.local_container.clone()),
+        ("remote_task", k.remote_task.clone()),
+        ("remote_container", k.remote_container.clone()),
     ]
 }
 
@@ -97,7 +102,7 @@ mod erased {
 /// Renders the exposition.
 pub fn render(s: &Snapshot<'_>, openmetrics: bool) -> String {
     let mut w = Writer { out: String::with_capacity(4096 + s.series.len() * 1024), openmetrics };
-    let labelled: Vec<([(&str, String); 6], &SeriesValues)> =
+    let labelled: Vec<([(&str, String); 10], &SeriesValues)> =
         s.series.iter().map(|(k, v)| (series_labels(k), v)).collect();
 
     let counters: [CounterFamily; 7] = [

@@ -179,6 +179,8 @@ fn containers_are_labelled_from_the_ecs_agent_and_bad_answers_degrade_to_unknown
         "200ms",
         "--closed-flow-retention",
         "100000",
+        "--export-interval",
+        "500ms",
     ]);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let server = listener.local_addr().expect("addr");
@@ -255,4 +257,16 @@ fn containers_are_labelled_from_the_ecs_agent_and_bad_answers_degrade_to_unknown
     assert_eq!(f["local"]["ecs"]["container_name"], "host", "{f}");
     assert_eq!(f["local"]["ecs"]["cluster"], "flows", "{f}");
     assert_eq!(reader.join().expect("sink"), vec![1_000, 2_345, 4]);
+
+    // Series are keyed by workload: the labelled connection's bytes under local_task="web:7".
+    let want = format!(
+        "eddy_flow_sent_bytes_total{{protocol=\"tcp\",family=\"ipv4\",direction=\"outgoing\",\
+         local_addr=\"127.0.0.1\",remote_addr=\"127.0.0.1\",server_port=\"{}\",local_task=\"web:7\",\
+         local_container=\"web\",remote_task=\"host\",remote_container=\"host\"}} 2345",
+        server.port()
+    );
+    poll_until(Duration::from_secs(10), Duration::from_millis(200), "the web:7 series in /metrics", || {
+        let text = agent.get("/metrics").text();
+        if text.lines().any(|l| l == want) { Ok(()) } else { Err(format!("no line {want}")) }
+    });
 }

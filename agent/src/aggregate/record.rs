@@ -21,6 +21,14 @@ pub struct AggregateRecord {
     pub local_addr: String,
     pub remote_addr: String,
     pub server_port: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub local_task: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub local_container: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub remote_task: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub remote_container: String,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub packets_sent: u64,
@@ -45,6 +53,10 @@ impl AggregateRecord {
             local_addr: k.local_addr,
             remote_addr: k.remote_addr,
             server_port: k.server_port,
+            local_task: k.local_task,
+            local_container: k.local_container,
+            remote_task: k.remote_task,
+            remote_container: k.remote_container,
             bytes_sent: v.bytes_sent,
             bytes_received: v.bytes_received,
             packets_sent: v.packets_sent,

@@ -59,6 +59,16 @@ fn attributes(k: &SeriesKey) -> Vec<KeyValue> {
         s("network.local.address", &k.local_addr),
         s("network.peer.address", &k.remote_addr),
     ];
+    for (key, v) in [
+        ("aws.ecs.task.family", &k.local_task),
+        ("container.name", &k.local_container),
+        ("eddy.peer.aws.ecs.task.family", &k.remote_task),
+        ("eddy.peer.container.name", &k.remote_container),
+    ] {
+        if !v.is_empty() {
+            a.push(s(key, v));
+        }
+    }
     match k.server_port.parse::<i64>() {
         Ok(p) => a.push(kv("server.port", any_value::Value::IntValue(p))),
         Err(_) => a.push(kv("eddy.series.folded", any_value::Value::BoolValue(k.remote_addr == OTHER))),
@@ -236,6 +246,10 @@ mod tests {
             local_addr: "10.0.0.1".into(),
             remote_addr: "10.0.0.2".into(),
             server_port: "443".into(),
+            local_task: "web:7".into(),
+            local_container: "web".into(),
+            remote_task: String::new(),
+            remote_container: String::new(),
         };
         let mut rtt = Hist::default();
         rtt.observe(1_500);
@@ -267,6 +281,8 @@ mod tests {
         assert!(attrs.iter().any(|a| a.key == "server.port"
             && a.value == Some(AnyValue { value: Some(any_value::Value::IntValue(443)) })));
         assert!(attrs.iter().any(|a| a.key == "network.transport"));
+        assert!(attrs.iter().any(|a| a.key == "aws.ecs.task.family"));
+        assert!(!attrs.iter().any(|a| a.key == "eddy.peer.container.name"), "empty attributes are left out");
         let h = metrics.iter().find(|m| m.name == "eddy.tcp.rtt").expect("rtt");
         let Some(metric::Data::Histogram(h)) = &h.data else { panic!("histogram") };
         assert_eq!(h.data_points[0].count, 1);
