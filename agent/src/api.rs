@@ -16,7 +16,6 @@ use serde::Serialize;
 
 use crate::aggregate::AggregateStats;
 use crate::collector::{HookStatus, MapStatus};
-use crate::ecs::local::EcsStatus;
 use crate::flow::FlowRecord;
 use crate::metrics;
 use crate::otlp::OtlpCounts;
@@ -43,7 +42,7 @@ pub struct Status {
     /// OTLP exporter counters (absent when OTLP is off).
     pub otlp: Option<OtlpCounts>,
     /// ECS provider freshness and errors (absent when no ECS environment is detected).
-    pub ecs: Option<EcsStatus>,
+    pub ecs: Option<serde_json::Value>,
 }
 
 impl Status {

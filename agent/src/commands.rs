@@ -14,6 +14,7 @@ use crate::collector::ebpf::{EbpfSettings, EbpfSource};
 use crate::config::{Config, Output};
 use crate::ecs::environment::{self, Environment};
 use crate::ecs::local::{LocalResolver, RefreshSettings, refresh_loop};
+use crate::enrich::Enricher;
 use crate::otlp::{self, OtlpError, OtlpSettings, OtlpStats, Resource};
 use crate::pipeline::{LoopSettings, OUTPUT_QUEUE_BATCHES, Shared, collect, write_jsonl};
 use crate::preflight::{self, KernelInfo, PreflightError};
@@ -52,7 +53,7 @@ fn start_ecs(
     cfg: &Config,
     cgroup_root: Option<std::path::PathBuf>,
     rt: &tokio::runtime::Runtime,
-) -> Option<Arc<LocalResolver>> {
+) -> Option<Arc<dyn Enricher>> {
     let mut inputs = environment::Inputs {
         env: std::env::vars().filter(|(k, _)| k.starts_with("ECS_") || k == "AWS_EXECUTION_ENV").collect(),
         configured_agent_uri: cfg.ecs_agent_uri.clone(),

@@ -21,6 +21,7 @@ pub mod collector;
 pub mod commands;
 pub mod config;
 pub mod ecs;
+pub mod enrich;
 pub mod flow;
 pub mod healthcheck;
 pub mod metrics;

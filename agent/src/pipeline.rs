@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::aggregate::{AggregateRecord, AggregateSettings, AggregateStats, Aggregator, SeriesSnapshot};
 use crate::collector::{FlowSource, SourceStatus};
-use crate::ecs::local::LocalResolver;
 use crate::ecs::peers::Peers;
+use crate::enrich::Enricher;
 use crate::flow::FlowRecord;
 use crate::otlp::{Batch as OtlpBatch, OtlpQueue, OtlpStats};
 use crate::preflight::KernelInfo;
@@ -52,7 +52,7 @@ pub struct Shared {
     /// OTLP exporter counters, when OTLP is on.
     pub otlp: Option<Arc<OtlpStats>>,
     /// ECS identity of local ends, when an ECS environment is detected.
-    pub ecs: Option<Arc<LocalResolver>>,
+    pub ecs: Option<Arc<dyn Enricher>>,
 }
 
 impl Shared {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::cgroup::{CgroupOwner, parse};
 use super::introspection::{self, Snapshot};
 use super::{EcsLabels, UNKNOWN};
+use crate::enrich::Enricher;
 use crate::flow::FlowRecord;
 
 /// Directories visited per walk of the cgroup2 tree, at most.
@@ -120,11 +121,6 @@ impl LocalResolver {
         })
     }
 
-    /// Sets `local.ecs`.
-    pub fn enrich(&self, r: &mut FlowRecord) {
-        r.local.ecs = self.labels(r.cgroup_id).map(Box::new);
-    }
-
     pub fn status(&self) -> EcsStatus {
         let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner).clone();
         s.last_refresh_age_seconds =
@@ -156,6 +152,17 @@ impl LocalResolver {
         let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         *st.errors.entry(e.kind()).or_default() += 1;
         st.last_error = Some(e.to_string());
+    }
+}
+
+impl Enricher for LocalResolver {
+    /// Sets `local.ecs`.
+    fn enrich(&self, r: &mut FlowRecord) {
+        r.local.ecs = self.labels(r.cgroup_id).map(Box::new);
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::to_value(LocalResolver::status(self)).unwrap_or_default()
     }
 }
 
