@@ -43,6 +43,8 @@ pub struct Status {
     pub otlp: Option<OtlpCounts>,
     /// ECS provider freshness and errors (absent when no ECS environment is detected).
     pub ecs: Option<serde_json::Value>,
+    /// ECS API provider (remote ends) freshness and errors (absent when off).
+    pub ecs_api: Option<serde_json::Value>,
 }
 
 impl Status {
@@ -79,6 +81,7 @@ impl Status {
             aggregation: shared.series.lock().unwrap_or_else(PoisonError::into_inner).1,
             otlp: shared.otlp.as_ref().map(|o| o.counts()),
             ecs: shared.ecs.as_ref().map(|e| e.status()),
+            ecs_api: shared.remote.as_ref().map(|e| e.status()),
         }
     }
 }

@@ -103,6 +103,15 @@ pub struct Overrides {
     /// How often ECS tasks and the cgroup tree are re-read.
     #[arg(long)]
     pub ecs_refresh_interval: Option<String>,
+    /// ECS cluster whose tasks name remote ends (default: the ECS agent's).
+    #[arg(long)]
+    pub ecs_cluster: Option<String>,
+    /// Resolve remote ends through the ECS API when ECS is detected (true/false).
+    #[arg(long)]
+    pub ecs_api: Option<String>,
+    /// How often the cluster's tasks are listed through the ECS API.
+    #[arg(long)]
+    pub ecs_api_refresh_interval: Option<String>,
     /// Hook candidates not to use, comma-separated (names as in /status).
     #[arg(long)]
     pub disabled_hooks: Option<String>,
@@ -133,6 +142,9 @@ impl Overrides {
             ("otlp_queue_batches", &self.otlp_queue_batches),
             ("ecs_agent_uri", &self.ecs_agent_uri),
             ("ecs_refresh_interval", &self.ecs_refresh_interval),
+            ("ecs_cluster", &self.ecs_cluster),
+            ("ecs_api", &self.ecs_api),
+            ("ecs_api_refresh_interval", &self.ecs_api_refresh_interval),
             ("disabled_hooks", &self.disabled_hooks),
         ]
         .into_iter()
@@ -169,6 +181,9 @@ mod tests {
             otlp_queue_batches: Some("x".into()),
             ecs_agent_uri: Some("x".into()),
             ecs_refresh_interval: Some("x".into()),
+            ecs_cluster: Some("x".into()),
+            ecs_api: Some("x".into()),
+            ecs_api_refresh_interval: Some("x".into()),
             disabled_hooks: Some("x".into()),
             config: None,
         };

@@ -14,6 +14,7 @@ use crate::collector::ebpf::{EbpfSettings, EbpfSource};
 use crate::config::{Config, Output};
 use crate::ecs::environment::{self, Environment};
 use crate::ecs::local::{LocalResolver, RefreshSettings, refresh_loop};
+use crate::ecs::remote::{self, ConfiguredCluster, RemoteResolver, RemoteSettings};
 use crate::enrich::Enricher;
 use crate::otlp::{self, OtlpError, OtlpSettings, OtlpStats, Resource};
 use crate::pipeline::{LoopSettings, OUTPUT_QUEUE_BATCHES, Shared, collect, write_jsonl};
@@ -48,12 +49,19 @@ pub enum CommandError {
     Otlp(#[from] OtlpError),
 }
 
-/// Starts the ECS provider where ECS is detected or configured (see [`environment::detect`]).
+/// The ECS providers that run: local ends, remote ends.
+#[derive(Default)]
+struct EcsProviders {
+    local: Option<Arc<dyn Enricher>>,
+    remote: Option<Arc<dyn Enricher>>,
+}
+
+/// Starts the ECS providers where ECS is detected or configured (see [`environment::detect`]).
 fn start_ecs(
     cfg: &Config,
     cgroup_root: Option<std::path::PathBuf>,
     rt: &tokio::runtime::Runtime,
-) -> Option<Arc<dyn Enricher>> {
+) -> EcsProviders {
     let mut inputs = environment::Inputs {
         env: std::env::vars().filter(|(k, _)| k.starts_with("ECS_") || k == "AWS_EXECUTION_ENV").collect(),
         configured_agent_uri: cfg.ecs_agent_uri.clone(),
@@ -77,15 +85,27 @@ fn start_ecs(
                 timeout: Duration::from_secs(2),
             };
             rt.spawn(refresh_loop(resolver.clone(), settings));
-            Some(resolver)
+            let remote = cfg.ecs_api.then(|| {
+                let remote = Arc::new(RemoteResolver::new());
+                let target =
+                    Arc::new(ConfiguredCluster { cluster: cfg.ecs_cluster.clone(), inner: resolver.clone() });
+                let settings = RemoteSettings {
+                    interval: cfg.ecs_api_refresh_interval,
+                    max_backoff: Duration::from_secs(600).max(cfg.ecs_api_refresh_interval),
+                    timeout: Duration::from_secs(20),
+                };
+                rt.spawn(remote::refresh_loop(remote.clone(), target, settings));
+                remote as Arc<dyn Enricher>
+            });
+            EcsProviders { local: Some(resolver), remote }
         }
         Environment::Fargate { .. } => {
             tracing::warn!(
                 "Fargate detected: task metadata v4 identity is not implemented yet; no ECS labels"
             );
-            None
+            EcsProviders::default()
         }
-        Environment::Plain => None,
+        Environment::Plain => EcsProviders::default(),
     }
 }
 
@@ -167,7 +187,8 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         }
         None => None,
     };
-    shared.ecs = start_ecs(&cfg, shared.kernel.cgroup2.clone(), &rt);
+    let ecs = start_ecs(&cfg, shared.kernel.cgroup2.clone(), &rt);
+    (shared.ecs, shared.remote) = (ecs.local, ecs.remote);
     let shared = Arc::new(shared);
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -247,9 +268,9 @@ pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Resu
         tracing::info!(duration = %humantime::format_duration(duration), "capture started");
     })?;
     let mut flows = captured.flows;
-    if let Some(ecs) = &ecs {
+    for e in ecs.local.iter().chain(&ecs.remote) {
         for f in &mut flows {
-            ecs.enrich(f);
+            e.enrich(f);
         }
     }
     if captured.dropped > 0 {

@@ -81,6 +81,15 @@ pub struct Config {
     /// How often the ECS task list and the cgroup tree are re-read.
     #[serde(with = "duration_str")]
     pub ecs_refresh_interval: Duration,
+    /// ECS cluster whose tasks name remote ends. Unset: the cluster the ECS agent reports.
+    pub ecs_cluster: Option<String>,
+    /// Resolve remote ends to the cluster's tasks through the ECS API (ListTasks, DescribeTasks,
+    /// DescribeContainerInstances, ec2:DescribeInstances) when ECS is detected. Region, endpoint
+    /// and credentials come from the standard AWS SDK environment.
+    pub ecs_api: bool,
+    /// How often the cluster's tasks are listed through the ECS API.
+    #[serde(with = "duration_str")]
+    pub ecs_api_refresh_interval: Duration,
     /// Hook candidates never to use, by the names `/status` shows (comma-separated in the
     /// environment and on the command line), e.g. to step around a kernel bug.
     pub disabled_hooks: Vec<String>,
@@ -111,6 +120,9 @@ impl Default for Config {
             otlp_queue_batches: 8,
             ecs_agent_uri: None,
             ecs_refresh_interval: Duration::from_secs(10),
+            ecs_cluster: None,
+            ecs_api: true,
+            ecs_api_refresh_interval: Duration::from_secs(60),
             disabled_hooks: Vec::new(),
         }
     }
@@ -154,6 +166,9 @@ pub const KEYS: &[&str] = &[
     "otlp_queue_batches",
     "ecs_agent_uri",
     "ecs_refresh_interval",
+    "ecs_cluster",
+    "ecs_api",
+    "ecs_api_refresh_interval",
     "disabled_hooks",
 ];
 
@@ -259,6 +274,12 @@ impl Config {
                 self.ecs_agent_uri = (!v.is_empty()).then(|| v.to_string());
             }
             "ecs_refresh_interval" => self.ecs_refresh_interval = dur(value)?,
+            "ecs_cluster" => {
+                let v = value.trim();
+                self.ecs_cluster = (!v.is_empty()).then(|| v.to_string());
+            }
+            "ecs_api" => self.ecs_api = boolean(value).ok_or_else(|| bad("expected true or false".into()))?,
+            "ecs_api_refresh_interval" => self.ecs_api_refresh_interval = dur(value)?,
             "otlp_max_backoff" => self.otlp_max_backoff = dur(value)?,
             "otlp_queue_batches" => {
                 self.otlp_queue_batches = usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
@@ -324,6 +345,9 @@ impl Config {
         }
         if self.ecs_refresh_interval < Duration::from_millis(100) {
             return fail("ecs_refresh_interval must be at least 100ms".into());
+        }
+        if self.ecs_api_refresh_interval < Duration::from_millis(100) {
+            return fail("ecs_api_refresh_interval must be at least 100ms".into());
         }
         if self.otlp_max_backoff < Duration::from_secs(1) || self.otlp_timeout < Duration::from_millis(100) {
             return fail("otlp_max_backoff must be at least 1s and otlp_timeout at least 100ms".into());

@@ -12,11 +12,13 @@
 //! into an immutable snapshot. Lookups never block the data path; misses say
 //! `unknown`.
 //!
-//! The remote end of intra-host traffic gets the peer flow's local labels ([`peers`]).
+//! The remote end of intra-host traffic gets the peer flow's local labels ([`peers`]);
+//! other remote ends are looked up among the cluster's tasks, discovered through the
+//! ECS API in the background ([`remote`]), which also adds the service and
+//! availability zone to local labels.
 //!
-//! Limits: remote identities of other hosts' tasks (through the ECS API), Fargate (task
-//! metadata v4 and the sock_diag collector) and the netns/pid fallbacks for
-//! containers whose cgroup is not under the cgroup2 mount are not done yet.
+//! Limits: the netns/pid fallbacks for containers whose cgroup is not under the
+//! cgroup2 mount are not done yet.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +27,7 @@ pub mod environment;
 pub mod introspection;
 pub mod local;
 pub mod peers;
+pub mod remote;
 
 /// Label value for what could not be resolved.
 pub const UNKNOWN: &str = "unknown";

@@ -53,6 +53,8 @@ pub struct Shared {
     pub otlp: Option<Arc<OtlpStats>>,
     /// ECS identity of local ends, when an ECS environment is detected.
     pub ecs: Option<Arc<dyn Enricher>>,
+    /// ECS identity of remote ends through the ECS API, when on.
+    pub remote: Option<Arc<dyn Enricher>>,
 }
 
 impl Shared {
@@ -72,6 +74,7 @@ impl Shared {
             series: Mutex::new((Arc::new(Vec::new()), AggregateStats::default())),
             otlp: None,
             ecs: None,
+            remote: None,
         }
     }
 
@@ -127,6 +130,11 @@ pub fn collect(
                         .map(|o| &mut o.record)
                         .collect();
                     peers.link(&mut records);
+                    if let Some(remote) = &shared.remote {
+                        for r in records {
+                            remote.enrich(r);
+                        }
+                    }
                 }
                 // Every closed flow is counted as it arrives (final counters).
                 for o in &batch.closed {

@@ -59,6 +59,7 @@ pub struct Network {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub cluster: Option<String>,
+    pub container_instance_arn: Option<String>,
     pub containers: HashMap<String, EcsLabels>,
 }
 
@@ -87,7 +88,11 @@ impl Snapshot {
                 );
             }
         }
-        Snapshot { cluster: meta.cluster.clone(), containers }
+        Snapshot {
+            cluster: meta.cluster.clone(),
+            container_instance_arn: meta.container_instance_arn.clone(),
+            containers,
+        }
     }
 }
 

@@ -166,6 +166,16 @@ impl Enricher for LocalResolver {
     }
 }
 
+impl super::remote::Target for LocalResolver {
+    fn cluster(&self) -> Option<String> {
+        self.snapshots.read().unwrap_or_else(PoisonError::into_inner).ecs.cluster.clone()
+    }
+
+    fn arn(&self) -> Option<String> {
+        self.snapshots.read().unwrap_or_else(PoisonError::into_inner).ecs.container_instance_arn.clone()
+    }
+}
+
 /// Refresher settings.
 #[derive(Clone, Debug)]
 pub struct RefreshSettings {

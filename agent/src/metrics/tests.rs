@@ -24,6 +24,7 @@ fn status() -> Status {
         aggregation: AggregateStats::default(),
         otlp: None,
         ecs: None,
+        ecs_api: None,
     }
 }
 

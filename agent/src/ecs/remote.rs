@@ -1,0 +1,226 @@
+//! Remote-side ECS identity: the peer address of a flow → the task (and container) of
+//! this cluster behind it, from the ECS API.
+//!
+//! How: a background loop ([`refresh_loop`]) discovers the cluster's running tasks and
+//! container instances through aws-sdk-ecs/aws-sdk-ec2 ([`api::discover`]) every
+//! `ecs_api_refresh_interval` and swaps in an immutable [`index::RemoteIndex`]; the data
+//! path only reads it ([`RemoteResolver`] is an [`Enricher`]). It labels `remote.ecs`
+//! where nothing closer already did (intra-host peers are labelled from their own
+//! flows without any API call), and completes local labels with what only the API
+//! knows (service, availability zone).
+//!
+//! The SDK is configured by the standard AWS environment (`AWS_REGION`,
+//! `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_ECS`, `AWS_ENDPOINT_URL_EC2`, credentials:
+//! the task role on ECS); the region falls back to the one in the ECS agent's
+//! container instance ARN, so no instance metadata call is needed for it.
+//!
+//! Limits: addresses are resolved as of the last refresh (a task started since is
+//! unlabelled until the next one); client-side ephemeral ports of bridge-mode tasks
+//! resolve to their container instance (`host`), not the task.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::enrich::Enricher;
+use crate::flow::FlowRecord;
+
+pub mod api;
+pub mod index;
+
+use api::{Clients, DiscoveryError};
+use index::RemoteIndex;
+
+/// Freshness and errors of the ECS API provider, for `/status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RemoteStatus {
+    pub cluster: Option<String>,
+    pub region: Option<String>,
+    pub tasks: u64,
+    pub container_instances: u64,
+    pub addresses: u64,
+    pub tasks_truncated: u64,
+    pub refreshes: u64,
+    pub last_refresh_age_seconds: Option<f64>,
+    pub last_refresh_duration_seconds: Option<f64>,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub last_error: Option<String>,
+    /// Remote ends labelled from the API since start.
+    pub remote_labelled: u64,
+}
+
+/// Reads the index; the refresher replaces it.
+#[derive(Debug, Default)]
+pub struct RemoteResolver {
+    index: RwLock<Arc<RemoteIndex>>,
+    status: Mutex<RemoteStatus>,
+    last_ok: Mutex<Option<Instant>>,
+    labelled: std::sync::atomic::AtomicU64,
+}
+
+impl RemoteResolver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn index(&self) -> Arc<RemoteIndex> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn set_index(&self, idx: RemoteIndex, took: Duration) {
+        {
+            let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            st.refreshes += 1;
+            st.tasks = idx.tasks() as u64;
+            st.container_instances = idx.instances() as u64;
+            st.addresses = idx.addresses() as u64;
+            st.tasks_truncated = idx.truncated;
+            st.last_refresh_duration_seconds = Some(took.as_secs_f64());
+        }
+        *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        *self.index.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(idx);
+    }
+
+    fn record_error(&self, e: &DiscoveryError) {
+        let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        *st.errors.entry(e.kind()).or_default() += 1;
+        st.last_error = Some(e.to_string());
+    }
+
+    fn set_target(&self, cluster: &str, region: Option<String>) {
+        let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        st.cluster = Some(cluster.to_string());
+        st.region = region;
+    }
+
+    pub fn status(&self) -> RemoteStatus {
+        let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        s.last_refresh_age_seconds =
+            self.last_ok.lock().unwrap_or_else(PoisonError::into_inner).map(|t| t.elapsed().as_secs_f64());
+        s.remote_labelled = self.labelled.load(std::sync::atomic::Ordering::Relaxed);
+        s
+    }
+}
+
+impl Enricher for RemoteResolver {
+    fn enrich(&self, r: &mut FlowRecord) {
+        let idx = self.index();
+        if let Some(l) = r.local.ecs.as_mut() {
+            idx.complete(l);
+        }
+        match r.remote.ecs.as_mut() {
+            Some(l) => idx.complete(l),
+            None => {
+                if let Some(l) = idx.lookup(r.protocol, r.remote.addr, r.remote.port) {
+                    r.remote.ecs = Some(Box::new(l));
+                    self.labelled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::to_value(RemoteResolver::status(self)).unwrap_or_default()
+    }
+}
+
+/// Where the cluster name and region come from.
+pub trait Target: Send + Sync {
+    /// The cluster to discover (`None`: not known yet).
+    fn cluster(&self) -> Option<String>;
+    /// An ARN of this cluster (its region is the fallback region).
+    fn arn(&self) -> Option<String>;
+}
+
+/// Refresher settings.
+#[derive(Clone, Debug)]
+pub struct RemoteSettings {
+    pub interval: Duration,
+    pub max_backoff: Duration,
+    /// Per API call, retries included.
+    pub timeout: Duration,
+}
+
+/// Builds the SDK clients from the standard AWS environment; `region_hint` is used
+/// only when the environment names no region.
+pub async fn clients(region_hint: Option<String>, timeout: Duration) -> (Clients, Option<String>) {
+    let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .operation_timeout(timeout)
+            .connect_timeout(Duration::from_secs(3))
+            .build(),
+    );
+    let region = env_region.or(region_hint);
+    if let Some(r) = &region {
+        loader = loader.region(aws_config::Region::new(r.clone()));
+    }
+    let conf = loader.load().await;
+    let region = conf.region().map(|r| r.to_string());
+    (Clients { ecs: aws_sdk_ecs::Client::new(&conf), ec2: aws_sdk_ec2::Client::new(&conf) }, region)
+}
+
+/// How long to wait for the cluster name before asking again.
+const TARGET_WAIT: Duration = Duration::from_secs(1);
+
+/// Discovers the cluster until the runtime shuts down. Errors are counted, the last
+/// index stays, and the wait doubles up to `max_backoff` (access denied: logged once,
+/// then retried at `max_backoff`).
+pub async fn refresh_loop(resolver: Arc<RemoteResolver>, target: Arc<dyn Target>, s: RemoteSettings) {
+    let cluster = loop {
+        if let Some(c) = target.cluster() {
+            break c;
+        }
+        tokio::time::sleep(TARGET_WAIT).await;
+    };
+    let hint = target.arn().as_deref().and_then(index::region_of);
+    let (clients, region) = clients(hint, s.timeout).await;
+    tracing::info!(%cluster, region = region.as_deref().unwrap_or("none"), "ECS API provider on: remote ends get ECS labels");
+    resolver.set_target(&cluster, region);
+    let mut wait = s.interval;
+    let mut denied_logged = false;
+    loop {
+        let started = Instant::now();
+        match api::discover(&clients, &cluster).await {
+            Ok(d) => {
+                resolver.set_index(RemoteIndex::build(d), started.elapsed());
+                wait = s.interval;
+                denied_logged = false;
+            }
+            Err(e) => {
+                resolver.record_error(&e);
+                if matches!(e, DiscoveryError::AccessDenied { .. }) {
+                    if !denied_logged {
+                        tracing::error!(error = %e, "ECS API provider");
+                        denied_logged = true;
+                    }
+                    wait = s.max_backoff;
+                } else {
+                    tracing::warn!(error = %e, "ECS API provider: refresh failed; keeping the last index");
+                    wait = (wait * 2).min(s.max_backoff);
+                }
+            }
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The configured cluster (`ecs_cluster`) over what another target reports.
+pub struct ConfiguredCluster {
+    pub cluster: Option<String>,
+    pub inner: Arc<dyn Target>,
+}
+
+impl Target for ConfiguredCluster {
+    fn cluster(&self) -> Option<String> {
+        self.cluster.clone().or_else(|| self.inner.cluster())
+    }
+
+    fn arn(&self) -> Option<String> {
+        self.inner.arn()
+    }
+}

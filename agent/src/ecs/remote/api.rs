@@ -1,0 +1,270 @@
+//! Discovery of the cluster through the ECS and EC2 APIs (aws-sdk-ecs, aws-sdk-ec2):
+//! `ListTasks` (paginated, desired status RUNNING) → `DescribeTasks` (100 per call) →
+//! `DescribeContainerInstances` (100 per call) → `DescribeInstances` (the container
+//! instances' EC2 addresses, 100 ids per call). Every call is one of the IAM actions
+//! the README documents; errors name the action that failed.
+
+use std::net::IpAddr;
+
+use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ecs::types::{Task, TransportProtocol};
+
+use super::index::{ContainerInfo, Discovered, InstanceInfo, TaskInfo, family_revision, service_of};
+use crate::ecs::EcsLabels;
+use crate::flow::Protocol;
+
+/// Items per Describe* call (the APIs' limit for DescribeTasks/DescribeContainerInstances).
+const BATCH: usize = 100;
+/// Pages of ListTasks per refresh, at most (100 tasks each).
+const MAX_PAGES: usize = 1_000;
+
+/// Why a discovery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("{action}: throttled ({message}); backing off")]
+    Throttled { action: &'static str, message: String },
+    #[error(
+        "{action}: access denied ({message}). Grant the agent's task role the IAM action {action} \
+         (see README, Deploy on ECS → IAM); remote ECS labels stay off until it succeeds"
+    )]
+    AccessDenied { action: &'static str, message: String },
+    #[error("{action}: cluster {cluster} not found ({message}); set ecs_cluster or check the region")]
+    ClusterNotFound { action: &'static str, cluster: String, message: String },
+    #[error("{action}: cannot reach the API endpoint: {message}")]
+    Unreachable { action: &'static str, message: String },
+    #[error("{action}: {message}")]
+    Api { action: &'static str, message: String },
+}
+
+impl DiscoveryError {
+    /// Counter name for `/status`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DiscoveryError::Throttled { .. } => "ecs_api_throttled",
+            DiscoveryError::AccessDenied { .. } => "ecs_api_access_denied",
+            DiscoveryError::ClusterNotFound { .. } => "ecs_api_cluster_not_found",
+            DiscoveryError::Unreachable { .. } => "ecs_api_unreachable",
+            DiscoveryError::Api { .. } => "ecs_api_errors",
+        }
+    }
+}
+
+fn classify<E, R>(action: &'static str, cluster: &str, e: SdkError<E, R>) -> DiscoveryError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = e.code().unwrap_or_default().to_string();
+    let message = match e.message() {
+        Some(m) => format!("{code}: {m}"),
+        None => aws_smithy_error_chain(&e),
+    };
+    match code.as_str() {
+        "ThrottlingException" | "Throttling" | "RequestLimitExceeded" | "TooManyRequestsException" => {
+            DiscoveryError::Throttled { action, message }
+        }
+        "AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation" => {
+            DiscoveryError::AccessDenied { action, message }
+        }
+        "ClusterNotFoundException" => {
+            DiscoveryError::ClusterNotFound { action, cluster: cluster.to_string(), message }
+        }
+        _ => match e {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                DiscoveryError::Unreachable { action, message }
+            }
+            _ => DiscoveryError::Api { action, message },
+        },
+    }
+}
+
+/// The error and its sources on one line.
+fn aws_smithy_error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+/// The API clients, built once from the SDK's standard configuration.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub ecs: aws_sdk_ecs::Client,
+    pub ec2: aws_sdk_ec2::Client,
+}
+
+/// Lists and describes every running task of `cluster` and its container instances.
+pub async fn discover(c: &Clients, cluster: &str) -> Result<Discovered, DiscoveryError> {
+    let mut arns = Vec::new();
+    let mut pages =
+        c.ecs.list_tasks().cluster(cluster).desired_status("RUNNING".into()).into_paginator().send();
+    let mut n = 0;
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("ecs:ListTasks", cluster, e))?;
+        arns.extend(page.task_arns().iter().cloned());
+        n += 1;
+        if n >= MAX_PAGES {
+            break;
+        }
+    }
+    let mut tasks = Vec::with_capacity(arns.len());
+    for chunk in arns.chunks(BATCH) {
+        let out = c
+            .ecs
+            .describe_tasks()
+            .cluster(cluster)
+            .set_tasks(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify("ecs:DescribeTasks", cluster, e))?;
+        tasks.extend(out.tasks().iter().map(|t| task_info(cluster, t)));
+    }
+    let mut ci_arns: Vec<String> = tasks.iter().filter_map(|t| t.container_instance_arn.clone()).collect();
+    ci_arns.sort();
+    ci_arns.dedup();
+    let mut instances = Vec::with_capacity(ci_arns.len());
+    for chunk in ci_arns.chunks(BATCH) {
+        let out = c
+            .ecs
+            .describe_container_instances()
+            .cluster(cluster)
+            .set_container_instances(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify("ecs:DescribeContainerInstances", cluster, e))?;
+        for ci in out.container_instances() {
+            let Some(arn) = ci.container_instance_arn() else { continue };
+            let az = ci
+                .attributes()
+                .iter()
+                .find(|a| a.name() == "ecs.availability-zone")
+                .and_then(|a| a.value())
+                .map(str::to_string);
+            instances.push(InstanceInfo {
+                arn: arn.to_string(),
+                ec2_instance_id: ci.ec2_instance_id().map(str::to_string),
+                availability_zone: az,
+                addrs: Vec::new(),
+            });
+        }
+    }
+    instance_addresses(c, cluster, &mut instances).await?;
+    Ok(Discovered { cluster: cluster.to_string(), tasks, instances })
+}
+
+/// Fills each container instance's EC2 addresses (and its AZ when ECS did not say).
+async fn instance_addresses(
+    c: &Clients,
+    cluster: &str,
+    instances: &mut [InstanceInfo],
+) -> Result<(), DiscoveryError> {
+    let ids: Vec<String> = instances.iter().filter_map(|i| i.ec2_instance_id.clone()).collect();
+    for chunk in ids.chunks(BATCH) {
+        let out = c
+            .ec2
+            .describe_instances()
+            .set_instance_ids(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify("ec2:DescribeInstances", cluster, e))?;
+        for inst in out.reservations().iter().flat_map(|r| r.instances()) {
+            let Some(target) =
+                instances.iter_mut().find(|i| i.ec2_instance_id.as_deref() == inst.instance_id())
+            else {
+                continue;
+            };
+            let mut addrs: Vec<IpAddr> =
+                inst.private_ip_address().and_then(|a| a.parse().ok()).into_iter().collect();
+            for ni in inst.network_interfaces() {
+                addrs.extend(
+                    ni.private_ip_addresses()
+                        .iter()
+                        .filter_map(|p| p.private_ip_address()?.parse::<IpAddr>().ok()),
+                );
+                addrs.extend(
+                    ni.ipv6_addresses().iter().filter_map(|p| p.ipv6_address()?.parse::<IpAddr>().ok()),
+                );
+            }
+            addrs.sort();
+            addrs.dedup();
+            target.addrs = addrs;
+            if target.availability_zone.is_none() {
+                target.availability_zone =
+                    inst.placement().and_then(|p| p.availability_zone()).map(str::to_string);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One DescribeTasks entry → [`TaskInfo`].
+pub fn task_info(cluster: &str, t: &Task) -> TaskInfo {
+    let (family, revision) = t.task_definition_arn().map(family_revision).unwrap_or_default();
+    let mut eni_addrs: Vec<IpAddr> = Vec::new();
+    let mut awsvpc = false;
+    for a in t.attachments().iter().filter(|a| a.r#type() == Some("ElasticNetworkInterface")) {
+        awsvpc = true;
+        for d in a.details() {
+            if matches!(d.name(), Some("privateIPv4Address") | Some("ipv6Address"))
+                && let Some(ip) = d.value().and_then(|v| v.parse().ok())
+            {
+                eni_addrs.push(ip);
+            }
+        }
+    }
+    for c in t.containers() {
+        for ni in c.network_interfaces() {
+            awsvpc = true;
+            eni_addrs.extend(ni.private_ipv4_address().and_then(|v| v.parse::<IpAddr>().ok()));
+            eni_addrs.extend(ni.ipv6_address().and_then(|v| v.parse::<IpAddr>().ok()));
+        }
+    }
+    eni_addrs.sort();
+    eni_addrs.dedup();
+    let containers = t
+        .containers()
+        .iter()
+        .map(|c| ContainerInfo {
+            name: c.name().map(str::to_string),
+            runtime_id: c.runtime_id().map(str::to_string),
+            image: c.image().map(str::to_string),
+            bindings: c
+                .network_bindings()
+                .iter()
+                .filter_map(|b| {
+                    let proto = match b.protocol() {
+                        Some(TransportProtocol::Udp) => Protocol::Udp,
+                        _ => Protocol::Tcp,
+                    };
+                    let cp = u16::try_from(b.container_port()?).ok()?;
+                    Some((proto, cp, b.host_port().and_then(|p| u16::try_from(p).ok())))
+                })
+                .collect(),
+        })
+        .collect();
+    TaskInfo {
+        labels: EcsLabels {
+            cluster: Some(cluster_name(t.cluster_arn()).unwrap_or(cluster).to_string()),
+            task_arn: t.task_arn().map(str::to_string),
+            task_family: family,
+            task_revision: revision,
+            service: t.group().and_then(service_of),
+            launch_type: t.launch_type().map(|l| l.as_str().to_string()).filter(|s| !s.is_empty()),
+            availability_zone: t.availability_zone().map(str::to_string),
+            network_mode: awsvpc.then(|| "awsvpc".to_string()),
+            ..Default::default()
+        },
+        eni_addrs,
+        container_instance_arn: t.container_instance_arn().map(str::to_string),
+        containers,
+    }
+}
+
+/// `prod` from `arn:aws:ecs:us-east-1:123:cluster/prod`.
+fn cluster_name(arn: Option<&str>) -> Option<&str> {
+    arn?.rsplit_once(":cluster/").map(|(_, n)| n).filter(|n| !n.is_empty())
+}
