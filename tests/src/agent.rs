@@ -49,15 +49,29 @@ pub fn format_duration(d: Duration) -> String {
     if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
 }
 
-/// The agent binary with `args`, piped stdio, and the tests' own `EDDY_TEST_*` variables removed.
+/// Where the AWS SDK inside the agent is pointed unless a test points it at moto: a
+/// closed loopback port, so no test can ever reach a real AWS endpoint or IMDS.
+pub const AWS_NOWHERE: &str = "http://127.0.0.1:9";
+
+/// The agent binary with `args`, piped stdio, the tests' own `EDDY_TEST_*` variables
+/// removed, and the AWS SDK environment fenced to loopback (override with `cmd.env`).
 pub fn agent_command(args: &[String]) -> Command {
     let mut cmd = Command::new(agent_bin());
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("EDDY_TEST_") {
+        let k = key.to_string_lossy();
+        if k.starts_with("EDDY_TEST_") || k.starts_with("AWS_") {
             cmd.env_remove(&key);
         }
     }
+    cmd.envs([
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ENDPOINT_URL", AWS_NOWHERE),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_CONFIG_FILE", "/dev/null"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+    ]);
     cmd
 }
 
@@ -341,11 +355,17 @@ impl RunAgent {
 
     /// Starts `eddy-agent run --listen 127.0.0.1:<free port> <extra>` and waits until `/readyz` is 200.
     pub fn start(extra: &[&str]) -> RunAgent {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`RunAgent::start`] with extra environment variables (e.g. `AWS_ENDPOINT_URL` of a moto server).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> RunAgent {
         let port = free_loopback_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut args = vec!["run".to_string(), "--listen".to_string(), addr.to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = agent_command(&args)
+            .envs(env.iter().copied())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {} {}: {e}", agent_bin().display(), args.join(" ")));
         let pid = child.id();

@@ -20,6 +20,8 @@
 
 pub mod agent;
 pub mod aws;
+pub mod ecs_fixture;
+pub mod fault_proxy;
 pub mod flow;
 pub mod http;
 pub mod netns;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::UNKNOWN;
 use crate::enrich::Enricher;
 use crate::flow::FlowRecord;
 
@@ -111,13 +112,22 @@ impl Enricher for RemoteResolver {
             idx.complete(l);
         }
         match r.remote.ecs.as_mut() {
-            Some(l) => idx.complete(l),
-            None => {
-                if let Some(l) = idx.lookup(r.protocol, r.remote.addr, r.remote.port) {
+            // A peer on this host labelled with its task: that is the most precise answer.
+            Some(l) if l.task_arn.as_deref().is_some_and(|a| a != UNKNOWN) => idx.complete(l),
+            // Nothing, or a peer without a task (host process, unknown container): the API may know better.
+            _ => match (idx.lookup(r.protocol, r.remote.addr, r.remote.port), r.remote.ecs.as_mut()) {
+                (None, _) => {}
+                // Both say "no task" (e.g. a container instance itself): keep the peer's, add the zone.
+                (Some(l), Some(cur)) if l.task_arn.is_none() => {
+                    if cur.availability_zone.is_none() {
+                        cur.availability_zone = l.availability_zone;
+                    }
+                }
+                (Some(l), _) => {
                     r.remote.ecs = Some(Box::new(l));
                     self.labelled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-            }
+            },
         }
     }
 
@@ -222,5 +232,64 @@ impl Target for ConfiguredCluster {
 
     fn arn(&self) -> Option<String> {
         self.inner.arn()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::index::{ContainerInfo, Discovered, TaskInfo};
+    use super::*;
+    use crate::ecs::EcsLabels;
+    use crate::flow::{Endpoint, Protocol};
+
+    fn resolver() -> RemoteResolver {
+        let r = RemoteResolver::new();
+        let task = TaskInfo {
+            labels: EcsLabels {
+                task_arn: Some("arn:task/api".into()),
+                task_family: Some("api".into()),
+                service: Some("api-svc".into()),
+                ..Default::default()
+            },
+            eni_addrs: vec!["10.0.2.7".parse().expect("ip")],
+            containers: vec![ContainerInfo { name: Some("api".into()), ..Default::default() }],
+            ..Default::default()
+        };
+        let d = Discovered { cluster: "prod".into(), tasks: vec![task], instances: vec![] };
+        r.set_index(RemoteIndex::build(d), Duration::ZERO);
+        r
+    }
+
+    fn flow_to(addr: &str, remote: Option<EcsLabels>) -> FlowRecord {
+        let mut f = FlowRecord::test(Protocol::Tcp, 1, false);
+        f.remote = Endpoint::new(addr.parse().expect("ip"), 9000);
+        f.remote.ecs = remote.map(Box::new);
+        f.local.ecs =
+            Some(Box::new(EcsLabels { task_arn: Some("arn:task/api".into()), ..Default::default() }));
+        f
+    }
+
+    #[test]
+    fn api_labels_fill_gaps_but_never_override_a_peer_task() {
+        let r = resolver();
+        let mut f = flow_to("10.0.2.7", None);
+        r.enrich(&mut f);
+        assert_eq!(f.remote.ecs.as_ref().and_then(|l| l.task_family.as_deref()), Some("api"));
+        assert_eq!(f.local.ecs.as_ref().and_then(|l| l.service.as_deref()), Some("api-svc"), "completed");
+        // A peer without a task (host process, unknown container): the API's task wins.
+        let mut f = flow_to("10.0.2.7", Some(EcsLabels::host(None)));
+        r.enrich(&mut f);
+        assert_eq!(f.remote.ecs.as_ref().and_then(|l| l.task_family.as_deref()), Some("api"));
+        // A peer with its task: kept.
+        let peer = EcsLabels { task_arn: Some("arn:task/other".into()), ..Default::default() };
+        let mut f = flow_to("10.0.2.7", Some(peer.clone()));
+        r.enrich(&mut f);
+        assert_eq!(f.remote.ecs.as_deref(), Some(&peer));
+        // Not the cluster's: untouched.
+        let mut f = flow_to("192.0.2.1", None);
+        r.enrich(&mut f);
+        assert!(f.remote.ecs.is_none());
+        assert_eq!(r.status().remote_labelled, 2);
+        assert_eq!(r.status().tasks, 1);
     }
 }

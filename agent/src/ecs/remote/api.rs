@@ -268,3 +268,80 @@ pub fn task_info(cluster: &str, t: &Task) -> TaskInfo {
 fn cluster_name(arn: Option<&str>) -> Option<&str> {
     arn?.rsplit_once(":cluster/").map(|(_, n)| n).filter(|n| !n.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ecs::types::{Attachment, Container, KeyValuePair, LaunchType, NetworkBinding};
+
+    #[test]
+    fn describe_tasks_entries_become_task_infos() {
+        let awsvpc = Task::builder()
+            .task_arn("arn:aws:ecs:us-east-1:1:task/prod/abc")
+            .cluster_arn("arn:aws:ecs:us-east-1:1:cluster/prod")
+            .task_definition_arn("arn:aws:ecs:us-east-1:1:task-definition/api:12")
+            .group("service:checkout")
+            .launch_type(LaunchType::Fargate)
+            .availability_zone("us-east-1c")
+            .attachments(
+                Attachment::builder()
+                    .r#type("ElasticNetworkInterface")
+                    .details(KeyValuePair::builder().name("privateIPv4Address").value("10.0.3.4").build())
+                    .details(KeyValuePair::builder().name("ipv6Address").value("2001:db8::4").build())
+                    .details(KeyValuePair::builder().name("subnetId").value("subnet-1").build())
+                    .build(),
+            )
+            .containers(Container::builder().name("api").runtime_id("r1").image("api:12").build())
+            .build();
+        let t = task_info("fallback", &awsvpc);
+        assert_eq!(t.labels.cluster.as_deref(), Some("prod"));
+        assert_eq!(
+            (t.labels.task_family.as_deref(), t.labels.task_revision.as_deref()),
+            (Some("api"), Some("12"))
+        );
+        assert_eq!(t.labels.service.as_deref(), Some("checkout"));
+        assert_eq!(t.labels.launch_type.as_deref(), Some("FARGATE"));
+        assert_eq!(t.labels.network_mode.as_deref(), Some("awsvpc"));
+        assert_eq!(
+            t.eni_addrs,
+            vec!["10.0.3.4".parse::<IpAddr>().expect("v4"), "2001:db8::4".parse().expect("v6")]
+        );
+
+        let bridge = Task::builder()
+            .task_arn("arn:aws:ecs:us-east-1:1:task/prod/def")
+            .task_definition_arn("arn:aws:ecs:us-east-1:1:task-definition/web:3")
+            .group("family:web")
+            .container_instance_arn("ci-1")
+            .containers(
+                Container::builder()
+                    .name("nginx")
+                    .network_bindings(
+                        NetworkBinding::builder()
+                            .container_port(80)
+                            .host_port(32768)
+                            .protocol(TransportProtocol::Tcp)
+                            .build(),
+                    )
+                    .network_bindings(
+                        NetworkBinding::builder()
+                            .container_port(53)
+                            .host_port(53)
+                            .protocol(TransportProtocol::Udp)
+                            .build(),
+                    )
+                    .network_bindings(NetworkBinding::builder().container_port(-1).build())
+                    .build(),
+            )
+            .build();
+        let t = task_info("fallback", &bridge);
+        assert_eq!(t.labels.cluster.as_deref(), Some("fallback"), "no cluster ARN: the one asked for");
+        assert_eq!(t.labels.service, None, "not a service's task");
+        assert_eq!(t.labels.network_mode, None, "bridge or host: not told by DescribeTasks");
+        assert_eq!(t.container_instance_arn.as_deref(), Some("ci-1"));
+        assert_eq!(
+            t.containers[0].bindings,
+            vec![(Protocol::Tcp, 80, Some(32768)), (Protocol::Udp, 53, Some(53))],
+            "an invalid port is skipped"
+        );
+    }
+}
