@@ -236,6 +236,7 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
         w.family("eddy_agent_otlp_queue_batches", Kind::Gauge, "OTLP batches waiting to be sent.");
         w.sample("eddy_agent_otlp_queue_batches", &[], o.queued);
     }
+    enrichment(w, st);
     w.family("eddy_agent_live_flows", Kind::Gauge, "Open flows at the last scan.");
     w.sample("eddy_agent_live_flows", &[], st.flows.live_flows);
     w.family("eddy_agent_series", Kind::Gauge, "Aggregated series currently exported.");
@@ -250,6 +251,41 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
     w.sample("eddy_agent_series_folded_total", &[], s.aggregate.series_folded);
     w.family("eddy_agent_series_expired", Kind::Counter, "Series dropped after being idle.");
     w.sample("eddy_agent_series_expired_total", &[], s.aggregate.series_expired);
+}
+
+/// Freshness and errors of the enrichment providers (`ecs`: ECS agent or task metadata;
+/// `ecs_api`: the ECS API), from their `/status` objects.
+fn enrichment(w: &mut Writer, st: &Status) {
+    let providers = [("ecs", &st.ecs), ("ecs_api", &st.ecs_api)];
+    if providers.iter().all(|(_, p)| p.is_none()) {
+        return;
+    }
+    w.family(
+        "eddy_agent_enrichment_errors",
+        Kind::Counter,
+        "Failed enrichment refreshes, by provider and cause.",
+    );
+    for (name, p) in providers {
+        let errors = p.as_ref().and_then(|v| v.get("errors")).and_then(|e| e.as_object());
+        for (kind, n) in errors.into_iter().flatten() {
+            w.sample(
+                "eddy_agent_enrichment_errors_total",
+                &[("provider", name), ("cause", kind)],
+                n.as_u64().unwrap_or(0),
+            );
+        }
+    }
+    w.family(
+        "eddy_agent_enrichment_age_seconds",
+        Kind::Gauge,
+        "Seconds since the provider's last successful refresh (absent: none yet).",
+    );
+    for (name, p) in providers {
+        if let Some(age) = p.as_ref().and_then(|v| v.get("last_refresh_age_seconds")).and_then(|a| a.as_f64())
+        {
+            w.sample("eddy_agent_enrichment_age_seconds", &[("provider", name)], format!("{age:.3}"));
+        }
+    }
 }
 
 #[cfg(test)]

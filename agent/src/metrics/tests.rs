@@ -82,3 +82,26 @@ fn openmetrics_names_families_without_total_and_ends_with_eof() {
     assert!(out.contains("# TYPE eddy_agent_dropped counter\n"), "{out}");
     assert!(out.ends_with("# EOF\n"));
 }
+
+#[test]
+fn enrichment_errors_and_freshness_per_provider() {
+    let mut st = status();
+    st.ecs =
+        Some(serde_json::json!({"errors": {"ecs_agent_unreachable": 3}, "last_refresh_age_seconds": 1.5}));
+    st.ecs_api =
+        Some(serde_json::json!({"errors": {"ecs_api_throttled": 2}, "last_refresh_age_seconds": null}));
+    let out = render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &st }, false);
+    assert!(
+        out.contains(r#"eddy_agent_enrichment_errors_total{provider="ecs",cause="ecs_agent_unreachable"} 3"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"eddy_agent_enrichment_errors_total{provider="ecs_api",cause="ecs_api_throttled"} 2"#),
+        "{out}"
+    );
+    assert!(out.contains(r#"eddy_agent_enrichment_age_seconds{provider="ecs"} 1.500"#), "{out}");
+    assert!(!out.contains(r#"eddy_agent_enrichment_age_seconds{provider="ecs_api"}"#), "{out}");
+    let none =
+        render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &status() }, false);
+    assert!(!none.contains("enrichment"), "no providers, no families");
+}
