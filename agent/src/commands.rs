@@ -80,6 +80,7 @@ fn start_ecs(
             let settings = RefreshSettings {
                 agent_uri,
                 cgroup_root,
+                proc_root: "/proc".into(),
                 interval: cfg.ecs_refresh_interval,
                 max_backoff: Duration::from_secs(60).max(cfg.ecs_refresh_interval),
                 timeout: Duration::from_secs(2),

@@ -17,8 +17,8 @@
 //! ECS API in the background ([`remote`]), which also adds the service and
 //! availability zone to local labels.
 //!
-//! Limits: the netns/pid fallbacks for containers whose cgroup is not under the
-//! cgroup2 mount are not done yet.
+//! Where the cgroup v2 id names no container (cgroup v1 and hybrid hosts), the owning
+//! process's cgroup file or the socket's network namespace does ([`procs`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,7 @@ pub mod environment;
 pub mod introspection;
 pub mod local;
 pub mod peers;
+pub mod procs;
 pub mod remote;
 
 /// Label value for what could not be resolved.

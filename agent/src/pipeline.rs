@@ -15,18 +15,18 @@ use serde::Serialize;
 
 use crate::aggregate::{AggregateRecord, AggregateSettings, AggregateStats, Aggregator, SeriesSnapshot};
 use crate::collector::{FlowSource, SourceStatus};
-use crate::ecs::peers::Peers;
 use crate::enrich::Enricher;
 use crate::flow::FlowRecord;
 use crate::otlp::{Batch as OtlpBatch, OtlpQueue, OtlpStats};
 use crate::preflight::KernelInfo;
 use crate::table::FlowTable;
 
+pub mod labeller;
+
+use labeller::Labeller;
+
 /// How often the closed-connection ring buffer is drained.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
-
-/// Flows whose local labels are kept to label the remote end of intra-host peers.
-const PEER_LABELS: usize = 200_000;
 
 /// Batches waiting for the JSON-lines writer.
 pub const OUTPUT_QUEUE_BATCHES: usize = 64;
@@ -110,7 +110,7 @@ pub fn collect(
     stop: Arc<AtomicBool>,
 ) {
     let mut aggregator = Aggregator::new(settings.aggregate, SystemTime::now());
-    let mut peers = Peers::new(PEER_LABELS);
+    let mut labeller = Labeller::default();
     let mut next_scan = Instant::now();
     let mut next_export = Instant::now() + settings.export_interval;
     loop {
@@ -120,21 +120,7 @@ pub fn collect(
         match source.poll(scan) {
             Ok(mut batch) => {
                 if let Some(ecs) = &shared.ecs {
-                    for o in batch.closed.iter_mut().chain(batch.live.iter_mut().flatten()) {
-                        ecs.enrich(&mut o.record);
-                    }
-                    let mut records: Vec<&mut FlowRecord> = batch
-                        .closed
-                        .iter_mut()
-                        .chain(batch.live.iter_mut().flatten())
-                        .map(|o| &mut o.record)
-                        .collect();
-                    peers.link(&mut records);
-                    if let Some(remote) = &shared.remote {
-                        for r in records {
-                            remote.enrich(r);
-                        }
-                    }
+                    labeller.label(ecs.as_ref(), shared.remote.as_deref(), &mut batch, now, stopping);
                 }
                 // Every closed flow is counted as it arrives (final counters).
                 for o in &batch.closed {

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -22,10 +22,14 @@ pub fn fixture(name: &str) -> String {
 
 /// Serves the introspection API on a loopback port; `mode` picks the behaviour per request.
 pub fn introspection_fixture(mode: Arc<AtomicU8>) -> SocketAddr {
+    introspection_fixture_with(mode, "introspection_v1_tasks.json")
+}
+
+/// [`introspection_fixture`] answering `/v1/tasks` from the fixture file `tasks_file`.
+pub fn introspection_fixture_with(mode: Arc<AtomicU8>, tasks_file: &str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind fixture");
     let addr = listener.local_addr().expect("addr");
-    let (metadata, tasks) =
-        (fixture("introspection_v1_metadata.json"), fixture("introspection_v1_tasks.json"));
+    let (metadata, tasks) = (fixture("introspection_v1_metadata.json"), fixture(tasks_file));
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let (mode, metadata, tasks) = (mode.clone(), metadata.clone(), tasks.clone());
@@ -61,4 +65,67 @@ pub fn introspection_fixture(mode: Arc<AtomicU8>) -> SocketAddr {
         }
     });
     addr
+}
+
+/// Task cgroups shaped like the ECS agent's (`<cgroup2 root>/ecs/<task-id>/<container-id>`),
+/// removed on drop (after their processes exit).
+pub struct EcsCgroups {
+    dirs: Vec<PathBuf>,
+}
+
+impl EcsCgroups {
+    /// Creates one directory per `(task id, container id)`.
+    pub fn create(root: &Path, containers: &[(&str, &str)]) -> EcsCgroups {
+        let mut dirs = Vec::new();
+        for (task, container) in containers {
+            let c = root.join("ecs").join(task).join(container);
+            std::fs::create_dir_all(&c).unwrap_or_else(|e| panic!("mkdir {}: {e}", c.display()));
+            dirs.push(c);
+        }
+        for (task, _) in containers {
+            dirs.push(root.join("ecs").join(task));
+        }
+        dirs.push(root.join("ecs"));
+        EcsCgroups { dirs }
+    }
+
+    /// `cgroup.procs` of a container's cgroup.
+    pub fn procs(&self, container: &str) -> PathBuf {
+        self.dirs
+            .iter()
+            .find(|d| d.ends_with(container))
+            .unwrap_or_else(|| panic!("no cgroup for {container}"))
+            .join("cgroup.procs")
+    }
+}
+
+impl Drop for EcsCgroups {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            // Processes may take a moment to leave after being killed.
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// The cgroup2 mount point (`/sys/fs/cgroup` or, on hybrid hosts, `/sys/fs/cgroup/unified`).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mountpoint = pre.split_whitespace().nth(4)?;
+            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mountpoint))
+        })
+        .collect();
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .find_map(|w| found.iter().find(|p| p.as_os_str() == *w).cloned())
+        .or_else(|| found.first().cloned())
 }

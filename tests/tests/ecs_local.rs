@@ -45,22 +45,6 @@ impl Drop for ContainerCgroup {
     }
 }
 
-fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let found: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mountpoint = pre.split_whitespace().nth(4)?;
-            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mountpoint))
-        })
-        .collect();
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .find_map(|w| found.iter().find(|p| p.as_os_str() == *w).cloned())
-        .or_else(|| found.first().cloned())
-}
-
 /// Runs a "container" process (python3) in the cgroup: it connects to `server` and sends `bytes`.
 fn containerised_client(cg: &ContainerCgroup, server: SocketAddr, bytes: usize) -> u16 {
     let script = "import socket,sys\nsys.stdin.readline()\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])))\n\

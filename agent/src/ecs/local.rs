@@ -3,7 +3,7 @@
 //! (the cgroup2 tree and the ECS agent's task list). [`LocalResolver::labels`]
 //! only reads them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::cgroup::{CgroupOwner, parse};
 use super::introspection::{self, Snapshot};
+use super::procs::{ProcIndex, own_netns};
 use super::{EcsLabels, UNKNOWN};
 use crate::enrich::Enricher;
 use crate::flow::FlowRecord;
@@ -20,6 +21,10 @@ use crate::flow::FlowRecord;
 /// Directories visited per walk of the cgroup2 tree, at most.
 const MAX_CGROUPS: usize = 200_000;
 const MAX_DEPTH: usize = 12;
+
+/// The ECS agent's name for the awsvpc pause container (it holds the task's network
+/// namespace and never talks itself).
+const PAUSE_CONTAINER: &str = "~internal~ecs~pause";
 
 /// cgroup id (inode of the cgroup2 directory) → what its path says.
 #[derive(Debug, Default)]
@@ -66,6 +71,10 @@ pub struct EcsStatus {
     pub containers: u64,
     pub cgroups: u64,
     pub cgroup_walk_truncated: bool,
+    /// Processes in containers and their network namespaces, as of the last `/proc` walk.
+    pub container_processes: u64,
+    pub container_netns: u64,
+    pub proc_walk_truncated: bool,
     pub refreshes: u64,
     pub last_refresh_age_seconds: Option<f64>,
     pub errors: BTreeMap<&'static str, u64>,
@@ -75,7 +84,45 @@ pub struct EcsStatus {
 #[derive(Debug, Default)]
 struct Snapshots {
     cgroups: Arc<CgroupIndex>,
+    procs: Arc<ProcIndex>,
     ecs: Arc<Snapshot>,
+}
+
+impl Snapshots {
+    /// Labels of a container id (`unknown` task when the ECS agent does not list it).
+    fn container(&self, id: &str) -> EcsLabels {
+        match self.ecs.containers.get(id) {
+            Some(l) => l.clone(),
+            None => EcsLabels::unknown_container(self.ecs.cluster.clone(), id),
+        }
+    }
+
+    /// Labels of a network namespace shared by `ids` (an awsvpc task's containers and its
+    /// pause container, or one bridge-mode container).
+    fn netns_labels(&self, ids: &BTreeSet<String>) -> EcsLabels {
+        let known: Vec<&EcsLabels> = ids.iter().filter_map(|c| self.ecs.containers.get(c)).collect();
+        let apps: Vec<&&EcsLabels> =
+            known.iter().filter(|l| l.container_name.as_deref() != Some(PAUSE_CONTAINER)).collect();
+        if let [one] = apps.as_slice() {
+            return (**one).clone();
+        }
+        match known.as_slice() {
+            [first, rest @ ..] if rest.iter().all(|l| l.task_arn == first.task_arn) => EcsLabels {
+                container_name: Some(UNKNOWN.into()),
+                container_id: None,
+                image: None,
+                ..(*first).clone()
+            },
+            _ => match ids.iter().next() {
+                Some(id) if ids.len() == 1 => EcsLabels::unknown_container(self.ecs.cluster.clone(), id),
+                _ => EcsLabels {
+                    cluster: self.ecs.cluster.clone(),
+                    container_name: Some(UNKNOWN.into()),
+                    ..Default::default()
+                },
+            },
+        }
+    }
 }
 
 /// Reads the snapshots; the refresher replaces them.
@@ -102,23 +149,30 @@ impl LocalResolver {
         }
     }
 
-    /// Labels for the local end of a flow with this socket cgroup id.
-    pub fn labels(&self, cgroup_id: Option<u64>) -> Option<EcsLabels> {
+    /// Labels for the local end of a flow: its socket's cgroup v2 id first, then the
+    /// owning process's cgroup file, then its network namespace (see [`super::procs`]).
+    pub fn labels(&self, cgroup_id: Option<u64>, pid: Option<u32>, netns: Option<u32>) -> Option<EcsLabels> {
         let s = self.snapshots.read().unwrap_or_else(PoisonError::into_inner);
         let cluster = s.ecs.cluster.clone();
-        let id = cgroup_id?;
-        Some(match s.cgroups.owners.get(&id) {
-            Some(Some(owner)) => match s.ecs.containers.get(&owner.container_id) {
-                Some(l) => l.clone(),
-                None => EcsLabels::unknown_container(cluster, &owner.container_id),
-            },
-            Some(None) => EcsLabels::host(cluster),
+        let by_cgroup = cgroup_id.map(|id| s.cgroups.owners.get(&id));
+        if let Some(Some(Some(owner))) = by_cgroup {
+            return Some(s.container(&owner.container_id));
+        }
+        if let Some(owner) = pid.filter(|p| *p != 0).and_then(|p| s.procs.by_pid.get(&p)) {
+            return Some(s.container(&owner.container_id));
+        }
+        if let Some(ids) = netns.and_then(|n| s.procs.by_netns.get(&u64::from(n))) {
+            return Some(s.netns_labels(ids));
+        }
+        match by_cgroup {
+            Some(Some(_)) => Some(EcsLabels::host(cluster)),
             // A cgroup created since the last walk: walk again soon.
-            None => {
+            Some(None) => {
                 self.missed.notify_one();
-                EcsLabels { cluster, container_name: Some(UNKNOWN.into()), ..Default::default() }
+                Some(EcsLabels { cluster, container_name: Some(UNKNOWN.into()), ..Default::default() })
             }
-        })
+            None => None,
+        }
     }
 
     pub fn status(&self) -> EcsStatus {
@@ -135,6 +189,16 @@ impl LocalResolver {
             st.cgroup_walk_truncated = idx.truncated;
         }
         self.snapshots.write().unwrap_or_else(PoisonError::into_inner).cgroups = Arc::new(idx);
+    }
+
+    fn set_procs(&self, idx: ProcIndex) {
+        {
+            let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            st.container_processes = idx.by_pid.len() as u64;
+            st.container_netns = idx.by_netns.len() as u64;
+            st.proc_walk_truncated = idx.truncated;
+        }
+        self.snapshots.write().unwrap_or_else(PoisonError::into_inner).procs = Arc::new(idx);
     }
 
     fn set_ecs(&self, snap: Snapshot) {
@@ -158,7 +222,7 @@ impl LocalResolver {
 impl Enricher for LocalResolver {
     /// Sets `local.ecs`.
     fn enrich(&self, r: &mut FlowRecord) {
-        r.local.ecs = self.labels(r.cgroup_id).map(Box::new);
+        r.local.ecs = self.labels(r.cgroup_id, r.pid, r.netns).map(Box::new);
     }
 
     fn status(&self) -> serde_json::Value {
@@ -181,6 +245,8 @@ impl super::remote::Target for LocalResolver {
 pub struct RefreshSettings {
     pub agent_uri: String,
     pub cgroup_root: Option<PathBuf>,
+    /// The host's `/proc` (the agent runs with the host pid namespace).
+    pub proc_root: PathBuf,
     pub interval: Duration,
     /// Longest wait after failures (doubling from `interval`).
     pub max_backoff: Duration,
@@ -192,9 +258,7 @@ pub struct RefreshSettings {
 /// tree is walked every `interval` (and soon after a lookup misses), independently of
 /// the ECS agent's health.
 pub async fn refresh_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
-    if let Some(root) = s.cgroup_root.clone() {
-        tokio::spawn(walk_loop(resolver.clone(), root, s.interval));
-    }
+    tokio::spawn(walk_loop(resolver.clone(), s.clone()));
     let client = match reqwest::Client::builder().timeout(s.timeout).connect_timeout(s.timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -222,15 +286,33 @@ pub async fn refresh_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
 /// Shortest time between two walks of the cgroup tree.
 const MIN_WALK_GAP: Duration = Duration::from_millis(100);
 
-async fn walk_loop(resolver: Arc<LocalResolver>, root: PathBuf, interval: Duration) {
+async fn walk_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
+    let host_netns = own_netns();
+    let mut last_procs: Option<Instant> = None;
     loop {
-        let r = root.clone();
-        match tokio::task::spawn_blocking(move || CgroupIndex::walk(&r)).await {
-            Ok(idx) => resolver.set_cgroups(idx),
-            Err(e) => tracing::warn!(error = %e, "ECS provider: cgroup walk failed"),
+        let procs_due = last_procs.is_none_or(|t| t.elapsed() >= s.interval);
+        let (cg, pr) = (s.cgroup_root.clone(), s.proc_root.clone());
+        let walked = tokio::task::spawn_blocking(move || {
+            let cgroups = cg.map(|r| CgroupIndex::walk(&r));
+            let procs = procs_due.then(|| ProcIndex::walk(&pr, host_netns));
+            (cgroups, procs)
+        })
+        .await;
+        match walked {
+            Ok((cgroups, procs)) => {
+                if let Some(idx) = cgroups {
+                    resolver.set_cgroups(idx);
+                }
+                if let Some(idx) = procs {
+                    resolver.set_procs(idx);
+                    last_procs = Some(Instant::now());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "ECS provider: cgroup/process walk failed"),
         }
         tokio::time::sleep(MIN_WALK_GAP).await;
-        let _ = tokio::time::timeout(interval.saturating_sub(MIN_WALK_GAP), resolver.missed.notified()).await;
+        let _ =
+            tokio::time::timeout(s.interval.saturating_sub(MIN_WALK_GAP), resolver.missed.notified()).await;
     }
 }
 
@@ -259,15 +341,15 @@ mod tests {
             },
         );
         r.set_ecs(snap);
-        assert_eq!(r.labels(Some(1)).and_then(|l| l.container_name).as_deref(), Some("host"));
-        assert_eq!(r.labels(Some(2)).and_then(|l| l.task_family).as_deref(), Some("web"));
-        let unknown = r.labels(Some(3)).expect("labels");
+        assert_eq!(r.labels(Some(1), None, None).and_then(|l| l.container_name).as_deref(), Some("host"));
+        assert_eq!(r.labels(Some(2), None, None).and_then(|l| l.task_family).as_deref(), Some("web"));
+        let unknown = r.labels(Some(3), None, None).expect("labels");
         assert_eq!(
             (unknown.task_family.as_deref(), unknown.cluster.as_deref()),
             (Some(UNKNOWN), Some("flows"))
         );
-        assert_eq!(r.labels(Some(4)).and_then(|l| l.container_name).as_deref(), Some(UNKNOWN));
-        assert_eq!(r.labels(None), None);
+        assert_eq!(r.labels(Some(4), None, None).and_then(|l| l.container_name).as_deref(), Some(UNKNOWN));
+        assert_eq!(r.labels(None, None, None), None);
         let mut rec = FlowRecord::test(Protocol::Tcp, 1, false);
         rec.cgroup_id = Some(2);
         r.enrich(&mut rec);
@@ -275,6 +357,46 @@ mod tests {
         assert_eq!(v["local"]["ecs"]["task_family"], "web");
         assert!(v["remote"].get("ecs").is_none());
         assert_eq!(r.status().containers, 1);
+    }
+
+    #[test]
+    fn process_and_namespace_fallbacks_when_the_cgroup_says_host() {
+        let r = LocalResolver::new("http://x", "test");
+        r.set_cgroups(CgroupIndex { owners: HashMap::from([(1, None)]), truncated: false });
+        let (web2, pause, lone) = ("b".repeat(64), "c".repeat(64), "d".repeat(64));
+        let mut procs = ProcIndex::default();
+        procs.by_pid.insert(42, CgroupOwner { container_id: C.into(), task_id: None });
+        // An awsvpc task: two app containers and the pause container share namespace 7.
+        procs.by_netns.insert(7, BTreeSet::from([C.to_string(), web2.clone(), pause.clone()]));
+        procs.by_netns.insert(8, BTreeSet::from([C.to_string(), pause.clone()]));
+        procs.by_netns.insert(9, BTreeSet::from([lone.clone()]));
+        r.set_procs(procs);
+        let mut snap = Snapshot { cluster: Some("flows".into()), ..Default::default() };
+        for (id, name) in [(C, "web"), (web2.as_str(), "sidecar"), (pause.as_str(), PAUSE_CONTAINER)] {
+            snap.containers.insert(
+                id.into(),
+                EcsLabels {
+                    task_arn: Some("arn:t".into()),
+                    container_name: Some(name.into()),
+                    container_id: Some(id.into()),
+                    ..Default::default()
+                },
+            );
+        }
+        r.set_ecs(snap);
+        let name = |l: Option<EcsLabels>| l.and_then(|l| l.container_name);
+        assert_eq!(name(r.labels(Some(1), Some(42), Some(7))).as_deref(), Some("web"), "pid first");
+        let task = r.labels(Some(1), Some(99), Some(7)).expect("labels");
+        assert_eq!(
+            (task.task_arn.as_deref(), task.container_name.as_deref()),
+            (Some("arn:t"), Some(UNKNOWN))
+        );
+        assert_eq!(task.container_id, None);
+        assert_eq!(name(r.labels(Some(1), None, Some(8))).as_deref(), Some("web"), "pause is not listed");
+        let unknown = r.labels(None, None, Some(9)).expect("labels");
+        assert_eq!(unknown.container_id.as_deref(), Some(lone.as_str()));
+        assert_eq!(name(r.labels(Some(1), Some(99), Some(10))).as_deref(), Some("host"));
+        assert_eq!(r.status().container_netns, 3);
     }
 
     #[test]

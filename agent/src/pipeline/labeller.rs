@@ -1,0 +1,130 @@
+//! Labels each poll's flows with ECS identity: local ends from the local provider, remote
+//! ends from the peer flow on this host ([`Peers`]) or the ECS API provider.
+//!
+//! The two ends of a short intra-host connection close a few milliseconds apart, and the
+//! first to close arrives before its peer was ever seen. So a closed flow whose remote
+//! end is still unlabelled is held back for up to [`HOLD`] (bounded by [`MAX_HELD`]),
+//! until its peer shows up; then it goes on, labelled or not. Nothing is dropped.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::collector::{Batch, Observed};
+use crate::ecs::peers::Peers;
+use crate::enrich::Enricher;
+use crate::flow::FlowRecord;
+
+/// Longest a closed flow waits for its peer.
+pub const HOLD: Duration = Duration::from_millis(250);
+/// Closed flows waiting at most; beyond it they go on at once.
+pub const MAX_HELD: usize = 65_536;
+
+/// Flows whose local labels are kept to label the remote end of intra-host peers.
+const PEER_LABELS: usize = 200_000;
+
+pub struct Labeller {
+    peers: Peers,
+    held: VecDeque<(Instant, Observed)>,
+}
+
+impl Default for Labeller {
+    fn default() -> Self {
+        Labeller { peers: Peers::new(PEER_LABELS), held: VecDeque::new() }
+    }
+}
+
+impl Labeller {
+    /// Labels `batch` in place; with `flush`, releases every held flow.
+    pub fn label(
+        &mut self,
+        local: &dyn Enricher,
+        remote: Option<&dyn Enricher>,
+        batch: &mut Batch,
+        now: Instant,
+        flush: bool,
+    ) {
+        for o in batch.closed.iter_mut().chain(batch.live.iter_mut().flatten()) {
+            local.enrich(&mut o.record);
+        }
+        {
+            let mut records: Vec<&mut FlowRecord> = self
+                .held
+                .iter_mut()
+                .map(|(_, o)| o)
+                .chain(batch.closed.iter_mut())
+                .chain(batch.live.iter_mut().flatten())
+                .map(|o| &mut o.record)
+                .collect();
+            self.peers.link(&mut records);
+            if let Some(remote) = remote {
+                for r in records {
+                    remote.enrich(r);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(batch.closed.len());
+        for o in batch.closed.drain(..) {
+            if flush || o.record.remote.ecs.is_some() || self.held.len() >= MAX_HELD {
+                out.push(o);
+            } else {
+                self.held.push_back((now, o));
+            }
+        }
+        let mut keep = VecDeque::with_capacity(self.held.len());
+        for (since, o) in self.held.drain(..) {
+            if flush || o.record.remote.ecs.is_some() || now.duration_since(since) >= HOLD {
+                out.push(o);
+            } else {
+                keep.push_back((since, o));
+            }
+        }
+        self.held = keep;
+        batch.closed = out;
+    }
+
+    /// Closed flows waiting for their peer.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ecs::EcsLabels;
+    use crate::enrich::FixedLabels;
+    use crate::flow::{Endpoint, Protocol};
+
+    fn closed(local: u16, remote: u16) -> Observed {
+        let mut r = FlowRecord::test(Protocol::Tcp, u64::from(local), true);
+        r.local = Endpoint::new("10.0.0.1".parse().expect("ip"), local);
+        r.remote = Endpoint::new("10.0.0.1".parse().expect("ip"), remote);
+        Observed { record: r, last_ns: 1 }
+    }
+
+    #[test]
+    fn the_first_end_to_close_waits_for_its_peer_then_both_are_labelled() {
+        let local = FixedLabels(EcsLabels { task_family: Some("web".into()), ..Default::default() });
+        let mut l = Labeller::default();
+        let t0 = Instant::now();
+        let mut first = Batch { closed: vec![closed(80, 40000)], live: None };
+        l.label(&local, None, &mut first, t0, false);
+        assert!(first.closed.is_empty(), "held: its peer is not known yet");
+        assert_eq!(l.held(), 1);
+        let mut second = Batch { closed: vec![closed(40000, 80)], live: None };
+        l.label(&local, None, &mut second, t0 + Duration::from_millis(20), false);
+        assert_eq!(second.closed.len(), 2, "both released, labelled");
+        assert!(second.closed.iter().all(|o| o.record.remote.ecs.is_some()));
+
+        // A flow whose peer never shows up goes on after HOLD, unlabelled; flush releases at once.
+        let mut lone = Batch { closed: vec![closed(81, 40001)], live: None };
+        l.label(&local, None, &mut lone, t0, false);
+        let mut later = Batch::default();
+        l.label(&local, None, &mut later, t0 + HOLD, false);
+        assert_eq!(later.closed.len(), 1);
+        assert!(later.closed[0].record.remote.ecs.is_none());
+        let mut held = Batch { closed: vec![closed(82, 40002)], live: None };
+        l.label(&local, None, &mut held, t0, true);
+        assert_eq!((held.closed.len(), l.held()), (1, 0));
+    }
+}
