@@ -28,7 +28,7 @@ Options:
   --quick       2 s per measurement, 3 rounds, churn --count 5000
                 (default: 5 s, 5 rounds, 40000; about 5 minutes)
   --rounds N    baseline/agent rounds per measurement (default 5, --quick 3)
-  --no-build    use the existing target/release binaries
+  --no-build    use the existing target/x86_64-unknown-linux-gnu/release binaries
   -h, --help    this text
 
 Targets: connection rate >= 0.95x, small-write >= 0.95x, large-write >= 0.99x,
@@ -92,8 +92,8 @@ SETTLE=2
 command -v python3 >/dev/null || die "python3 is required (standard library only)"
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-AGENT=${EDDY_AGENT:-$REPO/target/release/eddy-agent}
-LOADGEN=${EDDY_LOADGEN:-$REPO/target/release/eddy-loadgen}
+AGENT=${EDDY_AGENT:-$REPO/target/x86_64-unknown-linux-gnu/release/eddy-agent}
+LOADGEN=${EDDY_LOADGEN:-$REPO/target/x86_64-unknown-linux-gnu/release/eddy-loadgen}
 
 if [[ $BUILD -eq 1 ]]; then
     command -v cargo >/dev/null ||

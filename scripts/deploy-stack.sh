@@ -16,7 +16,7 @@
 #   --otlp-headers-secret ARN   Secrets Manager / SSM ARN holding EDDY_OTLP_HEADERS
 #   --log-level LEVEL           error|warn|info|debug|trace (default info)
 #   --log-retention-days N      default 30
-#   --static-tags LIST          e.g. env:prod,team:payments (reserved: not passed to the agent yet)
+#   --static-tags LIST          tags on every flow record (EDDY_TAGS), e.g. env:prod,team:payments
 #   --tag KEY=VALUE             stack tag, propagated to the stack's resources (repeatable)
 #   --template FILE             default cloudformation/eddy.yaml
 #   --endpoint-url URL          passed to every aws command (e.g. a local emulator for tests)

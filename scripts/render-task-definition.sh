@@ -23,6 +23,8 @@
 #   --otlp-headers-secret ARN Secrets Manager secret or SSM parameter ARN whose value becomes
 #                             EDDY_OTLP_HEADERS (e.g. "authorization=Bearer ..."), via `secrets`, never plain env
 #   --log-level LEVEL         EDDY_LOG_LEVEL (default info)
+#   --record-tags LIST        static tags on every flow record: EDDY_TAGS on the agent (key:value pairs,
+#                             comma-separated; keys [a-z_][a-z0-9_]*), e.g. env:prod,team:payments
 #   --tag KEY=VALUE           task definition tag (repeatable; also KEY:VALUE and comma-separated lists,
 #                             e.g. --tag env:prod,team:payments)
 #   -o, --output FILE         write there instead of stdout
@@ -40,7 +42,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 template="" account="" region="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}" partition=""
 agent_image="" proxy_image="" app_image="" app_family="my-app-with-eddy" log_group="/ecs/eddy"
 task_role="eddy-task-role" exec_role="eddy-execution-role" caps="sys-admin"
-otlp_endpoint="" otlp_secret="" log_level="" output="" tags=()
+otlp_endpoint="" otlp_secret="" log_level="" output="" tags=() record_tags=""
 
 need_value() { [ "$#" -ge 2 ] && [ -n "$2" ] || die "option $1 needs a value"; }
 while [ "$#" -gt 0 ]; do
@@ -60,6 +62,7 @@ while [ "$#" -gt 0 ]; do
     --otlp-endpoint) need_value "$@"; otlp_endpoint="$2"; shift 2 ;;
     --otlp-headers-secret) need_value "$@"; otlp_secret="$2"; shift 2 ;;
     --log-level) need_value "$@"; log_level="$2"; shift 2 ;;
+    --record-tags) need_value "$@"; record_tags="$2"; shift 2 ;;
     --tag|--tags) need_value "$@"; IFS=',' read -r -a more <<<"$2"; tags+=("${more[@]}"); shift 2 ;;
     -o|--output) need_value "$@"; output="$2"; shift 2 ;;
     -*) die "unknown option $1" ;;
@@ -106,6 +109,8 @@ if [ -n "$otlp_secret" ]; then
   check --otlp-headers-secret "$otlp_secret" '^arn:aws[a-z-]*:(secretsmanager|ssm):[a-z0-9-]+:[0-9]{12}:.+$' \
     "expected a Secrets Manager secret ARN or an SSM parameter ARN"
 fi
+[ -z "$record_tags" ] || check --record-tags "$record_tags" \
+  '^[a-z_][a-z0-9_]*:[^,]+(,[a-z_][a-z0-9_]*:[^,]+)*$' "expected key:value pairs, e.g. env:prod,team:payments"
 [ -z "$log_level" ] || check --log-level "$log_level" '^[A-Za-z0-9_=,:.-]+$' "expected e.g. info or debug"
 
 text="$(cat "$template")"
@@ -152,6 +157,7 @@ done | jq -cs '.')"
 rendered="$(jq \
   --arg task_role "$task_role" --arg exec_role "$exec_role" --arg caps "$caps" \
   --arg otlp_endpoint "$otlp_endpoint" --arg otlp_secret "$otlp_secret" --arg log_level "$log_level" \
+  --arg record_tags "$record_tags" \
   --argjson tags "$tags_json" '
   def agent(f): .containerDefinitions |= map(if .name == "eddy-agent" then f else . end);
   def setenv($n; $v): .environment = ([(.environment // [])[] | select(.name != $n)] + [{name: $n, value: $v}]);
@@ -162,6 +168,7 @@ rendered="$(jq \
       else . end) else . end)
   | (if $otlp_endpoint != "" then agent(setenv("EDDY_OTLP_ENDPOINT"; $otlp_endpoint)) else . end)
   | (if $log_level != "" then agent(setenv("EDDY_LOG_LEVEL"; $log_level)) else . end)
+  | (if $record_tags != "" then agent(setenv("EDDY_TAGS"; $record_tags)) else . end)
   | (if $otlp_secret != "" then agent(.secrets = ([(.secrets // [])[] | select(.name != "EDDY_OTLP_HEADERS")]
         + [{name: "EDDY_OTLP_HEADERS", valueFrom: $otlp_secret}])) else . end)
   | (if ($tags | length) > 0 then .tags = $tags else . end)

@@ -14,4 +14,4 @@ fi
 scripts/install-deps.sh build
 cargo build --release --locked -p eddy-agent
 echo "eddy-agent: API on http://127.0.0.1:9780 (try: curl -s 127.0.0.1:9780/flows); flows below every 5 s" >&2
-exec target/release/eddy-agent run --output jsonl --export-interval 5s "$@"
+exec target/x86_64-unknown-linux-gnu/release/eddy-agent run --output jsonl --export-interval 5s "$@"

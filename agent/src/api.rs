@@ -16,12 +16,12 @@ use serde::Serialize;
 
 use crate::aggregate::AggregateStats;
 use crate::collector::{HookStatus, MapStatus};
-use crate::flow::FlowRecord;
 use crate::metrics;
 use crate::otlp::OtlpCounts;
 use crate::pipeline::Shared;
 use crate::preflight::KernelInfo;
 use crate::table::TableStats;
+use crate::tags::{Tagged, Tags};
 
 /// The `/status` document.
 #[derive(Debug, Serialize)]
@@ -45,6 +45,8 @@ pub struct Status {
     pub ecs: Option<serde_json::Value>,
     /// ECS API provider (remote ends) freshness and errors (absent when off).
     pub ecs_api: Option<serde_json::Value>,
+    /// Static tags carried by every record.
+    pub tags: Tags,
 }
 
 impl Status {
@@ -82,6 +84,7 @@ impl Status {
             otlp: shared.otlp.as_ref().map(|o| o.counts()),
             ecs: shared.ecs.as_ref().map(|e| e.status()),
             ecs_api: shared.remote.as_ref().map(|e| e.status()),
+            tags: shared.tags.clone(),
         }
     }
 }
@@ -132,6 +135,7 @@ async fn status(State(s): State<Arc<Shared>>) -> Json<Status> {
     Json(Status::of(&s))
 }
 
-async fn flows(State(s): State<Arc<Shared>>) -> Json<Vec<FlowRecord>> {
-    Json(s.table().flows())
+async fn flows(State(s): State<Arc<Shared>>) -> Response {
+    let flows = s.table().flows();
+    Json(flows.iter().map(|f| Tagged { record: f, tags: &s.tags }).collect::<Vec<_>>()).into_response()
 }

@@ -112,6 +112,9 @@ pub struct Overrides {
     /// How often the cluster's tasks are listed through the ECS API.
     #[arg(long)]
     pub ecs_api_refresh_interval: Option<String>,
+    /// Static tags for every record, comma-separated key:value (e.g. env:prod,team:payments).
+    #[arg(long)]
+    pub tags: Option<String>,
     /// Hook candidates not to use, comma-separated (names as in /status).
     #[arg(long)]
     pub disabled_hooks: Option<String>,
@@ -145,6 +148,7 @@ impl Overrides {
             ("ecs_cluster", &self.ecs_cluster),
             ("ecs_api", &self.ecs_api),
             ("ecs_api_refresh_interval", &self.ecs_api_refresh_interval),
+            ("tags", &self.tags),
             ("disabled_hooks", &self.disabled_hooks),
         ]
         .into_iter()
@@ -184,6 +188,7 @@ mod tests {
             ecs_cluster: Some("x".into()),
             ecs_api: Some("x".into()),
             ecs_api_refresh_interval: Some("x".into()),
+            tags: Some("x".into()),
             disabled_hooks: Some("x".into()),
             config: None,
         };

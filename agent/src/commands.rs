@@ -178,7 +178,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
                 timeout: cfg.otlp_timeout,
                 max_backoff: cfg.otlp_max_backoff,
                 queue_batches: cfg.otlp_queue_batches,
-                resource: Resource::agent(&hostname()),
+                resource: Resource::agent(&hostname()).with_tags(&cfg.tag_set()),
             };
             let (queue, task) = otlp::start(settings, stats.clone())?;
             rt.spawn(task);
@@ -188,6 +188,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         }
         None => None,
     };
+    shared.tags = cfg.tag_set();
     let ecs = start_ecs(&cfg, shared.kernel.cgroup2.clone(), &rt);
     (shared.ecs, shared.remote) = (ecs.local, ecs.remote);
     let shared = Arc::new(shared);

@@ -90,6 +90,10 @@ pub struct Config {
     /// How often the cluster's tasks are listed through the ECS API.
     #[serde(with = "duration_str")]
     pub ecs_api_refresh_interval: Duration,
+    /// Static tags for every record, `key:value` (comma-separated in the environment), e.g.
+    /// `env:prod,team:payments`: a `tags` object on JSON lines and `/flows`, labels on every
+    /// `/metrics` sample, OTLP resource attributes.
+    pub tags: Vec<String>,
     /// Hook candidates never to use, by the names `/status` shows (comma-separated in the
     /// environment and on the command line), e.g. to step around a kernel bug.
     pub disabled_hooks: Vec<String>,
@@ -123,6 +127,7 @@ impl Default for Config {
             ecs_cluster: None,
             ecs_api: true,
             ecs_api_refresh_interval: Duration::from_secs(60),
+            tags: Vec::new(),
             disabled_hooks: Vec::new(),
         }
     }
@@ -169,6 +174,7 @@ pub const KEYS: &[&str] = &[
     "ecs_cluster",
     "ecs_api",
     "ecs_api_refresh_interval",
+    "tags",
     "disabled_hooks",
 ];
 
@@ -284,6 +290,10 @@ impl Config {
             "otlp_queue_batches" => {
                 self.otlp_queue_batches = usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
             }
+            "tags" => {
+                self.tags =
+                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+            }
             "disabled_hooks" => {
                 self.disabled_hooks =
                     value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
@@ -349,6 +359,9 @@ impl Config {
         if self.ecs_api_refresh_interval < Duration::from_millis(100) {
             return fail("ecs_api_refresh_interval must be at least 100ms".into());
         }
+        if let Err(e) = crate::tags::Tags::parse(&self.tags) {
+            return fail(e);
+        }
         if self.otlp_max_backoff < Duration::from_secs(1) || self.otlp_timeout < Duration::from_millis(100) {
             return fail("otlp_max_backoff must be at least 1s and otlp_timeout at least 100ms".into());
         }
@@ -375,6 +388,11 @@ impl Config {
             .map(|h| format!("{}=<redacted>", h.split_once('=').map_or(h.as_str(), |(k, _)| k)))
             .collect();
         c
+    }
+
+    /// `tags`, parsed (validated at startup; invalid entries make no tags here).
+    pub fn tag_set(&self) -> crate::tags::Tags {
+        crate::tags::Tags::parse(&self.tags).unwrap_or_default()
     }
 
     /// `otlp_headers` as (name, value) pairs.

@@ -29,3 +29,4 @@ pub mod otlp;
 pub mod pipeline;
 pub mod preflight;
 pub mod table;
+pub mod tags;

@@ -35,6 +35,8 @@ enum Kind {
 struct Writer {
     out: String,
     openmetrics: bool,
+    /// Static tags, appended to every sample's labels.
+    extra: Vec<(String, String)>,
 }
 
 impl Writer {
@@ -51,9 +53,11 @@ impl Writer {
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.out.push_str(name);
-        if !labels.is_empty() {
+        let extra = self.extra.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let all: Vec<(&str, &str)> = labels.iter().copied().chain(extra).collect();
+        if !all.is_empty() {
             self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
+            for (i, (k, v)) in all.iter().enumerate() {
                 if i > 0 {
                     self.out.push(',');
                 }
@@ -101,7 +105,11 @@ mod erased {
 
 /// Renders the exposition.
 pub fn render(s: &Snapshot<'_>, openmetrics: bool) -> String {
-    let mut w = Writer { out: String::with_capacity(4096 + s.series.len() * 1024), openmetrics };
+    let mut w = Writer {
+        out: String::with_capacity(4096 + s.series.len() * 1024),
+        openmetrics,
+        extra: s.status.tags.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
     let labelled: Vec<([(&str, String); 10], &SeriesValues)> =
         s.series.iter().map(|(k, v)| (series_labels(k), v)).collect();
 

@@ -20,6 +20,7 @@ use crate::flow::FlowRecord;
 use crate::otlp::{Batch as OtlpBatch, OtlpQueue, OtlpStats};
 use crate::preflight::KernelInfo;
 use crate::table::FlowTable;
+use crate::tags::{Tagged, Tags};
 
 pub mod labeller;
 
@@ -55,6 +56,8 @@ pub struct Shared {
     pub ecs: Option<Arc<dyn Enricher>>,
     /// ECS identity of remote ends through the ECS API, when on.
     pub remote: Option<Arc<dyn Enricher>>,
+    /// Static tags carried by every record.
+    pub tags: Tags,
 }
 
 impl Shared {
@@ -75,6 +78,7 @@ impl Shared {
             otlp: None,
             ecs: None,
             remote: None,
+            tags: Tags::default(),
         }
     }
 
@@ -196,7 +200,7 @@ pub fn write_jsonl(rx: Receiver<Vec<Line>>, mut out: impl Write, shared: Arc<Sha
     for batch in rx {
         let mut ok = true;
         for r in &batch {
-            match serde_json::to_writer(&mut out, r) {
+            match serde_json::to_writer(&mut out, &Tagged { record: r, tags: &shared.tags }) {
                 Ok(()) => ok &= out.write_all(b"\n").is_ok(),
                 Err(_) => ok = false,
             }

@@ -21,7 +21,7 @@ const REGIONS: [&str; 2] = ["us-east-1", "us-gov-west-1"];
 const TEMPLATES: [&str; 4] =
     ["eddy-daemon", "eddy-daemon-govcloud", "eddy-daemon-external", "eddy-fargate-sidecar"];
 /// Variables the agent does not accept yet: they must never reach its container.
-const NOT_YET: [&str; 4] = ["EDDY_TAGS", "EDDY_FIPS_ENABLED", "EDDY_FIPS_PORT_RANGE_START", "EDDY_COLLECTOR"];
+const NOT_YET: [&str; 3] = ["EDDY_FIPS_ENABLED", "EDDY_FIPS_PORT_RANGE_START", "EDDY_COLLECTOR"];
 
 fn tools_or_skip() -> Option<Tools> {
     match Tools::find() {
@@ -87,6 +87,8 @@ fn renderings(tools: &Tools) -> Result<Vec<(String, Value)>> {
             "--otlp-headers-secret",
             &s,
             "--tag",
+            "env:prod,team:payments",
+            "--record-tags",
             "env:prod,team:payments",
             "--log-level",
             "debug",
@@ -415,6 +417,8 @@ fn stack_reaches_create_complete_on_moto() {
                 "bpf",
                 "--otlp-headers-secret",
                 "arn:aws:ssm:us-east-1:123456789012:parameter/eddy/otlp-headers",
+                "--static-tags",
+                "env:prod,team:payments",
             ],
         ),
         (
@@ -809,4 +813,24 @@ fn check_no_not_yet_in_agent(accepted: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[test]
+fn record_tags_reach_the_agent_and_bad_ones_are_refused() {
+    let Some(tools) = tools_or_skip() else { return };
+    let td = render(&tools, "eddy-daemon", "us-east-1", &["--record-tags", "env:prod,team:payments"])
+        .expect("render");
+    let agent = td["containerDefinitions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "eddy-agent"))
+        .expect("agent container");
+    let tags = agent["environment"].as_array().and_then(|e| e.iter().find(|v| v["name"] == "EDDY_TAGS"));
+    assert_eq!(tags.map(|v| v["value"].clone()), Some(json!("env:prod,team:payments")), "{agent}");
+    let out = run(tools
+        .script("render-task-definition.sh")
+        .args(render_args("eddy-daemon", "us-east-1"))
+        .args(["--record-tags", "Env=prod"]))
+    .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --record-tags"), "{out:?}");
 }

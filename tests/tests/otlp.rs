@@ -38,6 +38,8 @@ fn receiver_gets_exact_points_attributes_and_headers() {
         &rx.endpoint(),
         "--otlp-headers",
         "authorization=Bearer test-token",
+        "--tags",
+        "env:test",
     ]);
     const PLAN: &[(usize, usize)] = &[(1_000, 2_000), (3_333, 7)];
     let server = exchanges_between_namespaces("otlp", PLAN);
@@ -68,6 +70,7 @@ fn receiver_gets_exact_points_attributes_and_headers() {
     assert!(last.headers.iter().any(|(k, v)| k == "content-type" && v == "application/x-protobuf"));
     let resource = last.request.resource_metrics[0].resource.clone().expect("resource");
     assert_eq!(attr_str(&resource.attributes, "service.name").as_deref(), Some("eddy-agent"));
+    assert_eq!(attr_str(&resource.attributes, "env").as_deref(), Some("test"), "static tags");
     let points = sum_points(&last.request, "eddy.network.io");
     let (attrs, _) =
         points.iter().find(|(a, _)| attr_int(a, "server.port") == Some(i64::from(port))).expect("point");

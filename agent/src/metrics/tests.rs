@@ -25,6 +25,7 @@ fn status() -> Status {
         otlp: None,
         ecs: None,
         ecs_api: None,
+        tags: crate::tags::Tags::default(),
     }
 }
 
@@ -104,4 +105,17 @@ fn enrichment_errors_and_freshness_per_provider() {
     let none =
         render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &status() }, false);
     assert!(!none.contains("enrichment"), "no providers, no families");
+}
+
+#[test]
+fn static_tags_label_every_sample() {
+    let mut st = status();
+    st.tags = crate::tags::Tags::parse(&["env:prod".to_string()]).expect("tags");
+    let series = series();
+    let out = render(&Snapshot { series: &series, aggregate: AggregateStats::default(), status: &st }, false);
+    let samples: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(!samples.is_empty());
+    for l in &samples {
+        assert!(l.contains(r#"env="prod"}"#), "untagged sample: {l}");
+    }
 }

@@ -32,6 +32,12 @@ impl Resource {
             ],
         }
     }
+
+    /// Adds the deployment's static tags as attributes (`tags` in the configuration).
+    pub fn with_tags(mut self, tags: &crate::tags::Tags) -> Self {
+        self.attributes.extend(tags.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self
+    }
 }
 
 fn kv(key: &str, v: any_value::Value) -> KeyValue {
