@@ -1,0 +1,197 @@
+//! The agent's container image, built by `scripts/build-images.sh` with podman from the binary under
+//! test and run the way `task-definitions/eddy-daemon.json` runs it: its capabilities, host network
+//! and pid mode, read-only root filesystem, its mounts and environment. It must load its programs,
+//! pass the task definition's health check command, and count a connection's bytes exactly.
+//!
+//! Podman runs rootful with runc and cgroupfs (crun fails on this hybrid-cgroup host; see
+//! shared/design/MACHINE-NOTES.md). The task definition's memlock ulimit needs CAP_SYS_RESOURCE;
+//! where this process lacks it the limit is left out (kernels >= 5.11 account BPF memory to the cgroup).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use eddy_tests::agent::free_loopback_port;
+use eddy_tests::aws::repo_root;
+use eddy_tests::*;
+use serde_json::Value;
+
+const PLAN: &[(usize, usize)] = &[(4_321, 1_234)];
+
+struct Podman {
+    conf: PathBuf,
+}
+
+impl Podman {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", &self.conf).args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("podman")
+    }
+}
+
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+struct Container<'a> {
+    podman: &'a Podman,
+    name: String,
+    image: String,
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        self.podman.run(&["rm", "-f", "-t", "2", &self.name]);
+        self.podman.run(&["rmi", "-f", &self.image]);
+    }
+}
+
+#[test]
+fn agent_image_runs_as_the_task_definition_says() {
+    if !require_privileges() {
+        return;
+    }
+    if Command::new("podman").arg("--version").output().is_err() {
+        return skip("podman is not installed (scripts/install-deps.sh test installs podman and runc)");
+    }
+    let conf = std::env::temp_dir().join(format!("eddy-containers-{}.conf", std::process::id()));
+    std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").expect("containers.conf");
+    let podman = Podman { conf };
+
+    // Build from the very binary under test.
+    let bin_dir = agent_bin().parent().expect("bin dir").to_path_buf();
+    let tag = format!("smoke-{}", std::process::id());
+    let image = format!("localhost/eddy-agent:{tag}");
+    let out = Command::new(repo_root().join("scripts/build-images.sh"))
+        .args(["--engine", "podman", "--tag", &tag, "--prebuilt"])
+        .arg(&bin_dir)
+        .env("CONTAINERS_CONF", &podman.conf)
+        .env("ENGINE_ARGS", "--runtime runc --cgroup-manager cgroupfs")
+        .output()
+        .expect("build-images.sh");
+    assert!(out.status.success(), "build-images.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Run it as the daemon task definition says.
+    let td: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("task-definitions/eddy-daemon.json")).expect("read"),
+    )
+    .expect("task definition JSON");
+    let c = &td["containerDefinitions"][0];
+    assert_eq!((td["networkMode"].as_str(), td["pidMode"].as_str()), (Some("host"), Some("host")));
+    let name = format!("eddy-smoke-{}", std::process::id());
+    let port = free_loopback_port();
+    let mut args: Vec<String> = ["run", "-d", "--name", &name, "--network", "host", "--pid", "host"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for cap in c["linuxParameters"]["capabilities"]["add"].as_array().expect("capabilities") {
+        args.extend(["--cap-add".into(), cap.as_str().expect("cap").into()]);
+    }
+    if c["readonlyRootFilesystem"] == true {
+        args.push("--read-only".into());
+    }
+    for m in c["mountPoints"].as_array().expect("mountPoints") {
+        let volume = td["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == m["sourceVolume"]))
+            .expect("volume");
+        let ro = if m["readOnly"] == true { ":ro" } else { "" };
+        args.extend([
+            "-v".into(),
+            format!(
+                "{}:{}{ro}",
+                volume["host"]["sourcePath"].as_str().expect("src"),
+                m["containerPath"].as_str().expect("dst")
+            ),
+        ]);
+    }
+    for u in c["ulimits"].as_array().into_iter().flatten() {
+        if has_cap_sys_resource() {
+            args.extend([
+                "--ulimit".into(),
+                format!("{}={}:{}", u["name"].as_str().expect("name"), u["softLimit"], u["hardLimit"]),
+            ]);
+        } else {
+            eprintln!("note: ulimit {} left out: this process lacks CAP_SYS_RESOURCE", u["name"]);
+        }
+    }
+    for e in c["environment"].as_array().expect("environment") {
+        let (k, v) = (e["name"].as_str().expect("name"), e["value"].as_str().expect("value"));
+        let v = if k == "EDDY_LISTEN" { format!("127.0.0.1:{port}") } else { v.to_string() };
+        args.extend(["-e".into(), format!("{k}={v}")]);
+    }
+    args.extend([
+        "-e".into(),
+        "EDDY_POLL_INTERVAL=200ms".into(),
+        "-e".into(),
+        "EDDY_EXPORT_INTERVAL=500ms".into(),
+    ]);
+    args.extend([
+        "--entrypoint".into(),
+        c["entryPoint"][0].as_str().expect("entryPoint").into(),
+        image.clone(),
+    ]);
+    args.extend(
+        c["command"].as_array().expect("command").iter().map(|a| a.as_str().expect("arg").to_string()),
+    );
+    let container = Container { podman: &podman, name: name.clone(), image: image.clone() };
+    let out = podman.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "podman {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let logs = || String::from_utf8_lossy(&podman.run(&["logs", &name]).stderr).into_owned();
+    let status: Value =
+        poll_until(Duration::from_secs(30), Duration::from_millis(200), "the containerised agent", || {
+            match eddy_tests::http::http_get(addr, "/status", Duration::from_secs(2)) {
+                Ok(r) if r.status == 200 => {
+                    serde_json::from_str::<Value>(&r.text()).map_err(|e| e.to_string())
+                }
+                Ok(r) => Err(format!("HTTP {}", r.status)),
+                Err(e) => Err(format!("{e}; logs: {}", logs())),
+            }
+        });
+    assert_eq!(status["collector"], "ebpf", "{status}");
+    assert!(status["hooks"].as_array().is_some_and(|h| h.iter().all(|h| !h["chosen"].is_null())), "{status}");
+
+    // The task definition's health check, inside the container.
+    let hc: Vec<&str> = c["healthCheck"]["command"].as_array().expect("healthCheck")[1..]
+        .iter()
+        .map(|a| a.as_str().expect("arg"))
+        .collect();
+    let mut exec = vec!["exec", name.as_str()];
+    exec.extend(hc);
+    let out = podman.run(&exec);
+    assert!(out.status.success(), "health check failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Exact bytes, as JSON lines on the container's stdout (EDDY_OUTPUT=jsonl in the task definition).
+    let server = exchanges_between_namespaces("image", PLAN);
+    poll_until(
+        Duration::from_secs(15),
+        Duration::from_millis(300),
+        "the flow in the container's stdout",
+        || {
+            let out = podman.run(&["logs", &name]);
+            let found = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| {
+                    v["remote"]["port"] == server.port()
+                        && v["direction"] == "outgoing"
+                        && v["bytes_sent"] == PLAN[0].0
+                        && v["bytes_received"] == PLAN[0].1
+                });
+            if found { Ok(()) } else { Err("not yet".into()) }
+        },
+    );
+    drop(container);
+}
