@@ -14,6 +14,7 @@
 
 pub mod aggregate;
 pub mod api;
+pub mod aws;
 pub mod capture;
 pub mod cli;
 pub mod clock;
