@@ -7,3 +7,4 @@
 //! of each flow (same-AZ, cross-AZ, cross-VPC, internet).
 
 pub mod classify;
+pub mod identity;
