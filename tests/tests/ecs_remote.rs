@@ -250,7 +250,7 @@ fn remote_ends_are_named_from_the_ecs_api_and_api_faults_degrade_gracefully() {
 
     // 1. Throttled: counted and backed off; flows are exported all the same, without remote labels.
     poll_until(Duration::from_secs(30), Duration::from_millis(200), "throttling counted", || {
-        let n = counter(&agent, "ecs_api_throttled");
+        let n = counter(&agent, "throttled");
         if n > 0 { Ok(()) } else { Err(format!("status {}", agent.status()["ecs_api"])) }
     });
     let port = connect_and_send(&client, api, 1_000);
@@ -271,7 +271,7 @@ fn remote_ends_are_named_from_the_ecs_api_and_api_faults_degrade_gracefully() {
     // 2. A server error: counted as an API error.
     proxy.set(Fault::ServerError);
     poll_until(Duration::from_secs(30), Duration::from_millis(200), "500 counted", || {
-        let n = counter(&agent, "ecs_api_errors");
+        let n = counter(&agent, "errors");
         if n > 0 { Ok(()) } else { Err(format!("status {}", agent.status()["ecs_api"])) }
     });
 
@@ -318,7 +318,7 @@ fn remote_ends_are_named_from_the_ecs_api_and_api_faults_degrade_gracefully() {
     // 4. Access denied: one clear line naming the IAM action; the last index stays in use.
     proxy.set(Fault::AccessDenied);
     poll_until(Duration::from_secs(30), Duration::from_millis(200), "access denied counted", || {
-        let n = counter(&agent, "ecs_api_access_denied");
+        let n = counter(&agent, "access_denied");
         if n > 0 { Ok(()) } else { Err(format!("status {}", agent.status()["ecs_api"])) }
     });
     let log = agent.log_tail(200);

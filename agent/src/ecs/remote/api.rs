@@ -6,8 +6,9 @@
 
 use std::net::IpAddr;
 
-use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::types::{Task, TransportProtocol};
+
+pub use crate::aws::error::{ApiError as DiscoveryError, classify};
 
 use super::index::{ContainerInfo, Discovered, InstanceInfo, TaskInfo, family_revision, service_of};
 use crate::ecs::EcsLabels;
@@ -17,78 +18,6 @@ use crate::flow::Protocol;
 const BATCH: usize = 100;
 /// Pages of ListTasks per refresh, at most (100 tasks each).
 const MAX_PAGES: usize = 1_000;
-
-/// Why a discovery failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DiscoveryError {
-    #[error("{action}: throttled ({message}); backing off")]
-    Throttled { action: &'static str, message: String },
-    #[error(
-        "{action}: access denied ({message}). Grant the agent's task role the IAM action {action} \
-         (see README, Deploy on ECS → IAM); remote ECS labels stay off until it succeeds"
-    )]
-    AccessDenied { action: &'static str, message: String },
-    #[error("{action}: cluster {cluster} not found ({message}); set ecs_cluster or check the region")]
-    ClusterNotFound { action: &'static str, cluster: String, message: String },
-    #[error("{action}: cannot reach the API endpoint: {message}")]
-    Unreachable { action: &'static str, message: String },
-    #[error("{action}: {message}")]
-    Api { action: &'static str, message: String },
-}
-
-impl DiscoveryError {
-    /// Counter name for `/status`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DiscoveryError::Throttled { .. } => "ecs_api_throttled",
-            DiscoveryError::AccessDenied { .. } => "ecs_api_access_denied",
-            DiscoveryError::ClusterNotFound { .. } => "ecs_api_cluster_not_found",
-            DiscoveryError::Unreachable { .. } => "ecs_api_unreachable",
-            DiscoveryError::Api { .. } => "ecs_api_errors",
-        }
-    }
-}
-
-fn classify<E, R>(action: &'static str, cluster: &str, e: SdkError<E, R>) -> DiscoveryError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let code = e.code().unwrap_or_default().to_string();
-    let message = match e.message() {
-        Some(m) => format!("{code}: {m}"),
-        None => aws_smithy_error_chain(&e),
-    };
-    match code.as_str() {
-        "ThrottlingException" | "Throttling" | "RequestLimitExceeded" | "TooManyRequestsException" => {
-            DiscoveryError::Throttled { action, message }
-        }
-        "AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation" => {
-            DiscoveryError::AccessDenied { action, message }
-        }
-        "ClusterNotFoundException" => {
-            DiscoveryError::ClusterNotFound { action, cluster: cluster.to_string(), message }
-        }
-        _ => match e {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                DiscoveryError::Unreachable { action, message }
-            }
-            _ => DiscoveryError::Api { action, message },
-        },
-    }
-}
-
-/// The error and its sources on one line.
-fn aws_smithy_error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
 
 /// The API clients, built once from the SDK's standard configuration.
 #[derive(Clone, Debug)]
