@@ -45,6 +45,8 @@ pub struct Status {
     pub ecs: Option<serde_json::Value>,
     /// ECS API provider (remote ends) freshness and errors (absent when off).
     pub ecs_api: Option<serde_json::Value>,
+    /// Enhanced resolution (AWS context of remote ends): decision, identity, resolver counters.
+    pub aws: Option<serde_json::Value>,
     /// Static tags carried by every record.
     pub tags: Tags,
 }
@@ -84,6 +86,7 @@ impl Status {
             otlp: shared.otlp.as_ref().map(|o| o.counts()),
             ecs: shared.ecs.as_ref().map(|e| e.status()),
             ecs_api: shared.remote.as_ref().map(|e| e.status()),
+            aws: shared.aws.as_ref().map(|e| e.status()),
             tags: shared.tags.clone(),
         }
     }

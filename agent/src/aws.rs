@@ -9,6 +9,8 @@
 //! (`remote.aws`, `scope`), configuration and `/status`.
 
 pub mod classify;
+pub mod ec2;
+pub mod enricher;
 pub mod error;
 pub mod identity;
 pub mod resolver;

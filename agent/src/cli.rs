@@ -112,6 +112,21 @@ pub struct Overrides {
     /// How often the cluster's tasks are listed through the ECS API.
     #[arg(long)]
     pub ecs_api_refresh_interval: Option<String>,
+    /// Enhanced resolution through the EC2 API: auto, on or off.
+    #[arg(long)]
+    pub aws_resolution: Option<String>,
+    /// EC2 API calls per second for enhanced resolution, at most.
+    #[arg(long)]
+    pub aws_api_calls_per_second: Option<String>,
+    /// How long resolved addresses are cached.
+    #[arg(long)]
+    pub aws_cache_ttl: Option<String>,
+    /// This host's region (overrides IMDS).
+    #[arg(long)]
+    pub aws_region: Option<String>,
+    /// This host's availability zone (overrides IMDS).
+    #[arg(long)]
+    pub aws_availability_zone: Option<String>,
     /// Static tags for every record, comma-separated key:value (e.g. env:prod,team:payments).
     #[arg(long)]
     pub tags: Option<String>,
@@ -148,6 +163,11 @@ impl Overrides {
             ("ecs_cluster", &self.ecs_cluster),
             ("ecs_api", &self.ecs_api),
             ("ecs_api_refresh_interval", &self.ecs_api_refresh_interval),
+            ("aws_resolution", &self.aws_resolution),
+            ("aws_api_calls_per_second", &self.aws_api_calls_per_second),
+            ("aws_cache_ttl", &self.aws_cache_ttl),
+            ("aws_region", &self.aws_region),
+            ("aws_availability_zone", &self.aws_availability_zone),
             ("tags", &self.tags),
             ("disabled_hooks", &self.disabled_hooks),
         ]
@@ -188,6 +208,11 @@ mod tests {
             ecs_cluster: Some("x".into()),
             ecs_api: Some("x".into()),
             ecs_api_refresh_interval: Some("x".into()),
+            aws_resolution: Some("x".into()),
+            aws_api_calls_per_second: Some("x".into()),
+            aws_cache_ttl: Some("x".into()),
+            aws_region: Some("x".into()),
+            aws_availability_zone: Some("x".into()),
             tags: Some("x".into()),
             disabled_hooks: Some("x".into()),
             config: None,

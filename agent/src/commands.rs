@@ -7,11 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::aggregate::AggregateSettings;
+use crate::aws::ec2::Ec2Source;
+use crate::aws::enricher::AwsEnricher;
+use crate::aws::identity::{self, ImdsDecision};
+use crate::aws::resolver::{AwsResolver, ResolverSettings};
 use crate::capture::{CaptureSettings, capture};
 use crate::clock::{Clock, SystemClock};
 use crate::collector::CollectorError;
 use crate::collector::ebpf::{EbpfSettings, EbpfSource};
-use crate::config::{Config, Output};
+use crate::config::{AwsResolution, Config, Output};
 use crate::ecs::environment::{self, Environment};
 use crate::ecs::local::{LocalResolver, RefreshSettings, refresh_loop};
 use crate::ecs::remote::{self, ConfiguredCluster, RemoteResolver, RemoteSettings};
@@ -110,6 +114,52 @@ fn start_ecs(
     }
 }
 
+/// Starts enhanced resolution where it is on (see [`AwsResolution`] and [`identity::imds_decision`]).
+fn start_aws(cfg: &Config, rt: &tokio::runtime::Runtime) -> Option<Arc<dyn Enricher>> {
+    let env: std::collections::HashMap<String, String> =
+        std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).collect();
+    let dmi = identity::dmi_is_ec2(std::path::Path::new("/sys/class/dmi/id"));
+    let (why, call_imds) = match (cfg.aws_resolution, identity::imds_decision(&env, dmi)) {
+        (AwsResolution::Off, _) => return None,
+        (AwsResolution::Auto, ImdsDecision::Skip { why }) => {
+            tracing::info!(reason = why, "enhanced resolution off (aws_resolution=on forces it)");
+            return None;
+        }
+        (_, ImdsDecision::Call { why }) => (why.to_string(), true),
+        (AwsResolution::On, ImdsDecision::Skip { why }) => {
+            (format!("configured (aws_resolution=on); IMDS not called: {why}"), false)
+        }
+    };
+    let own = identity::Identity {
+        region: cfg.aws_region.clone(),
+        availability_zone: cfg.aws_availability_zone.clone(),
+        ..Default::default()
+    };
+    let resolver = Arc::new(AwsResolver::new(ResolverSettings {
+        calls_per_second: cfg.aws_api_calls_per_second,
+        positive_ttl: cfg.aws_cache_ttl,
+        negative_ttl: cfg.aws_cache_ttl / 2,
+        ..Default::default()
+    }));
+    tracing::info!(decision = %why, "enhanced resolution on: remote ends get AWS context");
+    let enricher = Arc::new(AwsEnricher::new(resolver.clone(), own, why));
+    let e = enricher.clone();
+    rt.spawn(async move {
+        if call_imds {
+            match identity::fetch(None, Duration::from_secs(2)).await {
+                Ok(id) => e.set_identity(id),
+                Err(err) => {
+                    tracing::warn!(error = %err, "enhanced resolution: no identity from IMDS; scope stays partial");
+                    e.set_identity_error(err.to_string());
+                }
+            }
+        }
+        let (clients, _region) = remote::clients(e.identity().region, Duration::from_secs(20)).await;
+        resolver.run(Arc::new(Ec2Source { client: clients.ec2 })).await;
+    });
+    Some(enricher)
+}
+
 fn hostname() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.nodename().to_string_lossy().into_owned())
@@ -191,6 +241,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     shared.tags = cfg.tag_set();
     let ecs = start_ecs(&cfg, shared.kernel.cgroup2.clone(), &rt);
     (shared.ecs, shared.remote) = (ecs.local, ecs.remote);
+    shared.aws = start_aws(&cfg, &rt);
     let shared = Arc::new(shared);
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -270,7 +321,8 @@ pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Resu
         tracing::info!(duration = %humantime::format_duration(duration), "capture started");
     })?;
     let mut flows = captured.flows;
-    for e in ecs.local.iter().chain(&ecs.remote) {
+    let aws = start_aws(&cfg, &rt);
+    for e in ecs.local.iter().chain(&ecs.remote).chain(&aws) {
         for f in &mut flows {
             e.enrich(f);
         }

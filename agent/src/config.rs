@@ -26,6 +26,16 @@ pub enum Output {
     Jsonl,
 }
 
+/// Whether remote addresses are resolved through the EC2 API (enhanced resolution).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AwsResolution {
+    /// On where IMDS may be called: an EC2 instance (DMI) or an explicitly configured endpoint.
+    Auto,
+    On,
+    Off,
+}
+
 /// The agent's configuration. See the README's configuration reference.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -90,6 +100,18 @@ pub struct Config {
     /// How often the cluster's tasks are listed through the ECS API.
     #[serde(with = "duration_str")]
     pub ecs_api_refresh_interval: Duration,
+    /// Enhanced resolution: remote addresses → ENI owner (load balancer, NAT gateway, endpoint,
+    /// instance, ...) and the flow's scope, through `ec2:DescribeNetworkInterfaces`.
+    pub aws_resolution: AwsResolution,
+    /// EC2 API calls per second for enhanced resolution, at most (bursts up to one second's worth).
+    pub aws_api_calls_per_second: f64,
+    /// How long a resolved address is cached (addresses found in no ENI: half as long).
+    #[serde(with = "duration_str")]
+    pub aws_cache_ttl: Duration,
+    /// This host's region, overriding IMDS (e.g. where IMDS is unreachable).
+    pub aws_region: Option<String>,
+    /// This host's availability zone, overriding IMDS.
+    pub aws_availability_zone: Option<String>,
     /// Static tags for every record, `key:value` (comma-separated in the environment), e.g.
     /// `env:prod,team:payments`: a `tags` object on JSON lines and `/flows`, labels on every
     /// `/metrics` sample, OTLP resource attributes.
@@ -127,6 +149,11 @@ impl Default for Config {
             ecs_cluster: None,
             ecs_api: true,
             ecs_api_refresh_interval: Duration::from_secs(60),
+            aws_resolution: AwsResolution::Auto,
+            aws_api_calls_per_second: 5.0,
+            aws_cache_ttl: Duration::from_secs(600),
+            aws_region: None,
+            aws_availability_zone: None,
             tags: Vec::new(),
             disabled_hooks: Vec::new(),
         }
@@ -174,6 +201,11 @@ pub const KEYS: &[&str] = &[
     "ecs_cluster",
     "ecs_api",
     "ecs_api_refresh_interval",
+    "aws_resolution",
+    "aws_api_calls_per_second",
+    "aws_cache_ttl",
+    "aws_region",
+    "aws_availability_zone",
     "tags",
     "disabled_hooks",
 ];
@@ -290,6 +322,27 @@ impl Config {
             "otlp_queue_batches" => {
                 self.otlp_queue_batches = usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
             }
+            "aws_resolution" => {
+                self.aws_resolution = match value.trim() {
+                    "auto" | "" => AwsResolution::Auto,
+                    "on" | "true" => AwsResolution::On,
+                    "off" | "false" => AwsResolution::Off,
+                    _ => return Err(bad("expected auto, on or off".into())),
+                }
+            }
+            "aws_api_calls_per_second" => {
+                self.aws_api_calls_per_second =
+                    value.trim().parse().map_err(|_| bad("expected a number, e.g. 5 or 0.5".into()))?
+            }
+            "aws_cache_ttl" => self.aws_cache_ttl = dur(value)?,
+            "aws_region" => {
+                let v = value.trim();
+                self.aws_region = (!v.is_empty()).then(|| v.to_string());
+            }
+            "aws_availability_zone" => {
+                let v = value.trim();
+                self.aws_availability_zone = (!v.is_empty()).then(|| v.to_string());
+            }
             "tags" => {
                 self.tags =
                     value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
@@ -358,6 +411,12 @@ impl Config {
         }
         if self.ecs_api_refresh_interval < Duration::from_millis(100) {
             return fail("ecs_api_refresh_interval must be at least 100ms".into());
+        }
+        if !(0.1..=100.0).contains(&self.aws_api_calls_per_second) {
+            return fail("aws_api_calls_per_second must be between 0.1 and 100".into());
+        }
+        if self.aws_cache_ttl < Duration::from_secs(1) {
+            return fail("aws_cache_ttl must be at least 1s".into());
         }
         if let Err(e) = crate::tags::Tags::parse(&self.tags) {
             return fail(e);

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::aws::resolver::RemoteAws;
 use crate::ecs::EcsLabels;
 
 /// Transport protocol.
@@ -54,6 +55,22 @@ pub enum Failure {
     Unreachable,
 }
 
+/// Where the remote end is, seen from this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// Both ends on this host (any network namespace).
+    SameHost,
+    /// Another address of this VPC in this host's availability zone.
+    SameAz,
+    /// Another availability zone of this VPC.
+    CrossAz,
+    /// A private address outside this VPC (peering, transit gateway, another VPC's ENI).
+    CrossVpc,
+    /// A public address outside the VPC.
+    Internet,
+}
+
 /// One end of a flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -62,11 +79,14 @@ pub struct Endpoint {
     /// ECS identity of this end, when an ECS provider runs (see [`crate::ecs`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ecs: Option<Box<EcsLabels>>,
+    /// What owns this address in AWS, when enhanced resolution runs (see [`crate::aws`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<Box<RemoteAws>>,
 }
 
 impl Endpoint {
     pub fn new(addr: IpAddr, port: u16) -> Self {
-        Endpoint { addr, port, ecs: None }
+        Endpoint { addr, port, ecs: None, aws: None }
     }
 
     pub fn socket_addr(&self) -> std::net::SocketAddr {
@@ -105,6 +125,9 @@ pub struct FlowRecord {
     /// Round-trip time mean deviation (TCP only).
     pub rtt_var_us: Option<u32>,
     pub failure: Option<Failure>,
+    /// Where the remote end is (when ECS or AWS enrichment runs; absent when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
     #[serde(with = "rfc3339_opt")]
     pub opened_at: Option<SystemTime>,
     #[serde(with = "rfc3339_opt")]
@@ -143,6 +166,7 @@ impl FlowRecord {
             failure: None,
             opened_at: None,
             closed_at: closed.then_some(SystemTime::UNIX_EPOCH),
+            scope: None,
         }
     }
 }
@@ -192,6 +216,7 @@ mod tests {
             failure: Some(Failure::Refused),
             opened_at: Some(SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456)),
             closed_at: None,
+            scope: None,
         }
     }
 

@@ -56,6 +56,8 @@ pub struct Shared {
     pub ecs: Option<Arc<dyn Enricher>>,
     /// ECS identity of remote ends through the ECS API, when on.
     pub remote: Option<Arc<dyn Enricher>>,
+    /// AWS context of remote ends (enhanced resolution), when on.
+    pub aws: Option<Arc<dyn Enricher>>,
     /// Static tags carried by every record.
     pub tags: Tags,
 }
@@ -78,6 +80,7 @@ impl Shared {
             otlp: None,
             ecs: None,
             remote: None,
+            aws: None,
             tags: Tags::default(),
         }
     }
@@ -123,8 +126,10 @@ pub fn collect(
         let scan = stopping || now >= next_scan;
         match source.poll(scan) {
             Ok(mut batch) => {
-                if let Some(ecs) = &shared.ecs {
-                    labeller.label(ecs.as_ref(), shared.remote.as_deref(), &mut batch, now, stopping);
+                let remote: Vec<&dyn Enricher> =
+                    shared.remote.iter().chain(&shared.aws).map(|e| e.as_ref()).collect();
+                if shared.ecs.is_some() || !remote.is_empty() {
+                    labeller.label(shared.ecs.as_deref(), &remote, &mut batch, now, stopping);
                 }
                 // Every closed flow is counted as it arrives (final counters).
                 for o in &batch.closed {

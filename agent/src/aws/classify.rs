@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 /// The kinds of ENI owner Eddy names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OwnerKind {
     Alb,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::classify::Owner;
+use super::classify::{Owner, OwnerKind};
 use super::error::ApiError as DiscoveryError;
 
 /// Addresses per API call (well within the EC2 filter-value limit).
@@ -36,9 +36,9 @@ pub struct EniRecord {
 }
 
 /// What a remote address is, for `remote.aws`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RemoteAws {
-    pub kind: &'static str,
+    pub kind: OwnerKind,
     pub name: Option<String>,
     pub id: Option<String>,
     pub vpc: Option<String>,
@@ -49,7 +49,7 @@ pub struct RemoteAws {
 impl From<&EniRecord> for RemoteAws {
     fn from(e: &EniRecord) -> Self {
         RemoteAws {
-            kind: e.owner.kind.as_str(),
+            kind: e.owner.kind,
             name: e.owner.name.clone(),
             id: e.owner.id.clone(),
             vpc: e.vpc_id.clone(),

@@ -96,7 +96,7 @@ async fn many_addresses_cost_one_call_per_batch_within_the_budget() {
         assert!(in_window <= 21, "{in_window} calls within a second");
     }
     // Cached, found or not: no more calls.
-    assert_eq!(r.lookup(ip(7)).map(|a| a.kind), Some("alb"));
+    assert_eq!(r.lookup(ip(7)).map(|a| a.kind), Some(OwnerKind::Alb));
     assert!(r.lookup(ip(1_500)).is_none());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(fake.calls.lock().unwrap_or_else(PoisonError::into_inner).len(), 20);

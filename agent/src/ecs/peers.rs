@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use super::EcsLabels;
-use crate::flow::{FlowRecord, Protocol};
+use crate::flow::{FlowRecord, Protocol, Scope};
 
 type Key = (Protocol, SocketAddr, SocketAddr);
 
@@ -50,6 +50,7 @@ impl Peers {
             let peer = (r.protocol, r.remote.socket_addr(), r.local.socket_addr());
             if let Some(l) = self.labels.get(&peer) {
                 r.remote.ecs = Some(l.clone());
+                r.scope = Some(Scope::SameHost);
             }
         }
     }

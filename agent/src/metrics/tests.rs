@@ -25,6 +25,7 @@ fn status() -> Status {
         otlp: None,
         ecs: None,
         ecs_api: None,
+        aws: None,
         tags: crate::tags::Tags::default(),
     }
 }

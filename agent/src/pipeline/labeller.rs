@@ -34,18 +34,23 @@ impl Default for Labeller {
 }
 
 impl Labeller {
-    /// Labels `batch` in place; with `flush`, releases every held flow.
+    /// Labels `batch` in place: `local` (with intra-host peers) first, then each of
+    /// `remote` in order. With `flush`, releases every held flow.
     pub fn label(
         &mut self,
-        local: &dyn Enricher,
-        remote: Option<&dyn Enricher>,
+        local: Option<&dyn Enricher>,
+        remote: &[&dyn Enricher],
         batch: &mut Batch,
         now: Instant,
         flush: bool,
     ) {
-        for o in batch.closed.iter_mut().chain(batch.live.iter_mut().flatten()) {
-            local.enrich(&mut o.record);
+        if let Some(local) = local {
+            for o in batch.closed.iter_mut().chain(batch.live.iter_mut().flatten()) {
+                local.enrich(&mut o.record);
+            }
         }
+        // Closed flows wait for their peer only when there are local labels to link.
+        let flush = flush || local.is_none();
         {
             let mut records: Vec<&mut FlowRecord> = self
                 .held
@@ -55,10 +60,12 @@ impl Labeller {
                 .chain(batch.live.iter_mut().flatten())
                 .map(|o| &mut o.record)
                 .collect();
-            self.peers.link(&mut records);
-            if let Some(remote) = remote {
-                for r in records {
-                    remote.enrich(r);
+            if local.is_some() {
+                self.peers.link(&mut records);
+            }
+            for e in remote {
+                for r in records.iter_mut() {
+                    e.enrich(r);
                 }
             }
         }
@@ -108,23 +115,23 @@ mod tests {
         let mut l = Labeller::default();
         let t0 = Instant::now();
         let mut first = Batch { closed: vec![closed(80, 40000)], live: None };
-        l.label(&local, None, &mut first, t0, false);
+        l.label(Some(&local), &[], &mut first, t0, false);
         assert!(first.closed.is_empty(), "held: its peer is not known yet");
         assert_eq!(l.held(), 1);
         let mut second = Batch { closed: vec![closed(40000, 80)], live: None };
-        l.label(&local, None, &mut second, t0 + Duration::from_millis(20), false);
+        l.label(Some(&local), &[], &mut second, t0 + Duration::from_millis(20), false);
         assert_eq!(second.closed.len(), 2, "both released, labelled");
         assert!(second.closed.iter().all(|o| o.record.remote.ecs.is_some()));
 
         // A flow whose peer never shows up goes on after HOLD, unlabelled; flush releases at once.
         let mut lone = Batch { closed: vec![closed(81, 40001)], live: None };
-        l.label(&local, None, &mut lone, t0, false);
+        l.label(Some(&local), &[], &mut lone, t0, false);
         let mut later = Batch::default();
-        l.label(&local, None, &mut later, t0 + HOLD, false);
+        l.label(Some(&local), &[], &mut later, t0 + HOLD, false);
         assert_eq!(later.closed.len(), 1);
         assert!(later.closed[0].record.remote.ecs.is_none());
         let mut held = Batch { closed: vec![closed(82, 40002)], live: None };
-        l.label(&local, None, &mut held, t0, true);
+        l.label(Some(&local), &[], &mut held, t0, true);
         assert_eq!((held.closed.len(), l.held()), (1, 0));
     }
 }

@@ -42,6 +42,7 @@ pub fn to_record(f: &Flow, clock: &dyn Clock) -> Observed {
         failure: if tcp && closed { classify(established, f.sk_err) } else { None },
         opened_at: (f.opened_ns != 0).then(|| clock.wall_at(f.opened_ns)),
         closed_at: (f.closed_ns != 0).then(|| clock.wall_at(f.closed_ns)),
+        scope: None,
     };
     Observed { record, last_ns: f.last_ns }
 }
