@@ -24,6 +24,7 @@ pub mod ecs_fixture;
 pub mod fault_proxy;
 pub mod flow;
 pub mod http;
+pub mod imds_fixture;
 pub mod netns;
 pub mod otlp_receiver;
 pub mod sock;
