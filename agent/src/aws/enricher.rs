@@ -197,3 +197,44 @@ mod tests {
         assert_eq!(r.status().queued, 1, "only the private address was queued");
     }
 }
+
+#[cfg(test)]
+mod lookup_tests {
+    use super::*;
+    use crate::aws::classify::{Owner, OwnerKind};
+    use crate::aws::resolver::{EniRecord, ResolverSettings};
+    use crate::flow::{Endpoint, Protocol};
+
+    #[test]
+    fn a_resolved_address_labels_the_flow() {
+        let r = Arc::new(AwsResolver::new(ResolverSettings::default()));
+        let ip: IpAddr = "10.0.1.20".parse().expect("ip");
+        r.store_for_test(
+            &[ip],
+            &[EniRecord {
+                addrs: vec![ip],
+                owner: Owner { kind: OwnerKind::Alb, name: Some("web".into()), id: None },
+                vpc_id: Some("vpc-1".into()),
+                subnet_id: None,
+                availability_zone: Some("us-east-1b".into()),
+            }],
+        );
+        let own = Identity {
+            availability_zone: Some("us-east-1a".into()),
+            vpc_id: Some("vpc-1".into()),
+            vpc_cidrs: vec!["10.0.0.0/16".into()],
+            ..Default::default()
+        };
+        let e = AwsEnricher::new(r, own, "test".into());
+        let mut f = FlowRecord::test(Protocol::Tcp, 1, true);
+        f.remote = Endpoint::new(ip, 443);
+        e.enrich(&mut f);
+        assert_eq!(f.scope, Some(Scope::CrossAz));
+        assert_eq!(f.remote.aws.as_ref().map(|a| a.kind), Some(OwnerKind::Alb));
+        let v = serde_json::to_value(&f).expect("json");
+        assert_eq!(
+            (v["scope"].as_str(), v["remote"]["aws"]["kind"].as_str()),
+            (Some("cross-az"), Some("alb"))
+        );
+    }
+}

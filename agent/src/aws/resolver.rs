@@ -203,6 +203,11 @@ impl AwsResolver {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn store_for_test(&self, batch: &[IpAddr], enis: &[EniRecord]) {
+        self.store(batch, enis);
+    }
+
     fn store(&self, batch: &[IpAddr], enis: &[EniRecord]) {
         let now = Instant::now();
         let mut found = 0u64;

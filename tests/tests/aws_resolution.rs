@@ -1,0 +1,242 @@
+//! Enhanced resolution against moto (the real EC2 API model, through the real aws-sdk-ec2): a VPC
+//! with subnets in two zones and ENIs carrying the descriptions AWS services write (moto fakes
+//! interface types and requester ids, so classification must work from the descriptions), an EC2
+//! instance with a Name tag, and a second VPC. This host's identity comes from an IMDSv2 fixture.
+//! Those addresses are created inside a test namespace; connections to them come out with
+//! `remote.aws` and `scope`. Then 10,000 distinct addresses in a burst cost a bounded number of API
+//! calls, counted at the API endpoint.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use eddy_tests::aws::{MotoServer, Tools};
+use eddy_tests::fault_proxy::FaultProxy;
+use eddy_tests::imds_fixture::Imds;
+use eddy_tests::netns::{NetNs, veth_link};
+use eddy_tests::*;
+use serde_json::Value;
+
+const REGION: &str = "us-east-1";
+
+fn json(s: &str) -> Value {
+    if s.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+    }
+}
+
+/// (address, port, expected kind, expected name, expected zone, expected scope)
+type Case = (&'static str, u16, &'static str, Option<&'static str>, Option<&'static str>, &'static str);
+
+const CASES: &[Case] = &[
+    ("10.0.1.20", 443, "alb", Some("my-public-alb"), Some("us-east-1a"), "same-az"),
+    ("10.0.2.21", 443, "nat_gateway", Some("nat-0a1b2c3d4e5f67890"), Some("us-east-1b"), "cross-az"),
+    ("10.0.2.22", 443, "vpc_endpoint", Some("vpce-0123456789abcdef0"), Some("us-east-1b"), "cross-az"),
+    ("10.0.1.23", 8080, "lambda", Some("resize-images"), Some("us-east-1a"), "same-az"),
+    ("10.0.1.24", 5432, "ec2_instance", Some("db-1"), Some("us-east-1a"), "same-az"),
+    ("172.31.0.5", 443, "nlb", Some("other-nlb"), Some("us-east-1a"), "cross-vpc"),
+];
+
+/// Creates the VPCs, subnets, ENIs and instance; returns this host's VPC id.
+fn populate(tools: &Tools, endpoint: &str) -> String {
+    let aws = |args: &[&str]| json(&tools.aws(endpoint, REGION, args).expect("aws cli against moto"));
+    let vpc = aws(&["ec2", "create-vpc", "--cidr-block", "10.0.0.0/16"])["Vpc"]["VpcId"]
+        .as_str()
+        .expect("vpc")
+        .to_string();
+    let other = aws(&["ec2", "create-vpc", "--cidr-block", "172.31.0.0/16"])["Vpc"]["VpcId"]
+        .as_str()
+        .expect("vpc")
+        .to_string();
+    let subnet = |vpc: &str, cidr: &str, az: &str| {
+        aws(&["ec2", "create-subnet", "--vpc-id", vpc, "--cidr-block", cidr, "--availability-zone", az])["Subnet"]["SubnetId"]
+            .as_str()
+            .expect("subnet")
+            .to_string()
+    };
+    let (a, b, o) = (
+        subnet(&vpc, "10.0.1.0/24", "us-east-1a"),
+        subnet(&vpc, "10.0.2.0/24", "us-east-1b"),
+        subnet(&other, "172.31.0.0/24", "us-east-1a"),
+    );
+    let eni = |subnet: &str, ip: &str, description: &str| {
+        aws(&[
+            "ec2",
+            "create-network-interface",
+            "--subnet-id",
+            subnet,
+            "--private-ip-address",
+            ip,
+            "--description",
+            description,
+        ]);
+    };
+    eni(&a, "10.0.1.20", "ELB app/my-public-alb/50dc6c495c0c9188");
+    eni(&b, "10.0.2.21", "Interface for NAT Gateway nat-0a1b2c3d4e5f67890");
+    eni(&b, "10.0.2.22", "VPC Endpoint Interface vpce-0123456789abcdef0");
+    eni(&a, "10.0.1.23", "AWS Lambda VPC ENI-resize-images-3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b");
+    eni(&o, "172.31.0.5", "ELB net/other-nlb/7b1b8f2c3d4e5f60");
+    aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        "ami-12c6146b",
+        "--count",
+        "1",
+        "--subnet-id",
+        &a,
+        "--private-ip-address",
+        "10.0.1.24",
+        "--tag-specifications",
+        "ResourceType=instance,Tags=[{Key=Name,Value=db-1}]",
+    ]);
+    vpc
+}
+
+fn serve_once(ns: &NetNs, addr: SocketAddr) -> std::thread::JoinHandle<usize> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = ns.spawn(move || {
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        tx.send(()).expect("ready");
+        let (mut s, _) = l.accept().expect("accept");
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).expect("read");
+        s.write_all(b"k").expect("reply");
+        buf.len()
+    });
+    rx.recv().expect("server ready");
+    h
+}
+
+#[test]
+fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
+    if !require_privileges() {
+        return;
+    }
+    let tools = match Tools::find() {
+        Ok(t) => t,
+        Err(reason) => return skip(&reason),
+    };
+    let moto = MotoServer::start(&tools).expect("moto");
+    let vpc = populate(&tools, &moto.endpoint);
+    let proxy = FaultProxy::start(moto.endpoint.trim_start_matches("http://").parse().expect("moto addr"));
+    let imds = Imds::start(Imds::instance("us-east-1a", &vpc, "subnet-host", &["10.0.0.0/16"]));
+
+    let (client, vpc_ns) = (NetNs::new("aws-client"), NetNs::new("aws-vpc"));
+    let link = veth_link(&client, &vpc_ns);
+    let via = link.b_v4.to_string();
+    for (ip, ..) in CASES {
+        vpc_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", &link.b_if]);
+        client.ip(&["route", "add", &format!("{ip}/32"), "via", &via]);
+    }
+    // A public address (documentation range), and a block for the burst: both only inside these namespaces.
+    vpc_ns.ip(&["addr", "add", "203.0.113.10/32", "dev", &link.b_if]);
+    client.ip(&["route", "add", "203.0.113.10/32", "via", &via]);
+    client.ip(&["route", "add", "10.0.128.0/17", "via", &via]);
+
+    let endpoint = proxy.endpoint();
+    let agent = RunAgent::start_with_env(
+        &[
+            "--poll-interval",
+            "200ms",
+            "--aws-api-calls-per-second",
+            "50",
+            "--closed-flow-retention",
+            "100000",
+        ],
+        &[
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_REGION", REGION),
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint.as_str()),
+        ],
+    );
+    let status =
+        poll_until(Duration::from_secs(10), Duration::from_millis(200), "the identity from IMDS", || {
+            let s = agent.status()["aws"].clone();
+            if s["identity"]["vpc_id"] == vpc.as_str() { Ok(s) } else { Err(s.to_string()) }
+        });
+    assert_eq!(status["identity"]["availability_zone"], "us-east-1a", "{status}");
+    assert_eq!(imds.refused(), 0, "IMDSv2: every GET carried the session token");
+
+    let targets: Vec<(SocketAddr, &Case)> = CASES
+        .iter()
+        .map(|c| (SocketAddr::new(c.0.parse().expect("ip"), c.1), c))
+        .chain(std::iter::once((
+            SocketAddr::from(([203, 0, 113, 10], 443)),
+            &("203.0.113.10", 443, "-", None, None, "internet"),
+        )))
+        .collect();
+    // First contact queues the address; the flows come out labelled once it is resolved (the second
+    // connection to each address at the latest).
+    for round in 0..2 {
+        for (addr, _) in &targets {
+            let server = serve_once(&vpc_ns, *addr);
+            let a = *addr;
+            client.run(move || {
+                let mut s = TcpStream::connect_timeout(&a, Duration::from_secs(5)).expect("connect");
+                s.write_all(&[1u8; 100]).expect("send");
+                s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+                let mut one = [0u8; 1];
+                s.read_exact(&mut one).expect("reply");
+            });
+            assert_eq!(server.join().expect("server"), 100);
+        }
+        if round == 0 {
+            poll_until(Duration::from_secs(10), Duration::from_millis(200), "first lookups answered", || {
+                let r = agent.status()["aws"]["resolver"].clone();
+                // Every case is a known ENI: all of them found.
+                let done = r["addresses_resolved"].as_u64().unwrap_or(0);
+                if done >= CASES.len() as u64 { Ok(()) } else { Err(r.to_string()) }
+            });
+        }
+    }
+    for (addr, (_, _, kind, name, az, scope)) in &targets {
+        // The later connection carries the answer (the first one only queued the address).
+        let f = poll_until(Duration::from_secs(10), Duration::from_millis(200), "a labelled flow", || {
+            let flows: Vec<Value> =
+                serde_json::from_str(&agent.get("/flows").text()).map_err(|e| e.to_string())?;
+            flows
+                .into_iter()
+                .find(|f| {
+                    f["remote"]["addr"] == addr.ip().to_string()
+                        && f["remote"]["port"] == addr.port()
+                        && f["direction"] == "outgoing"
+                        && if *kind == "-" { !f["scope"].is_null() } else { f["remote"].get("aws").is_some() }
+                })
+                .ok_or_else(|| format!("no flow to {addr} with a scope yet; {}", agent.status()["aws"]))
+        });
+        assert_eq!(f["scope"], *scope, "{f}");
+        if *kind == "-" {
+            assert!(f["remote"].get("aws").is_none(), "no API call for a public address: {f}");
+            continue;
+        }
+        let a = &f["remote"]["aws"];
+        assert_eq!(a["kind"], *kind, "{f}");
+        assert_eq!(a["name"].as_str(), *name, "{f}");
+        assert_eq!(a["availability_zone"].as_str(), *az, "{f}");
+    }
+    let calls_before = proxy.total();
+    assert!(calls_before >= 1, "{:?}", proxy.counts());
+
+    // 10,000 distinct addresses in a burst (one UDP datagram each): bounded API calls, batches of 100.
+    client.run(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("udp");
+        for i in 0..10_000u32 {
+            let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 0, 128, 0)) + i);
+            let _ = s.send_to(b"x", (ip, 9));
+        }
+    });
+    let r = poll_until(Duration::from_secs(60), Duration::from_millis(500), "the burst resolved", || {
+        let r = agent.status()["aws"]["resolver"].clone();
+        let done = r["addresses_not_found"].as_u64().unwrap_or(0) + r["queue_dropped"].as_u64().unwrap_or(0);
+        if done >= 10_000 { Ok(r) } else { Err(r.to_string()) }
+    });
+    let burst_calls = proxy.total() - calls_before;
+    // Every address queued costs 1/100 of a call (DescribeNetworkInterfaces; no instance lookups here).
+    let queued = 10_000 - r["queue_dropped"].as_u64().unwrap_or(0);
+    assert!(burst_calls <= queued.div_ceil(100) + 2, "{burst_calls} calls for {queued} addresses: {r}");
+    assert_eq!(agent.get("/healthz").status, 200);
+}
