@@ -106,6 +106,9 @@ pub struct Overrides {
     /// Hook candidates not to use, comma-separated (names as in /status).
     #[arg(long)]
     pub disabled_hooks: Option<String>,
+    /// `auto` (default: eBPF, or sock_diag on Fargate and when eBPF cannot load), `ebpf`, `sock_diag`.
+    #[arg(long)]
+    pub collector: Option<String>,
 }
 
 impl Overrides {
@@ -134,6 +137,7 @@ impl Overrides {
             ("ecs_agent_uri", &self.ecs_agent_uri),
             ("ecs_refresh_interval", &self.ecs_refresh_interval),
             ("disabled_hooks", &self.disabled_hooks),
+            ("collector", &self.collector),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
@@ -170,6 +174,7 @@ mod tests {
             ecs_agent_uri: Some("x".into()),
             ecs_refresh_interval: Some("x".into()),
             disabled_hooks: Some("x".into()),
+            collector: Some("x".into()),
             config: None,
         };
         let keys: Vec<&str> = all.pairs().into_iter().map(|(k, _)| k).collect();

@@ -14,17 +14,23 @@
 //!
 //! The remote end of intra-host traffic gets the peer flow's local labels ([`peers`]).
 //!
-//! Limits: remote identities of other hosts' tasks (through the ECS API), Fargate (task
-//! metadata v4 and the sock_diag collector) and the netns/pid fallbacks for
-//! containers whose cgroup is not under the cgroup2 mount are not done yet.
+//! On Fargate, [`fargate`] labels every flow with the agent's own task from task
+//! metadata v4 ([`task_metadata`]); the sock_diag collector sees only that task's
+//! network namespace.
+//!
+//! Limits: remote identities of other hosts' tasks (through the ECS API) and the
+//! netns/pid fallbacks for containers whose cgroup is not under the cgroup2 mount are
+//! not done yet.
 
 use serde::{Deserialize, Serialize};
 
 pub mod cgroup;
 pub mod environment;
+pub mod fargate;
 pub mod introspection;
 pub mod local;
 pub mod peers;
+pub mod task_metadata;
 
 /// Label value for what could not be resolved.
 pub const UNKNOWN: &str = "unknown";

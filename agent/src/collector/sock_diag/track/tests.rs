@@ -137,7 +137,7 @@ fn dual_stack_sockets_report_ipv4_and_counters_never_shrink() {
     let mut t = Tracker::new(4, None);
     let l6 = sample(1, TCP_LISTEN, "[::]:80", "[::]:0", Some(info(0, 0)));
     let s = sample(2, TCP_ESTABLISHED, "[::ffff:10.0.0.1]:80", "[::ffff:10.0.0.2]:5000", Some(info(9, 9)));
-    let r = t.scan(&[l6.clone(), s], 1, &clock);
+    let r = t.scan(&[l6, s], 1, &clock);
     let rec = by_cookie(&r.live, 2);
     assert_eq!(rec.local.addr, "10.0.0.1".parse::<IpAddr>().expect("ip"));
     assert_eq!((rec.family, rec.direction), (Family::Ipv4, Direction::Incoming));
