@@ -17,7 +17,10 @@
 //! bytes that flow after the last poll of a connection are missed; `opened_at` is the
 //! time of the poll that first saw the connection; pid, process name and failure
 //! reasons are unknown; UDP is not seen (sock_diag has no UDP byte or packet counters).
-//! Only the agent's own network namespace is visible (on Fargate: the task's).
+//! Only the agent's own network namespace is visible (on Fargate: the task's). Needs
+//! Linux 5.4+ (the `tcp_info` layout the parser expects); a dump with messages that
+//! do not decode, or beyond the dump limit, closes nothing (sockets missing from it may
+//! still exist).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -129,7 +132,8 @@ impl FlowSource for SockDiagSource {
         self.scans += 1;
         self.sockets_seen += dump.samples.len() as u64;
         let now = self.clock.mono_now_ns();
-        let r = self.tracker.scan(&dump.samples, now, self.clock.as_ref());
+        let complete = dump.undecodable == 0 && dump.over_limit == 0;
+        let r = self.tracker.scan(&dump.samples, complete, now, self.clock.as_ref());
         self.over_capacity += r.over_capacity;
         self.closed_total += r.closed.len() as u64;
         Ok(Batch { closed: r.closed, live: Some(r.live) })

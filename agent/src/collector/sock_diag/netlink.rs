@@ -8,7 +8,9 @@
 
 use std::net::SocketAddr;
 
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla,
+};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
 use netlink_packet_sock_diag::inet::nlas::Nla as InetNla;
@@ -53,7 +55,8 @@ pub struct Sample {
     pub cgroup_id: Option<u64>,
 }
 
-/// What one dump returned.
+/// What one dump returned. With `undecodable > 0` it is incomplete: sockets missing from
+/// it may still exist.
 #[derive(Debug, Default)]
 pub struct Dump {
     pub samples: Vec<Sample>,
@@ -98,10 +101,15 @@ pub fn dump_tcp(ipv6: bool, out: &mut Dump, limit: usize) -> Result<(), SockDiag
             let msg = match NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..]) {
                 Ok(m) => m,
                 Err(_) => {
-                    // The length field of a message that did not decode cannot be trusted: drop
-                    // the rest of this datagram.
+                    // Skip this message when its header is sound, else the rest of the datagram.
                     out.undecodable += 1;
-                    break;
+                    match NetlinkBuffer::new_checked(&rx[offset..]) {
+                        Ok(b) if b.length() > 0 => {
+                            offset += b.length() as usize;
+                            continue;
+                        }
+                        _ => break,
+                    }
                 }
             };
             let len = msg.header.length as usize;
@@ -115,8 +123,9 @@ pub fn dump_tcp(ipv6: bool, out: &mut Dump, limit: usize) -> Result<(), SockDiag
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => {
-                    let errno = e.code.map_or(0, |c| c.get());
-                    return Err(SockDiagError::Kernel(std::io::Error::from_raw_os_error(-errno)));
+                    if let Some(code) = e.code {
+                        return Err(SockDiagError::Kernel(std::io::Error::from_raw_os_error(-code.get())));
+                    }
                 }
                 _ => {}
             }

@@ -65,8 +65,9 @@ impl Tracker {
         self.flows.is_empty()
     }
 
-    /// Applies one complete dump taken at `now_ns` (CLOCK_MONOTONIC).
-    pub fn scan(&mut self, samples: &[Sample], now_ns: u64, clock: &dyn Clock) -> ScanResult {
+    /// Applies one dump taken at `now_ns` (CLOCK_MONOTONIC). Only a `complete` dump closes
+    /// the sockets missing from it; after an incomplete one they stay tracked (not live).
+    pub fn scan(&mut self, samples: &[Sample], complete: bool, now_ns: u64, clock: &dyn Clock) -> ScanResult {
         let first = self.scans == 0;
         self.scans += 1;
         let listeners: HashSet<(IpAddr, u16)> = samples
@@ -122,6 +123,9 @@ impl Tracker {
             } else {
                 out.live.push(Observed { record: t.record.clone(), last_ns: t.last_ns });
             }
+        }
+        if !complete {
+            return out;
         }
         let gone: Vec<u64> = self.flows.keys().filter(|c| !seen.contains(c)).copied().collect();
         for cookie in gone {

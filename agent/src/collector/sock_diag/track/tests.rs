@@ -46,7 +46,7 @@ fn by_cookie(v: &[Observed], cookie: u64) -> FlowRecord {
 fn open_connections_become_live_records_with_directions_and_no_listeners() {
     let clock = FakeClock::at(1_000_000_000);
     let mut t = Tracker::new(16, Some(7));
-    let r = t.scan(&pair(TCP_ESTABLISHED, 100_000, 7_000, 100_000, 7_000), 1_000_000_000, &clock);
+    let r = t.scan(&pair(TCP_ESTABLISHED, 100_000, 7_000, 100_000, 7_000), true, 1_000_000_000, &clock);
     assert_eq!(r.live.len(), 2, "the listener is not a flow");
     assert!(r.closed.is_empty());
     let server = by_cookie(&r.live, SERVER);
@@ -78,19 +78,19 @@ fn fin_is_not_payload() {
 fn vanished_sockets_close_with_their_last_counters() {
     let clock = FakeClock::at(1_000_000_000);
     let mut t = Tracker::new(16, None);
-    t.scan(&pair(TCP_ESTABLISHED, 10, 20, 10, 20), 1_000_000_000, &clock);
-    let r = t.scan(&pair(TCP_ESTABLISHED, 100, 200, 100, 200), 2_000_000_000, &clock);
+    t.scan(&pair(TCP_ESTABLISHED, 10, 20, 10, 20), true, 1_000_000_000, &clock);
+    let r = t.scan(&pair(TCP_ESTABLISHED, 100, 200, 100, 200), true, 2_000_000_000, &clock);
     assert_eq!(by_cookie(&r.live, CLIENT).bytes_sent, 100);
     // Both closed and released between two dumps (the server socket lingers in TIME_WAIT, no tcp_info).
     let tw = sample(SERVER, TCP_TIME_WAIT, "127.0.0.1:8080", "127.0.0.1:40000", None);
-    let r = t.scan(&[listener(), tw], 3_000_000_000, &clock);
+    let r = t.scan(&[listener(), tw], true, 3_000_000_000, &clock);
     assert!(r.live.is_empty());
     assert_eq!(r.closed.len(), 2);
     let client = by_cookie(&r.closed, CLIENT);
     assert_eq!((client.bytes_sent, client.bytes_received), (100, 200));
     assert!(client.closed_at.is_some());
     assert!(t.is_empty());
-    let r = t.scan(&[listener()], 4_000_000_000, &clock);
+    let r = t.scan(&[listener()], true, 4_000_000_000, &clock);
     assert!(r.closed.is_empty(), "reported once");
 }
 
@@ -98,15 +98,15 @@ fn vanished_sockets_close_with_their_last_counters() {
 fn held_closed_sockets_are_reported_once_without_the_fin() {
     let clock = FakeClock::at(0);
     let mut t = Tracker::new(16, None);
-    t.scan(&pair(TCP_ESTABLISHED, 100, 7, 100, 7), 1, &clock);
-    let r = t.scan(&pair(TCP_CLOSE, 100, 7, 101, 8), 2, &clock);
+    t.scan(&pair(TCP_ESTABLISHED, 100, 7, 100, 7), true, 1, &clock);
+    let r = t.scan(&pair(TCP_CLOSE, 100, 7, 101, 8), true, 2, &clock);
     assert!(r.live.is_empty());
     let client = by_cookie(&r.closed, CLIENT);
     assert_eq!((client.bytes_sent, client.bytes_received), (100, 7));
     assert_eq!(by_cookie(&r.closed, SERVER).bytes_received, 100);
-    let r = t.scan(&pair(TCP_CLOSE, 100, 7, 101, 8), 3, &clock);
+    let r = t.scan(&pair(TCP_CLOSE, 100, 7, 101, 8), true, 3, &clock);
     assert!(r.closed.is_empty() && r.live.is_empty(), "still held: nothing new");
-    let r = t.scan(&[listener()], 4, &clock);
+    let r = t.scan(&[listener()], true, 4, &clock);
     assert!(r.closed.is_empty(), "released: already reported");
     assert!(t.is_empty());
 }
@@ -115,9 +115,9 @@ fn held_closed_sockets_are_reported_once_without_the_fin() {
 fn new_sockets_after_the_first_dump_get_an_open_time_and_unconnected_ones_are_ignored() {
     let clock = FakeClock::at(0);
     let mut t = Tracker::new(16, None);
-    t.scan(&[listener()], 1, &clock);
+    t.scan(&[listener()], true, 1, &clock);
     let fresh = sample(9, TCP_CLOSE, "0.0.0.0:0", "0.0.0.0:0", Some(info(0, 0)));
-    let r = t.scan(&[pair(TCP_ESTABLISHED, 1, 1, 1, 1), vec![fresh]].concat(), 2_000_000_000, &clock);
+    let r = t.scan(&[pair(TCP_ESTABLISHED, 1, 1, 1, 1), vec![fresh]].concat(), true, 2_000_000_000, &clock);
     assert_eq!(r.live.len(), 2);
     assert!(r.live.iter().all(|o| o.record.opened_at.is_some()));
 }
@@ -126,7 +126,7 @@ fn new_sockets_after_the_first_dump_get_an_open_time_and_unconnected_ones_are_ig
 fn capacity_bounds_tracking_and_counts_the_rest() {
     let clock = FakeClock::at(0);
     let mut t = Tracker::new(1, None);
-    let r = t.scan(&pair(TCP_ESTABLISHED, 1, 1, 1, 1), 1, &clock);
+    let r = t.scan(&pair(TCP_ESTABLISHED, 1, 1, 1, 1), true, 1, &clock);
     assert_eq!((r.live.len(), r.over_capacity), (1, 1));
     assert_eq!(t.len(), 1);
 }
@@ -137,13 +137,25 @@ fn dual_stack_sockets_report_ipv4_and_counters_never_shrink() {
     let mut t = Tracker::new(4, None);
     let l6 = sample(1, TCP_LISTEN, "[::]:80", "[::]:0", Some(info(0, 0)));
     let s = sample(2, TCP_ESTABLISHED, "[::ffff:10.0.0.1]:80", "[::ffff:10.0.0.2]:5000", Some(info(9, 9)));
-    let r = t.scan(&[l6, s], 1, &clock);
+    let r = t.scan(&[l6, s], true, 1, &clock);
     let rec = by_cookie(&r.live, 2);
     assert_eq!(rec.local.addr, "10.0.0.1".parse::<IpAddr>().expect("ip"));
     assert_eq!((rec.family, rec.direction), (Family::Ipv4, Direction::Incoming));
     let zeroed =
         sample(2, TCP_ESTABLISHED, "[::ffff:10.0.0.1]:80", "[::ffff:10.0.0.2]:5000", Some(info(0, 0)));
-    let r = t.scan(&[l6, zeroed], 2, &clock);
+    let r = t.scan(&[l6, zeroed], true, 2, &clock);
     assert_eq!(by_cookie(&r.live, 2).bytes_sent, 9);
     assert_eq!(r.live[0].last_ns, 1, "unchanged counters keep the last change time");
+}
+
+#[test]
+fn incomplete_dumps_close_nothing() {
+    let clock = FakeClock::at(0);
+    let mut t = Tracker::new(16, None);
+    t.scan(&pair(TCP_ESTABLISHED, 1, 1, 1, 1), true, 1, &clock);
+    let r = t.scan(&[listener()], false, 2, &clock);
+    assert!(r.closed.is_empty() && r.live.is_empty());
+    assert_eq!(t.len(), 2, "still tracked");
+    let r = t.scan(&pair(TCP_ESTABLISHED, 5, 1, 1, 5), true, 3, &clock);
+    assert_eq!((r.live.len(), by_cookie(&r.live, CLIENT).bytes_sent), (2, 5));
 }
