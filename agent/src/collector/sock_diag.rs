@@ -224,4 +224,26 @@ mod tests {
         assert_eq!(st.hooks[0].chosen.as_deref(), Some(TCP_HOOK));
         assert!(st.counters["sockets_seen"] >= 3);
     }
+
+    /// IPv6 sockets come from the second dump (skipped where ::1 is not configured).
+    #[test]
+    fn dumps_ipv6_connections() {
+        let Ok(listener) = TcpListener::bind("[::1]:0") else {
+            eprintln!("SKIP dumps_ipv6_connections: no ::1 here");
+            return;
+        };
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        client.write_all(&[1u8; 123]).expect("write");
+        let mut buf = [0u8; 123];
+        server.read_exact(&mut buf).expect("read");
+        let mut source =
+            SockDiagSource::start(SockDiagSettings { max_sockets: 100_000 }, Arc::new(SystemClock))
+                .expect("start");
+        let live = source.poll(true).expect("scan").live.expect("live");
+        let port = client.local_addr().expect("addr").port();
+        let c = live.iter().find(|o| o.record.local.port == port).expect("client flow");
+        assert_eq!((c.record.family, c.record.bytes_sent), (crate::flow::Family::Ipv6, 123));
+        assert_eq!(c.record.local.addr, std::net::Ipv6Addr::LOCALHOST);
+    }
 }
