@@ -28,6 +28,10 @@ use crate::tags::{Tagged, Tags};
 pub struct Status {
     pub version: &'static str,
     pub collector: &'static str,
+    /// Why `collector = auto` did not run eBPF (absent when it did, or when configured).
+    pub collector_reason: Option<String>,
+    /// What the running collector cannot see (absent for eBPF: see the hooks).
+    pub collector_limits: Option<&'static str>,
     pub ready: bool,
     pub collecting: bool,
     pub uptime_seconds: f64,
@@ -72,6 +76,8 @@ impl Status {
         Status {
             version: env!("CARGO_PKG_VERSION"),
             collector: shared.collector,
+            collector_reason: shared.collector_reason.clone(),
+            collector_limits: shared.collector_limits,
             ready: shared.ready.load(Ordering::SeqCst),
             collecting: shared.collecting.load(Ordering::SeqCst),
             uptime_seconds: shared.started.elapsed().as_secs_f64(),

@@ -133,6 +133,9 @@ pub struct Overrides {
     /// Hook candidates not to use, comma-separated (names as in /status).
     #[arg(long)]
     pub disabled_hooks: Option<String>,
+    /// `auto` (default: eBPF, or sock_diag on Fargate and when eBPF cannot load), `ebpf`, `sock_diag`.
+    #[arg(long)]
+    pub collector: Option<String>,
 }
 
 impl Overrides {
@@ -170,6 +173,7 @@ impl Overrides {
             ("aws_availability_zone", &self.aws_availability_zone),
             ("tags", &self.tags),
             ("disabled_hooks", &self.disabled_hooks),
+            ("collector", &self.collector),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
@@ -215,6 +219,7 @@ mod tests {
             aws_availability_zone: Some("x".into()),
             tags: Some("x".into()),
             disabled_hooks: Some("x".into()),
+            collector: Some("x".into()),
             config: None,
         };
         let keys: Vec<&str> = all.pairs().into_iter().map(|(k, _)| k).collect();

@@ -1,6 +1,7 @@
 //! Collectors: where flows come from.
 //!
 //! [`FlowSource`] is the seam: [`ebpf::EbpfSource`] reads Eddy's kernel programs;
+//! [`sock_diag::SockDiagSource`] polls the socket table over netlink (no privileges);
 //! [`fake::FakeSource`] replays scripted batches in tests. A source hands out
 //! [`Batch`]es of domain records; raw kernel types never leave the collector.
 
@@ -12,6 +13,7 @@ use crate::flow::FlowRecord;
 
 pub mod ebpf;
 pub mod fake;
+pub mod sock_diag;
 
 /// A record with the kernel's monotonic time of its last update.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +59,8 @@ pub enum CollectorError {
     Cgroup { path: String, source: std::io::Error },
     #[error("reading kernel map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+    #[error(transparent)]
+    SockDiag(sock_diag::SockDiagError),
 }
 
 /// A hook candidate that was not used, and why.

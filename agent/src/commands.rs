@@ -1,5 +1,6 @@
-//! Wiring of the two commands: preflight → collector → loop/API (run) or
-//! window (capture), with signal handling and a bounded shutdown.
+//! Wiring of the two commands: environment → collector ([`select`]: eBPF or
+//! sock_diag) → loop/API (run) or window (capture), with signal handling and a
+//! bounded shutdown.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -12,18 +13,21 @@ use crate::aws::enricher::AwsEnricher;
 use crate::aws::identity::{self, ImdsDecision};
 use crate::aws::resolver::{AwsResolver, ResolverSettings};
 use crate::capture::{CaptureSettings, capture};
-use crate::clock::{Clock, SystemClock};
 use crate::collector::CollectorError;
-use crate::collector::ebpf::{EbpfSettings, EbpfSource};
 use crate::config::{AwsResolution, Config, Output};
 use crate::ecs::environment::{self, Environment};
+use crate::ecs::fargate::{self, TaskMetadataResolver};
 use crate::ecs::local::{LocalResolver, RefreshSettings, refresh_loop};
 use crate::ecs::remote::{self, ConfiguredCluster, RemoteResolver, RemoteSettings};
 use crate::enrich::Enricher;
 use crate::otlp::{self, OtlpError, OtlpSettings, OtlpStats, Resource};
 use crate::pipeline::{LoopSettings, OUTPUT_QUEUE_BATCHES, Shared, collect, write_jsonl};
-use crate::preflight::{self, KernelInfo, PreflightError};
+use crate::preflight::PreflightError;
 use crate::table::FlowTable;
+
+mod select;
+
+pub use select::{SOCK_DIAG_LIMITS, Selected, start_source};
 
 /// Series without traffic for this many export intervals are dropped.
 const SERIES_IDLE_INTERVALS: u64 = 60;
@@ -53,19 +57,8 @@ pub enum CommandError {
     Otlp(#[from] OtlpError),
 }
 
-/// The ECS providers that run: local ends, remote ends.
-#[derive(Default)]
-struct EcsProviders {
-    local: Option<Arc<dyn Enricher>>,
-    remote: Option<Arc<dyn Enricher>>,
-}
-
-/// Starts the ECS providers where ECS is detected or configured (see [`environment::detect`]).
-fn start_ecs(
-    cfg: &Config,
-    cgroup_root: Option<std::path::PathBuf>,
-    rt: &tokio::runtime::Runtime,
-) -> EcsProviders {
+/// Where the agent runs (see [`environment::detect`]); probes only loopback.
+fn detect_environment(cfg: &Config) -> Environment {
     let mut inputs = environment::Inputs {
         env: std::env::vars().filter(|(k, _)| k.starts_with("ECS_") || k == "AWS_EXECUTION_ENV").collect(),
         configured_agent_uri: cfg.ecs_agent_uri.clone(),
@@ -77,7 +70,24 @@ fn start_ecs(
         inputs.agent_on_loopback =
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
     }
-    match environment::detect(&inputs) {
+    environment::detect(&inputs)
+}
+
+/// The ECS providers that run: local ends, remote ends.
+#[derive(Default)]
+struct EcsProviders {
+    local: Option<Arc<dyn Enricher>>,
+    remote: Option<Arc<dyn Enricher>>,
+}
+
+/// Starts the ECS providers of the detected environment (the ECS API provider on EC2 only).
+fn start_ecs(
+    cfg: &Config,
+    env: Environment,
+    cgroup_root: Option<std::path::PathBuf>,
+    rt: &tokio::runtime::Runtime,
+) -> EcsProviders {
+    match env {
         Environment::EcsOnEc2 { agent_uri, why } => {
             tracing::info!(%agent_uri, detected_by = why, "ECS provider on: local ends get ECS labels");
             let resolver = Arc::new(LocalResolver::new(&agent_uri, why));
@@ -104,11 +114,17 @@ fn start_ecs(
             });
             EcsProviders { local: Some(resolver), remote }
         }
-        Environment::Fargate { .. } => {
-            tracing::warn!(
-                "Fargate detected: task metadata v4 identity is not implemented yet; no ECS labels"
-            );
-            EcsProviders::default()
+        Environment::Fargate { metadata_uri } => {
+            tracing::info!(%metadata_uri, "Fargate: flows get the task's labels from task metadata v4");
+            let resolver = Arc::new(TaskMetadataResolver::new(&metadata_uri));
+            let settings = fargate::RefreshSettings {
+                metadata_uri,
+                interval: cfg.ecs_refresh_interval,
+                max_backoff: Duration::from_secs(60).max(cfg.ecs_refresh_interval),
+                timeout: Duration::from_secs(2),
+            };
+            rt.spawn(fargate::refresh_loop(resolver.clone(), settings));
+            EcsProviders { local: Some(resolver), remote: None }
         }
         Environment::Plain => EcsProviders::default(),
     }
@@ -166,22 +182,6 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn start_source(cfg: &Config) -> Result<(EbpfSource, KernelInfo, Arc<dyn Clock>), CommandError> {
-    let kernel = preflight::check(cfg.udp, cfg.cgroup_path.as_deref())?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let settings = EbpfSettings {
-        flow_map_entries: cfg.flow_map_entries,
-        udp_map_entries: cfg.udp_map_entries,
-        ring_buffer_bytes: cfg.ring_buffer_bytes,
-        udp_idle_timeout: cfg.udp_idle_timeout,
-        udp: cfg.udp,
-        cgroup_path: kernel.cgroup2.clone(),
-        disabled_hooks: cfg.disabled_hooks.clone(),
-    };
-    let source = EbpfSource::start(settings, clock.clone())?;
-    Ok((source, kernel, clock))
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -216,9 +216,13 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(cfg.listen))
         .map_err(|source| CommandError::Listen { addr: cfg.listen, source })?;
-    let (source, kernel, _clock) = start_source(&cfg)?;
-    let mut shared =
-        Shared::new(FlowTable::new(cfg.closed_flow_retention, cfg.output == Output::Jsonl), "ebpf", kernel);
+    let env = detect_environment(&cfg);
+    let selected = start_source(&cfg, &env)?;
+    let source = selected.source;
+    let table = FlowTable::new(cfg.closed_flow_retention, cfg.output == Output::Jsonl);
+    let mut shared = Shared::new(table, selected.kind, selected.kernel);
+    shared.collector_reason = selected.reason;
+    shared.collector_limits = selected.limits;
     let otlp = match &cfg.otlp_endpoint {
         Some(endpoint) => {
             let stats = Arc::new(OtlpStats::default());
@@ -239,7 +243,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         None => None,
     };
     shared.tags = cfg.tag_set();
-    let ecs = start_ecs(&cfg, shared.kernel.cgroup2.clone(), &rt);
+    let ecs = start_ecs(&cfg, env, shared.kernel.cgroup2.clone(), &rt);
     (shared.ecs, shared.remote) = (ecs.local, ecs.remote);
     shared.aws = start_aws(&cfg, &rt);
     let shared = Arc::new(shared);
@@ -270,7 +274,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         let (sh, st) = (shared.clone(), stop.clone());
         std::thread::Builder::new()
             .name("collector".into())
-            .spawn(move || collect(Box::new(source), sh, settings, st))
+            .spawn(move || collect(source, sh, settings, st))
             .map_err(|source| CommandError::Thread { name: "collector", source })?
     };
     tracing::info!(listen = %cfg.listen, "serving /healthz /readyz /status /flows");
@@ -305,7 +309,8 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
 
 /// `eddy-agent capture`.
 pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Result<(), CommandError> {
-    let (mut source, kernel, clock) = start_source(&cfg)?;
+    let env = detect_environment(&cfg);
+    let Selected { mut source, kernel, clock, .. } = start_source(&cfg, &env)?;
     let stop = Arc::new(AtomicBool::new(false));
     let rt = runtime()?;
     {
@@ -315,9 +320,9 @@ pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Resu
             stop.store(true, Ordering::SeqCst);
         });
     }
-    let ecs = start_ecs(&cfg, kernel.cgroup2.clone(), &rt);
+    let ecs = start_ecs(&cfg, env, kernel.cgroup2.clone(), &rt);
     let settings = CaptureSettings { duration, poll_interval: cfg.poll_interval, max_flows };
-    let captured = capture(&mut source, &settings, clock.as_ref(), &stop, || {
+    let captured = capture(source.as_mut(), &settings, clock.as_ref(), &stop, || {
         tracing::info!(duration = %humantime::format_duration(duration), "capture started");
     })?;
     let mut flows = captured.flows;

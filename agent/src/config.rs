@@ -36,6 +36,29 @@ pub enum AwsResolution {
     Off,
 }
 
+/// Which collector turns kernel state into flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectorChoice {
+    /// Fargate: `sock_diag`; elsewhere `ebpf`, falling back to `sock_diag` (with a warning)
+    /// when the eBPF preflight or load fails.
+    Auto,
+    /// eBPF programs only; startup fails with what is missing when they cannot load.
+    Ebpf,
+    /// Netlink sock_diag polling only (no privileges; misses short connections, no UDP).
+    SockDiag,
+}
+
+impl CollectorChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            CollectorChoice::Auto => "auto",
+            CollectorChoice::Ebpf => "ebpf",
+            CollectorChoice::SockDiag => "sock_diag",
+        }
+    }
+}
+
 /// The agent's configuration. See the README's configuration reference.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -119,6 +142,8 @@ pub struct Config {
     /// Hook candidates never to use, by the names `/status` shows (comma-separated in the
     /// environment and on the command line), e.g. to step around a kernel bug.
     pub disabled_hooks: Vec<String>,
+    /// `auto` (default), `ebpf` or `sock_diag`: see [`CollectorChoice`].
+    pub collector: CollectorChoice,
 }
 
 impl Default for Config {
@@ -156,6 +181,7 @@ impl Default for Config {
             aws_availability_zone: None,
             tags: Vec::new(),
             disabled_hooks: Vec::new(),
+            collector: CollectorChoice::Auto,
         }
     }
 }
@@ -208,6 +234,7 @@ pub const KEYS: &[&str] = &[
     "aws_availability_zone",
     "tags",
     "disabled_hooks",
+    "collector",
 ];
 
 /// `EDDY_CONFIG` names the file; it is not a field.
@@ -350,6 +377,14 @@ impl Config {
             "disabled_hooks" => {
                 self.disabled_hooks =
                     value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+            }
+            "collector" => {
+                self.collector = match value.trim() {
+                    "auto" | "" => CollectorChoice::Auto,
+                    "ebpf" => CollectorChoice::Ebpf,
+                    "sock_diag" => CollectorChoice::SockDiag,
+                    _ => return Err(bad("expected `auto`, `ebpf` or `sock_diag`".into())),
+                }
             }
             _ => return Err(bad(format!("unknown key; known: {}", KEYS.join(", ")))),
         }

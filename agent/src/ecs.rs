@@ -19,16 +19,22 @@
 //!
 //! Where the cgroup v2 id names no container (cgroup v1 and hybrid hosts), the owning
 //! process's cgroup file or the socket's network namespace does ([`procs`]).
+//!
+//! On Fargate, [`fargate`] labels every flow with the agent's own task from task
+//! metadata v4 ([`task_metadata`]); the sock_diag collector sees only that task's
+//! network namespace.
 
 use serde::{Deserialize, Serialize};
 
 pub mod cgroup;
 pub mod environment;
+pub mod fargate;
 pub mod introspection;
 pub mod local;
 pub mod peers;
 pub mod procs;
 pub mod remote;
+pub mod task_metadata;
 
 /// Label value for what could not be resolved.
 pub const UNKNOWN: &str = "unknown";

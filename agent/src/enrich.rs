@@ -1,6 +1,7 @@
 //! The enrichment seam: something that labels flow records from a background-refreshed
 //! snapshot. Implementations: [`crate::ecs::local::LocalResolver`] (ECS on EC2, through
-//! the ECS agent), and the test fake [`FixedLabels`]. `enrich` only reads a snapshot: it
+//! the ECS agent), [`crate::ecs::fargate::TaskMetadataResolver`] (Fargate, through task
+//! metadata v4), and the test fake [`FixedLabels`]. `enrich` only reads a snapshot: it
 //! never blocks on I/O, and what it cannot resolve it labels `unknown`.
 
 use crate::ecs::EcsLabels;

@@ -6,7 +6,9 @@
 //!
 //! How: [`preflight`] checks privileges, BTF and cgroup v2; a [`collector::FlowSource`]
 //! ([`collector::ebpf::EbpfSource`]) chooses hooks per capability and turns kernel
-//! maps into domain records ([`flow::FlowRecord`]); [`pipeline`] polls it on its
+//! maps into domain records ([`flow::FlowRecord`]); where eBPF cannot run (Fargate,
+//! no privileges) [`collector::sock_diag::SockDiagSource`] polls the socket table over
+//! netlink instead (selection: `commands::select`); [`pipeline`] polls it on its
 //! own thread; [`commands`] wires `run` and `capture`; configuration comes from
 //! [`config`] (defaults → file → `EDDY_*` → flags).
 //!

@@ -38,6 +38,10 @@ pub struct Shared {
     pub table: Mutex<FlowTable>,
     pub source: Mutex<SourceStatus>,
     pub collector: &'static str,
+    /// Why `collector = auto` chose this collector instead of eBPF (fallback reason).
+    pub collector_reason: Option<String>,
+    /// What the running collector cannot see.
+    pub collector_limits: Option<&'static str>,
     pub kernel: KernelInfo,
     pub started: Instant,
     /// Set after the first complete scan.
@@ -68,6 +72,8 @@ impl Shared {
             table: Mutex::new(table),
             source: Mutex::new(SourceStatus::default()),
             collector,
+            collector_reason: None,
+            collector_limits: None,
             kernel,
             started: Instant::now(),
             ready: AtomicBool::new(false),

@@ -76,6 +76,21 @@ pub fn check(udp: bool, cgroup_override: Option<&Path>) -> Result<KernelInfo, Pr
     Ok(KernelInfo { release, btf: true, cgroup2 })
 }
 
+/// What `/status` reports about the kernel when the eBPF preflight is not run (the
+/// sock_diag collector needs none of it): release, BTF presence, the cgroup2 mount.
+pub fn kernel_info(cgroup_override: Option<&Path>) -> KernelInfo {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let found = cgroup2_mounts(&mounts);
+    let cgroup2 = match cgroup_override {
+        Some(p) if found.iter().any(|m| m == p) => Some(p.to_path_buf()),
+        _ => preferred(&found),
+    };
+    KernelInfo { release, btf: Path::new("/sys/kernel/btf/vmlinux").exists(), cgroup2 }
+}
+
 fn parse_cap_eff(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
     u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()

@@ -56,7 +56,12 @@ pub const AWS_NOWHERE: &str = "http://127.0.0.1:9";
 /// The agent binary with `args`, piped stdio, the tests' own `EDDY_TEST_*` variables
 /// removed, and the AWS SDK environment fenced to loopback (override with `cmd.env`).
 pub fn agent_command(args: &[String]) -> Command {
-    let mut cmd = Command::new(agent_bin());
+    command_for(&agent_bin(), args)
+}
+
+/// Like [`agent_command`] with another copy of the binary.
+pub fn command_for(bin: &std::path::Path, args: &[String]) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
@@ -339,6 +344,36 @@ pub fn free_loopback_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
+/// How [`RunAgent::start_with`] starts the agent.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Run as this user and group id (e.g. 65534, `nobody`); needs `bin`.
+    pub uid: Option<u32>,
+    /// The binary to run (a copy that the user can execute: see [`unprivileged_copy`]).
+    pub bin: Option<PathBuf>,
+}
+
+/// A copy of the agent binary that any user can execute (the build tree may not be traversable by an
+/// unprivileged user); removed on drop.
+pub struct BinCopy(pub PathBuf);
+
+impl Drop for BinCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Copies the agent binary to a world-executable temporary file.
+pub fn unprivileged_copy(tag: &str) -> BinCopy {
+    use std::os::unix::fs::PermissionsExt as _;
+    let copy = std::env::temp_dir().join(format!("eddy-agent-{tag}-{}", std::process::id()));
+    std::fs::copy(agent_bin(), &copy).expect("copy agent");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    BinCopy(copy)
+}
+
 /// A running `eddy-agent run --listen 127.0.0.1:PORT`; SIGTERM on drop.
 pub struct RunAgent {
     child: Option<Child>,
@@ -355,19 +390,38 @@ impl RunAgent {
 
     /// Starts `eddy-agent run --listen 127.0.0.1:<free port> <extra>` and waits until `/readyz` is 200.
     pub fn start(extra: &[&str]) -> RunAgent {
-        Self::start_with_env(extra, &[])
+        RunAgent::start_with(extra, &RunOptions::default())
     }
 
     /// [`RunAgent::start`] with extra environment variables (e.g. `AWS_ENDPOINT_URL` of a moto server).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> RunAgent {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        RunAgent::start_with(extra, &RunOptions { env, ..Default::default() })
+    }
+
+    /// Like [`RunAgent::start`], with extra environment variables and, optionally, as another user.
+    ///
+    /// The agent joins the network namespace of the calling thread: call this (and every request to the
+    /// agent) from a thread inside the namespace (e.g. within [`crate::NetNs::run`]).
+    pub fn start_with(extra: &[&str], opts: &RunOptions) -> RunAgent {
         let port = free_loopback_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut args = vec!["run".to_string(), "--listen".to_string(), addr.to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = agent_command(&args)
-            .envs(env.iter().copied())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {} {}: {e}", agent_bin().display(), args.join(" ")));
+        let mut cmd = match &opts.bin {
+            Some(bin) => command_for(bin, &args),
+            None => agent_command(&args),
+        };
+        if let Some(uid) = opts.uid {
+            use std::os::unix::process::CommandExt as _;
+            assert!(opts.bin.is_some(), "RunOptions::uid needs RunOptions::bin (see unprivileged_copy)");
+            cmd.uid(uid).gid(uid);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child =
+            cmd.spawn().unwrap_or_else(|e| panic!("spawn {} {}: {e}", agent_bin().display(), args.join(" ")));
         let pid = child.id();
         eprintln!("started eddy-agent {} (pid {pid})", args.join(" "));
         let log = AgentLog::default();
@@ -416,6 +470,11 @@ impl RunAgent {
         }
         eprintln!("eddy-agent ready after {:?}", started.elapsed());
         agent
+    }
+
+    /// The agent's process id (until terminated).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The HTTP listen address.

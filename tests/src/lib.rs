@@ -35,7 +35,10 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub use agent::{Capture, CaptureOptions, RunAgent, agent_bin, agent_command, format_duration};
+pub use agent::{
+    BinCopy, Capture, CaptureOptions, RunAgent, RunOptions, agent_bin, agent_command, command_for,
+    format_duration, unprivileged_copy,
+};
 pub use flow::{Checker, Endpoint, FlowRecord, describe_records, expect_one, find_records};
 pub use http::{HttpResponse, http_get};
 pub use netns::{

@@ -21,7 +21,7 @@ const REGIONS: [&str; 2] = ["us-east-1", "us-gov-west-1"];
 const TEMPLATES: [&str; 4] =
     ["eddy-daemon", "eddy-daemon-govcloud", "eddy-daemon-external", "eddy-fargate-sidecar"];
 /// Variables the agent does not accept yet: they must never reach its container.
-const NOT_YET: [&str; 3] = ["EDDY_FIPS_ENABLED", "EDDY_FIPS_PORT_RANGE_START", "EDDY_COLLECTOR"];
+const NOT_YET: [&str; 2] = ["EDDY_FIPS_ENABLED", "EDDY_FIPS_PORT_RANGE_START"];
 
 fn tools_or_skip() -> Option<Tools> {
     match Tools::find() {

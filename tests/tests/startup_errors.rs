@@ -1,5 +1,7 @@
 //! Startup problems end with a clear message and a non-zero exit, before anything is loaded:
-//! missing privileges, invalid configuration (exit 2), a taken port, a bad cgroup path.
+//! missing privileges (with `collector = ebpf`), invalid configuration (exit 2), a taken port, a bad
+//! cgroup path. With the default `collector = auto`, an unprivileged agent falls back to sock_diag and
+//! says why in `/status`.
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -60,6 +62,7 @@ fn unprivileged_process_is_told_which_capabilities_to_add() {
     let out = std::process::Command::new(&copy)
         .args(["capture", "--duration", "1s"])
         .env_clear()
+        .env("EDDY_COLLECTOR", "ebpf")
         .uid(65534)
         .gid(65534)
         .output()
@@ -83,8 +86,30 @@ fn cgroup_path_that_is_not_cgroup2_is_refused() {
         return;
     }
     assert_fails(
-        &run(&["capture", "--duration", "1s", "--cgroup-path", "/tmp"], &[]),
+        &run(&["capture", "--duration", "1s", "--cgroup-path", "/tmp", "--collector", "ebpf"], &[]),
         1,
         &["/tmp", "not a cgroup v2 mount point"],
     );
+}
+
+#[test]
+fn unprivileged_auto_falls_back_to_sock_diag_and_says_why() {
+    if !require_privileges() {
+        return;
+    }
+    let copy = unprivileged_copy("fallback");
+    let opts = RunOptions { uid: Some(65534), bin: Some(copy.0.clone()), ..RunOptions::default() };
+    let agent = RunAgent::start_with(&["--poll-interval", "200ms"], &opts);
+    let status = agent.status();
+    assert_eq!(status["collector"], "sock_diag", "{status}");
+    let reason = status["collector_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("eBPF collector unavailable") && reason.contains("CAP_BPF"), "{status}");
+    let limits = status["collector_limits"].as_str().unwrap_or_default();
+    assert!(limits.contains("misses connections that open and close between two polls"), "{status}");
+    assert_eq!(status["hooks"][0]["capability"], "tcp", "{status}");
+    assert_eq!(status["hooks"][0]["chosen"], "netlink sock_diag (INET_DIAG, tcp_info)", "{status}");
+    let log = agent.log_tail(200);
+    let warns: Vec<&str> = log.lines().filter(|l| l.contains("falling back to sock_diag")).collect();
+    assert_eq!(warns.len(), 1, "one WARN line with the reason:\n{log}");
+    assert!(warns[0].contains("WARN") && warns[0].contains("CAP_BPF"), "{}", warns[0]);
 }

@@ -104,3 +104,17 @@ fn otlp_headers_are_parsed_and_redacted() {
     let e = Config::load(None, env(&[("EDDY_OTLP_ENDPOINT", "collector:4318")]), &[]).expect_err("no scheme");
     assert!(e.to_string().contains("otlp_endpoint"), "{e}");
 }
+
+#[test]
+fn collector_choice_from_every_layer() {
+    assert_eq!(Config::load(None, env(&[]), &[]).expect("defaults").collector, CollectorChoice::Auto);
+    let c = Config::load(None, env(&[("EDDY_COLLECTOR", "sock_diag")]), &[]).expect("env");
+    assert_eq!(c.collector, CollectorChoice::SockDiag);
+    let c = Config::load(None, env(&[("EDDY_COLLECTOR", "sock_diag")]), &[("collector", "ebpf".into())])
+        .expect("flag");
+    assert_eq!(c.collector, CollectorChoice::Ebpf);
+    let e = Config::load(None, env(&[("EDDY_COLLECTOR", "bpf")]), &[]).expect_err("bad value");
+    assert!(e.to_string().contains("sock_diag"), "{e}");
+    let back: Config = toml::from_str("collector = \"sock_diag\"\n").expect("file");
+    assert_eq!(back.collector, CollectorChoice::SockDiag);
+}

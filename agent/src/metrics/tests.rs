@@ -11,6 +11,8 @@ fn status() -> Status {
     Status {
         version: "0.1.0",
         collector: "ebpf",
+        collector_reason: None,
+        collector_limits: None,
         ready: true,
         collecting: true,
         uptime_seconds: 12.5,
