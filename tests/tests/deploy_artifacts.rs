@@ -562,12 +562,9 @@ fn template_declares_daemon_host_network_and_pid() {
     let want: BTreeSet<String> = [
         "ec2:DescribeNetworkInterfaces",
         "ec2:DescribeInstances",
-        "ec2:DescribeSubnets",
-        "ec2:DescribeVpcs",
         "ecs:ListTasks",
         "ecs:DescribeTasks",
         "ecs:DescribeContainerInstances",
-        "ecs:ListContainerInstances",
     ]
     .iter()
     .map(|s| s.to_string())
