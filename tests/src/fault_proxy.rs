@@ -1,7 +1,8 @@
 //! A fault-injecting HTTP relay in front of a real API server (moto): in `Pass` mode it
 //! forwards each request unchanged; otherwise it answers like AWS does under throttling,
-//! a server error or a missing permission (awsJson 1.1 error shapes). It counts the
-//! requests it sees per `X-Amz-Target` operation, so tests can bound API calls.
+//! a server error or a missing permission, in the protocol of the request (awsJson 1.1 for
+//! ECS, the EC2 query protocol's XML for EC2). It counts the requests it sees per
+//! operation (`X-Amz-Target`, or the query `Action`), so tests can bound API calls.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -44,8 +45,9 @@ impl FaultProxy {
                     // Keep-alive: serve requests on this connection until the client closes it.
                     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
                     while let Some((head, body, target)) = read_request(&mut reader) {
+                        let json = target.contains('.');
                         *p.counts.lock().unwrap_or_else(|e| e.into_inner()).entry(target).or_default() += 1;
-                        let reply = p.answer(upstream, &head, &body);
+                        let reply = p.answer(upstream, &head, &body, json);
                         if (&stream).write_all(&reply).is_err() {
                             break;
                         }
@@ -74,20 +76,36 @@ impl FaultProxy {
         self.counts().values().sum()
     }
 
-    fn answer(&self, upstream: SocketAddr, head: &str, body: &[u8]) -> Vec<u8> {
+    fn answer(&self, upstream: SocketAddr, head: &str, body: &[u8], json: bool) -> Vec<u8> {
         let error = |status: u16, kind: &str, msg: &str| {
-            let b = format!("{{\"__type\":\"{kind}\",\"message\":\"{msg}\"}}");
+            let (ctype, b) = if json {
+                ("application/x-amz-json-1.1", format!("{{\"__type\":\"{kind}\",\"message\":\"{msg}\"}}"))
+            } else {
+                (
+                    "text/xml",
+                    format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{kind}</Code>\
+                         <Message>{msg}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
+                    ),
+                )
+            };
             format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: {kind}\r\n\
+                "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nx-amzn-ErrorType: {kind}\r\n\
                  Content-Length: {}\r\n\r\n{b}",
                 b.len()
             )
             .into_bytes()
         };
-        match self.mode.load(Ordering::SeqCst) {
-            1 => error(400, "ThrottlingException", "Rate exceeded"),
-            2 => error(500, "ServerException", "Internal failure"),
-            3 => error(400, "AccessDeniedException", "User is not authorized to perform this action"),
+        let mode = self.mode.load(Ordering::SeqCst);
+        match (mode, json) {
+            (1, true) => error(400, "ThrottlingException", "Rate exceeded"),
+            (1, false) => error(503, "RequestLimitExceeded", "Request limit exceeded."),
+            (2, true) => error(500, "ServerException", "Internal failure"),
+            (2, false) => error(500, "InternalError", "An internal error has occurred"),
+            (3, true) => error(400, "AccessDeniedException", "User is not authorized to perform this action"),
+            (3, false) => {
+                error(403, "UnauthorizedOperation", "You are not authorized to perform this operation.")
+            }
             _ => relay(upstream, head, body),
         }
     }
@@ -119,6 +137,11 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>, String
     head.push_str("Connection: close\r\n\r\n");
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
+    // Query protocol (EC2): the operation is the form's Action.
+    if let Some(action) = String::from_utf8_lossy(&body).split('&').find_map(|kv| kv.strip_prefix("Action="))
+    {
+        target = action.to_string();
+    }
     Some((head, body, target))
 }
 

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use eddy_tests::aws::{MotoServer, Tools};
-use eddy_tests::fault_proxy::FaultProxy;
+use eddy_tests::fault_proxy::{Fault, FaultProxy};
 use eddy_tests::imds_fixture::Imds;
 use eddy_tests::netns::{NetNs, veth_link};
 use eddy_tests::*;
@@ -239,4 +239,44 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
     let queued = 10_000 - r["queue_dropped"].as_u64().unwrap_or(0);
     assert!(burst_calls <= queued.div_ceil(100) + 2, "{burst_calls} calls for {queued} addresses: {r}");
     assert_eq!(agent.get("/healthz").status, 200);
+
+    // Faults at the API endpoint: counted, backed off, and access denied switches resolution off with
+    // one line naming the IAM action. Flows keep flowing throughout.
+    let poke = |third: u8, n: u8| {
+        client.run(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("udp");
+            for i in 1..=n {
+                let _ = s.send_to(b"x", (std::net::Ipv4Addr::new(10, 0, third, i), 9));
+            }
+        })
+    };
+    let error_count = |kind: &str| agent.status()["aws"]["resolver"]["errors"][kind].as_u64().unwrap_or(0);
+    for (fault, third, kind) in [(Fault::Throttle, 200, "throttled"), (Fault::ServerError, 201, "errors")] {
+        proxy.set(fault);
+        poke(third, 3);
+        poll_until(Duration::from_secs(60), Duration::from_millis(300), kind, || {
+            if error_count(kind) > 0 { Ok(()) } else { Err(agent.status()["aws"].to_string()) }
+        });
+    }
+    proxy.set(Fault::AccessDenied);
+    poke(202, 3);
+    let off = poll_until(Duration::from_secs(60), Duration::from_millis(300), "resolution off", || {
+        let r = agent.status()["aws"]["resolver"].clone();
+        if r["disabled"].is_string() { Ok(r) } else { Err(r.to_string()) }
+    });
+    assert!(off["disabled"].as_str().is_some_and(|d| d.contains("ec2:DescribeNetworkInterfaces")), "{off}");
+    assert!(
+        agent
+            .log_tail(300)
+            .contains("Grant the agent's task role the IAM action ec2:DescribeNetworkInterfaces")
+    );
+    let calls = proxy.total();
+    poke(203, 50);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(proxy.total(), calls, "no API calls once access is denied");
+    let flows: Vec<Value> = serde_json::from_str(&agent.get("/flows").text()).expect("flows");
+    assert!(
+        flows.iter().any(|f| f["remote"]["addr"] == "10.0.203.50" && f["bytes_sent"] == 1),
+        "flows are unaffected by the resolver's state"
+    );
 }
