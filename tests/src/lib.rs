@@ -12,6 +12,8 @@
 //! - [`http`]: a tiny blocking HTTP/1.1 GET client;
 //! - [`flow`]: the flow record as the agent prints it ([`FlowRecord`]) and matching/assertion helpers;
 //! - [`traffic`]: full-duplex TCP exchanges with exact byte counts;
+//! - [`fips_proxy`] and [`tls_peer`]: the FIPS egress proxy binary and real TLS peers (`openssl s_server`,
+//!   nginx) with throwaway certificates, for `tests/fips_proxy.rs`;
 //! - [`sock`]: socket options the tests need (cookie, `tcp_info`, linger, SYN count, bound connect).
 //!
 //! Limits: tests must only send traffic to loopback or to addresses inside namespaces they created
@@ -22,12 +24,14 @@ pub mod agent;
 pub mod aws;
 pub mod ecs_fixture;
 pub mod fault_proxy;
+pub mod fips_proxy;
 pub mod flow;
 pub mod http;
 pub mod imds_fixture;
 pub mod netns;
 pub mod otlp_receiver;
 pub mod sock;
+pub mod tls_peer;
 pub mod traffic;
 pub mod wire;
 
