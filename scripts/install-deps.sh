@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # Installs what Eddy needs on Debian 12 (root). Usage: install-deps.sh build|test
-#   build: clang-19 + libbpf headers (kernel programs), iproute2
+#   build: clang-19 + libbpf headers (kernel programs), iproute2, cmake + golang-go (the AWS-LC FIPS
+#          module that aws-lc-fips-sys builds for fips-proxy/)
 #   test:  build + what the integration tests drive (iproute2 ip/tc, kmod, prometheus + promtool,
 #          jq and python3-venv for the deploy-artifact tools, podman + runc + ca-certificates for the
-#          container image smoke test)
+#          container image smoke test, openssl + nginx-light as TLS peers of the FIPS proxy tests)
 # The Rust toolchain is not installed here: Eddy needs cargo/rustc >= 1.95 (rustup).
 set -euo pipefail
 
 what=${1:-build}
 case "$what" in
-  -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   build|test) ;;
   *) echo "install-deps.sh: unknown target '$what' (build|test)" >&2; exit 2 ;;
 esac
 
-pkgs=(clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 python3)
+pkgs=(clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 python3 cmake golang-go)
 if [ "$what" = test ]; then
-  pkgs+=(kmod prometheus jq python3-venv podman runc ca-certificates)
+  pkgs+=(kmod prometheus jq python3-venv podman runc ca-certificates openssl nginx-light)
 fi
 
 missing=()

@@ -26,12 +26,24 @@ pub enum UpstreamError {
     Connect { addr: String, source: std::io::Error },
     #[error("no TCP connection to upstream {authority} within {after:?}")]
     ConnectTimeout { authority: String, after: Duration },
-    #[error("TLS handshake with upstream {authority} (name {server_name}) failed: {source}")]
+    #[error("TLS handshake with upstream {authority} (name {server_name}) failed: {source}{}", hint(source))]
     Handshake { authority: String, server_name: String, source: std::io::Error },
     #[error("no TLS handshake with upstream {authority} within {after:?}")]
     HandshakeTimeout { authority: String, after: Duration },
     #[error("invalid server name {0:?}")]
     ServerName(String),
+}
+
+/// What a negotiation failure most likely means for a FIPS-only client.
+fn hint(source: &std::io::Error) -> &'static str {
+    let text = source.to_string();
+    let negotiation = ["HandshakeFailure", "InsufficientSecurity", "ProtocolVersion", "PeerIncompatible"];
+    if negotiation.iter().any(|n| text.contains(n)) {
+        " (the upstream offers no FIPS-approved parameters in common: TLS 1.2/1.3, AES-GCM, ECDHE on P-256/P-384, \
+         extended master secret on TLS 1.2)"
+    } else {
+        ""
+    }
 }
 
 impl UpstreamError {
