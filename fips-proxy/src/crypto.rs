@@ -71,7 +71,7 @@ pub fn module_info() -> ModuleInfo {
     ModuleInfo { module, crate_version: AWS_LC_FIPS_SYS_VERSION, fips_mode, tls_config_fips: false }
 }
 
-/// The aws-lc-fips-sys version this binary was built against (from Cargo.lock via Cargo.toml pin).
+/// The aws-lc-fips-sys line pinned in `fips-proxy/Cargo.toml` (0.14 = AWS-LC-FIPS 4.x). Keep in sync.
 pub const AWS_LC_FIPS_SYS_VERSION: &str = "0.14";
 
 /// The rustls provider: the FIPS module, approved suites and groups only.

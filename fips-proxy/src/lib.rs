@@ -90,10 +90,10 @@ async fn serve(cfg: Config, module: crypto::ModuleInfo) -> Result<(), RunError> 
     let (tx, rx) = watch::channel(false);
     let stats: Vec<_> = routes.iter().map(|r| r.stats.clone()).collect();
     tokio::spawn(status::serve(status_listener, module, stats, rx.clone()));
-    for (listener, route) in listeners.into_iter().zip(&routes) {
+    for (i, (listener, route)) in listeners.into_iter().zip(&routes).enumerate() {
         tracing::info!(
             route = %route.stats.name,
-            listen = %cfg.route_addr(routes.iter().position(|r| Arc::ptr_eq(r, route)).unwrap_or(0)),
+            listen = %cfg.route_addr(i),
             upstream = route.upstream.as_ref().map(|u| u.authority()).as_deref().unwrap_or("<unconfigured>"),
             server_name = route.upstream.as_ref().map(|u| u.server_name.as_str()).unwrap_or("-"),
             kind = ?route.upstream.as_ref().map(|u| u.kind),
