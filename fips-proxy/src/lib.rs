@@ -63,7 +63,10 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    rt.block_on(serve(cfg, module))
+    let result = rt.block_on(serve(cfg, module));
+    // Connections still open after the grace period (and a stuck name lookup) are dropped here.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn serve(cfg: Config, module: crypto::ModuleInfo) -> Result<(), RunError> {

