@@ -159,11 +159,32 @@ impl Drop for Peer {
 
 /// `openssl s_server -www` with the good (or `cert`) certificate and extra restriction `args`.
 pub fn s_server(pki: &TestPki, cert: &str, args: &[&str]) -> Peer {
+    spawn_s_server(pki, cert, args, None)
+}
+
+/// `openssl s_server -www -tls1_2` that does not offer the extended master secret (RFC 7627), through an
+/// `OPENSSL_CONF` whose system default clears the `ExtendedMasterSecret` option.
+pub fn s_server_without_ems(pki: &TestPki) -> Peer {
+    let conf = pki.path("no-ems.cnf");
+    std::fs::write(
+        &conf,
+        "openssl_conf = default_conf\n[default_conf]\nssl_conf = ssl_sect\n[ssl_sect]\n\
+         system_default = system_default_sect\n[system_default_sect]\nOptions = -ExtendedMasterSecret\n",
+    )
+    .expect("write no-ems.cnf");
+    spawn_s_server(pki, "server", &["-tls1_2"], Some(&conf))
+}
+
+fn spawn_s_server(pki: &TestPki, cert: &str, args: &[&str], openssl_conf: Option<&Path>) -> Peer {
     let port = free_port();
     let log = pki.path(&format!("s_server-{port}.log"));
     let file = std::fs::File::create(&log).expect("log file");
     let err = file.try_clone().expect("clone log");
-    let child = Command::new("openssl")
+    let mut cmd = Command::new("openssl");
+    if let Some(conf) = openssl_conf {
+        cmd.env("OPENSSL_CONF", conf);
+    }
+    let child = cmd
         .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-www"])
         .arg("-cert")
         .arg(pki.path(&format!("{cert}.pem")))

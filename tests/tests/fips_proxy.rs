@@ -2,8 +2,8 @@
 //! and real TLS servers (`openssl s_server`, nginx) on loopback, with throwaway certificates.
 //!
 //! Approved handshakes (TLS 1.3 and TLS 1.2 with AES-GCM on P-256) carry requests end to end with
-//! `Host` rewritten; servers that only offer ChaCha20, X25519 or CBC, a certificate for another name
-//! and a certificate from an unknown CA are refused with 502 and counted in the status JSON; a
+//! `Host` rewritten; servers that only offer ChaCha20, X25519 or CBC, a TLS 1.2 server without the
+//! extended master secret, a certificate for another name and one from an unknown CA are refused with 502 and counted in the status JSON; a
 //! closed upstream is 503. Also: connection limit, non-loopback refusal, healthcheck, SIGTERM.
 //! Needs the `openssl` command (skips with a reason otherwise; nginx cases skip without nginx).
 
@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use eddy_tests::fips_proxy::{Proxy, proxy_available, proxy_output, request};
 use eddy_tests::skip;
-use eddy_tests::tls_peer::{GOOD_NAME, TestPki, free_port, nginx, openssl_available, s_server};
+use eddy_tests::tls_peer::{
+    GOOD_NAME, TestPki, free_port, nginx, openssl_available, s_server, s_server_without_ems,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -122,6 +124,7 @@ fn unapproved_or_untrusted_servers_are_refused_with_502_and_counted() {
         ),
         ("wrongname", s_server(&pki, "wrong", &[]), &ca, "certificate"),
         ("unknownca", s_server(&pki, "server", &[]), &other_ca, "certificate"),
+        ("noems", s_server_without_ems(&pki), &ca, "ExtendedMasterSecret"),
     ];
     let routes: Vec<String> = cases.iter().map(|(n, srv, ca, _)| route(n, srv.addr, GOOD_NAME, ca)).collect();
     let proxy = Proxy::start(&routes.join(";"), &[]);
