@@ -64,6 +64,11 @@ pub struct Config {
     /// A connection with no byte in either direction for this long is closed.
     #[serde(with = "duration_text")]
     pub idle_timeout: Duration,
+    /// How often each configured upstream is probed (TCP connect + TLS handshake, no request) to keep
+    /// its health current without traffic; `0s` turns probing off (health is then only the outcome
+    /// of the latest client connection).
+    #[serde(with = "duration_text")]
+    pub probe_interval: Duration,
     /// Concurrent client connections per route; more are refused (and counted).
     pub max_connections_per_route: usize,
     /// On SIGTERM/SIGINT: how long open connections may finish before the proxy exits.
@@ -85,6 +90,7 @@ impl Default for Config {
             otlp_upstream: None,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
+            probe_interval: Duration::from_secs(30),
             max_connections_per_route: 128,
             shutdown_grace: Duration::from_secs(10),
             log_level: "info".to_string(),
@@ -101,6 +107,7 @@ const KNOWN: &[&str] = &[
     "otlp_upstream",
     "connect_timeout",
     "idle_timeout",
+    "probe_interval",
     "max_connections_per_route",
     "shutdown_grace",
     "log_level",
@@ -159,6 +166,7 @@ impl Config {
             "otlp_upstream" => self.otlp_upstream = Some(value.trim().to_string()).filter(|v| !v.is_empty()),
             "connect_timeout" => self.connect_timeout = parse_duration(value).map_err(bad)?,
             "idle_timeout" => self.idle_timeout = parse_duration(value).map_err(bad)?,
+            "probe_interval" => self.probe_interval = parse_duration(value).map_err(bad)?,
             "shutdown_grace" => self.shutdown_grace = parse_duration(value).map_err(bad)?,
             "max_connections_per_route" => {
                 self.max_connections_per_route = value.trim().parse().map_err(|e| bad(format!("{e}")))?

@@ -12,7 +12,7 @@
 //! the status JSON and implements the `healthcheck` subcommand.
 //!
 //! Limits: outbound TLS only (the local side is plain text, hence loopback by default); HTTP/1.x,
-//! one request per client connection on HTTP routes; upstream health is passive (last attempt).
+//! one request per client connection on HTTP routes; upstream health is the latest probe or connection.
 
 use std::sync::Arc;
 
@@ -103,6 +103,7 @@ async fn serve(cfg: Config, module: crypto::ModuleInfo) -> Result<(), RunError> 
             "route listening"
         );
         tokio::spawn(proxy::serve_route(listener, route.clone(), rx.clone()));
+        tokio::spawn(proxy::probe_loop(route.clone(), cfg.probe_interval, rx.clone()));
     }
     tracing::info!(status = %cfg.status_addr(), routes = routes.len(), "proxy ready");
     wait_for_signal().await?;

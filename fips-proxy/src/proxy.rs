@@ -121,6 +121,30 @@ async fn handle(client: TcpStream, route: &Route) {
     }
 }
 
+/// Probes the route's upstream every `interval` (TCP connect + TLS handshake, then close) until
+/// shutdown, keeping its health current. Probes update health and `last_error` only, not counters.
+pub async fn probe_loop(route: Arc<Route>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    if route.upstream.is_none() || interval.is_zero() {
+        return;
+    }
+    loop {
+        match upstream::connect(&route).await {
+            Ok(mut tls) => {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            }
+            Err(e) => {
+                let health = if e.is_tls() { Health::TlsError } else { Health::Down };
+                tracing::debug!(route = %route.stats.name, error = %e, "upstream probe failed");
+                route.stats.set_health(health, Some(e.to_string()));
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
 /// Counts an upstream failure and updates the route's health.
 pub fn record_failure(route: &Route, e: &upstream::UpstreamError) {
     let text = e.to_string();

@@ -2,9 +2,9 @@
 //!
 //! The status port (`port_range_start`) answers `GET /` (and `GET /status`) with JSON: the
 //! service name and version, the crypto module and its FIPS mode, and per route its port,
-//! upstream, health and counters; `GET /healthz` answers `ok`. Upstream health is passive: it is
-//! the outcome of the latest upstream connection attempt (`unknown` before the first one,
-//! `unconfigured` for a route without upstream).
+//! upstream, health and counters; `GET /healthz` answers `ok`. Upstream health is the outcome of
+//! the latest upstream connection attempt, by a client connection or by the periodic probe
+//! (`unknown` before the first one, `unconfigured` for a route without upstream).
 //!
 //! Limits: HTTP/1.x only, one request per connection, no TLS on this port (it is local).
 

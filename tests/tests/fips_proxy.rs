@@ -56,6 +56,11 @@ fn approved_handshakes_carry_requests_end_to_end() {
         routes.push(route("web", w.addr, GOOD_NAME, &ca));
     }
     let proxy = Proxy::start(&routes.join(";"), &[]);
+    // The startup probe (a handshake, no request) reports the upstream up before any client comes.
+    eddy_tests::poll_until(T, Duration::from_millis(20), "the probe to mark tls13 up", || {
+        let st = proxy.route_status("tls13");
+        if st["health"] == "up" && counter(&st, "connections") == 0 { Ok(()) } else { Err(st.to_string()) }
+    });
 
     for (i, (name, cipher)) in
         [("tls13", "TLS_AES_128_GCM_SHA256"), ("tls12", "ECDHE-ECDSA-AES256-GCM-SHA384")]
