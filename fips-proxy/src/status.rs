@@ -54,6 +54,8 @@ pub struct RouteStats {
     pub handshake_failures: AtomicU64,
     pub upstream_errors: AtomicU64,
     state: Mutex<(Health, Option<String>)>,
+    /// Version, suite and group of the latest successful handshake.
+    last_handshake: Mutex<Option<String>>,
 }
 
 impl RouteStats {
@@ -74,6 +76,7 @@ impl RouteStats {
             handshake_failures: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
             state: Mutex::new((health, None)),
+            last_handshake: Mutex::new(None),
         }
     }
 
@@ -84,6 +87,13 @@ impl RouteStats {
             if error.is_some() {
                 s.1 = error;
             }
+        }
+    }
+
+    /// Records what the latest successful handshake negotiated.
+    pub fn set_handshake(&self, description: String) {
+        if let Ok(mut h) = self.last_handshake.lock() {
+            *h = Some(description);
         }
     }
 
@@ -102,6 +112,7 @@ impl RouteStats {
             server_name: self.server_name.clone(),
             health,
             last_error,
+            last_handshake: self.last_handshake.lock().ok().and_then(|h| h.clone()),
             connections: get(&self.connections),
             active: get(&self.active),
             refused: get(&self.refused),
@@ -123,6 +134,8 @@ pub struct RouteStatus {
     pub server_name: Option<String>,
     pub health: Health,
     pub last_error: Option<String>,
+    /// `TLSv1_3 TLS13_AES_128_GCM_SHA256 secp256r1`: what the latest successful handshake negotiated.
+    pub last_handshake: Option<String>,
     pub connections: u64,
     pub active: u64,
     pub refused: u64,

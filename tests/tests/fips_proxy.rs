@@ -77,6 +77,11 @@ fn approved_handshakes_carry_requests_end_to_end() {
         assert_eq!(counter(&st, "handshake_failures"), 0, "{st}");
         assert!(counter(&st, "bytes_from_upstream") >= body.len() as u64, "{st}");
         assert!(counter(&st, "bytes_to_upstream") > 0, "{st}");
+        // rustls reports the key exchange group of TLS 1.3 sessions only.
+        let expected =
+            if name == "tls13" { "TLSv1_3 TLS13_AES_128_GCM_SHA256 secp256r1" } else { "TLSv1_2 " };
+        let negotiated = st["last_handshake"].as_str().unwrap_or_default();
+        assert!(negotiated.starts_with(expected) && negotiated.contains("GCM"), "{name}: {st}");
     }
 
     let Some(web) = web else {

@@ -91,15 +91,15 @@ pub async fn connect(route: &Route) -> Result<TlsStream<TcpStream>, UpstreamErro
             source,
         })?;
     let (_, session) = tls.get_ref();
-    tracing::debug!(
-        route = %route.stats.name,
-        upstream = %authority,
-        version = ?session.protocol_version(),
-        suite = ?session.negotiated_cipher_suite().map(|s| s.suite()),
-        kx = ?session.negotiated_key_exchange_group().map(|g| g.name()),
-        fips = session.fips(),
-        "upstream TLS established"
+    let negotiated = format!(
+        "{} {} {}",
+        session.protocol_version().map_or("?".to_string(), |v| format!("{v:?}")),
+        session.negotiated_cipher_suite().map_or("?".to_string(), |s| format!("{:?}", s.suite())),
+        session.negotiated_key_exchange_group().map_or("?".to_string(), |g| format!("{:?}", g.name())),
     );
+    tracing::debug!(route = %route.stats.name, upstream = %authority, tls = %negotiated, fips = session.fips(),
+        "upstream TLS established");
+    route.stats.set_handshake(negotiated);
     route.stats.set_health(Health::Up, None);
     Ok(tls)
 }
