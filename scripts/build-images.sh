@@ -8,7 +8,8 @@
 #   --engine ENGINE      docker or podman (default: whichever is found, podman first)
 #   --repository PREFIX  image name prefix, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/ (default none)
 #   -h, --help           this text
-# Builds eddy-agent:TAG (agent/Dockerfile). The FIPS proxy image comes with fips-proxy/.
+# Builds eddy-agent:TAG (agent/Dockerfile) and eddy-fips-proxy:TAG (fips-proxy/Dockerfile; with --prebuilt,
+# only when DIR holds eddy-fips-proxy: `cargo build --release -p eddy-fips-proxy`).
 # Extra engine arguments can be given in ENGINE_ARGS (e.g. "--runtime runc --cgroup-manager cgroupfs").
 set -euo pipefail
 
@@ -57,7 +58,24 @@ if [ -n "$prebuilt" ]; then
   trap 'rm -rf "$ctx"' EXIT
   cp "$prebuilt/eddy-agent" "$certs" "$ctx/"
   "$engine" "${engine_args[@]}" build --target prebuilt -f "$here/agent/Dockerfile" -t "${repository}eddy-agent:$tag" "$ctx"
+  echo "built ${repository}eddy-agent:$tag"
+  if [ -x "$prebuilt/eddy-fips-proxy" ]; then
+    if file "$prebuilt/eddy-fips-proxy" 2>/dev/null | grep -q "dynamically linked"; then
+      die "$prebuilt/eddy-fips-proxy is dynamically linked; the FROM scratch image needs the static build"
+    fi
+    pctx="$ctx/fips-proxy"
+    mkdir -p "$pctx"
+    cp "$prebuilt/eddy-fips-proxy" "$certs" "$pctx/"
+    "$engine" "${engine_args[@]}" build --target prebuilt -f "$here/fips-proxy/Dockerfile" \
+      -t "${repository}eddy-fips-proxy:$tag" "$pctx"
+    echo "built ${repository}eddy-fips-proxy:$tag"
+  else
+    echo "skipped eddy-fips-proxy: $prebuilt/eddy-fips-proxy not built ('cargo build --release -p eddy-fips-proxy')"
+  fi
 else
   "$engine" "${engine_args[@]}" build --target image -f "$here/agent/Dockerfile" -t "${repository}eddy-agent:$tag" "$here"
+  echo "built ${repository}eddy-agent:$tag"
+  "$engine" "${engine_args[@]}" build --target image -f "$here/fips-proxy/Dockerfile" \
+    -t "${repository}eddy-fips-proxy:$tag" "$here"
+  echo "built ${repository}eddy-fips-proxy:$tag"
 fi
-echo "built ${repository}eddy-agent:$tag"
