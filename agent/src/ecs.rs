@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 pub mod cgroup;
 pub mod environment;
 pub mod fargate;
+pub mod fetch;
 pub mod introspection;
 pub mod local;
 pub mod peers;

@@ -216,6 +216,14 @@ impl Drop for MotoServer {
     }
 }
 
+/// The AWS CLI's JSON output (`null` for commands that print nothing).
+pub fn cli_json(s: &str) -> serde_json::Value {
+    if s.trim().is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
 /// The configuration keys the agent accepts, read from `KEYS` in `agent/src/config.rs` (the source of
 /// truth), as environment variable names (`EDDY_` + upper case), plus `EDDY_CONFIG`.
 pub fn agent_env_vars() -> Result<Vec<String>> {

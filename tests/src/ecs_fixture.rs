@@ -2,6 +2,7 @@
 //! answering from the vendored samples in `tests/fixtures/ecs` (shaped exactly as AWS
 //! documents them), or badly on demand (malformed JSON, HTTP 500, a 5 s stall).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -27,12 +28,34 @@ pub fn introspection_fixture(mode: Arc<AtomicU8>) -> SocketAddr {
 
 /// [`introspection_fixture`] answering `/v1/tasks` from the fixture file `tasks_file`.
 pub fn introspection_fixture_with(mode: Arc<AtomicU8>, tasks_file: &str) -> SocketAddr {
+    json_fixture(
+        mode,
+        &[("/v1/metadata", fixture("introspection_v1_metadata.json")), ("/v1/tasks", fixture(tasks_file))],
+    )
+}
+
+/// Task metadata v4 under `/v4/abc` (`/task`, `/task/stats`) from the Fargate fixtures.
+pub fn task_metadata_fixture(mode: Arc<AtomicU8>) -> SocketAddr {
+    json_fixture(
+        mode,
+        &[
+            ("/v4/abc/task", fixture("tmds_v4_task_fargate.json")),
+            ("/v4/abc/task/stats", fixture("tmds_v4_task_stats.json")),
+        ],
+    )
+}
+
+/// A metadata endpoint on a loopback port of the calling thread's network namespace: in
+/// [`GOOD`] mode each route answers its JSON document (others 404); [`MALFORMED`] answers
+/// half of the document, [`ERROR_500`] HTTP 500, [`STALL`] waits 5 s.
+pub fn json_fixture(mode: Arc<AtomicU8>, routes: &[(&str, String)]) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind fixture");
     let addr = listener.local_addr().expect("addr");
-    let (metadata, tasks) = (fixture("introspection_v1_metadata.json"), fixture(tasks_file));
+    let routes: Arc<HashMap<String, String>> =
+        Arc::new(routes.iter().map(|(p, b)| (p.to_string(), b.clone())).collect());
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let (mode, metadata, tasks) = (mode.clone(), metadata.clone(), tasks.clone());
+            let (mode, routes) = (mode.clone(), routes.clone());
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().expect("clone"));
                 let mut request = String::new();
@@ -44,10 +67,9 @@ pub fn introspection_fixture_with(mode: Arc<AtomicU8>, tasks_file: &str) -> Sock
                     line.clear();
                 }
                 let path = request.split_whitespace().nth(1).unwrap_or("");
-                let (status, body) = match (mode.load(Ordering::SeqCst), path) {
-                    (GOOD, "/v1/metadata") => (200, metadata),
-                    (GOOD, "/v1/tasks") => (200, tasks),
-                    (MALFORMED, _) => (200, tasks[..tasks.len() / 2].to_string()),
+                let (status, body) = match (mode.load(Ordering::SeqCst), routes.get(path)) {
+                    (GOOD, Some(doc)) => (200, doc.clone()),
+                    (MALFORMED, Some(doc)) => (200, doc[..doc.len() / 2].to_string()),
                     (ERROR_500, _) => (500, "{}".to_string()),
                     (STALL, _) => {
                         std::thread::sleep(Duration::from_secs(5));

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use eddy_tests::aws::{MotoServer, Tools};
+use eddy_tests::aws::{MotoServer, Tools, cli_json};
 use eddy_tests::fault_proxy::{Fault, FaultProxy};
 use eddy_tests::imds_fixture::Imds;
 use eddy_tests::netns::{NetNs, veth_link};
@@ -18,14 +18,6 @@ use eddy_tests::*;
 use serde_json::Value;
 
 const REGION: &str = "us-east-1";
-
-fn json(s: &str) -> Value {
-    if s.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
-    }
-}
 
 /// (address, port, expected kind, expected name, expected zone, expected scope)
 type Case = (&'static str, u16, &'static str, Option<&'static str>, Option<&'static str>, &'static str);
@@ -41,7 +33,7 @@ const CASES: &[Case] = &[
 
 /// Creates the VPCs, subnets, ENIs and instance; returns this host's VPC id.
 fn populate(tools: &Tools, endpoint: &str) -> String {
-    let aws = |args: &[&str]| json(&tools.aws(endpoint, REGION, args).expect("aws cli against moto"));
+    let aws = |args: &[&str]| cli_json(&tools.aws(endpoint, REGION, args).expect("aws cli against moto"));
     let vpc = aws(&["ec2", "create-vpc", "--cidr-block", "10.0.0.0/16"])["Vpc"]["VpcId"]
         .as_str()
         .expect("vpc")

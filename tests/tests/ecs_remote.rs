@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
-use eddy_tests::aws::{MotoServer, Tools};
+use eddy_tests::aws::{MotoServer, Tools, cli_json};
 use eddy_tests::ecs_fixture::{GOOD, introspection_fixture};
 use eddy_tests::fault_proxy::{Fault, FaultProxy};
 use eddy_tests::netns::{NetNs, join, veth_link};
@@ -26,17 +26,9 @@ struct Cluster {
     api_ip: String,
 }
 
-/// The CLI's JSON output (some commands print nothing).
-fn json(s: &str) -> Value {
-    if s.trim().is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
-}
-
 /// Creates the cluster, a container instance, an awsvpc task and a bridge task in moto.
 fn populate(tools: &Tools, endpoint: &str) -> Cluster {
-    let aws = |args: &[&str]| json(&tools.aws(endpoint, REGION, args).expect("aws cli against moto"));
+    let aws = |args: &[&str]| cli_json(&tools.aws(endpoint, REGION, args).expect("aws cli against moto"));
     aws(&["ecs", "create-cluster", "--cluster-name", "flows"]);
     let vpc = aws(&["ec2", "create-vpc", "--cidr-block", "10.0.0.0/16"])["Vpc"]["VpcId"].clone();
     let vpc = vpc.as_str().expect("vpc");

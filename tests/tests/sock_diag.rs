@@ -4,13 +4,13 @@
 //! task's labels, and bad metadata (malformed JSON, HTTP 500) leaves flows flowing with `unknown` labels
 //! and counted errors.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use eddy_tests::ecs_fixture::{ERROR_500, GOOD, MALFORMED, task_metadata_fixture};
 use eddy_tests::*;
 use serde_json::Value;
 
@@ -18,10 +18,6 @@ const UP: usize = 100_000;
 const DOWN: usize = 7_000;
 const POLL: &str = "200ms";
 const NOBODY: u32 = 65534;
-
-const GOOD: u8 = 0;
-const MALFORMED: u8 = 1;
-const ERROR_500: u8 = 2;
 
 /// Root (namespaces, switching user) and the `ip` command; no eBPF needed.
 fn can_run() -> bool {
@@ -153,47 +149,6 @@ fn unprivileged_sock_diag_reports_exact_bytes_live_and_closed() {
     });
 }
 
-fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ecs").join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Task metadata v4 at `/v4/abc` (`/task`, `/task/stats`) from the fixtures, or bad answers on demand.
-/// Bind it from a thread inside the namespace.
-fn tmds_fixture(mode: Arc<AtomicU8>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind fixture");
-    let addr = listener.local_addr().expect("addr");
-    let (task, stats) = (fixture("tmds_v4_task_fargate.json"), fixture("tmds_v4_task_stats.json"));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut request = String::new();
-            if reader.read_line(&mut request).is_err() {
-                continue;
-            }
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = match (mode.load(Ordering::SeqCst), path) {
-                (GOOD, "/v4/abc/task") => (200, task.clone()),
-                (GOOD, "/v4/abc/task/stats") => (200, stats.clone()),
-                (MALFORMED, _) => (200, task[..task.len() / 2].to_string()),
-                (ERROR_500, _) => (500, "{}".to_string()),
-                _ => (404, String::new()),
-            };
-            let mut s = stream;
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    addr
-}
-
 fn fargate_agent(copy: &BinCopy, tmds: SocketAddr) -> RunAgent {
     let uri = format!("http://{tmds}/v4/abc");
     let opts = unprivileged(
@@ -216,7 +171,7 @@ fn fargate_flows_carry_the_task_labels_from_task_metadata() {
     let copy = unprivileged_copy("fargate");
     let ns = NetNs::new("fg");
     ns.run(move || {
-        let tmds = tmds_fixture(Arc::new(AtomicU8::new(GOOD)));
+        let tmds = task_metadata_fixture(Arc::new(AtomicU8::new(GOOD)));
         let agent = fargate_agent(&copy, tmds);
         assert_runs_as_nobody(&agent);
         let status = agent.status();
@@ -266,7 +221,7 @@ fn bad_task_metadata_leaves_flows_with_unknown_labels_and_counts_errors() {
     let ns = NetNs::new("fgbad");
     ns.run(move || {
         let mode = Arc::new(AtomicU8::new(MALFORMED));
-        let tmds = tmds_fixture(mode.clone());
+        let tmds = task_metadata_fixture(mode.clone());
         let agent = fargate_agent(&copy, tmds);
         poll_until(Duration::from_secs(10), Duration::from_millis(100), "malformed answers counted", || {
             let n = ecs_error(&agent, "task_metadata_malformed_responses");

@@ -42,7 +42,7 @@ where
     let code = e.code().unwrap_or_default().to_string();
     let message = match e.message() {
         Some(m) => format!("{code}: {m}"),
-        None => aws_smithy_error_chain(&e),
+        None => error_chain(&e),
     };
     match code.as_str() {
         "ThrottlingException" | "Throttling" | "RequestLimitExceeded" | "TooManyRequestsException" => {
@@ -64,7 +64,7 @@ where
 }
 
 /// The error and its sources on one line.
-fn aws_smithy_error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(x) = src {

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::error::error_chain;
+
 /// What IMDS told about this host.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Identity {
@@ -113,17 +115,6 @@ pub async fn fetch(endpoint: Option<&str>, timeout: Duration) -> Result<Identity
             .map(|s| s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
             .unwrap_or_default(),
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ struct FakeEc2 {
     known: HashSet<IpAddr>,
     calls: Mutex<Vec<(Instant, usize)>>,
     throttle: AtomicUsize,
+    /// Calls that find the endpoint down before it answers.
+    down: AtomicUsize,
     deny: bool,
 }
 
@@ -22,6 +24,13 @@ impl EniSource for FakeEc2 {
                 return Err(DiscoveryError::AccessDenied {
                     action: "ec2:DescribeNetworkInterfaces",
                     message: "not authorized".into(),
+                });
+            }
+            if self.down.load(Ordering::SeqCst) > 0 {
+                self.down.fetch_sub(1, Ordering::SeqCst);
+                return Err(DiscoveryError::Unreachable {
+                    action: "ec2:DescribeNetworkInterfaces",
+                    message: "connection refused".into(),
                 });
             }
             if self.throttle.load(Ordering::SeqCst) > 0 {
@@ -140,4 +149,18 @@ fn queue_and_cache_are_bounded() {
     r.store(&batch, &[]);
     let s = r.status();
     assert_eq!((s.cache_entries, s.cache_evicted, s.addresses_not_found), (10, 90, 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_down_is_counted_and_the_address_asked_again_when_seen_again() {
+    let fake = Arc::new(FakeEc2 { known: [ip(1)].into(), down: AtomicUsize::new(1), ..Default::default() });
+    let r = start(fake.clone(), ResolverSettings::default());
+    assert!(r.lookup(ip(1)).is_none());
+    let s = settle(&r, |s| s.errors.get("unreachable") == Some(&1)).await;
+    assert_eq!(s.addresses_resolved, 0, "the failed batch is dropped, not cached");
+    // Seen again after the backoff: asked again, and found.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.lookup(ip(1));
+    settle(&r, |s| s.addresses_resolved == 1).await;
+    assert_eq!(r.lookup(ip(1)).map(|a| a.kind), Some(OwnerKind::Alb));
 }

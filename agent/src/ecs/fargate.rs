@@ -79,7 +79,7 @@ impl TaskMetadataResolver {
 
     pub fn record_error(&self, e: &TaskMetadataError) {
         let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-        *st.errors.entry(e.kind()).or_default() += 1;
+        *st.errors.entry(e.kind(&task_metadata::ERROR_KINDS)).or_default() += 1;
         st.last_error = Some(e.to_string());
     }
 

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use super::EcsLabels;
+use super::fetch::{FetchError, get_json};
 
 /// `GET /v1/metadata`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -97,52 +98,17 @@ impl Snapshot {
 }
 
 /// Why a refresh failed.
-#[derive(Debug, thiserror::Error)]
-pub enum IntrospectionError {
-    #[error("GET {url}: {reason}")]
-    Http { url: String, reason: String },
-    #[error("GET {url}: HTTP {status}")]
-    Status { url: String, status: u16 },
-    #[error("GET {url}: malformed response: {reason}")]
-    Decode { url: String, reason: String },
-}
+pub type IntrospectionError = FetchError;
 
-impl IntrospectionError {
-    /// Counter name in `/status`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            IntrospectionError::Http { .. } => "ecs_agent_unreachable",
-            IntrospectionError::Status { .. } => "ecs_agent_http_errors",
-            IntrospectionError::Decode { .. } => "ecs_agent_malformed_responses",
-        }
-    }
-}
-
-async fn get<T: for<'de> Deserialize<'de>>(
-    client: &reqwest::Client,
-    url: String,
-) -> Result<T, IntrospectionError> {
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| IntrospectionError::Http { url: url.clone(), reason: e.to_string() })?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(IntrospectionError::Status { url, status: status.as_u16() });
-    }
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| IntrospectionError::Http { url: url.clone(), reason: e.to_string() })?;
-    serde_json::from_slice(&bytes).map_err(|e| IntrospectionError::Decode { url, reason: e.to_string() })
-}
+/// Counter names in `/status`, by failure.
+pub const ERROR_KINDS: [&str; 3] =
+    ["ecs_agent_unreachable", "ecs_agent_http_errors", "ecs_agent_malformed_responses"];
 
 /// Fetches both documents and builds a snapshot.
 pub async fn fetch(client: &reqwest::Client, base: &str) -> Result<Snapshot, IntrospectionError> {
     let base = base.trim_end_matches('/');
-    let meta: Metadata = get(client, format!("{base}/v1/metadata")).await?;
-    let tasks: Tasks = get(client, format!("{base}/v1/tasks")).await?;
+    let meta: Metadata = get_json(client, format!("{base}/v1/metadata")).await?;
+    let tasks: Tasks = get_json(client, format!("{base}/v1/tasks")).await?;
     Ok(Snapshot::build(&meta, &tasks))
 }
 

@@ -214,7 +214,7 @@ impl LocalResolver {
 
     fn record_error(&self, e: &introspection::IntrospectionError) {
         let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-        *st.errors.entry(e.kind()).or_default() += 1;
+        *st.errors.entry(e.kind(&introspection::ERROR_KINDS)).or_default() += 1;
         st.last_error = Some(e.to_string());
     }
 }

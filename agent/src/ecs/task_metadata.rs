@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
+use super::fetch::{FetchError, get_json};
 use super::{EcsLabels, UNKNOWN};
 
 /// `GET ${ECS_CONTAINER_METADATA_URI_V4}/task`.
@@ -157,39 +158,15 @@ fn cluster_name(c: &str) -> String {
 }
 
 /// Why a refresh failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TaskMetadataError {
-    #[error("GET {url}: {reason}")]
-    Http { url: String, reason: String },
-    #[error("GET {url}: HTTP {status}")]
-    Status { url: String, status: u16 },
-    #[error("GET {url}: malformed response: {reason}")]
-    Decode { url: String, reason: String },
-}
+pub type TaskMetadataError = FetchError;
 
-impl TaskMetadataError {
-    /// Counter name in `/status`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            TaskMetadataError::Http { .. } => "task_metadata_unreachable",
-            TaskMetadataError::Status { .. } => "task_metadata_http_errors",
-            TaskMetadataError::Decode { .. } => "task_metadata_malformed_responses",
-        }
-    }
-}
+/// Counter names in `/status`, by failure.
+pub const ERROR_KINDS: [&str; 3] =
+    ["task_metadata_unreachable", "task_metadata_http_errors", "task_metadata_malformed_responses"];
 
 /// Fetches `{base}/task` and builds a snapshot.
 pub async fn fetch(client: &reqwest::Client, base: &str) -> Result<TaskSnapshot, TaskMetadataError> {
-    let url = format!("{}/task", base.trim_end_matches('/'));
-    let http = |reason: String| TaskMetadataError::Http { url: url.clone(), reason };
-    let resp = client.get(&url).send().await.map_err(|e| http(e.to_string()))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(TaskMetadataError::Status { url, status: status.as_u16() });
-    }
-    let bytes = resp.bytes().await.map_err(|e| http(e.to_string()))?;
-    let doc: TaskDocument = serde_json::from_slice(&bytes)
-        .map_err(|e| TaskMetadataError::Decode { url: url.clone(), reason: e.to_string() })?;
+    let doc: TaskDocument = get_json(client, format!("{}/task", base.trim_end_matches('/'))).await?;
     Ok(TaskSnapshot::build(&doc))
 }
 
