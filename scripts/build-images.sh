@@ -7,6 +7,9 @@
 #                        target/x86_64-unknown-linux-gnu/release): no base image is pulled
 #   --engine ENGINE      docker or podman (default: whichever is found, podman first)
 #   --repository PREFIX  image name prefix, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/ (default none)
+#   --only IMAGE         build only eddy-agent or eddy-fips-proxy
+#   --fips               compile the agent with its `fips` feature (GovCloud; needs cmake + Go in the build
+#                        stage); with --prebuilt, check that DIR/eddy-agent was built that way
 #   -h, --help           this text
 # Builds eddy-agent:TAG (agent/Dockerfile) and eddy-fips-proxy:TAG (fips-proxy/Dockerfile; with --prebuilt,
 # only when DIR holds eddy-fips-proxy: `cargo build --release -p eddy-fips-proxy`).
@@ -22,13 +25,15 @@ die() {
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-tag="" prebuilt="" engine="" repository=""
+tag="" prebuilt="" engine="" repository="" only="" fips=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tag) need_value "$@"; tag="$2"; shift 2 ;;
     --prebuilt) need_value "$@"; prebuilt="$2"; shift 2 ;;
     --engine) need_value "$@"; engine="$2"; shift 2 ;;
     --repository) need_value "$@"; repository="$2"; shift 2 ;;
+    --only) need_value "$@"; only="$2"; shift 2 ;;
+    --fips) fips=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
@@ -41,6 +46,8 @@ if [ -z "$engine" ]; then
   [ -n "$engine" ] || die "neither podman nor docker works here; install one (Debian: apt-get install podman runc)"
 fi
 case "$engine" in docker|podman) ;; *) die "--engine must be docker or podman, not $engine" ;; esac
+case "$only" in ""|eddy-agent|eddy-fips-proxy) ;; *) die "--only must be eddy-agent or eddy-fips-proxy, not $only" ;; esac
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 if [ -z "$tag" ]; then
   tag="$(sed -n 's/^version = "\(.*\)"/\1/p' "$here/Cargo.toml" | head -1)"
 fi
@@ -48,34 +55,50 @@ fi
 engine_args=(${ENGINE_ARGS:-})
 
 if [ -n "$prebuilt" ]; then
-  [ -x "$prebuilt/eddy-agent" ] || die "$prebuilt/eddy-agent not found: run 'cargo build --release -p eddy-agent' first"
-  if file "$prebuilt/eddy-agent" 2>/dev/null | grep -q "dynamically linked"; then
-    die "$prebuilt/eddy-agent is dynamically linked; the FROM scratch image needs the static build (.cargo/config.toml)"
-  fi
   certs=/etc/ssl/certs/ca-certificates.crt
   [ -f "$certs" ] || die "$certs not found (Debian: apt-get install ca-certificates)"
   ctx="$(mktemp -d)"
   trap 'rm -rf "$ctx"' EXIT
-  cp "$prebuilt/eddy-agent" "$certs" "$ctx/"
-  "$engine" "${engine_args[@]}" build --target prebuilt -f "$here/agent/Dockerfile" -t "${repository}eddy-agent:$tag" "$ctx"
-  echo "built ${repository}eddy-agent:$tag"
-  if [ -x "$prebuilt/eddy-fips-proxy" ]; then
-    if file "$prebuilt/eddy-fips-proxy" 2>/dev/null | grep -q "dynamically linked"; then
-      die "$prebuilt/eddy-fips-proxy is dynamically linked; the FROM scratch image needs the static build"
+  static_or_die() {
+    if file "$1" 2>/dev/null | grep -q "dynamically linked"; then
+      die "$1 is dynamically linked; the FROM scratch image needs the static build (.cargo/config.toml)"
     fi
-    pctx="$ctx/fips-proxy"
-    mkdir -p "$pctx"
-    cp "$prebuilt/eddy-fips-proxy" "$certs" "$pctx/"
-    "$engine" "${engine_args[@]}" build --target prebuilt -f "$here/fips-proxy/Dockerfile" \
-      -t "${repository}eddy-fips-proxy:$tag" "$pctx"
-    echo "built ${repository}eddy-fips-proxy:$tag"
-  else
-    echo "skipped eddy-fips-proxy: $prebuilt/eddy-fips-proxy not built ('cargo build --release -p eddy-fips-proxy')"
+  }
+  if want eddy-agent; then
+    [ -x "$prebuilt/eddy-agent" ] || die "$prebuilt/eddy-agent not found: run 'cargo build --release -p eddy-agent' first"
+    static_or_die "$prebuilt/eddy-agent"
+    if [ -n "$fips" ] && ! "$prebuilt/eddy-agent" --version | grep -q "features: fips"; then
+      die "$prebuilt/eddy-agent was built without the fips feature: cargo build --release -p eddy-agent --features fips"
+    fi
+    mkdir -p "$ctx/agent"
+    cp "$prebuilt/eddy-agent" "$certs" "$ctx/agent/"
+    "$engine" "${engine_args[@]}" build --target prebuilt -f "$here/agent/Dockerfile" \
+      -t "${repository}eddy-agent:$tag" "$ctx/agent"
+    echo "built ${repository}eddy-agent:$tag"
+  fi
+  if want eddy-fips-proxy; then
+    if [ -x "$prebuilt/eddy-fips-proxy" ]; then
+      static_or_die "$prebuilt/eddy-fips-proxy"
+      mkdir -p "$ctx/fips-proxy"
+      cp "$prebuilt/eddy-fips-proxy" "$certs" "$ctx/fips-proxy/"
+      "$engine" "${engine_args[@]}" build --target prebuilt -f "$here/fips-proxy/Dockerfile" \
+        -t "${repository}eddy-fips-proxy:$tag" "$ctx/fips-proxy"
+      echo "built ${repository}eddy-fips-proxy:$tag"
+    elif [ -n "$only" ]; then
+      die "$prebuilt/eddy-fips-proxy not found: run 'cargo build --release -p eddy-fips-proxy' first"
+    else
+      echo "skipped eddy-fips-proxy: $prebuilt/eddy-fips-proxy not built ('cargo build --release -p eddy-fips-proxy')"
+    fi
   fi
 else
-  "$engine" "${engine_args[@]}" build --target image -f "$here/agent/Dockerfile" -t "${repository}eddy-agent:$tag" "$here"
-  echo "built ${repository}eddy-agent:$tag"
-  "$engine" "${engine_args[@]}" build --target image -f "$here/fips-proxy/Dockerfile" \
-    -t "${repository}eddy-fips-proxy:$tag" "$here"
-  echo "built ${repository}eddy-fips-proxy:$tag"
+  if want eddy-agent; then
+    "$engine" "${engine_args[@]}" build --target image -f "$here/agent/Dockerfile" \
+      --build-arg "AGENT_FEATURES=${fips:+fips}" -t "${repository}eddy-agent:$tag" "$here"
+    echo "built ${repository}eddy-agent:$tag"
+  fi
+  if want eddy-fips-proxy; then
+    "$engine" "${engine_args[@]}" build --target image -f "$here/fips-proxy/Dockerfile" \
+      -t "${repository}eddy-fips-proxy:$tag" "$here"
+    echo "built ${repository}eddy-fips-proxy:$tag"
+  fi
 fi

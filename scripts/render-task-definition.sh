@@ -19,7 +19,8 @@
 #   --capabilities SET        sys-admin (default: SYS_ADMIN + NET_ADMIN, names every ECS agent and Docker
 #                             accept) or bpf (BPF + PERFMON + NET_ADMIN: least privilege; needs kernel >= 5.8
 #                             and a Docker that knows CAP_BPF/CAP_PERFMON)
-#   --otlp-endpoint URL       sets EDDY_OTLP_ENDPOINT on the agent
+#   --otlp-endpoint URL       sets EDDY_OTLP_ENDPOINT on the agent (GovCloud template: also
+#                             EDDY_FIPS_OTLP_UPSTREAM on the proxy, which carries it; must be https://)
 #   --otlp-headers-secret ARN Secrets Manager secret or SSM parameter ARN whose value becomes
 #                             EDDY_OTLP_HEADERS (e.g. "authorization=Bearer ..."), via `secrets`, never plain env
 #   --log-level LEVEL         EDDY_LOG_LEVEL (default info)
@@ -111,6 +112,12 @@ if [ -n "$otlp_secret" ]; then
 fi
 [ -z "$record_tags" ] || check --record-tags "$record_tags" \
   '^[a-z_][a-z0-9_]*:[^,]+(,[a-z_][a-z0-9_]*:[^,]+)*$' "expected key:value pairs, e.g. env:prod,team:payments"
+if [ -n "$otlp_endpoint" ]; then
+  check --otlp-endpoint "$otlp_endpoint" '^https?://[^/?#@ ]+(/[^ ]*)?$' "expected an http(s):// URL"
+  if grep -q '"eddy-fips-proxy"' "$template" && [[ "$otlp_endpoint" != https://* ]]; then
+    die "--otlp-endpoint '$otlp_endpoint': the FIPS proxy carries OTLP over TLS only; give the intake's https:// URL"
+  fi
+fi
 [ -z "$log_level" ] || check --log-level "$log_level" '^[A-Za-z0-9_=,:.-]+$' "expected e.g. info or debug"
 
 text="$(cat "$template")"
@@ -160,13 +167,15 @@ rendered="$(jq \
   --arg record_tags "$record_tags" \
   --argjson tags "$tags_json" '
   def agent(f): .containerDefinitions |= map(if .name == "eddy-agent" then f else . end);
+  def proxy(f): .containerDefinitions |= map(if .name == "eddy-fips-proxy" then f else . end);
   def setenv($n; $v): .environment = ([(.environment // [])[] | select(.name != $n)] + [{name: $n, value: $v}]);
   (if ($task_role | startswith("arn:")) then .taskRoleArn = $task_role else . end)
   | (if ($exec_role | startswith("arn:")) then .executionRoleArn = $exec_role else . end)
   | (if $caps == "bpf" then agent(if .linuxParameters.capabilities.add then
         .linuxParameters.capabilities.add |= ((map(select(. != "SYS_ADMIN")) + ["BPF", "PERFMON"]) | unique)
       else . end) else . end)
-  | (if $otlp_endpoint != "" then agent(setenv("EDDY_OTLP_ENDPOINT"; $otlp_endpoint)) else . end)
+  | (if $otlp_endpoint != "" then agent(setenv("EDDY_OTLP_ENDPOINT"; $otlp_endpoint))
+      | proxy(setenv("EDDY_FIPS_OTLP_UPSTREAM"; $otlp_endpoint)) else . end)
   | (if $log_level != "" then agent(setenv("EDDY_LOG_LEVEL"; $log_level)) else . end)
   | (if $record_tags != "" then agent(setenv("EDDY_TAGS"; $record_tags)) else . end)
   | (if $otlp_secret != "" then agent(.secrets = ([(.secrets // [])[] | select(.name != "EDDY_OTLP_HEADERS")]

@@ -15,7 +15,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 cargo fmt --all --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# One feature set for every step, so that nothing (aws-sdk-ec2 above all) is compiled twice: the whole
+# workspace, with the agent's FIPS TLS client (the FIPS proxy builds the AWS-LC FIPS module anyway).
+features=(--workspace --locked --features eddy-agent/fips)
+cargo clippy "${features[@]}" --all-targets -- -D warnings
 # The integration tests run the real binaries: build them first.
-cargo build --workspace --bins --locked
-cargo test --workspace --locked
+cargo build "${features[@]}" --bins
+cargo test "${features[@]}"

@@ -53,6 +53,9 @@ pub struct Status {
     pub aws: Option<serde_json::Value>,
     /// Static tags carried by every record.
     pub tags: Tags,
+    /// FIPS mode (absent when off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fips: Option<crate::fips::FipsStatus>,
 }
 
 impl Status {
@@ -94,6 +97,7 @@ impl Status {
             ecs_api: shared.remote.as_ref().map(|e| e.status()),
             aws: shared.aws.as_ref().map(|e| e.status()),
             tags: shared.tags.clone(),
+            fips: shared.fips.clone(),
         }
     }
 }

@@ -6,9 +6,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// `--version`: the crate version, plus `fips` when built with the FIPS TLS client.
+pub const VERSION: &str = if cfg!(feature = "fips") {
+    concat!(env!("CARGO_PKG_VERSION"), " (features: fips)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// Eddy: network flow monitor for Amazon ECS.
 #[derive(Debug, Parser)]
-#[command(name = "eddy-agent", version, about)]
+#[command(name = "eddy-agent", version = VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -136,6 +143,18 @@ pub struct Overrides {
     /// `auto` (default: eBPF, or sock_diag on Fargate and when eBPF cannot load), `ebpf`, `sock_diag`.
     #[arg(long)]
     pub collector: Option<String>,
+    /// FIPS mode: exports through eddy-fips-proxy on loopback, FIPS endpoints for AWS API calls.
+    #[arg(long)]
+    pub fips_enabled: Option<String>,
+    /// Address of eddy-fips-proxy's ports (loopback only; default 127.0.0.1).
+    #[arg(long)]
+    pub fips_local_address: Option<String>,
+    /// eddy-fips-proxy's first (status) port; the OTLP route is the next (default 9803).
+    #[arg(long)]
+    pub fips_port_range_start: Option<String>,
+    /// TLS to the proxy: not supported, must be false.
+    #[arg(long)]
+    pub fips_https: Option<String>,
 }
 
 impl Overrides {
@@ -174,6 +193,10 @@ impl Overrides {
             ("tags", &self.tags),
             ("disabled_hooks", &self.disabled_hooks),
             ("collector", &self.collector),
+            ("fips_enabled", &self.fips_enabled),
+            ("fips_local_address", &self.fips_local_address),
+            ("fips_port_range_start", &self.fips_port_range_start),
+            ("fips_https", &self.fips_https),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
@@ -220,6 +243,10 @@ mod tests {
             tags: Some("x".into()),
             disabled_hooks: Some("x".into()),
             collector: Some("x".into()),
+            fips_enabled: Some("x".into()),
+            fips_local_address: Some("x".into()),
+            fips_port_range_start: Some("x".into()),
+            fips_https: Some("x".into()),
             config: None,
         };
         let keys: Vec<&str> = all.pairs().into_iter().map(|(k, _)| k).collect();

@@ -55,6 +55,8 @@ pub enum CommandError {
     Stdout(std::io::Error),
     #[error(transparent)]
     Otlp(#[from] OtlpError),
+    #[error(transparent)]
+    Fips(#[from] crate::fips::FipsError),
 }
 
 /// Where the agent runs (see [`environment::detect`]); probes only loopback.
@@ -108,6 +110,7 @@ fn start_ecs(
                     interval: cfg.ecs_api_refresh_interval,
                     max_backoff: Duration::from_secs(600).max(cfg.ecs_api_refresh_interval),
                     timeout: Duration::from_secs(20),
+                    fips: cfg.fips_enabled,
                 };
                 rt.spawn(remote::refresh_loop(remote.clone(), target, settings));
                 remote as Arc<dyn Enricher>
@@ -160,6 +163,7 @@ fn start_aws(cfg: &Config, rt: &tokio::runtime::Runtime) -> Option<Arc<dyn Enric
     tracing::info!(decision = %why, "enhanced resolution on: remote ends get AWS context");
     let enricher = Arc::new(AwsEnricher::new(resolver.clone(), own, why));
     let e = enricher.clone();
+    let fips = cfg.fips_enabled;
     rt.spawn(async move {
         if call_imds {
             match identity::fetch(None, Duration::from_secs(2)).await {
@@ -170,7 +174,7 @@ fn start_aws(cfg: &Config, rt: &tokio::runtime::Runtime) -> Option<Arc<dyn Enric
                 }
             }
         }
-        let (clients, _region) = remote::clients(e.identity().region, Duration::from_secs(20)).await;
+        let (clients, _region) = remote::clients(e.identity().region, Duration::from_secs(20), fips).await;
         resolver.run(Arc::new(Ec2Source { client: clients.ec2 })).await;
     });
     Some(enricher)
@@ -211,6 +215,15 @@ async fn shutdown_signal() {
 
 /// `eddy-agent run`.
 pub fn run(cfg: Config) -> Result<(), CommandError> {
+    // FIPS mode is checked before anything else: a build or configuration that is not FIPS
+    // never starts.
+    let fips = crate::fips::check(&cfg)?;
+    if let Some(f) = &fips {
+        tracing::info!(proxy = %f.proxy_status, otlp_via = f.otlp_via.as_deref().unwrap_or("off"), tls = f.aws_sdk_tls, "FIPS mode: exports through eddy-fips-proxy, AWS API calls on FIPS endpoints");
+        if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
+            tracing::warn!("FIPS mode with AWS_ENDPOINT_URL set: the AWS SDK refuses FIPS with a custom endpoint, so AWS API calls will fail (counted in /status)");
+        }
+    }
     let rt = runtime()?;
     // Bind first: a port conflict is reported before anything is loaded.
     let listener = rt
@@ -223,7 +236,11 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     let mut shared = Shared::new(table, selected.kind, selected.kernel);
     shared.collector_reason = selected.reason;
     shared.collector_limits = selected.limits;
-    let otlp = match &cfg.otlp_endpoint {
+    let otlp_target = match (&fips, &cfg.otlp_endpoint) {
+        (Some(f), Some(_)) => f.otlp_via.clone(),
+        (_, e) => e.clone(),
+    };
+    let otlp = match &otlp_target {
         Some(endpoint) => {
             let stats = Arc::new(OtlpStats::default());
             let settings = OtlpSettings {
@@ -243,6 +260,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         None => None,
     };
     shared.tags = cfg.tag_set();
+    shared.fips = fips;
     let ecs = start_ecs(&cfg, env, shared.kernel.cgroup2.clone(), &rt);
     (shared.ecs, shared.remote) = (ecs.local, ecs.remote);
     shared.aws = start_aws(&cfg, &rt);

@@ -6,7 +6,7 @@
 //! Every field is settable under the same name everywhere: `poll_interval` in
 //! the file, `EDDY_POLL_INTERVAL` in the environment, `--poll-interval` as a flag.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -144,6 +144,16 @@ pub struct Config {
     pub disabled_hooks: Vec<String>,
     /// `auto` (default), `ebpf` or `sock_diag`: see [`CollectorChoice`].
     pub collector: CollectorChoice,
+    /// FIPS mode (GovCloud): every HTTP(S) export goes in plain HTTP over loopback to the
+    /// `eddy-fips-proxy` sidecar, which carries it over TLS from the AWS-LC FIPS module; AWS API
+    /// calls use FIPS endpoints with a FIPS TLS client. Needs a build with the `fips` feature.
+    pub fips_enabled: bool,
+    /// Address of the proxy's ports (loopback only: the hop to the proxy is plain text).
+    pub fips_local_address: IpAddr,
+    /// The proxy's first port (its status port); the OTLP route is the next one.
+    pub fips_port_range_start: u16,
+    /// Talk TLS to the proxy. Not supported (the proxy's local side is plain HTTP): must be false.
+    pub fips_https: bool,
 }
 
 impl Default for Config {
@@ -182,6 +192,10 @@ impl Default for Config {
             tags: Vec::new(),
             disabled_hooks: Vec::new(),
             collector: CollectorChoice::Auto,
+            fips_enabled: false,
+            fips_local_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            fips_port_range_start: 9803,
+            fips_https: false,
         }
     }
 }
@@ -235,6 +249,10 @@ pub const KEYS: &[&str] = &[
     "tags",
     "disabled_hooks",
     "collector",
+    "fips_enabled",
+    "fips_local_address",
+    "fips_port_range_start",
+    "fips_https",
 ];
 
 /// `EDDY_CONFIG` names the file; it is not a field.
@@ -386,6 +404,19 @@ impl Config {
                     _ => return Err(bad("expected `auto`, `ebpf` or `sock_diag`".into())),
                 }
             }
+            "fips_enabled" => {
+                self.fips_enabled = boolean(value).ok_or_else(|| bad("expected true or false".into()))?
+            }
+            "fips_local_address" => {
+                self.fips_local_address = value
+                    .trim()
+                    .parse()
+                    .map_err(|e: std::net::AddrParseError| bad(format!("{e} (expected an IP address)")))?
+            }
+            "fips_port_range_start" => {
+                self.fips_port_range_start = u16::try_from(num(value)?).map_err(|_| bad("not a port".into()))?
+            }
+            "fips_https" => self.fips_https = boolean(value).ok_or_else(|| bad("expected true or false".into()))?,
             _ => return Err(bad(format!("unknown key; known: {}", KEYS.join(", ")))),
         }
         Ok(())
@@ -464,6 +495,11 @@ impl Config {
         }
         if self.udp_idle_timeout < Duration::from_secs(1) {
             return fail("udp_idle_timeout must be at least 1s".into());
+        }
+        if self.fips_enabled
+            && let Err(e) = crate::fips::check_config(self)
+        {
+            return fail(e.to_string());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return fail(format!("log_level {:?}: {e}", self.log_level));

@@ -28,6 +28,7 @@ pub mod commands;
 pub mod config;
 pub mod ecs;
 pub mod enrich;
+pub mod fips;
 pub mod flow;
 pub mod healthcheck;
 pub mod metrics;

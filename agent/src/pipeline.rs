@@ -64,6 +64,8 @@ pub struct Shared {
     pub aws: Option<Arc<dyn Enricher>>,
     /// Static tags carried by every record.
     pub tags: Tags,
+    /// FIPS mode: where exports go and how AWS API calls are made (absent when off).
+    pub fips: Option<crate::fips::FipsStatus>,
 }
 
 impl Shared {
@@ -88,6 +90,7 @@ impl Shared {
             remote: None,
             aws: None,
             tags: Tags::default(),
+            fips: None,
         }
     }
 

@@ -203,6 +203,20 @@ fn spawn_s_server(pki: &TestPki, cert: &str, args: &[&str], openssl_conf: Option
 
 /// nginx (if installed) on TLS 1.2/1.3 answering `host=<Host> method=<m> uri=<uri> len=<Content-Length>`.
 pub fn nginx(pki: &TestPki) -> Option<Peer> {
+    nginx_with(
+        pki,
+        "default_type text/plain;\n\
+         return 200 \"host=$http_host method=$request_method uri=$request_uri len=$http_content_length\\n\";",
+    )
+}
+
+/// nginx (if installed) terminating TLS 1.2/1.3 and passing every request to the plain-HTTP `upstream`
+/// (an intake behind a TLS load balancer).
+pub fn nginx_reverse_proxy(pki: &TestPki, upstream: SocketAddr) -> Option<Peer> {
+    nginx_with(pki, &format!("proxy_pass http://{upstream}; proxy_http_version 1.1;"))
+}
+
+fn nginx_with(pki: &TestPki, location: &str) -> Option<Peer> {
     let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists())?;
     let port = free_port();
     let dir = pki.path(&format!("nginx-{port}"));
@@ -215,8 +229,7 @@ pub fn nginx(pki: &TestPki) -> Option<Peer> {
          fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
          server {{ listen 127.0.0.1:{port} ssl; server_name {GOOD_NAME};\n\
          ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;\n\
-         location / {{ default_type text/plain;\n\
-         return 200 \"host=$http_host method=$request_method uri=$request_uri len=$http_content_length\\n\"; }} }} }}\n",
+         location / {{ {location} }} }} }}\n",
         cert = pki.path("server.pem").display(),
         key = pki.path("server.key").display(),
     );

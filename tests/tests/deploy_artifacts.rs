@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use eddy_tests::aws::{self, MotoServer, Tools, repo_root, run, run_ok};
 use eddy_tests::skip;
 use serde_json::{Value, json};
@@ -20,8 +20,6 @@ const ACCOUNT: &str = "123456789012";
 const REGIONS: [&str; 2] = ["us-east-1", "us-gov-west-1"];
 const TEMPLATES: [&str; 4] =
     ["eddy-daemon", "eddy-daemon-govcloud", "eddy-daemon-external", "eddy-fargate-sidecar"];
-/// Variables the agent does not accept yet: they must never reach its container.
-const NOT_YET: [&str; 2] = ["EDDY_FIPS_ENABLED", "EDDY_FIPS_PORT_RANGE_START"];
 
 fn tools_or_skip() -> Option<Tools> {
     match Tools::find() {
@@ -83,7 +81,7 @@ fn renderings(tools: &Tools) -> Result<Vec<(String, Value)>> {
             "--capabilities",
             "bpf",
             "--otlp-endpoint",
-            "http://127.0.0.1:4318/v1/metrics",
+            "https://otlp.example.com:4318/v1/metrics",
             "--otlp-headers-secret",
             &s,
             "--tag",
@@ -138,6 +136,29 @@ fn templates_exist_and_render_with_helpful_errors() {
     .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--fips-proxy-image"), "{out:?}");
+    // GovCloud: the agent sends OTLP through the proxy, which carries it to the same intake over TLS.
+    let intake = "https://otlp.example.com:4318/v1/metrics";
+    let td = render(&tools, "eddy-daemon-govcloud", "us-gov-west-1", &["--otlp-endpoint", intake]).expect("render");
+    let env_of = |name: &str| -> std::collections::BTreeMap<String, String> {
+        let c = td["containerDefinitions"].as_array().expect("containers").iter().find(|c| c["name"] == name);
+        let env = c.and_then(|c| c["environment"].as_array()).cloned().unwrap_or_default();
+        env.iter()
+            .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+            .collect()
+    };
+    let (agent, proxy) = (env_of("eddy-agent"), env_of("eddy-fips-proxy"));
+    assert_eq!(agent.get("EDDY_FIPS_ENABLED").map(String::as_str), Some("true"), "{agent:?}");
+    assert_eq!(agent.get("EDDY_OTLP_ENDPOINT").map(String::as_str), Some(intake));
+    assert_eq!(proxy.get("EDDY_FIPS_OTLP_UPSTREAM").map(String::as_str), Some(intake), "{proxy:?}");
+    for key in ["EDDY_FIPS_PORT_RANGE_START", "EDDY_FIPS_LOCAL_ADDRESS"] {
+        assert!(agent.get(key).is_some() && agent.get(key) == proxy.get(key), "{key}: {agent:?} vs {proxy:?}");
+    }
+    let mut cmd = tools.script("render-task-definition.sh");
+    cmd.args(render_args("eddy-daemon-govcloud", "us-gov-west-1"))
+        .args(["--otlp-endpoint", "http://otlp.example.com:4318/v1/metrics"]);
+    let out = run(&mut cmd).expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("https://"), "{out:?}");
     for script in ["render-task-definition.sh", "register-task-definition.sh", "deploy-stack.sh"] {
         let help = run_ok(tools.script(script).arg("--help")).expect("--help");
         assert!(help.contains("Usage:"), "{script} --help: {help}");
@@ -583,8 +604,10 @@ fn template_declares_daemon_host_network_and_pid() {
     fips.as_object_mut().expect("obj").remove("DependsOn");
     let env = fips["Environment"].as_array_mut().expect("env");
     let before = env.len();
-    env.retain(|e| e["Name"] != "AWS_USE_FIPS_ENDPOINT");
-    assert_eq!(env.len() + 1, before, "FIPS agent sets AWS_USE_FIPS_ENDPOINT once");
+    let fips_only =
+        ["AWS_USE_FIPS_ENDPOINT", "EDDY_FIPS_ENABLED", "EDDY_FIPS_LOCAL_ADDRESS", "EDDY_FIPS_PORT_RANGE_START"];
+    env.retain(|e| !fips_only.iter().any(|n| e["Name"] == *n));
+    assert_eq!(env.len() + fips_only.len(), before, "FIPS agent sets each of {fips_only:?} once");
     plain.as_object_mut().expect("obj");
     assert_eq!(fips, plain, "the FIPS and non-FIPS agent containers drifted apart");
 }
@@ -770,16 +793,14 @@ fn deploy_artifacts_match_what_the_agent_accepts() {
     }
     assert!(problems.is_empty(), "{problems:#?}");
 
-    // The check itself catches a variable the agent does not accept yet, and a plain-text secret.
+    // The check itself catches a variable the agent does not accept, and a plain-text secret.
     let mut td = render(&tools, "eddy-daemon", "us-east-1", &[]).expect("render");
-    for var in NOT_YET.iter().filter(|v| !accepted.contains(&v.to_string())) {
-        let mut bad = td.clone();
-        bad["containerDefinitions"][0]["environment"]
-            .as_array_mut()
-            .expect("env")
-            .push(json!({"name": var, "value": "x"}));
-        assert!(!agent_container_problems("mutated", &bad, &accepted).is_empty(), "{var} not caught");
-    }
+    let mut bad = td.clone();
+    bad["containerDefinitions"][0]["environment"]
+        .as_array_mut()
+        .expect("env")
+        .push(json!({"name": "EDDY_FIPS_ENABLE", "value": "true"}));
+    assert!(!agent_container_problems("mutated", &bad, &accepted).is_empty(), "misspelt key not caught");
     td["containerDefinitions"][0]["environment"]
         .as_array_mut()
         .expect("env")
@@ -791,25 +812,6 @@ fn deploy_artifacts_match_what_the_agent_accepts() {
         !privilege_problems("mutated", &td, &preflight_caps, &preflight_src).is_empty(),
         "extra capability not caught"
     );
-    if let Err(e) = check_no_not_yet_in_agent(&accepted) {
-        panic!("{e:#}");
-    }
-}
-
-/// Keys that the agent does not accept yet are documented in the artifacts' comments/parameters only.
-fn check_no_not_yet_in_agent(accepted: &[String]) -> Result<()> {
-    for name in TEMPLATES {
-        let text = std::fs::read_to_string(template_path(name))?;
-        for var in NOT_YET {
-            if !accepted.iter().any(|a| a == var)
-                && text.contains(&format!("\"{var}\""))
-                && !var.starts_with("EDDY_FIPS_")
-            {
-                bail!("{name}.json sets {var}, which the agent does not accept yet");
-            }
-        }
-    }
-    Ok(())
 }
 
 #[test]

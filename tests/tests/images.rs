@@ -1,7 +1,9 @@
-//! The agent's container image, built by `scripts/build-images.sh` with podman from the binary under
-//! test and run the way `task-definitions/eddy-daemon.json` runs it: its capabilities, host network
+//! The container images, built by `scripts/build-images.sh` with podman from the binaries under test.
+//! The agent's runs the way `task-definitions/eddy-daemon.json` runs it: its capabilities, host network
 //! and pid mode, read-only root filesystem, its mounts and environment. It must load its programs,
-//! pass the task definition's health check command, and count a connection's bytes exactly.
+//! pass the task definition's health check command, and count a connection's bytes exactly. The FIPS
+//! proxy's runs as `eddy-daemon-govcloud.json` runs it (host network, read-only root, its environment,
+//! as nobody): it must start in FIPS mode, pass its health check and carry a request over TLS to nginx.
 //!
 //! Podman runs rootful with runc and cgroupfs (crun fails on this hybrid-cgroup host; see
 //! shared/design/MACHINE-NOTES.md). The task definition's memlock ulimit needs CAP_SYS_RESOURCE;
@@ -73,7 +75,7 @@ fn agent_image_runs_as_the_task_definition_says() {
     let tag = format!("smoke-{}", std::process::id());
     let image = format!("localhost/eddy-agent:{tag}");
     let out = Command::new(repo_root().join("scripts/build-images.sh"))
-        .args(["--engine", "podman", "--tag", &tag, "--prebuilt"])
+        .args(["--engine", "podman", "--only", "eddy-agent", "--tag", &tag, "--prebuilt"])
         .arg(&bin_dir)
         .env("CONTAINERS_CONF", &podman.conf)
         .env("ENGINE_ARGS", "--runtime runc --cgroup-manager cgroupfs")
@@ -193,5 +195,109 @@ fn agent_image_runs_as_the_task_definition_says() {
             if found { Ok(()) } else { Err("not yet".into()) }
         },
     );
+    drop(container);
+}
+
+#[test]
+fn fips_proxy_image_runs_as_the_govcloud_task_definition_says() {
+    if !require_privileges() {
+        return;
+    }
+    if Command::new("podman").arg("--version").output().is_err() {
+        return skip("podman is not installed (scripts/install-deps.sh test installs podman and runc)");
+    }
+    if !eddy_tests::fips_proxy::proxy_available() {
+        return;
+    }
+    if !eddy_tests::tls_peer::openssl_available() {
+        return skip("the openssl command is not installed (apt-get install openssl)");
+    }
+    let pki = eddy_tests::tls_peer::TestPki::generate("image");
+    let Some(intake) = eddy_tests::tls_peer::nginx(&pki) else {
+        return skip("nginx is not installed (apt-get install nginx-light)");
+    };
+    let conf = std::env::temp_dir().join(format!("eddy-containers-proxy-{}.conf", std::process::id()));
+    std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").expect("containers.conf");
+    let podman = Podman { conf };
+    let bin_dir = eddy_tests::fips_proxy::proxy_bin().parent().expect("bin dir").to_path_buf();
+    let tag = format!("smoke-{}", std::process::id());
+    let image = format!("localhost/eddy-fips-proxy:{tag}");
+    let out = Command::new(repo_root().join("scripts/build-images.sh"))
+        .args(["--engine", "podman", "--only", "eddy-fips-proxy", "--tag", &tag, "--prebuilt"])
+        .arg(&bin_dir)
+        .env("CONTAINERS_CONF", &podman.conf)
+        .env("ENGINE_ARGS", "--runtime runc --cgroup-manager cgroupfs")
+        .output()
+        .expect("build-images.sh");
+    assert!(out.status.success(), "build-images.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let td: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("task-definitions/eddy-daemon-govcloud.json")).expect("read"),
+    )
+    .expect("task definition JSON");
+    assert_eq!(td["networkMode"], "host");
+    let c = td["containerDefinitions"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == "eddy-fips-proxy"))
+        .expect("eddy-fips-proxy container");
+    let start = eddy_tests::fips_proxy::free_port_range(1);
+    let name = format!("eddy-proxy-smoke-{}", std::process::id());
+    let mut args: Vec<String> =
+        ["run", "-d", "--name", &name, "--network", "host"].iter().map(|s| s.to_string()).collect();
+    if c["readonlyRootFilesystem"] == true {
+        args.push("--read-only".into());
+    }
+    for e in c["environment"].as_array().expect("environment") {
+        let (k, v) = (e["name"].as_str().expect("name"), e["value"].as_str().expect("value"));
+        let v = if k == "EDDY_FIPS_PORT_RANGE_START" { start.to_string() } else { v.to_string() };
+        args.extend(["-e".into(), format!("{k}={v}")]);
+    }
+    // What render-task-definition.sh --otlp-endpoint adds, pointed at a local nginx with a test CA.
+    args.extend([
+        "-v".into(),
+        format!("{}:/pki:ro", pki.dir.display()),
+        "-e".into(),
+        format!(
+            "EDDY_FIPS_OTLP_UPSTREAM=https://127.0.0.1:{}/v1/metrics?server_name={}&ca_file=/pki/ca.pem",
+            intake.addr.port(),
+            eddy_tests::tls_peer::GOOD_NAME
+        ),
+        image.clone(),
+    ]);
+    let container = Container { podman: &podman, name: name.clone(), image: image.clone() };
+    let out = podman.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "podman {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+
+    let status_addr = std::net::SocketAddr::from(([127, 0, 0, 1], start));
+    let logs = || String::from_utf8_lossy(&podman.run(&["logs", &name]).stderr).into_owned();
+    let status: Value = poll_until(Duration::from_secs(30), Duration::from_millis(200), "the containerised proxy", || {
+        match eddy_tests::http::http_get(status_addr, "/", Duration::from_secs(2)) {
+            Ok(r) if r.status == 200 => serde_json::from_str::<Value>(&r.text()).map_err(|e| e.to_string()),
+            Ok(r) => Err(format!("HTTP {}", r.status)),
+            Err(e) => Err(format!("{e}; logs: {}", logs())),
+        }
+    });
+    assert_eq!(status["fips_mode"], true, "{status}");
+    assert!(status["crypto_module"].as_str().is_some_and(|m| m.starts_with("AWS-LC FIPS")), "{status}");
+    let uid = podman.run(&["inspect", "--format", "{{.Config.User}}", &name]);
+    assert_eq!(String::from_utf8_lossy(&uid.stdout).trim(), "65534:65534", "runs as nobody");
+
+    // The task definition's health check, inside the container.
+    let hc: Vec<&str> = c["healthCheck"]["command"].as_array().expect("healthCheck")[1..]
+        .iter()
+        .map(|a| a.as_str().expect("arg"))
+        .collect();
+    let mut exec = vec!["exec", name.as_str()];
+    exec.extend(hc);
+    let out = podman.run(&exec);
+    assert!(out.status.success(), "health check failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    // A request on the otlp route reaches nginx over TLS, with Host rewritten to the upstream's name.
+    let route = std::net::SocketAddr::from(([127, 0, 0, 1], start + 1));
+    let r = eddy_tests::http::http_get(route, "/v1/metrics", Duration::from_secs(5)).expect("route");
+    let body = r.text();
+    assert_eq!(r.status, 200, "{body}\n{}", logs());
+    assert!(body.contains(&format!("host={}", eddy_tests::tls_peer::GOOD_NAME)), "{body}");
+    assert!(body.contains("uri=/v1/metrics"), "{body}");
     drop(container);
 }

@@ -151,11 +151,13 @@ pub struct RemoteSettings {
     pub max_backoff: Duration,
     /// Per API call, retries included.
     pub timeout: Duration,
+    /// FIPS mode: FIPS endpoints and TLS client (see [`crate::fips`]).
+    pub fips: bool,
 }
 
 /// Builds the SDK clients from the standard AWS environment; `region_hint` is used
 /// only when the environment names no region.
-pub async fn clients(region_hint: Option<String>, timeout: Duration) -> (Clients, Option<String>) {
+pub async fn clients(region_hint: Option<String>, timeout: Duration, fips: bool) -> (Clients, Option<String>) {
     let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
@@ -169,7 +171,7 @@ pub async fn clients(region_hint: Option<String>, timeout: Duration) -> (Clients
     if let Some(r) = &region {
         loader = loader.region(aws_config::Region::new(r.clone()));
     }
-    let conf = loader.load().await;
+    let conf = crate::fips::sdk_loader(loader, fips).load().await;
     let region = conf.region().map(|r| r.to_string());
     (Clients { ecs: aws_sdk_ecs::Client::new(&conf), ec2: aws_sdk_ec2::Client::new(&conf) }, region)
 }
@@ -188,7 +190,7 @@ pub async fn refresh_loop(resolver: Arc<RemoteResolver>, target: Arc<dyn Target>
         tokio::time::sleep(TARGET_WAIT).await;
     };
     let hint = target.arn().as_deref().and_then(index::region_of);
-    let (clients, region) = clients(hint, s.timeout).await;
+    let (clients, region) = clients(hint, s.timeout, s.fips).await;
     tracing::info!(%cluster, region = region.as_deref().unwrap_or("none"), "ECS API provider on: remote ends get ECS labels");
     resolver.set_target(&cluster, region);
     let mut wait = s.interval;

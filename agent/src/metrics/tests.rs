@@ -29,6 +29,7 @@ fn status() -> Status {
         ecs_api: None,
         aws: None,
         tags: crate::tags::Tags::default(),
+        fips: None,
     }
 }
 

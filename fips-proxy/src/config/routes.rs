@@ -183,6 +183,7 @@ pub fn parse_table(text: &str) -> Result<Vec<RouteSpec>, RouteError> {
 pub fn default_otlp_route(upstream: Option<&str>) -> Result<RouteSpec, RouteError> {
     match upstream {
         Some(text) => {
+            let text = strip_otlp_path(text);
             let mut table = parse_table(&format!("{DEFAULT_ROUTE}={text}"))?;
             table.pop().ok_or_else(|| RouteError::Entry(text.to_string()))
         }
@@ -192,6 +193,18 @@ pub fn default_otlp_route(upstream: Option<&str>) -> Result<RouteSpec, RouteErro
             server_name: None,
             ca_file: None,
         }),
+    }
+}
+
+/// `otlp_upstream` may be the agent's own OTLP URL (`https://host:port/v1/metrics`): the path is
+/// what the agent sends, so only the origin (and any `?options`) is kept.
+fn strip_otlp_path(text: &str) -> String {
+    let Some(rest) = text.strip_prefix("https://") else { return text.to_string() };
+    let (before_opts, opts) = rest.split_once('?').map_or((rest, None), |(a, b)| (a, Some(b)));
+    let origin = before_opts.split_once('/').map_or(before_opts, |(a, _)| a);
+    match opts {
+        Some(o) => format!("https://{origin}?{o}"),
+        None => format!("https://{origin}"),
     }
 }
 

@@ -47,6 +47,16 @@ fn otlp_upstream_fills_the_default_route() {
         Config::load(None, env(&[("EDDY_FIPS_OTLP_UPSTREAM", "https://otlp.example")]), &[]).expect("cfg");
     let u = cfg.routes[0].parse_upstream().expect("parse").expect("some");
     assert_eq!(u.authority(), "otlp.example:443");
+    // The agent's own OTLP URL works too: the path is the agent's to send.
+    let cfg = Config::load(
+        None,
+        env(&[("EDDY_FIPS_OTLP_UPSTREAM", "https://otlp.example:4318/v1/metrics?server_name=intake.example")]),
+        &[],
+    )
+    .expect("cfg");
+    let u = cfg.routes[0].parse_upstream().expect("parse").expect("some");
+    assert_eq!(u.authority(), "otlp.example:4318");
+    assert_eq!(cfg.routes[0].server_name.as_deref(), Some("intake.example"));
 }
 
 #[test]
