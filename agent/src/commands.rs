@@ -221,7 +221,9 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     if let Some(f) = &fips {
         tracing::info!(proxy = %f.proxy_status, otlp_via = f.otlp_via.as_deref().unwrap_or("off"), tls = f.aws_sdk_tls, "FIPS mode: exports through eddy-fips-proxy, AWS API calls on FIPS endpoints");
         if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
-            tracing::warn!("FIPS mode with AWS_ENDPOINT_URL set: the AWS SDK refuses FIPS with a custom endpoint, so AWS API calls will fail (counted in /status)");
+            tracing::warn!(
+                "FIPS mode with AWS_ENDPOINT_URL set: the AWS SDK refuses FIPS with a custom endpoint, so AWS API calls will fail (counted in /status)"
+            );
         }
     }
     let rt = runtime()?;

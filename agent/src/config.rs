@@ -414,9 +414,12 @@ impl Config {
                     .map_err(|e: std::net::AddrParseError| bad(format!("{e} (expected an IP address)")))?
             }
             "fips_port_range_start" => {
-                self.fips_port_range_start = u16::try_from(num(value)?).map_err(|_| bad("not a port".into()))?
+                self.fips_port_range_start =
+                    u16::try_from(num(value)?).map_err(|_| bad("not a port".into()))?
             }
-            "fips_https" => self.fips_https = boolean(value).ok_or_else(|| bad("expected true or false".into()))?,
+            "fips_https" => {
+                self.fips_https = boolean(value).ok_or_else(|| bad("expected true or false".into()))?
+            }
             _ => return Err(bad(format!("unknown key; known: {}", KEYS.join(", ")))),
         }
         Ok(())

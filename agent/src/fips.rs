@@ -113,10 +113,8 @@ fn proxy_base(cfg: &Config, offset: u16) -> String {
 /// intake's path (and query) kept; scheme, host and port are the proxy's.
 pub fn otlp_via_proxy(cfg: &Config, endpoint: &str) -> Result<String, FipsError> {
     let bad = || FipsError::Endpoint(endpoint.to_string());
-    let rest = endpoint
-        .strip_prefix("https://")
-        .or_else(|| endpoint.strip_prefix("http://"))
-        .ok_or_else(bad)?;
+    let rest =
+        endpoint.strip_prefix("https://").or_else(|| endpoint.strip_prefix("http://")).ok_or_else(bad)?;
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),

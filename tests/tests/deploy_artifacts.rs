@@ -138,7 +138,8 @@ fn templates_exist_and_render_with_helpful_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--fips-proxy-image"), "{out:?}");
     // GovCloud: the agent sends OTLP through the proxy, which carries it to the same intake over TLS.
     let intake = "https://otlp.example.com:4318/v1/metrics";
-    let td = render(&tools, "eddy-daemon-govcloud", "us-gov-west-1", &["--otlp-endpoint", intake]).expect("render");
+    let td = render(&tools, "eddy-daemon-govcloud", "us-gov-west-1", &["--otlp-endpoint", intake])
+        .expect("render");
     let env_of = |name: &str| -> std::collections::BTreeMap<String, String> {
         let c = td["containerDefinitions"].as_array().expect("containers").iter().find(|c| c["name"] == name);
         let env = c.and_then(|c| c["environment"].as_array()).cloned().unwrap_or_default();
@@ -151,7 +152,7 @@ fn templates_exist_and_render_with_helpful_errors() {
     assert_eq!(agent.get("EDDY_OTLP_ENDPOINT").map(String::as_str), Some(intake));
     assert_eq!(proxy.get("EDDY_FIPS_OTLP_UPSTREAM").map(String::as_str), Some(intake), "{proxy:?}");
     for key in ["EDDY_FIPS_PORT_RANGE_START", "EDDY_FIPS_LOCAL_ADDRESS"] {
-        assert!(agent.get(key).is_some() && agent.get(key) == proxy.get(key), "{key}: {agent:?} vs {proxy:?}");
+        assert!(agent.contains_key(key) && agent.get(key) == proxy.get(key), "{key}: {agent:?} vs {proxy:?}");
     }
     let mut cmd = tools.script("render-task-definition.sh");
     cmd.args(render_args("eddy-daemon-govcloud", "us-gov-west-1"))
@@ -604,8 +605,12 @@ fn template_declares_daemon_host_network_and_pid() {
     fips.as_object_mut().expect("obj").remove("DependsOn");
     let env = fips["Environment"].as_array_mut().expect("env");
     let before = env.len();
-    let fips_only =
-        ["AWS_USE_FIPS_ENDPOINT", "EDDY_FIPS_ENABLED", "EDDY_FIPS_LOCAL_ADDRESS", "EDDY_FIPS_PORT_RANGE_START"];
+    let fips_only = [
+        "AWS_USE_FIPS_ENDPOINT",
+        "EDDY_FIPS_ENABLED",
+        "EDDY_FIPS_LOCAL_ADDRESS",
+        "EDDY_FIPS_PORT_RANGE_START",
+    ];
     env.retain(|e| !fips_only.iter().any(|n| e["Name"] == *n));
     assert_eq!(env.len() + fips_only.len(), before, "FIPS agent sets each of {fips_only:?} once");
     plain.as_object_mut().expect("obj");

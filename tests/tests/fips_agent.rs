@@ -73,24 +73,31 @@ fn otlp_export_goes_through_the_proxy_with_exact_bytes() {
     let port = server.port();
     let up: i64 = PLAN.iter().map(|p| p.0 as i64).sum();
     let down: i64 = PLAN.iter().map(|p| p.1 as i64).sum();
-    poll_until(Duration::from_secs(20), Duration::from_millis(250), "exact OTLP points via the proxy", || {
-        let last = rx.received().into_iter().last().ok_or("nothing received")?;
-        for (dir, io, v) in [("outgoing", "transmit", up), ("incoming", "receive", up), ("outgoing", "receive", down)] {
-            let got: i64 = sum_points(&last.request, "eddy.network.io")
-                .into_iter()
-                .filter(|(a, _)| {
-                    attr_int(a, "server.port") == Some(i64::from(port))
-                        && attr_str(a, "eddy.flow.direction").as_deref() == Some(dir)
-                        && attr_str(a, "network.io.direction").as_deref() == Some(io)
-                })
-                .map(|(_, v)| v)
-                .sum();
-            if got != v {
-                return Err(format!("{dir}/{io}: {got}, want {v}"));
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        "exact OTLP points via the proxy",
+        || {
+            let last = rx.received().into_iter().last().ok_or("nothing received")?;
+            for (dir, io, v) in
+                [("outgoing", "transmit", up), ("incoming", "receive", up), ("outgoing", "receive", down)]
+            {
+                let got: i64 = sum_points(&last.request, "eddy.network.io")
+                    .into_iter()
+                    .filter(|(a, _)| {
+                        attr_int(a, "server.port") == Some(i64::from(port))
+                            && attr_str(a, "eddy.flow.direction").as_deref() == Some(dir)
+                            && attr_str(a, "network.io.direction").as_deref() == Some(io)
+                    })
+                    .map(|(_, v)| v)
+                    .sum();
+                if got != v {
+                    return Err(format!("{dir}/{io}: {got}, want {v}"));
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
 
     // Every request the intake got came through the route; the handshake was approved.
     let st = proxy.route_status("otlp");

@@ -232,7 +232,8 @@ fn fips_proxy_image_runs_as_the_govcloud_task_definition_says() {
     assert!(out.status.success(), "build-images.sh failed: {}", String::from_utf8_lossy(&out.stderr));
 
     let td: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("task-definitions/eddy-daemon-govcloud.json")).expect("read"),
+        &std::fs::read_to_string(repo_root().join("task-definitions/eddy-daemon-govcloud.json"))
+            .expect("read"),
     )
     .expect("task definition JSON");
     assert_eq!(td["networkMode"], "host");
@@ -270,13 +271,16 @@ fn fips_proxy_image_runs_as_the_govcloud_task_definition_says() {
 
     let status_addr = std::net::SocketAddr::from(([127, 0, 0, 1], start));
     let logs = || String::from_utf8_lossy(&podman.run(&["logs", &name]).stderr).into_owned();
-    let status: Value = poll_until(Duration::from_secs(30), Duration::from_millis(200), "the containerised proxy", || {
-        match eddy_tests::http::http_get(status_addr, "/", Duration::from_secs(2)) {
-            Ok(r) if r.status == 200 => serde_json::from_str::<Value>(&r.text()).map_err(|e| e.to_string()),
-            Ok(r) => Err(format!("HTTP {}", r.status)),
-            Err(e) => Err(format!("{e}; logs: {}", logs())),
-        }
-    });
+    let status: Value =
+        poll_until(Duration::from_secs(30), Duration::from_millis(200), "the containerised proxy", || {
+            match eddy_tests::http::http_get(status_addr, "/", Duration::from_secs(2)) {
+                Ok(r) if r.status == 200 => {
+                    serde_json::from_str::<Value>(&r.text()).map_err(|e| e.to_string())
+                }
+                Ok(r) => Err(format!("HTTP {}", r.status)),
+                Err(e) => Err(format!("{e}; logs: {}", logs())),
+            }
+        });
     assert_eq!(status["fips_mode"], true, "{status}");
     assert!(status["crypto_module"].as_str().is_some_and(|m| m.starts_with("AWS-LC FIPS")), "{status}");
     let uid = podman.run(&["inspect", "--format", "{{.Config.User}}", &name]);

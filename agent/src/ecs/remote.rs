@@ -157,7 +157,11 @@ pub struct RemoteSettings {
 
 /// Builds the SDK clients from the standard AWS environment; `region_hint` is used
 /// only when the environment names no region.
-pub async fn clients(region_hint: Option<String>, timeout: Duration, fips: bool) -> (Clients, Option<String>) {
+pub async fn clients(
+    region_hint: Option<String>,
+    timeout: Duration,
+    fips: bool,
+) -> (Clients, Option<String>) {
     let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));

@@ -31,9 +31,8 @@ fn configurations_that_would_leave_the_fips_path_are_refused() {
         .expect_err("non-local")
         .to_string();
     assert!(e.contains("10.0.0.5") && e.contains("loopback"), "{e}");
-    let e = load(&[("EDDY_FIPS_ENABLED", "true"), ("EDDY_FIPS_HTTPS", "true")])
-        .expect_err("https")
-        .to_string();
+    let e =
+        load(&[("EDDY_FIPS_ENABLED", "true"), ("EDDY_FIPS_HTTPS", "true")]).expect_err("https").to_string();
     assert!(e.contains("EDDY_FIPS_HTTPS=false"), "{e}");
     let e = load(&[("EDDY_FIPS_ENABLED", "true"), ("EDDY_FIPS_PORT_RANGE_START", "65530")])
         .expect_err("range")
@@ -49,8 +48,9 @@ fn configurations_that_would_leave_the_fips_path_are_refused() {
 #[cfg(feature = "fips")]
 #[test]
 fn this_build_has_the_fips_module_and_reports_the_route() {
-    let c = load(&[("EDDY_FIPS_ENABLED", "true"), ("EDDY_OTLP_ENDPOINT", "https://intake.example/v1/metrics")])
-        .expect("config");
+    let c =
+        load(&[("EDDY_FIPS_ENABLED", "true"), ("EDDY_OTLP_ENDPOINT", "https://intake.example/v1/metrics")])
+            .expect("config");
     let s = check(&c).expect("fips build").expect("on");
     assert_eq!(s.otlp_via.as_deref(), Some("http://127.0.0.1:9804/v1/metrics"));
     assert_eq!(s.proxy_status, "http://127.0.0.1:9803");
@@ -74,7 +74,11 @@ fn fips_endpoints_are_the_fips_hosts() {
     let ecs = aws_sdk_ecs::config::endpoint::DefaultResolver::new();
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     for (region, ec2_host, ecs_host) in [
-        ("us-gov-west-1", "https://ec2.us-gov-west-1.amazonaws.com", "https://ecs-fips.us-gov-west-1.amazonaws.com"),
+        (
+            "us-gov-west-1",
+            "https://ec2.us-gov-west-1.amazonaws.com",
+            "https://ecs-fips.us-gov-west-1.amazonaws.com",
+        ),
         ("us-east-1", "https://ec2-fips.us-east-1.amazonaws.com", "https://ecs-fips.us-east-1.amazonaws.com"),
     ] {
         let p = Ec2Params::builder().region(region).use_fips(true).build().expect("params");

@@ -50,7 +50,10 @@ fn otlp_upstream_fills_the_default_route() {
     // The agent's own OTLP URL works too: the path is the agent's to send.
     let cfg = Config::load(
         None,
-        env(&[("EDDY_FIPS_OTLP_UPSTREAM", "https://otlp.example:4318/v1/metrics?server_name=intake.example")]),
+        env(&[(
+            "EDDY_FIPS_OTLP_UPSTREAM",
+            "https://otlp.example:4318/v1/metrics?server_name=intake.example",
+        )]),
         &[],
     )
     .expect("cfg");
