@@ -186,6 +186,20 @@ pub fn attr_int(attrs: &[KeyValue], key: &str) -> Option<i64> {
     })
 }
 
+/// Sum of the `eddy.network.io` points in a request for one server port, flow direction
+/// (`outgoing`/`incoming`) and io direction (`transmit`/`receive`).
+pub fn io_sum(req: &ExportMetricsServiceRequest, port: u16, flow_direction: &str, io: &str) -> i64 {
+    sum_points(req, "eddy.network.io")
+        .into_iter()
+        .filter(|(a, _)| {
+            attr_int(a, "server.port") == Some(i64::from(port))
+                && attr_str(a, "eddy.flow.direction").as_deref() == Some(flow_direction)
+                && attr_str(a, "network.io.direction").as_deref() == Some(io)
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// Integer sum data points of `metric` in a request, with their attributes.
 pub fn sum_points(req: &ExportMetricsServiceRequest, metric_name: &str) -> Vec<(Vec<KeyValue>, i64)> {
     req.resource_metrics

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use eddy_tests::fips_proxy::{Proxy, proxy_available};
-use eddy_tests::otlp_receiver::{OtlpReceiver, attr_int, attr_str, sum_points};
+use eddy_tests::otlp_receiver::{OtlpReceiver, io_sum};
 use eddy_tests::tls_peer::{GOOD_NAME, TestPki, nginx_reverse_proxy, openssl_available};
 use eddy_tests::*;
 
@@ -82,15 +82,7 @@ fn otlp_export_goes_through_the_proxy_with_exact_bytes() {
             for (dir, io, v) in
                 [("outgoing", "transmit", up), ("incoming", "receive", up), ("outgoing", "receive", down)]
             {
-                let got: i64 = sum_points(&last.request, "eddy.network.io")
-                    .into_iter()
-                    .filter(|(a, _)| {
-                        attr_int(a, "server.port") == Some(i64::from(port))
-                            && attr_str(a, "eddy.flow.direction").as_deref() == Some(dir)
-                            && attr_str(a, "network.io.direction").as_deref() == Some(io)
-                    })
-                    .map(|(_, v)| v)
-                    .sum();
+                let got = io_sum(&last.request, port, dir, io);
                 if got != v {
                     return Err(format!("{dir}/{io}: {got}, want {v}"));
                 }

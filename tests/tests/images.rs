@@ -25,6 +25,53 @@ struct Podman {
 }
 
 impl Podman {
+    /// Rootful podman with runc and cgroupfs, no default ulimits (see the crate docs).
+    fn new(tag: &str) -> Podman {
+        let conf = std::env::temp_dir().join(format!("eddy-containers-{tag}-{}.conf", std::process::id()));
+        std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").expect("containers.conf");
+        Podman { conf }
+    }
+
+    /// `scripts/build-images.sh --only IMAGE --prebuilt DIR`; returns the image reference.
+    fn build(&self, image: &str, bin_dir: &std::path::Path) -> String {
+        let tag = format!("smoke-{}", std::process::id());
+        let out = Command::new(repo_root().join("scripts/build-images.sh"))
+            .args(["--engine", "podman", "--only", image, "--tag", &tag, "--prebuilt"])
+            .arg(bin_dir)
+            .env("CONTAINERS_CONF", &self.conf)
+            .env("ENGINE_ARGS", "--runtime runc --cgroup-manager cgroupfs")
+            .output()
+            .expect("build-images.sh");
+        assert!(out.status.success(), "build-images.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        format!("localhost/{image}:{tag}")
+    }
+
+    /// Polls `GET path` on `addr` until it answers 200 with JSON (the container's logs on failure).
+    fn json_when_up(&self, name: &str, addr: std::net::SocketAddr, path: &str) -> Value {
+        let logs = || String::from_utf8_lossy(&self.run(&["logs", name]).stderr).into_owned();
+        poll_until(Duration::from_secs(30), Duration::from_millis(200), name, || {
+            match eddy_tests::http::http_get(addr, path, Duration::from_secs(2)) {
+                Ok(r) if r.status == 200 => {
+                    serde_json::from_str::<Value>(&r.text()).map_err(|e| e.to_string())
+                }
+                Ok(r) => Err(format!("HTTP {}", r.status)),
+                Err(e) => Err(format!("{e}; logs: {}", logs())),
+            }
+        })
+    }
+
+    /// Runs the container definition's health check command inside the container; it must pass.
+    fn health_check(&self, name: &str, def: &Value) {
+        let hc: Vec<&str> = def["healthCheck"]["command"].as_array().expect("healthCheck")[1..]
+            .iter()
+            .map(|a| a.as_str().expect("arg"))
+            .collect();
+        let mut exec = vec!["exec", name];
+        exec.extend(hc);
+        let out = self.run(&exec);
+        assert!(out.status.success(), "health check failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     fn cmd(&self) -> Command {
         let mut c = Command::new("podman");
         c.env("CONTAINERS_CONF", &self.conf).args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
@@ -66,22 +113,9 @@ fn agent_image_runs_as_the_task_definition_says() {
     if Command::new("podman").arg("--version").output().is_err() {
         return skip("podman is not installed (scripts/install-deps.sh test installs podman and runc)");
     }
-    let conf = std::env::temp_dir().join(format!("eddy-containers-{}.conf", std::process::id()));
-    std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").expect("containers.conf");
-    let podman = Podman { conf };
-
+    let podman = Podman::new("agent");
     // Build from the very binary under test.
-    let bin_dir = agent_bin().parent().expect("bin dir").to_path_buf();
-    let tag = format!("smoke-{}", std::process::id());
-    let image = format!("localhost/eddy-agent:{tag}");
-    let out = Command::new(repo_root().join("scripts/build-images.sh"))
-        .args(["--engine", "podman", "--only", "eddy-agent", "--tag", &tag, "--prebuilt"])
-        .arg(&bin_dir)
-        .env("CONTAINERS_CONF", &podman.conf)
-        .env("ENGINE_ARGS", "--runtime runc --cgroup-manager cgroupfs")
-        .output()
-        .expect("build-images.sh");
-    assert!(out.status.success(), "build-images.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let image = podman.build("eddy-agent", agent_bin().parent().expect("bin dir"));
 
     // Run it as the daemon task definition says.
     let td: Value = serde_json::from_str(
@@ -151,29 +185,12 @@ fn agent_image_runs_as_the_task_definition_says() {
     assert!(out.status.success(), "podman {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let logs = || String::from_utf8_lossy(&podman.run(&["logs", &name]).stderr).into_owned();
-    let status: Value =
-        poll_until(Duration::from_secs(30), Duration::from_millis(200), "the containerised agent", || {
-            match eddy_tests::http::http_get(addr, "/status", Duration::from_secs(2)) {
-                Ok(r) if r.status == 200 => {
-                    serde_json::from_str::<Value>(&r.text()).map_err(|e| e.to_string())
-                }
-                Ok(r) => Err(format!("HTTP {}", r.status)),
-                Err(e) => Err(format!("{e}; logs: {}", logs())),
-            }
-        });
+    let status = podman.json_when_up(&name, addr, "/status");
     assert_eq!(status["collector"], "ebpf", "{status}");
     assert!(status["hooks"].as_array().is_some_and(|h| h.iter().all(|h| !h["chosen"].is_null())), "{status}");
 
     // The task definition's health check, inside the container.
-    let hc: Vec<&str> = c["healthCheck"]["command"].as_array().expect("healthCheck")[1..]
-        .iter()
-        .map(|a| a.as_str().expect("arg"))
-        .collect();
-    let mut exec = vec!["exec", name.as_str()];
-    exec.extend(hc);
-    let out = podman.run(&exec);
-    assert!(out.status.success(), "health check failed: {}", String::from_utf8_lossy(&out.stderr));
+    podman.health_check(&name, c);
 
     // Exact bytes, as JSON lines on the container's stdout (EDDY_OUTPUT=jsonl in the task definition).
     let server = exchanges_between_namespaces("image", PLAN);
@@ -216,20 +233,9 @@ fn fips_proxy_image_runs_as_the_govcloud_task_definition_says() {
     let Some(intake) = eddy_tests::tls_peer::nginx(&pki) else {
         return skip("nginx is not installed (apt-get install nginx-light)");
     };
-    let conf = std::env::temp_dir().join(format!("eddy-containers-proxy-{}.conf", std::process::id()));
-    std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").expect("containers.conf");
-    let podman = Podman { conf };
-    let bin_dir = eddy_tests::fips_proxy::proxy_bin().parent().expect("bin dir").to_path_buf();
-    let tag = format!("smoke-{}", std::process::id());
-    let image = format!("localhost/eddy-fips-proxy:{tag}");
-    let out = Command::new(repo_root().join("scripts/build-images.sh"))
-        .args(["--engine", "podman", "--only", "eddy-fips-proxy", "--tag", &tag, "--prebuilt"])
-        .arg(&bin_dir)
-        .env("CONTAINERS_CONF", &podman.conf)
-        .env("ENGINE_ARGS", "--runtime runc --cgroup-manager cgroupfs")
-        .output()
-        .expect("build-images.sh");
-    assert!(out.status.success(), "build-images.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let podman = Podman::new("proxy");
+    let image =
+        podman.build("eddy-fips-proxy", eddy_tests::fips_proxy::proxy_bin().parent().expect("bin dir"));
 
     let td: Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("task-definitions/eddy-daemon-govcloud.json"))
@@ -270,37 +276,21 @@ fn fips_proxy_image_runs_as_the_govcloud_task_definition_says() {
     assert!(out.status.success(), "podman {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 
     let status_addr = std::net::SocketAddr::from(([127, 0, 0, 1], start));
-    let logs = || String::from_utf8_lossy(&podman.run(&["logs", &name]).stderr).into_owned();
-    let status: Value =
-        poll_until(Duration::from_secs(30), Duration::from_millis(200), "the containerised proxy", || {
-            match eddy_tests::http::http_get(status_addr, "/", Duration::from_secs(2)) {
-                Ok(r) if r.status == 200 => {
-                    serde_json::from_str::<Value>(&r.text()).map_err(|e| e.to_string())
-                }
-                Ok(r) => Err(format!("HTTP {}", r.status)),
-                Err(e) => Err(format!("{e}; logs: {}", logs())),
-            }
-        });
+    let status = podman.json_when_up(&name, status_addr, "/");
     assert_eq!(status["fips_mode"], true, "{status}");
     assert!(status["crypto_module"].as_str().is_some_and(|m| m.starts_with("AWS-LC FIPS")), "{status}");
     let uid = podman.run(&["inspect", "--format", "{{.Config.User}}", &name]);
     assert_eq!(String::from_utf8_lossy(&uid.stdout).trim(), "65534:65534", "runs as nobody");
 
     // The task definition's health check, inside the container.
-    let hc: Vec<&str> = c["healthCheck"]["command"].as_array().expect("healthCheck")[1..]
-        .iter()
-        .map(|a| a.as_str().expect("arg"))
-        .collect();
-    let mut exec = vec!["exec", name.as_str()];
-    exec.extend(hc);
-    let out = podman.run(&exec);
-    assert!(out.status.success(), "health check failed: {}", String::from_utf8_lossy(&out.stderr));
+    podman.health_check(&name, c);
 
     // A request on the otlp route reaches nginx over TLS, with Host rewritten to the upstream's name.
     let route = std::net::SocketAddr::from(([127, 0, 0, 1], start + 1));
     let r = eddy_tests::http::http_get(route, "/v1/metrics", Duration::from_secs(5)).expect("route");
     let body = r.text();
-    assert_eq!(r.status, 200, "{body}\n{}", logs());
+    let logs = String::from_utf8_lossy(&podman.run(&["logs", &name]).stderr).into_owned();
+    assert_eq!(r.status, 200, "{body}\n{logs}");
     assert!(body.contains(&format!("host={}", eddy_tests::tls_peer::GOOD_NAME)), "{body}");
     assert!(body.contains("uri=/v1/metrics"), "{body}");
     drop(container);

@@ -5,22 +5,13 @@
 
 use std::time::Duration;
 
-use eddy_tests::otlp_receiver::{OtlpReceiver, attr_int, attr_str, sum_points};
+use eddy_tests::otlp_receiver::{OtlpReceiver, attr_int, attr_str, io_sum, sum_points};
 use eddy_tests::*;
 
 /// Sum of the latest `eddy.network.io` points for one server port, direction and io direction.
 fn latest_io(rx: &OtlpReceiver, port: u16, flow_direction: &str, io: &str) -> Option<i64> {
     let last = rx.received().into_iter().last()?;
-    let v = sum_points(&last.request, "eddy.network.io")
-        .into_iter()
-        .filter(|(a, _)| {
-            attr_int(a, "server.port") == Some(i64::from(port))
-                && attr_str(a, "eddy.flow.direction").as_deref() == Some(flow_direction)
-                && attr_str(a, "network.io.direction").as_deref() == Some(io)
-        })
-        .map(|(_, v)| v)
-        .sum();
-    Some(v)
+    Some(io_sum(&last.request, port, flow_direction, io))
 }
 
 #[test]
