@@ -39,6 +39,21 @@ const STRUCTS: &[(&str, &[&str])] = &[
         ],
     ),
     ("eddy_udp_key", &["cookie", "tuple"]),
+    (
+        "eddy_dns_event",
+        &[
+            "tuple",
+            "ts_ns",
+            "cgroup_id",
+            "pid",
+            "netns_ino",
+            "wire_len",
+            "captured",
+            "direction",
+            "comm",
+            "payload",
+        ],
+    ),
 ];
 
 fn main() {

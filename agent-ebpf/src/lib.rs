@@ -68,6 +68,23 @@ pub struct UdpKey {
     pub tuple: Tuple,
 }
 
+/// One DNS packet seen by a socket (`struct eddy_dns_event`), from the `DNS_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub tuple: Tuple,
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub netns_ino: u32,
+    pub wire_len: u32,
+    pub captured: u16,
+    pub direction: u8,
+    pub _pad0: u8,
+    pub comm: [u8; 16],
+    pub payload: [u8; shared::DNS_CAPTURE as usize],
+}
+
 macro_rules! check_layout {
     ($ty:ty, $size:ident, [$(($field:ident, $off:ident)),* $(,)?]) => {
         const _: () = assert!(core::mem::size_of::<$ty>() == shared::$size);
@@ -117,6 +134,23 @@ check_layout!(
     UdpKey,
     C_SIZEOF_EDDY_UDP_KEY,
     [(cookie, C_OFFSETOF_EDDY_UDP_KEY_COOKIE), (tuple, C_OFFSETOF_EDDY_UDP_KEY_TUPLE),]
+);
+
+check_layout!(
+    DnsEvent,
+    C_SIZEOF_EDDY_DNS_EVENT,
+    [
+        (tuple, C_OFFSETOF_EDDY_DNS_EVENT_TUPLE),
+        (ts_ns, C_OFFSETOF_EDDY_DNS_EVENT_TS_NS),
+        (cgroup_id, C_OFFSETOF_EDDY_DNS_EVENT_CGROUP_ID),
+        (pid, C_OFFSETOF_EDDY_DNS_EVENT_PID),
+        (netns_ino, C_OFFSETOF_EDDY_DNS_EVENT_NETNS_INO),
+        (wire_len, C_OFFSETOF_EDDY_DNS_EVENT_WIRE_LEN),
+        (captured, C_OFFSETOF_EDDY_DNS_EVENT_CAPTURED),
+        (direction, C_OFFSETOF_EDDY_DNS_EVENT_DIRECTION),
+        (comm, C_OFFSETOF_EDDY_DNS_EVENT_COMM),
+        (payload, C_OFFSETOF_EDDY_DNS_EVENT_PAYLOAD),
+    ]
 );
 
 #[cfg(feature = "user")]

@@ -56,6 +56,8 @@ pub struct Status {
     /// FIPS mode (absent when off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fips: Option<crate::fips::FipsStatus>,
+    /// DNS monitoring counters (absent when off).
+    pub dns: Option<crate::dns::DnsCounters>,
 }
 
 impl Status {
@@ -98,6 +100,7 @@ impl Status {
             aws: shared.aws.as_ref().map(|e| e.status()),
             tags: shared.tags.clone(),
             fips: shared.fips.clone(),
+            dns: shared.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).counters()),
         }
     }
 }
@@ -108,7 +111,8 @@ pub fn router(shared: Arc<Shared>, metrics: bool) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
-        .route("/flows", get(flows));
+        .route("/flows", get(flows))
+        .route("/dns", get(dns));
     let r = if metrics { r.route("/metrics", get(metrics_handler)) } else { r };
     r.with_state(shared)
 }
@@ -122,8 +126,12 @@ async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     let status = Status::of(&s);
     let (series, aggregate) = s.series.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let body =
-        metrics::render(&metrics::Snapshot { series: &series, aggregate, status: &status }, openmetrics);
+    let dns =
+        s.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).rows()).unwrap_or_default();
+    let body = metrics::render(
+        &metrics::Snapshot { series: &series, aggregate, status: &status, dns: &dns },
+        openmetrics,
+    );
     let ct = if openmetrics { metrics::OPENMETRICS_CONTENT_TYPE } else { metrics::TEXT_CONTENT_TYPE };
     ([(header::CONTENT_TYPE, ct)], body).into_response()
 }
@@ -141,6 +149,15 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+/// DNS statistics per client, server, name and type; 404 when DNS monitoring is off.
+async fn dns(State(s): State<Arc<Shared>>) -> Response {
+    match &s.dns {
+        Some(d) => Json(d.lock().unwrap_or_else(PoisonError::into_inner).rows()).into_response(),
+        None => (StatusCode::NOT_FOUND, "DNS monitoring is off (dns = false, or not the eBPF collector)\n")
+            .into_response(),
     }
 }
 

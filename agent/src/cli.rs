@@ -155,6 +155,15 @@ pub struct Overrides {
     /// TLS to the proxy: not supported, must be false.
     #[arg(long)]
     pub fips_https: Option<String>,
+    /// DNS monitoring (default true).
+    #[arg(long)]
+    pub dns: Option<String>,
+    /// A DNS query unanswered this long is a timeout (default 5s).
+    #[arg(long)]
+    pub dns_timeout: Option<String>,
+    /// DNS query names tracked before folding into `other` (default 1000).
+    #[arg(long)]
+    pub dns_max_names: Option<String>,
 }
 
 impl Overrides {
@@ -197,6 +206,9 @@ impl Overrides {
             ("fips_local_address", &self.fips_local_address),
             ("fips_port_range_start", &self.fips_port_range_start),
             ("fips_https", &self.fips_https),
+            ("dns", &self.dns),
+            ("dns_timeout", &self.dns_timeout),
+            ("dns_max_names", &self.dns_max_names),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
@@ -247,6 +259,9 @@ mod tests {
             fips_local_address: Some("x".into()),
             fips_port_range_start: Some("x".into()),
             fips_https: Some("x".into()),
+            dns: Some("x".into()),
+            dns_timeout: Some("x".into()),
+            dns_max_names: Some("x".into()),
             config: None,
         };
         let keys: Vec<&str> = all.pairs().into_iter().map(|(k, _)| k).collect();

@@ -41,6 +41,10 @@ pub trait FlowSource: Send {
     fn poll(&mut self, scan_live: bool) -> Result<Batch, CollectorError>;
     /// Hooks, maps and drop counters as of the last poll.
     fn status(&self) -> SourceStatus;
+    /// DNS packets copied by the kernel since the last call (sources without DNS capture: none).
+    fn take_dns(&mut self) -> Vec<crate::dns::DnsPacket> {
+        Vec::new()
+    }
 }
 
 /// Why a collector could not start or read.

@@ -263,6 +263,10 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     };
     shared.tags = cfg.tag_set();
     shared.fips = fips;
+    if cfg.dns && shared.collector == "ebpf" {
+        let settings = crate::dns::DnsSettings { timeout: cfg.dns_timeout, max_names: cfg.dns_max_names };
+        shared.dns = Some(std::sync::Mutex::new(crate::dns::DnsTracker::new(settings)));
+    }
     let ecs = start_ecs(&cfg, env, shared.kernel.cgroup2.clone(), &rt);
     (shared.ecs, shared.remote) = (ecs.local, ecs.remote);
     shared.aws = start_aws(&cfg, &rt);

@@ -154,6 +154,14 @@ pub struct Config {
     pub fips_port_range_start: u16,
     /// Talk TLS to the proxy. Not supported (the proxy's local side is plain HTTP): must be false.
     pub fips_https: bool,
+    /// DNS monitoring: copy DNS packets (port 53, UDP and TCP) through the cgroup_skb programs and
+    /// keep statistics per client, server, name and type (`/dns`, `/metrics`).
+    pub dns: bool,
+    /// A query without an answer for this long counts as a timeout.
+    #[serde(with = "duration_str")]
+    pub dns_timeout: Duration,
+    /// Query names tracked; beyond, the least-queried names fold into `other`.
+    pub dns_max_names: usize,
 }
 
 impl Default for Config {
@@ -196,6 +204,9 @@ impl Default for Config {
             fips_local_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             fips_port_range_start: 9803,
             fips_https: false,
+            dns: true,
+            dns_timeout: Duration::from_secs(5),
+            dns_max_names: 1_000,
         }
     }
 }
@@ -253,6 +264,9 @@ pub const KEYS: &[&str] = &[
     "fips_local_address",
     "fips_port_range_start",
     "fips_https",
+    "dns",
+    "dns_timeout",
+    "dns_max_names",
 ];
 
 /// `EDDY_CONFIG` names the file; it is not a field.
@@ -420,6 +434,11 @@ impl Config {
             "fips_https" => {
                 self.fips_https = boolean(value).ok_or_else(|| bad("expected true or false".into()))?
             }
+            "dns" => self.dns = boolean(value).ok_or_else(|| bad("expected true or false".into()))?,
+            "dns_timeout" => self.dns_timeout = dur(value)?,
+            "dns_max_names" => {
+                self.dns_max_names = usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
+            }
             _ => return Err(bad(format!("unknown key; known: {}", KEYS.join(", ")))),
         }
         Ok(())
@@ -503,6 +522,12 @@ impl Config {
             && let Err(e) = crate::fips::check_config(self)
         {
             return fail(e.to_string());
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.dns_timeout) {
+            return fail(format!("dns_timeout {:?} must be between 100ms and 5m", self.dns_timeout));
+        }
+        if !(10..=100_000).contains(&self.dns_max_names) {
+            return fail(format!("dns_max_names {} must be between 10 and 100000", self.dns_max_names));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return fail(format!("log_level {:?}: {e}", self.log_level));

@@ -135,6 +135,34 @@ pub struct FlowRecord {
 }
 
 impl FlowRecord {
+    /// An empty outgoing record between two addresses: what enrichers need to name the ends of
+    /// something that is not a flow (a DNS query).
+    pub fn probe(local: std::net::SocketAddr, remote: std::net::SocketAddr, tcp: bool) -> FlowRecord {
+        FlowRecord {
+            protocol: if tcp { Protocol::Tcp } else { Protocol::Udp },
+            family: if local.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 },
+            direction: Direction::Outgoing,
+            local: Endpoint::new(local.ip(), local.port()),
+            remote: Endpoint::new(remote.ip(), remote.port()),
+            netns: None,
+            cgroup_id: None,
+            pid: None,
+            comm: None,
+            cookie: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            packets_sent: 0,
+            packets_received: 0,
+            retransmits: 0,
+            rtt_us: None,
+            rtt_var_us: None,
+            failure: None,
+            scope: None,
+            opened_at: None,
+            closed_at: None,
+        }
+    }
+
     /// True once the flow has ended and its counters are final.
     pub fn is_closed(&self) -> bool {
         self.closed_at.is_some()

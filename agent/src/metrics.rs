@@ -6,6 +6,8 @@
 //! Series move once per `export_interval` (when the aggregator closes an
 //! interval); agent health is read at scrape time.
 
+mod dns;
+
 use std::fmt::Write as _;
 
 use crate::aggregate::{AggregateStats, RTT_BUCKETS_US, SeriesKey, SeriesValues};
@@ -20,6 +22,8 @@ pub struct Snapshot<'a> {
     pub series: &'a [(SeriesKey, SeriesValues)],
     pub aggregate: AggregateStats,
     pub status: &'a Status,
+    /// DNS statistics (empty when DNS monitoring is off).
+    pub dns: &'a [crate::dns::DnsRow],
 }
 
 /// Name, help and value of one counter family over the series.
@@ -167,6 +171,7 @@ pub fn render(s: &Snapshot<'_>, openmetrics: bool) -> String {
         w.sample("eddy_tcp_rtt_seconds_count", &base, v.rtt.count);
     }
 
+    dns::render(&mut w, s.dns);
     agent_health(&mut w, s);
     if openmetrics {
         w.out.push_str("# EOF\n");

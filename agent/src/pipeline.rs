@@ -66,6 +66,8 @@ pub struct Shared {
     pub tags: Tags,
     /// FIPS mode: where exports go and how AWS API calls are made (absent when off).
     pub fips: Option<crate::fips::FipsStatus>,
+    /// DNS statistics, when DNS monitoring is on.
+    pub dns: Option<Mutex<crate::dns::DnsTracker>>,
 }
 
 impl Shared {
@@ -91,6 +93,7 @@ impl Shared {
             aws: None,
             tags: Tags::default(),
             fips: None,
+            dns: None,
         }
     }
 
@@ -145,6 +148,7 @@ pub fn collect(
                     aggregator.observe(&o.record);
                 }
                 shared.table().apply(batch);
+                count_dns(source.as_mut(), &shared, scan);
                 if scan {
                     *shared.source.lock().unwrap_or_else(PoisonError::into_inner) = source.status();
                     *shared.last_scan.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
@@ -170,6 +174,19 @@ pub fn collect(
     }
     drop(source); // detaches the programs
     shared.collecting.store(false, Ordering::SeqCst);
+}
+
+/// Feeds the DNS packets of the last poll to the statistics; on scans, expires unanswered queries.
+fn count_dns(source: &mut dyn FlowSource, shared: &Shared, scan: bool) {
+    let packets = source.take_dns();
+    let Some(dns) = &shared.dns else { return };
+    let mut t = dns.lock().unwrap_or_else(PoisonError::into_inner);
+    for p in &packets {
+        t.ingest(p, |p| crate::dns::client_label(shared.ecs.as_deref(), p));
+    }
+    if scan {
+        t.expire(crate::clock::Clock::mono_now_ns(&crate::clock::SystemClock));
+    }
 }
 
 /// Closes an aggregation interval: open flows active since the last one are

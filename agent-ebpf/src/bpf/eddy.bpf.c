@@ -699,6 +699,117 @@ static __always_inline __u32 skb_sock_netns(struct bpf_sock *sk)
 	return net ? BPF_CORE_READ(net, ns.inum) : 0;
 }
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} DNS_EVENTS SEC(".maps");
+
+static __always_inline __u32 config_bits(void)
+{
+	__u32 zero = 0;
+	__u32 *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
+	return cfg ? *cfg : 0;
+}
+
+/* Copies the L4 payload at `off` (a DNS message, or its TCP length prefix) to DNS_EVENTS. */
+static __always_inline void dns_emit(struct __sk_buff *skb, struct eddy_tuple *t, __u32 off, bool egress,
+				     struct bpf_sock *sk)
+{
+	struct eddy_dns_event *ev;
+	__u32 len = skb->len;
+	__u32 n;
+
+	if (len <= off)
+		return; /* no payload (a pure TCP ACK) */
+	/* n in [1, EDDY_DNS_CAPTURE], in a form the verifier can bound (the barrier keeps clang
+	 * from folding the mask away). */
+	n = len - off - 1;
+	if (n > EDDY_DNS_CAPTURE - 1)
+		n = EDDY_DNS_CAPTURE - 1;
+	asm volatile("" : "+r"(n));
+	n &= EDDY_DNS_CAPTURE - 1;
+	n += 1;
+	ev = bpf_ringbuf_reserve(&DNS_EVENTS, sizeof(*ev), 0);
+	if (!ev) {
+		count(EDDY_CTR_DNS_RINGBUF_FULL);
+		return;
+	}
+	if (bpf_skb_load_bytes(skb, off, ev->payload, n)) {
+		bpf_ringbuf_discard(ev, 0);
+		count(EDDY_CTR_DNS_UNPARSED);
+		return;
+	}
+	ev->tuple = *t;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->cgroup_id = bpf_skb_cgroup_id(skb);
+	ev->pid = 0;
+	__builtin_memset(ev->comm, 0, sizeof(ev->comm));
+	if (egress) {
+		ev->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	}
+	ev->netns_ino = skb_sock_netns(sk);
+	ev->wire_len = len - off;
+	ev->captured = n;
+	ev->direction = egress ? EDDY_DIR_OUTGOING : EDDY_DIR_INCOMING;
+	ev->_pad0 = 0;
+	bpf_ringbuf_submit(ev, 0);
+	count(EDDY_CTR_DNS_CAPTURED);
+}
+
+/* Addresses of a packet from the socket's point of view; returns the L3 header length, 0 if unparsed. */
+static __always_inline __u32 skb_addrs(struct __sk_buff *skb, struct eddy_tuple *t, __u8 want_proto, bool egress)
+{
+	__u8 first;
+
+	if (bpf_skb_load_bytes(skb, 0, &first, 1))
+		return 0;
+	if ((first >> 4) == 4) {
+		struct ipv4_hdr ip;
+		__u32 l3len;
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) || ip.protocol != want_proto)
+			return 0;
+		l3len = (ip.ver_ihl & 0x0f) * 4;
+		if (l3len < sizeof(ip))
+			return 0;
+		t->family = AF_INET;
+		__builtin_memcpy(t->local_addr, egress ? &ip.saddr : &ip.daddr, 4);
+		__builtin_memcpy(t->remote_addr, egress ? &ip.daddr : &ip.saddr, 4);
+		return l3len;
+	}
+	if ((first >> 4) == 6) {
+		struct ipv6_hdr ip6;
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) || ip6.nexthdr != want_proto)
+			return 0;
+		t->family = AF_INET6;
+		__builtin_memcpy(t->local_addr, egress ? ip6.saddr : ip6.daddr, 16);
+		__builtin_memcpy(t->remote_addr, egress ? ip6.daddr : ip6.saddr, 16);
+		return sizeof(ip6);
+	}
+	return 0;
+}
+
+/* DNS over TCP: the socket's ports say it is DNS; copy the segment's payload. */
+static __always_inline void dns_tcp(struct __sk_buff *skb, struct bpf_sock *sk, bool egress)
+{
+	struct eddy_tuple t = {};
+	__u32 l3len, off;
+	__u16 ports[2];
+	__u8 doff;
+
+	l3len = skb_addrs(skb, &t, IPPROTO_TCP, egress);
+	if (!l3len || bpf_skb_load_bytes(skb, l3len, ports, sizeof(ports)) ||
+	    bpf_skb_load_bytes(skb, l3len + 12, &doff, 1)) {
+		count(EDDY_CTR_DNS_UNPARSED);
+		return;
+	}
+	t.protocol = IPPROTO_TCP;
+	t.local_port = bpf_ntohs(egress ? ports[0] : ports[1]);
+	t.remote_port = bpf_ntohs(egress ? ports[1] : ports[0]);
+	off = l3len + (doff >> 4) * 4;
+	dns_emit(skb, &t, off, egress, sk);
+}
+
 static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 {
 	struct eddy_udp_key key = {};
@@ -713,7 +824,16 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 	if (!sk)
 		return 1;
 	sk = bpf_sk_fullsock(sk);
-	if (!sk || sk->protocol != IPPROTO_UDP)
+	if (!sk)
+		return 1;
+	if (sk->protocol == IPPROTO_TCP) {
+		/* Only DNS over TCP: the socket's ports decide, no packet read otherwise. */
+		if ((sk->src_port == EDDY_DNS_PORT || sk->dst_port == bpf_htons(EDDY_DNS_PORT)) &&
+		    (config_bits() & EDDY_CFG_DNS))
+			dns_tcp(skb, sk, egress);
+		return 1;
+	}
+	if (sk->protocol != IPPROTO_UDP)
 		return 1;
 
 	if (bpf_skb_load_bytes(skb, 0, &first, 1))
@@ -748,6 +868,15 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 	key.tuple.protocol = IPPROTO_UDP;
 	key.tuple.local_port = bpf_ntohs(egress ? ports[0] : ports[1]);
 	key.tuple.remote_port = bpf_ntohs(egress ? ports[1] : ports[0]);
+	if (key.tuple.local_port == EDDY_DNS_PORT || key.tuple.remote_port == EDDY_DNS_PORT) {
+		__u32 bits = config_bits();
+		if (bits & EDDY_CFG_DNS)
+			dns_emit(skb, &key.tuple, l3len + 8, egress, sk);
+		if (bits & EDDY_CFG_NO_UDP_FLOWS)
+			return 1;
+	} else if (config_bits() & EDDY_CFG_NO_UDP_FLOWS) {
+		return 1;
+	}
 	key.cookie = bpf_get_socket_cookie(skb);
 
 	segs = skb->gso_segs;

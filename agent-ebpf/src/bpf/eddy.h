@@ -18,9 +18,16 @@
 #define EDDY_MAP_COUNTERS "COUNTERS"
 #define EDDY_MAP_UNTRACKED "UNTRACKED"
 #define EDDY_MAP_CONFIG "CONFIG"
+#define EDDY_MAP_DNS "DNS_EVENTS"
 
 /* Bits of CONFIG[0]. */
 #define EDDY_CFG_BYTES_FROM_TCP_SOCK 0x01 /* bytes from tcp_sock counters (at close and by the iterator), not per call */
+#define EDDY_CFG_DNS 0x02                /* copy DNS packets (port 53) to DNS_EVENTS */
+#define EDDY_CFG_NO_UDP_FLOWS 0x04       /* cgroup_skb programs attached for DNS only: count no UDP flows */
+
+/* DNS capture: bytes of each DNS message copied (after the UDP header / TCP header). */
+#define EDDY_DNS_CAPTURE 512
+#define EDDY_DNS_PORT 53
 
 #define EDDY_COMM_LEN 16
 
@@ -46,7 +53,10 @@
 #define EDDY_CTR_TCP_OPENED 6      /* TCP connections that got an entry */
 #define EDDY_CTR_UNTRACKED_FULL 7  /* the untracked-connection set itself was full */
 #define EDDY_CTR_ITER_SOCKETS 8    /* TCP sockets visited by the refresh iterator */
-#define EDDY_CTR_MAX 9
+#define EDDY_CTR_DNS_CAPTURED 9    /* DNS packets copied to DNS_EVENTS */
+#define EDDY_CTR_DNS_RINGBUF_FULL 10 /* DNS packets lost: DNS_EVENTS full */
+#define EDDY_CTR_DNS_UNPARSED 11   /* DNS packets whose headers could not be read */
+#define EDDY_CTR_MAX 12
 
 /*
  * Connection 5-tuple. Addresses in network byte order (IPv4 in the first 4
@@ -95,6 +105,24 @@ struct eddy_flow {
 struct eddy_udp_key {
 	__u64 cookie;
 	struct eddy_tuple tuple;
+};
+
+/*
+ * One DNS packet (UDP or TCP, port 53 on either side), as seen by the socket
+ * that sent or received it: the record of the DNS_EVENTS ring buffer.
+ */
+struct eddy_dns_event {
+	struct eddy_tuple tuple; /* local = the socket's end */
+	__u64 ts_ns;             /* CLOCK_MONOTONIC */
+	__u64 cgroup_id;         /* cgroup v2 id of the socket */
+	__u32 pid;               /* sender's tgid on egress, 0 on ingress */
+	__u32 netns_ino;         /* network namespace inode, 0 = unknown */
+	__u32 wire_len;          /* L4 payload length of the packet */
+	__u16 captured;          /* bytes valid in payload (<= EDDY_DNS_CAPTURE) */
+	__u8 direction;          /* EDDY_DIR_OUTGOING (egress) or EDDY_DIR_INCOMING (ingress) */
+	__u8 _pad0;
+	char comm[EDDY_COMM_LEN]; /* sender's command on egress, empty on ingress */
+	__u8 payload[EDDY_DNS_CAPTURE];
 };
 
 #endif /* EDDY_H */

@@ -20,7 +20,7 @@ use std::time::Duration;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::Iter;
 use aya::{Btf, Ebpf, EbpfLoader};
-use eddy_ebpf::{Flow, UdpKey, shared as k};
+use eddy_ebpf::{DnsEvent, Flow, UdpKey, shared as k};
 
 use super::{Batch, CollectorError, FlowSource, HookStatus, MapStatus, Observed, Rejected, SourceStatus};
 use crate::clock::Clock;
@@ -43,6 +43,8 @@ pub struct EbpfSettings {
     pub ring_buffer_bytes: u32,
     pub udp_idle_timeout: Duration,
     pub udp: bool,
+    /// Copy DNS packets (port 53, UDP and TCP) for DNS monitoring (the cgroup_skb programs).
+    pub dns: bool,
     /// cgroup v2 mount point (cgroup programs are attached at its root).
     pub cgroup_path: Option<PathBuf>,
     /// Hook candidates not to use (names as in `/status`).
@@ -57,6 +59,9 @@ pub struct EbpfSource {
     live_refresh: bool,
     iter_errors: u64,
     closed: RingBuf<MapData>,
+    /// DNS packets (when DNS monitoring is on and the cgroup_skb programs attached).
+    dns: Option<RingBuf<MapData>>,
+    dns_malformed_records: u64,
     tcp: BpfHashMap<MapData, u64, Flow>,
     udp: BpfHashMap<MapData, UdpKey, Flow>,
     counters: PerCpuArray<MapData, u64>,
@@ -124,15 +129,22 @@ impl EbpfSource {
         if bytes.chosen.is_none() {
             bytes.chosen = Some(hooks::TCP_BYTES_AT_CLOSE.to_string());
         }
+        let mut config_bits = 0;
         if matches!(bytes.chosen.as_deref(), Some(c) if c == counters || c == hooks::TCP_BYTES_AT_CLOSE) {
-            let mut config: Array<_, u32> = take(&mut ebpf, k::MAP_CONFIG)?;
-            config
-                .set(0, k::CFG_BYTES_FROM_TCP_SOCK, 0)
-                .map_err(|e| CollectorError::Map { map: "CONFIG", reason: e.to_string() })?;
+            config_bits |= k::CFG_BYTES_FROM_TCP_SOCK;
         }
         let live_refresh = live.chosen.is_some();
-        let udp = if settings.udp {
-            hooks::attach_first(&mut ebpf, &targets, "udp", hooks::UDP, None)
+        let udp = if settings.udp || settings.dns {
+            // The same cgroup_skb programs carry UDP counting and DNS capture.
+            let mut h = hooks::attach_first(&mut ebpf, &targets, "udp", hooks::UDP, None);
+            if !settings.udp {
+                config_bits |= k::CFG_NO_UDP_FLOWS;
+                h.rejected.push(Rejected {
+                    hook: "udp flows".into(),
+                    reason: "disabled by config (udp = false): attached for DNS only".into(),
+                });
+            }
+            h
         } else {
             HookStatus {
                 capability: "udp",
@@ -143,7 +155,34 @@ impl EbpfSource {
                 }],
             }
         };
-        let hooks = vec![lifecycle, retransmits, live, bytes, udp];
+        let dns_on = settings.dns && udp.chosen.is_some();
+        if dns_on {
+            config_bits |= k::CFG_DNS;
+        }
+        let dns_hook = HookStatus {
+            capability: "dns",
+            chosen: dns_on.then(|| "cgroup_skb (port 53, UDP and TCP)".to_string()),
+            rejected: if dns_on {
+                Vec::new()
+            } else if !settings.dns {
+                vec![Rejected {
+                    hook: "cgroup_skb".into(),
+                    reason: "disabled by config (dns = false)".into(),
+                }]
+            } else {
+                vec![Rejected {
+                    hook: "cgroup_skb".into(),
+                    reason: "the cgroup_skb programs did not attach (see udp)".into(),
+                }]
+            },
+        };
+        if config_bits != 0 {
+            let mut config: Array<_, u32> = take(&mut ebpf, k::MAP_CONFIG)?;
+            config
+                .set(0, config_bits, 0)
+                .map_err(|e| CollectorError::Map { map: "CONFIG", reason: e.to_string() })?;
+        }
+        let hooks = vec![lifecycle, retransmits, live, bytes, udp, dns_hook];
         for h in &hooks {
             tracing::info!(capability = h.capability, chosen = h.chosen.as_deref().unwrap_or("none"), "hook");
             for r in &h.rejected {
@@ -153,6 +192,8 @@ impl EbpfSource {
 
         Ok(EbpfSource {
             closed: take(&mut ebpf, k::MAP_CLOSED)?,
+            dns: if dns_on { Some(take(&mut ebpf, k::MAP_DNS)?) } else { None },
+            dns_malformed_records: 0,
             tcp: take(&mut ebpf, k::MAP_TCP_FLOWS)?,
             udp: take(&mut ebpf, k::MAP_UDP_FLOWS)?,
             counters: take(&mut ebpf, k::MAP_COUNTERS)?,
@@ -294,7 +335,9 @@ impl FlowSource for EbpfSource {
             ("udp_map_full", c(k::CTR_UDP_MAP_FULL)),
             ("udp_unparsed", c(k::CTR_UDP_UNPARSED)),
             ("ring_buffer_full", c(k::CTR_RINGBUF_FULL)),
-            ("malformed_ring_records", self.malformed_records),
+            ("malformed_ring_records", self.malformed_records + self.dns_malformed_records),
+            ("dns_ring_buffer_full", c(k::CTR_DNS_RINGBUF_FULL)),
+            ("dns_unparsed_packets", c(k::CTR_DNS_UNPARSED)),
             ("map_read_errors", self.map_read_errors),
             ("iterator_errors", self.iter_errors),
         ]);
@@ -302,8 +345,26 @@ impl FlowSource for EbpfSource {
             ("tcp_connections_tracked", c(k::CTR_TCP_OPENED)),
             ("tcp_closed_delivered", c(k::CTR_CLOSED_SENT)),
             ("iterator_sockets_visited", c(k::CTR_ITER_SOCKETS)),
+            ("dns_packets_captured", c(k::CTR_DNS_CAPTURED)),
         ]);
         SourceStatus { hooks: self.hooks.clone(), maps: self.maps.clone(), drops, counters }
+    }
+
+    fn take_dns(&mut self) -> Vec<crate::dns::DnsPacket> {
+        let Some(ring) = self.dns.as_mut() else { return Vec::new() };
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<DnsEvent>() {
+                self.dns_malformed_records += 1;
+                continue;
+            }
+            // SAFETY: the item holds at least size_of::<DnsEvent>() bytes written by the kernel
+            // program from a `struct eddy_dns_event`, whose layout `DnsEvent` mirrors (checked at
+            // compile time); `DnsEvent` is plain data valid for any bits, read unaligned.
+            let ev: DnsEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DnsEvent>()) };
+            out.push(convert::dns_packet(&ev));
+        }
+        out
     }
 }
 

@@ -69,6 +69,7 @@ fn start_ebpf(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Selected, CommandEr
         ring_buffer_bytes: cfg.ring_buffer_bytes,
         udp_idle_timeout: cfg.udp_idle_timeout,
         udp: cfg.udp,
+        dns: cfg.dns,
         cgroup_path: kernel.cgroup2.clone(),
         disabled_hooks: cfg.disabled_hooks.clone(),
     };

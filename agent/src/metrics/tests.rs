@@ -30,6 +30,7 @@ fn status() -> Status {
         aws: None,
         tags: crate::tags::Tags::default(),
         fips: None,
+        dns: None,
     }
 }
 
@@ -62,7 +63,10 @@ fn series() -> Vec<(SeriesKey, SeriesValues)> {
 fn text_format_has_total_suffixes_escaping_and_cumulative_buckets() {
     let st = status();
     let series = series();
-    let out = render(&Snapshot { series: &series, aggregate: AggregateStats::default(), status: &st }, false);
+    let out = render(
+        &Snapshot { series: &series, aggregate: AggregateStats::default(), status: &st, dns: &[] },
+        false,
+    );
     assert!(out.contains("# TYPE eddy_flow_sent_bytes_total counter\n"), "{out}");
     let expected = concat!(
         r#"eddy_flow_sent_bytes_total{protocol="tcp",family="ipv4",direction="outgoing","#,
@@ -82,7 +86,8 @@ fn text_format_has_total_suffixes_escaping_and_cumulative_buckets() {
 #[test]
 fn openmetrics_names_families_without_total_and_ends_with_eof() {
     let st = status();
-    let out = render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &st }, true);
+    let out =
+        render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &st, dns: &[] }, true);
     assert!(out.contains("# TYPE eddy_flow_sent_bytes counter\n"), "{out}");
     assert!(out.contains("# TYPE eddy_agent_dropped counter\n"), "{out}");
     assert!(out.ends_with("# EOF\n"));
@@ -95,7 +100,8 @@ fn enrichment_errors_and_freshness_per_provider() {
         Some(serde_json::json!({"errors": {"ecs_agent_unreachable": 3}, "last_refresh_age_seconds": 1.5}));
     st.ecs_api =
         Some(serde_json::json!({"errors": {"ecs_api_throttled": 2}, "last_refresh_age_seconds": null}));
-    let out = render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &st }, false);
+    let out =
+        render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &st, dns: &[] }, false);
     assert!(
         out.contains(r#"eddy_agent_enrichment_errors_total{provider="ecs",cause="ecs_agent_unreachable"} 3"#),
         "{out}"
@@ -106,8 +112,10 @@ fn enrichment_errors_and_freshness_per_provider() {
     );
     assert!(out.contains(r#"eddy_agent_enrichment_age_seconds{provider="ecs"} 1.500"#), "{out}");
     assert!(!out.contains(r#"eddy_agent_enrichment_age_seconds{provider="ecs_api"}"#), "{out}");
-    let none =
-        render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &status() }, false);
+    let none = render(
+        &Snapshot { series: &[], aggregate: AggregateStats::default(), status: &status(), dns: &[] },
+        false,
+    );
     assert!(!none.contains("enrichment"), "no providers, no families");
 }
 
@@ -116,7 +124,10 @@ fn static_tags_label_every_sample() {
     let mut st = status();
     st.tags = crate::tags::Tags::parse(&["env:prod".to_string()]).expect("tags");
     let series = series();
-    let out = render(&Snapshot { series: &series, aggregate: AggregateStats::default(), status: &st }, false);
+    let out = render(
+        &Snapshot { series: &series, aggregate: AggregateStats::default(), status: &st, dns: &[] },
+        false,
+    );
     let samples: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
     assert!(!samples.is_empty());
     for l in &samples {

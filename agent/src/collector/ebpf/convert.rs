@@ -47,6 +47,25 @@ pub fn to_record(f: &Flow, clock: &dyn Clock) -> Observed {
     Observed { record, last_ns: f.last_ns }
 }
 
+/// A DNS packet of the `DNS_EVENTS` ring buffer, in domain types.
+pub fn dns_packet(ev: &eddy_ebpf::DnsEvent) -> crate::dns::DnsPacket {
+    let (local, remote) = endpoints(&ev.tuple);
+    let captured = usize::from(ev.captured).min(ev.payload.len());
+    crate::dns::DnsPacket {
+        local: local.socket_addr(),
+        remote: remote.socket_addr(),
+        tcp: ev.tuple.protocol != IPPROTO_UDP,
+        outgoing: ev.direction as u32 == k::DIR_OUTGOING,
+        ts_ns: ev.ts_ns,
+        cgroup_id: (ev.cgroup_id != 0).then_some(ev.cgroup_id),
+        pid: nonzero(ev.pid),
+        netns: nonzero(ev.netns_ino),
+        comm: comm(&ev.comm),
+        wire_len: ev.wire_len,
+        payload: ev.payload[..captured].to_vec(),
+    }
+}
+
 fn nonzero(v: u32) -> Option<u32> {
     (v != 0).then_some(v)
 }

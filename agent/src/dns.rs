@@ -1,0 +1,362 @@
+//! DNS monitoring: statistics per (client, DNS server, query name, query type) from the DNS
+//! packets the kernel programs copy (UDP and TCP, port 53; see `agent-ebpf`).
+//!
+//! How: every packet is parsed ([`parse`]); a query leaving a client socket opens a pending
+//! entry keyed by (client address, server address, transport, DNS id); the response arriving
+//! on that socket closes it (rcode, latency from the two kernel timestamps); an entry older
+//! than `dns_timeout` is a timeout. The client is the identity the querying socket's flows
+//! get (ECS task and container; else the process name; else `unknown`).
+//!
+//! Limits: the client side is what counts: packets of DNS *servers* on this host (local port
+//! 53) are counted as `server_side` and otherwise ignored, so a query between two local
+//! containers is counted once. Only the first question of a message is read. DNS over TCP is
+//! parsed when a segment starts with a message (length prefix); a message split across
+//! segments is `unparsed`. DNS over TLS/HTTPS (ports 853/443) is invisible. Memory is bounded:
+//! `dns_max_names` names (top by queries: when full, the least-queried name is folded into
+//! `other`), a pending table of [`MAX_PENDING`] queries, and [`MAX_SERIES`] rows; every fold
+//! and drop is counted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub mod hist;
+pub mod parse;
+
+use hist::Histogram;
+
+/// Name of the row that holds folded names.
+pub const OTHER: &str = "other";
+/// Queries waiting for an answer, at most.
+pub const MAX_PENDING: usize = 65_536;
+/// Rows (client × server × name × type), at most; beyond, new rows fold into `other`.
+pub const MAX_SERIES: usize = 50_000;
+
+/// One DNS packet seen by a socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsPacket {
+    /// The socket's own end.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub tcp: bool,
+    /// Sent by the socket (egress) rather than received.
+    pub outgoing: bool,
+    /// CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    pub cgroup_id: Option<u64>,
+    pub pid: Option<u32>,
+    pub netns: Option<u32>,
+    pub comm: Option<String>,
+    /// Payload length on the wire (the copy may be shorter).
+    pub wire_len: u32,
+    /// The copied payload (TCP: with the 2-byte length prefix).
+    pub payload: Vec<u8>,
+}
+
+/// Settings (from the agent's config).
+#[derive(Clone, Debug)]
+pub struct DnsSettings {
+    pub timeout: Duration,
+    pub max_names: usize,
+}
+
+/// Counters for `/status` and `/metrics`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DnsCounters {
+    pub packets: u64,
+    pub queries: u64,
+    pub responses: u64,
+    pub timeouts: u64,
+    /// Not a DNS message the parser accepts (truncated, bad names, compression loops, counts).
+    pub malformed: u64,
+    /// TCP segments that do not start with a whole message.
+    pub unparsed: u64,
+    /// Packets of DNS servers on this host (not counted as queries).
+    pub server_side: u64,
+    /// Responses with no pending query (late, after a timeout, or older than the agent).
+    pub unmatched_responses: u64,
+    /// Queries not tracked for an answer: the pending table was full.
+    pub pending_full: u64,
+    /// Names folded into `other` to keep the name set bounded.
+    pub names_folded: u64,
+    /// Rows folded into `other`: the row table was full.
+    pub series_folded: u64,
+    pub pending: u64,
+    pub names: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct RowKey {
+    client: String,
+    server: String,
+    name: String,
+    qtype: String,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Row {
+    queries: u64,
+    rcodes: BTreeMap<String, u64>,
+    timeouts: u64,
+    latency: Histogram,
+}
+
+impl Row {
+    fn merge(&mut self, o: &Row) {
+        self.queries += o.queries;
+        self.timeouts += o.timeouts;
+        for (k, v) in &o.rcodes {
+            *self.rcodes.entry(k.clone()).or_insert(0) += v;
+        }
+        self.latency.merge(&o.latency);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PendingKey {
+    client: SocketAddr,
+    server: SocketAddr,
+    tcp: bool,
+    id: u16,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    ts_ns: u64,
+    row: RowKey,
+}
+
+/// Latency quantiles of a row, in microseconds (`null` without responses).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Latency {
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+    pub max: Option<u64>,
+}
+
+/// One row of `/dns`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DnsRow {
+    pub client: String,
+    pub server: String,
+    pub name: String,
+    pub qtype: String,
+    pub queries: u64,
+    pub rcodes: BTreeMap<String, u64>,
+    pub timeouts: u64,
+    pub latency_us: Latency,
+}
+
+/// The statistics (owned by the collector loop; read through a lock by the API).
+#[derive(Debug)]
+pub struct DnsTracker {
+    settings: DnsSettings,
+    rows: HashMap<RowKey, Row>,
+    /// Queries per admitted name.
+    names: HashMap<String, u64>,
+    pending: HashMap<PendingKey, Pending>,
+    counters: DnsCounters,
+}
+
+impl DnsTracker {
+    pub fn new(settings: DnsSettings) -> Self {
+        DnsTracker {
+            settings,
+            rows: HashMap::new(),
+            names: HashMap::new(),
+            pending: HashMap::new(),
+            counters: DnsCounters::default(),
+        }
+    }
+
+    /// Counts one packet; `client` names the querying socket (called for queries only).
+    pub fn ingest(&mut self, p: &DnsPacket, client: impl FnOnce(&DnsPacket) -> String) {
+        self.counters.packets += 1;
+        if p.remote.port() != 53 {
+            self.counters.server_side += 1;
+            return;
+        }
+        let msg = if p.tcp {
+            match tcp_message(p) {
+                Some(m) => m,
+                None => {
+                    self.counters.unparsed += 1;
+                    return;
+                }
+            }
+        } else {
+            &p.payload[..]
+        };
+        let m = match parse::parse(msg) {
+            Ok(m) => m,
+            Err(_) => {
+                self.counters.malformed += 1;
+                return;
+            }
+        };
+        let key = PendingKey { client: p.local, server: p.remote, tcp: p.tcp, id: m.id };
+        match (p.outgoing, m.response) {
+            (true, false) => {
+                self.counters.queries += 1;
+                let name = self.admit(&m.name);
+                let row = self.row_key(RowKey {
+                    client: client(p),
+                    server: p.remote.ip().to_string(),
+                    name,
+                    qtype: parse::qtype_name(m.qtype),
+                });
+                self.rows.entry(row.clone()).or_default().queries += 1;
+                if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&key) {
+                    self.counters.pending_full += 1;
+                } else {
+                    self.pending.insert(key, Pending { ts_ns: p.ts_ns, row });
+                }
+            }
+            (false, true) => match self.pending.remove(&key) {
+                Some(q) => {
+                    self.counters.responses += 1;
+                    let row = self.live_row(q.row);
+                    let r = self.rows.entry(row).or_default();
+                    *r.rcodes.entry(parse::rcode_name(m.rcode)).or_insert(0) += 1;
+                    r.latency.record(p.ts_ns.saturating_sub(q.ts_ns) / 1_000);
+                }
+                None => self.counters.unmatched_responses += 1,
+            },
+            // A response leaving, a query arriving, on a client socket: not a client's exchange.
+            _ => self.counters.server_side += 1,
+        }
+    }
+
+    /// Queries unanswered for longer than the timeout become timeouts.
+    pub fn expire(&mut self, now_ns: u64) {
+        let limit = self.settings.timeout.as_nanos() as u64;
+        let expired: Vec<PendingKey> = self
+            .pending
+            .iter()
+            .filter(|(_, q)| now_ns.saturating_sub(q.ts_ns) > limit)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            if let Some(q) = self.pending.remove(&k) {
+                self.counters.timeouts += 1;
+                let row = self.live_row(q.row);
+                self.rows.entry(row).or_default().timeouts += 1;
+            }
+        }
+    }
+
+    /// Every row, sorted by client, server, name and type.
+    pub fn rows(&self) -> Vec<DnsRow> {
+        let mut out: Vec<DnsRow> = self
+            .rows
+            .iter()
+            .map(|(k, r)| DnsRow {
+                client: k.client.clone(),
+                server: k.server.clone(),
+                name: k.name.clone(),
+                qtype: k.qtype.clone(),
+                queries: r.queries,
+                rcodes: r.rcodes.clone(),
+                timeouts: r.timeouts,
+                latency_us: Latency {
+                    p50: r.latency.quantile(0.5),
+                    p99: r.latency.quantile(0.99),
+                    max: r.latency.max(),
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.client, &a.server, &a.name, &a.qtype).cmp(&(&b.client, &b.server, &b.name, &b.qtype))
+        });
+        out
+    }
+
+    pub fn counters(&self) -> DnsCounters {
+        DnsCounters {
+            pending: self.pending.len() as u64,
+            names: self.names.len() as u64,
+            ..self.counters.clone()
+        }
+    }
+
+    /// The name as counted: itself while it is (or can become) one of the top names, else `other`.
+    fn admit(&mut self, name: &str) -> String {
+        if let Some(n) = self.names.get_mut(name) {
+            *n += 1;
+            return name.to_string();
+        }
+        if self.names.len() >= self.settings.max_names {
+            // Fold the least-queried name into `other`; the newcomer takes its place.
+            let Some(victim) = self.names.iter().min_by_key(|(_, n)| **n).map(|(k, _)| k.clone()) else {
+                return OTHER.to_string();
+            };
+            self.fold_name(&victim);
+        }
+        self.names.insert(name.to_string(), 1);
+        name.to_string()
+    }
+
+    fn fold_name(&mut self, name: &str) {
+        self.names.remove(name);
+        self.counters.names_folded += 1;
+        let keys: Vec<RowKey> = self.rows.keys().filter(|k| k.name == name).cloned().collect();
+        for k in keys {
+            if let Some(r) = self.rows.remove(&k) {
+                let other = RowKey { name: OTHER.to_string(), ..k };
+                self.rows.entry(other).or_default().merge(&r);
+            }
+        }
+    }
+
+    /// A row that still exists (its name may have been folded since the query).
+    fn live_row(&self, k: RowKey) -> RowKey {
+        if k.name == OTHER || self.names.contains_key(&k.name) {
+            k
+        } else {
+            RowKey { name: OTHER.to_string(), ..k }
+        }
+    }
+
+    /// `k`, or its `other` row when the row table is full.
+    fn row_key(&mut self, k: RowKey) -> RowKey {
+        if self.rows.len() < MAX_SERIES || self.rows.contains_key(&k) {
+            return k;
+        }
+        self.counters.series_folded += 1;
+        RowKey { name: OTHER.to_string(), ..k }
+    }
+}
+
+/// The querying socket's identity: its ECS task and container (`family:revision/container`,
+/// `host` for host processes) when an ECS provider runs, else its process name, else `unknown`.
+pub fn client_label(ecs: Option<&dyn crate::enrich::Enricher>, p: &DnsPacket) -> String {
+    if let Some(e) = ecs {
+        let mut r = crate::flow::FlowRecord::probe(p.local, p.remote, p.tcp);
+        (r.cgroup_id, r.pid, r.netns) = (p.cgroup_id, p.pid, p.netns);
+        e.enrich(&mut r);
+        if let Some(l) = r.local.ecs {
+            let u = |v: &Option<String>| v.clone().unwrap_or_else(|| crate::ecs::UNKNOWN.to_string());
+            return match l.container_name.as_deref() {
+                Some("host") => "host".to_string(),
+                _ => format!("{}:{}/{}", u(&l.task_family), u(&l.task_revision), u(&l.container_name)),
+            };
+        }
+    }
+    p.comm.clone().unwrap_or_else(|| crate::ecs::UNKNOWN.to_string())
+}
+
+/// The DNS message of a TCP segment that starts with one (2-byte length prefix).
+fn tcp_message(p: &DnsPacket) -> Option<&[u8]> {
+    let len = usize::from(u16::from_be_bytes([*p.payload.first()?, *p.payload.get(1)?]));
+    let wire = p.wire_len as usize;
+    // The message must fit the segment, or it continues in the next one.
+    if len < 12 || len + 2 > wire {
+        return None;
+    }
+    p.payload.get(2..(2 + len).min(p.payload.len()))
+}
+
+#[cfg(test)]
+mod tests;
