@@ -97,6 +97,8 @@ struct RowKey {
 
 #[derive(Clone, Debug, Default)]
 struct Row {
+    /// Changed since the last [`DnsTracker::take_changed`].
+    dirty: bool,
     queries: u64,
     rcodes: BTreeMap<String, u64>,
     timeouts: u64,
@@ -105,6 +107,7 @@ struct Row {
 
 impl Row {
     fn merge(&mut self, o: &Row) {
+        self.dirty = true;
         self.queries += o.queries;
         self.timeouts += o.timeouts;
         for (k, v) in &o.rcodes {
@@ -207,7 +210,9 @@ impl DnsTracker {
                     name,
                     qtype: parse::qtype_name(m.qtype),
                 });
-                self.rows.entry(row.clone()).or_default().queries += 1;
+                let r = self.rows.entry(row.clone()).or_default();
+                r.queries += 1;
+                r.dirty = true;
                 if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&key) {
                     self.counters.pending_full += 1;
                 } else {
@@ -219,6 +224,7 @@ impl DnsTracker {
                     self.counters.responses += 1;
                     let row = self.live_row(q.row);
                     let r = self.rows.entry(row).or_default();
+                    r.dirty = true;
                     *r.rcodes.entry(parse::rcode_name(m.rcode)).or_insert(0) += 1;
                     r.latency.record(p.ts_ns.saturating_sub(q.ts_ns) / 1_000);
                 }
@@ -242,35 +248,26 @@ impl DnsTracker {
             if let Some(q) = self.pending.remove(&k) {
                 self.counters.timeouts += 1;
                 let row = self.live_row(q.row);
-                self.rows.entry(row).or_default().timeouts += 1;
+                let r = self.rows.entry(row).or_default();
+                r.timeouts += 1;
+                r.dirty = true;
             }
         }
     }
 
     /// Every row, sorted by client, server, name and type.
     pub fn rows(&self) -> Vec<DnsRow> {
-        let mut out: Vec<DnsRow> = self
-            .rows
-            .iter()
-            .map(|(k, r)| DnsRow {
-                client: k.client.clone(),
-                server: k.server.clone(),
-                name: k.name.clone(),
-                qtype: k.qtype.clone(),
-                queries: r.queries,
-                rcodes: r.rcodes.clone(),
-                timeouts: r.timeouts,
-                latency_us: Latency {
-                    p50: r.latency.quantile(0.5),
-                    p99: r.latency.quantile(0.99),
-                    max: r.latency.max(),
-                },
-            })
-            .collect();
-        out.sort_by(|a, b| {
-            (&a.client, &a.server, &a.name, &a.qtype).cmp(&(&b.client, &b.server, &b.name, &b.qtype))
-        });
-        out
+        sorted(self.rows.iter().map(|(k, r)| row(k, r)).collect())
+    }
+
+    /// Rows that changed since the last call (for JSON lines), and marks them clean.
+    pub fn take_changed(&mut self) -> Vec<DnsRow> {
+        let mut out = Vec::new();
+        for (k, r) in self.rows.iter_mut().filter(|(_, r)| r.dirty) {
+            r.dirty = false;
+            out.push(row(k, r));
+        }
+        sorted(out)
     }
 
     pub fn counters(&self) -> DnsCounters {
@@ -326,6 +323,47 @@ impl DnsTracker {
         }
         self.counters.series_folded += 1;
         RowKey { name: OTHER.to_string(), ..k }
+    }
+}
+
+fn row(k: &RowKey, r: &Row) -> DnsRow {
+    DnsRow {
+        client: k.client.clone(),
+        server: k.server.clone(),
+        name: k.name.clone(),
+        qtype: k.qtype.clone(),
+        queries: r.queries,
+        rcodes: r.rcodes.clone(),
+        timeouts: r.timeouts,
+        latency_us: Latency {
+            p50: r.latency.quantile(0.5),
+            p99: r.latency.quantile(0.99),
+            max: r.latency.max(),
+        },
+    }
+}
+
+fn sorted(mut rows: Vec<DnsRow>) -> Vec<DnsRow> {
+    rows.sort_by(|a, b| {
+        (&a.client, &a.server, &a.name, &a.qtype).cmp(&(&b.client, &b.server, &b.name, &b.qtype))
+    });
+    rows
+}
+
+/// A JSON line for a row that changed in the last export interval (totals since the agent started).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DnsRecord {
+    /// Always `dns`.
+    pub record: &'static str,
+    /// RFC 3339 UTC time of the export.
+    pub time: String,
+    #[serde(flatten)]
+    pub row: DnsRow,
+}
+
+impl DnsRecord {
+    pub fn new(row: DnsRow, time: std::time::SystemTime) -> Self {
+        DnsRecord { record: "dns", time: humantime::format_rfc3339_millis(time).to_string(), row }
     }
 }
 

@@ -67,6 +67,8 @@ impl OtlpStats {
 pub struct Batch {
     pub series: SeriesSnapshot,
     pub time: SystemTime,
+    /// DNS rows (totals since the agent started), when DNS monitoring is on.
+    pub dns: Arc<Vec<crate::dns::DnsRow>>,
 }
 
 /// The producer side of the bounded queue.
@@ -136,7 +138,8 @@ async fn send_loop(
     let mut backoff = BACKOFF_START;
     while let Some(batch) = rx.recv().await {
         stats.queued.fetch_sub(1, Ordering::Relaxed);
-        let body = match gzip(&encode(&batch.series, &settings.resource, start_time, batch.time)) {
+        let body = match gzip(&encode(&batch.series, &batch.dns, &settings.resource, start_time, batch.time))
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "OTLP: cannot compress a batch; dropped");
@@ -237,7 +240,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let q = OtlpQueue { tx, stats: stats.clone() };
         for _ in 0..3 {
-            q.offer(Batch { series: Arc::new(Vec::new()), time: SystemTime::now() });
+            q.offer(Batch { series: Arc::new(Vec::new()), time: SystemTime::now(), dns: Arc::default() });
         }
         let c = stats.counts();
         assert_eq!((c.queued, c.batches_dropped), (1, 2));

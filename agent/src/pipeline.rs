@@ -108,6 +108,7 @@ impl Shared {
 pub enum Line {
     Flow(FlowRecord),
     Aggregate(AggregateRecord),
+    Dns(crate::dns::DnsRecord),
 }
 
 /// Loop settings.
@@ -205,8 +206,16 @@ fn export(shared: &Shared, aggregator: &mut Aggregator, settings: &LoopSettings)
     let now = SystemTime::now();
     let aggregates = aggregator.finish_interval(now);
     let series: SeriesSnapshot = Arc::new(aggregator.series());
+    let (dns_rows, dns_changed) = match &shared.dns {
+        Some(d) => {
+            let mut t = d.lock().unwrap_or_else(PoisonError::into_inner);
+            let changed = if settings.output.is_some() { t.take_changed() } else { Vec::new() };
+            (t.rows(), changed)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
     if let Some(q) = &settings.otlp {
-        q.offer(OtlpBatch { series: series.clone(), time: now });
+        q.offer(OtlpBatch { series: series.clone(), time: now, dns: Arc::new(dns_rows) });
     }
     *shared.series.lock().unwrap_or_else(PoisonError::into_inner) = (series, aggregator.stats());
     let Some(tx) = &settings.output else { return };
@@ -216,6 +225,7 @@ fn export(shared: &Shared, aggregator: &mut Aggregator, settings: &LoopSettings)
         .chain(flows.live)
         .map(Line::Flow)
         .chain(aggregates.into_iter().map(Line::Aggregate))
+        .chain(dns_changed.into_iter().map(|row| Line::Dns(crate::dns::DnsRecord::new(row, now))))
         .collect();
     if lines.is_empty() {
         return;

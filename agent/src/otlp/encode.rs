@@ -131,6 +131,37 @@ impl Points<'_> {
     }
 }
 
+/// DNS rows as sums: `eddy.dns.queries`, `eddy.dns.responses` (by `dns.response_code`),
+/// `eddy.dns.timeouts`, with `eddy.dns.client`, `server.address`, `dns.question.name` and
+/// `eddy.dns.question.type`.
+fn dns_metrics(p: &Points<'_>, rows: &[crate::dns::DnsRow]) -> Vec<Metric> {
+    let attrs = |r: &crate::dns::DnsRow| {
+        vec![
+            s("eddy.dns.client", &r.client),
+            s("server.address", &r.server),
+            s("dns.question.name", &r.name),
+            s("eddy.dns.question.type", &r.qtype),
+        ]
+    };
+    let queries = rows.iter().map(|r| p.point(attrs(r), r.queries)).collect();
+    let responses = rows
+        .iter()
+        .flat_map(|r| {
+            r.rcodes.iter().map(|(code, n)| {
+                let mut a = attrs(r);
+                a.push(s("dns.response_code", code));
+                p.point(a, *n)
+            })
+        })
+        .collect();
+    let timeouts = rows.iter().map(|r| p.point(attrs(r), r.timeouts)).collect();
+    vec![
+        p.sum("eddy.dns.queries", "{query}", "DNS queries sent by the client.", queries),
+        p.sum("eddy.dns.responses", "{response}", "DNS responses received, by response code.", responses),
+        p.sum("eddy.dns.timeouts", "{query}", "DNS queries without an answer within dns_timeout.", timeouts),
+    ]
+}
+
 fn dir(d: &str) -> Vec<KeyValue> {
     vec![s("network.io.direction", d)]
 }
@@ -138,6 +169,7 @@ fn dir(d: &str) -> Vec<KeyValue> {
 /// Encodes the series totals at `time` (since `start`) as a protobuf request.
 pub fn encode(
     series: &[(SeriesKey, SeriesValues)],
+    dns: &[crate::dns::DnsRow],
     resource: &Resource,
     start: SystemTime,
     time: SystemTime,
@@ -214,6 +246,9 @@ pub fn encode(
             aggregation_temporality: AggregationTemporality::Cumulative as i32,
         })),
     });
+    if !dns.is_empty() {
+        metrics.extend(dns_metrics(&p, dns));
+    }
     let request = ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(ProtoResource {
@@ -261,7 +296,7 @@ mod tests {
         rtt.observe(1_500);
         let values = SeriesValues { bytes_sent: 7, bytes_received: 9, rtt, ..Default::default() };
         let bytes =
-            encode(&[(key, values)], &Resource::agent("h"), SystemTime::UNIX_EPOCH, SystemTime::now());
+            encode(&[(key, values)], &[], &Resource::agent("h"), SystemTime::UNIX_EPOCH, SystemTime::now());
         let req = ExportMetricsServiceRequest::decode(&bytes[..]).expect("decode");
         let rm = &req.resource_metrics[0];
         let metrics = &rm.scope_metrics[0].metrics;
