@@ -279,7 +279,7 @@ fn dns_counts_rcodes_timeouts_and_latency_against_dnsmasq() {
             .filter(|v| {
                 v["record"] == "dns" && v["server"] == server_ip.to_string() && v["name"] == "nx.test"
             })
-            .last();
+            .next_back();
         match last {
             Some(v) if v["queries"] == 2 && v["rcodes"]["NXDOMAIN"] == 2 && v["time"].is_string() => Ok(()),
             other => Err(format!("{other:?}")),
