@@ -272,14 +272,10 @@ fn dns_counts_rcodes_timeouts_and_latency_against_dnsmasq() {
 
     // JSON lines: the latest `dns` record of a row carries the same totals.
     poll_until(Duration::from_secs(10), Duration::from_millis(250), "dns JSON lines", || {
-        let last = agent
-            .stdout_lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| {
+        let last =
+            agent.stdout_lines().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).rfind(|v| {
                 v["record"] == "dns" && v["server"] == server_ip.to_string() && v["name"] == "nx.test"
-            })
-            .next_back();
+            });
         match last {
             Some(v) if v["queries"] == 2 && v["rcodes"]["NXDOMAIN"] == 2 && v["time"].is_string() => Ok(()),
             other => Err(format!("{other:?}")),
