@@ -58,6 +58,8 @@ pub struct Status {
     pub fips: Option<crate::fips::FipsStatus>,
     /// DNS monitoring counters (absent when off).
     pub dns: Option<crate::dns::DnsCounters>,
+    /// NAT attribution through conntrack (absent when off).
+    pub conntrack: Option<serde_json::Value>,
 }
 
 impl Status {
@@ -101,6 +103,7 @@ impl Status {
             tags: shared.tags.clone(),
             fips: shared.fips.clone(),
             dns: shared.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).counters()),
+            conntrack: shared.conntrack.as_ref().map(|c| c.status()),
         }
     }
 }

@@ -164,6 +164,15 @@ pub struct Overrides {
     /// DNS query names tracked before folding into `other` (default 1000).
     #[arg(long)]
     pub dns_max_names: Option<String>,
+    /// NAT attribution through conntrack (default true).
+    #[arg(long)]
+    pub conntrack: Option<String>,
+    /// NAT'd connections remembered at most (default 65536).
+    #[arg(long)]
+    pub conntrack_max_entries: Option<String>,
+    /// Read conntrack of this network namespace (path) instead of the agent's own.
+    #[arg(long)]
+    pub conntrack_netns: Option<String>,
 }
 
 impl Overrides {
@@ -209,6 +218,9 @@ impl Overrides {
             ("dns", &self.dns),
             ("dns_timeout", &self.dns_timeout),
             ("dns_max_names", &self.dns_max_names),
+            ("conntrack", &self.conntrack),
+            ("conntrack_max_entries", &self.conntrack_max_entries),
+            ("conntrack_netns", &self.conntrack_netns),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
@@ -262,6 +274,9 @@ mod tests {
             dns: Some("x".into()),
             dns_timeout: Some("x".into()),
             dns_max_names: Some("x".into()),
+            conntrack: Some("x".into()),
+            conntrack_max_entries: Some("x".into()),
+            conntrack_netns: Some("x".into()),
             config: None,
         };
         let keys: Vec<&str> = all.pairs().into_iter().map(|(k, _)| k).collect();

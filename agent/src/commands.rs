@@ -263,6 +263,18 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     };
     shared.tags = cfg.tag_set();
     shared.fips = fips;
+    if cfg.conntrack {
+        let settings = crate::conntrack::ConntrackSettings {
+            max_entries: cfg.conntrack_max_entries,
+            netns: cfg.conntrack_netns.clone(),
+        };
+        match crate::conntrack::start(settings) {
+            Ok(ct) => shared.conntrack = Some(Arc::new(crate::conntrack::ConntrackEnricher(ct))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the conntrack thread; flows are not translated")
+            }
+        }
+    }
     if cfg.dns && shared.collector == "ebpf" {
         let settings = crate::dns::DnsSettings { timeout: cfg.dns_timeout, max_names: cfg.dns_max_names };
         shared.dns = Some(std::sync::Mutex::new(crate::dns::DnsTracker::new(settings)));

@@ -162,6 +162,14 @@ pub struct Config {
     pub dns_timeout: Duration,
     /// Query names tracked; beyond, the least-queried names fold into `other`.
     pub dns_max_names: usize,
+    /// NAT attribution: read conntrack so that flows through a DNAT'd host port or from a
+    /// masqueraded container carry the remote's translated address (`translation`).
+    pub conntrack: bool,
+    /// NAT'd connections remembered at most (each takes two small map entries).
+    pub conntrack_max_entries: usize,
+    /// Read the conntrack table of this network namespace (a `/proc/<pid>/ns/net` or
+    /// `/run/netns/<name>` path) instead of the agent's own.
+    pub conntrack_netns: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -207,6 +215,9 @@ impl Default for Config {
             dns: true,
             dns_timeout: Duration::from_secs(5),
             dns_max_names: 1_000,
+            conntrack: true,
+            conntrack_max_entries: 65_536,
+            conntrack_netns: None,
         }
     }
 }
@@ -267,6 +278,9 @@ pub const KEYS: &[&str] = &[
     "dns",
     "dns_timeout",
     "dns_max_names",
+    "conntrack",
+    "conntrack_max_entries",
+    "conntrack_netns",
 ];
 
 /// `EDDY_CONFIG` names the file; it is not a field.
@@ -439,6 +453,17 @@ impl Config {
             "dns_max_names" => {
                 self.dns_max_names = usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
             }
+            "conntrack" => {
+                self.conntrack = boolean(value).ok_or_else(|| bad("expected true or false".into()))?
+            }
+            "conntrack_max_entries" => {
+                self.conntrack_max_entries =
+                    usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
+            }
+            "conntrack_netns" => {
+                let v = value.trim();
+                self.conntrack_netns = (!v.is_empty()).then(|| PathBuf::from(v));
+            }
             _ => return Err(bad(format!("unknown key; known: {}", KEYS.join(", ")))),
         }
         Ok(())
@@ -528,6 +553,12 @@ impl Config {
         }
         if !(10..=100_000).contains(&self.dns_max_names) {
             return fail(format!("dns_max_names {} must be between 10 and 100000", self.dns_max_names));
+        }
+        if !(16..=10_000_000).contains(&self.conntrack_max_entries) {
+            return fail(format!(
+                "conntrack_max_entries {} must be between 16 and 10000000",
+                self.conntrack_max_entries
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return fail(format!("log_level {:?}: {e}", self.log_level));

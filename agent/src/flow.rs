@@ -71,6 +71,19 @@ pub enum Scope {
     Internet,
 }
 
+/// An address on the other side of a NAT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Translation {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl Translation {
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.addr, self.port)
+    }
+}
+
 /// One end of a flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -128,6 +141,12 @@ pub struct FlowRecord {
     /// Where the remote end is (when ECS or AWS enrichment runs; absent when unknown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
+    /// The remote end's address on the other side of a NAT on this host (conntrack), when one
+    /// applied: for a connection this socket made to a DNAT'd address (a host port), where it
+    /// really went (the container behind the port); for a connection that reached this socket
+    /// masqueraded (SNAT), where it really came from. `remote` stays what the socket saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translation: Option<Translation>,
     #[serde(with = "rfc3339_opt")]
     pub opened_at: Option<SystemTime>,
     #[serde(with = "rfc3339_opt")]
@@ -158,6 +177,7 @@ impl FlowRecord {
             rtt_var_us: None,
             failure: None,
             scope: None,
+            translation: None,
             opened_at: None,
             closed_at: None,
         }
@@ -195,6 +215,7 @@ impl FlowRecord {
             opened_at: None,
             closed_at: closed.then_some(SystemTime::UNIX_EPOCH),
             scope: None,
+            translation: None,
         }
     }
 }
@@ -245,6 +266,7 @@ mod tests {
             opened_at: Some(SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456)),
             closed_at: None,
             scope: None,
+            translation: None,
         }
     }
 

@@ -26,6 +26,7 @@ pub mod clock;
 pub mod collector;
 pub mod commands;
 pub mod config;
+pub mod conntrack;
 pub mod dns;
 pub mod ecs;
 pub mod enrich;

@@ -179,6 +179,29 @@ pub fn render(s: &Snapshot<'_>, openmetrics: bool) -> String {
     w.out
 }
 
+/// NAT attribution health, from `/status` → `conntrack`.
+fn conntrack(w: &mut Writer, ct: &serde_json::Value) {
+    let n = |k: &str| ct[k].as_u64().unwrap_or(0);
+    w.family("eddy_agent_conntrack_up", Kind::Gauge, "1 while the conntrack table is followed.");
+    w.sample("eddy_agent_conntrack_up", &[], u8::from(ct["state"] == "on"));
+    w.family("eddy_agent_conntrack_entries", Kind::Gauge, "NAT'd connections known (map entries).");
+    w.sample("eddy_agent_conntrack_entries", &[], n("entries"));
+    w.family("eddy_agent_conntrack_events", Kind::Counter, "Conntrack events (new, destroyed) received.");
+    w.sample("eddy_agent_conntrack_events_total", &[], n("events"));
+    w.family(
+        "eddy_agent_conntrack_dropped",
+        Kind::Counter,
+        "Conntrack information lost, by cause (map full, socket overrun, undecodable).",
+    );
+    for (cause, key) in
+        [("map_full", "dropped_full"), ("overrun", "overruns"), ("undecodable", "undecodable")]
+    {
+        w.sample("eddy_agent_conntrack_dropped_total", &[("cause", cause)], n(key));
+    }
+    w.family("eddy_agent_conntrack_translated_flows", Kind::Counter, "Flows that got a NAT translation.");
+    w.sample("eddy_agent_conntrack_translated_flows_total", &[], n("translated_flows"));
+}
+
 fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
     let st = s.status;
     w.family("eddy_agent_build_info", Kind::Gauge, "Agent version and collector (always 1).");
@@ -250,6 +273,9 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
         w.sample("eddy_agent_otlp_queue_batches", &[], o.queued);
     }
     enrichment(w, st);
+    if let Some(ct) = &st.conntrack {
+        conntrack(w, ct);
+    }
     w.family("eddy_agent_live_flows", Kind::Gauge, "Open flows at the last scan.");
     w.sample("eddy_agent_live_flows", &[], st.flows.live_flows);
     w.family("eddy_agent_series", Kind::Gauge, "Aggregated series currently exported.");

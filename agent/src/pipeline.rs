@@ -68,6 +68,8 @@ pub struct Shared {
     pub fips: Option<crate::fips::FipsStatus>,
     /// DNS statistics, when DNS monitoring is on.
     pub dns: Option<Mutex<crate::dns::DnsTracker>>,
+    /// NAT translations from conntrack, when on.
+    pub conntrack: Option<Arc<dyn Enricher>>,
 }
 
 impl Shared {
@@ -94,6 +96,7 @@ impl Shared {
             tags: Tags::default(),
             fips: None,
             dns: None,
+            conntrack: None,
         }
     }
 
@@ -139,6 +142,11 @@ pub fn collect(
         let scan = stopping || now >= next_scan;
         match source.poll(scan) {
             Ok(mut batch) => {
+                if let Some(ct) = &shared.conntrack {
+                    for o in batch.closed.iter_mut().chain(batch.live.iter_mut().flatten()) {
+                        ct.enrich(&mut o.record);
+                    }
+                }
                 let remote: Vec<&dyn Enricher> =
                     shared.remote.iter().chain(&shared.aws).map(|e| e.as_ref()).collect();
                 if shared.ecs.is_some() || !remote.is_empty() {

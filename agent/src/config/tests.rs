@@ -72,6 +72,7 @@ fn every_key_round_trips_through_the_file_format() {
             "ecs_cluster",
             "aws_region",
             "aws_availability_zone",
+            "conntrack_netns",
         ]
         .contains(*k)
     }) {

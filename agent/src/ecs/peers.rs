@@ -22,6 +22,11 @@ pub struct Peers {
     capacity: usize,
 }
 
+/// The remote end as it really is: behind a NAT on this host, its translated address.
+fn effective_remote(r: &FlowRecord) -> std::net::SocketAddr {
+    r.translation.map_or_else(|| r.remote.socket_addr(), |t| t.socket_addr())
+}
+
 impl Peers {
     pub fn new(capacity: usize) -> Self {
         Peers { labels: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1) }
@@ -32,7 +37,7 @@ impl Peers {
     pub fn link(&mut self, records: &mut [&mut FlowRecord]) {
         for r in records.iter() {
             if let Some(l) = &r.local.ecs {
-                let key = (r.protocol, r.local.socket_addr(), r.remote.socket_addr());
+                let key = (r.protocol, r.local.socket_addr(), effective_remote(r));
                 if self.labels.insert(key, l.clone()).is_none() {
                     self.order.push_back(key);
                 }
@@ -47,7 +52,7 @@ impl Peers {
             }
         }
         for r in records.iter_mut() {
-            let peer = (r.protocol, r.remote.socket_addr(), r.local.socket_addr());
+            let peer = (r.protocol, effective_remote(r), r.local.socket_addr());
             if let Some(l) = self.labels.get(&peer) {
                 r.remote.ecs = Some(l.clone());
                 r.scope = Some(Scope::SameHost);
@@ -91,5 +96,34 @@ mod tests {
         lone[0].remote.ecs = None;
         p.link(&mut lone.iter_mut().collect::<Vec<_>>());
         assert!(lone[0].remote.ecs.is_none(), "the server's labels were forgotten");
+    }
+
+    /// Through a NAT on this host: the ends meet on the translated address.
+    #[test]
+    fn nat_translated_ends_are_linked() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        let end = |l: (&str, u16), r: (&str, u16), who: &str, t: Option<(&str, u16)>| {
+            let mut x = rec(l.1, r.1, who);
+            x.local = Endpoint::new(ip(l.0), l.1);
+            x.local.ecs =
+                Some(Box::new(EcsLabels { container_name: Some(who.into()), ..Default::default() }));
+            x.remote = Endpoint::new(ip(r.0), r.1);
+            x.translation = t.map(|(a, p)| crate::flow::Translation { addr: ip(a), port: p });
+            x
+        };
+        let mut p = Peers::new(16);
+        // DNAT: the peer dialled the host port 10.0.0.1:8080, which is the container's 172.17.0.2:80.
+        // MASQUERADE: the container 172.17.0.2:50000 reached the peer's 10.0.0.2:9000 as 10.0.0.1:61000.
+        let mut v = [
+            end(("10.0.0.2", 40000), ("10.0.0.1", 8080), "peer", Some(("172.17.0.2", 80))),
+            end(("172.17.0.2", 80), ("10.0.0.2", 40000), "web", None),
+            end(("10.0.0.2", 9000), ("10.0.0.1", 61000), "peer-server", Some(("172.17.0.2", 50000))),
+            end(("172.17.0.2", 50000), ("10.0.0.2", 9000), "web-client", None),
+        ];
+        p.link(&mut v.iter_mut().collect::<Vec<_>>());
+        let remote = |r: &FlowRecord| r.remote.ecs.as_ref().and_then(|l| l.container_name.clone());
+        let got: Vec<Option<String>> = v.iter().map(remote).collect();
+        let want = ["web", "peer", "web-client", "peer-server"].map(|s| Some(s.to_string()));
+        assert_eq!(got, want);
     }
 }

@@ -31,6 +31,7 @@ fn status() -> Status {
         tags: crate::tags::Tags::default(),
         fips: None,
         dns: None,
+        conntrack: None,
     }
 }
 

@@ -43,6 +43,7 @@ pub fn to_record(f: &Flow, clock: &dyn Clock) -> Observed {
         opened_at: (f.opened_ns != 0).then(|| clock.wall_at(f.opened_ns)),
         closed_at: (f.closed_ns != 0).then(|| clock.wall_at(f.closed_ns)),
         scope: None,
+        translation: None,
     };
     Observed { record, last_ns: f.last_ns }
 }

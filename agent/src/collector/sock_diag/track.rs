@@ -207,6 +207,7 @@ fn new_record(
         opened_at,
         closed_at: None,
         scope: None,
+        translation: None,
     }
 }
 
