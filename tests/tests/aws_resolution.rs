@@ -212,6 +212,7 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
     }
     let calls_before = proxy.total();
     assert!(calls_before >= 1, "{:?}", proxy.counts());
+    let queued_before = agent.status()["aws"]["resolver"]["queued"].as_u64().unwrap_or(0);
 
     // 10,000 distinct addresses in a burst (one UDP datagram each): bounded API calls, batches of 100.
     client.run(|| {
@@ -228,8 +229,12 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
     });
     let burst_calls = proxy.total() - calls_before;
     // Every address queued costs 1/100 of a call (DescribeNetworkInterfaces; no instance lookups here).
-    let queued = 10_000 - r["queue_dropped"].as_u64().unwrap_or(0);
-    assert!(burst_calls <= queued.div_ceil(100) + 2, "{burst_calls} calls for {queued} addresses: {r}");
+    // Counted from the resolver's own queue (the host's other traffic may add a few addresses). A batch
+    // goes out when the queue has 100 or when it drains, so the datagrams' arrival over several polls may
+    // cost a few partial batches: allow 10 (one call per address would be 10,000).
+    let queued = r["queued"].as_u64().unwrap_or(0) - queued_before;
+    assert!(queued >= 10_000 - r["queue_dropped"].as_u64().unwrap_or(0), "{r}");
+    assert!(burst_calls <= queued.div_ceil(100) + 10, "{burst_calls} calls for {queued} addresses: {r}");
     assert_eq!(agent.get("/healthz").status, 200);
 
     // Faults at the API endpoint: counted, backed off, and access denied switches resolution off with
