@@ -4,16 +4,48 @@
 //! agent reads the host namespace's conntrack (`--conntrack-netns`). The peer's connection to the
 //! host port must carry the container's address as `translation`; the peer's server socket reached
 //! by the masqueraded container must carry the container's real address and port; the container's
-//! own sockets (which saw the real peers) none; bytes exact on all four ends. With
+//! own sockets (which saw the real peers) none; bytes exact on all four ends. The container
+//! namespace belongs to an ECS bridge-mode task (a process in its ECS-shaped cgroup, the fixture ECS
+//! agent lists it): the peer's two flows must name that container as their remote end. With
 //! `conntrack = false`, `/status` says so and the same flows are exact and untranslated.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
 use std::time::Duration;
+
+use eddy_tests::ecs_fixture::{EcsCgroups, GOOD, cgroup2_root, introspection_fixture_with};
 
 use eddy_tests::*;
 use serde_json::Value;
+
+/// The bridge-mode task of the fixture `introspection_v1_tasks_layouts.json`.
+const WORKER_TASK: &str = "11112222333344445555666677778888";
+const WORKER: &str = "abcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcd";
+
+/// A process of the worker container: holds the container namespace, in the container's cgroup.
+struct Pause(Child);
+
+impl Pause {
+    fn start(ns: &NetNs, cgroup_procs: &std::path::Path) -> Pause {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "python3", "-c", "import sys\nsys.stdin.read()\n"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn python3");
+        std::fs::write(cgroup_procs, child.id().to_string()).expect("move into the container cgroup");
+        Pause(child)
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 const UP: usize = 3_000;
 const DOWN: usize = 700;
@@ -122,12 +154,30 @@ fn run(conntrack: bool) {
     if Command::new("nft").arg("--version").output().is_err() {
         return skip("nft is not installed (apt-get install nftables)");
     }
+    let Some(root) = cgroup2_root() else {
+        return skip("no cgroup2 mount");
+    };
+    if Command::new("python3").arg("-V").output().is_err() {
+        return skip("python3 is needed for the container process (scripts/install-deps.sh installs it)");
+    }
+    // Only one of this file's tests runs the ECS task (its cgroup is shared by name).
+    let cgroups = conntrack.then(|| EcsCgroups::create(&root, &[(WORKER_TASK, WORKER)]));
     let h = match docker_like_host() {
         Ok(h) => h,
         Err(e) => return skip(&format!("cannot build the NAT host (nftables nat / ip_forward): {e}")),
     };
     let netns = format!("/run/netns/{}", h.host.name());
+    let _pause = cgroups.as_ref().map(|c| Pause::start(&h.container, &c.procs(WORKER)));
+    let introspection =
+        introspection_fixture_with(Arc::new(AtomicU8::new(GOOD)), "introspection_v1_tasks_layouts.json");
+    let ecs_uri = format!("http://{introspection}");
     let agent = RunAgent::start(&[
+        "--ecs-agent-uri",
+        &ecs_uri,
+        "--ecs-refresh-interval",
+        "200ms",
+        "--ecs-api",
+        "false",
         "--poll-interval",
         "100ms",
         "--conntrack",
@@ -142,6 +192,13 @@ fn run(conntrack: bool) {
         });
     } else {
         assert!(agent.status()["conntrack"].is_null(), "conntrack = false: no section");
+    }
+
+    if conntrack {
+        poll_until(Duration::from_secs(10), Duration::from_millis(100), "the container process", || {
+            let s = agent.status()["ecs"].clone();
+            if s["container_processes"].as_u64() >= Some(1) { Ok(()) } else { Err(s.to_string()) }
+        });
     }
 
     // DNAT: the peer connects to the host port; the container's port 80 answers.
@@ -176,6 +233,15 @@ fn run(conntrack: bool) {
                     "{local} -> {remote}: translation {:?}, want {want:?}",
                     f.get("translation")
                 ));
+            }
+            // Through the NAT, the peer's ends are linked to the worker container behind it.
+            if want.is_some() && f["remote"]["ecs"]["container_name"] != "worker" {
+                return Err(format!("{local} -> {remote}: remote labels {}", f["remote"]));
+            }
+            // The container's own sockets are the worker's (named by their namespace).
+            let in_container = conntrack && local.ip() == std::net::IpAddr::from(h.container_ip);
+            if in_container && f["local"]["ecs"]["container_name"] != "worker" {
+                return Err(format!("{local}: local labels {}", f["local"]));
             }
         }
         Ok(())
