@@ -266,3 +266,30 @@ fn dnat_and_masquerade_carry_the_translation() {
 fn conntrack_off_leaves_flows_exact_and_untranslated() {
     run(false);
 }
+
+#[test]
+fn unavailable_conntrack_is_reported_and_flows_are_unaffected() {
+    if !require_privileges() {
+        return;
+    }
+    let agent =
+        RunAgent::start(&["--poll-interval", "100ms", "--conntrack-netns", "/run/netns/eddy-no-such-ns"]);
+    let ct = poll_until(Duration::from_secs(10), Duration::from_millis(100), "conntrack unavailable", || {
+        let ct = agent.status()["conntrack"].clone();
+        if ct["state"] == "unavailable" { Ok(ct) } else { Err(ct.to_string()) }
+    });
+    assert!(ct["reason"].as_str().is_some_and(|r| r.contains("eddy-no-such-ns")), "{ct}");
+    let m = agent.get("/metrics").text();
+    assert!(m.lines().any(|l| l == "eddy_agent_conntrack_up 0"), "{m}");
+    let server = exchanges_between_namespaces("natoff", &[(1_111, 222)]);
+    poll_until(Duration::from_secs(10), Duration::from_millis(200), "the flow", || {
+        let flows = agent.get_json("/flows");
+        let ok = flows.as_array().into_iter().flatten().any(|f| {
+            f["remote"]["port"] == server.port()
+                && f["bytes_sent"] == 1_111
+                && f["bytes_received"] == 222
+                && f.get("translation").is_none()
+        });
+        if ok { Ok(()) } else { Err("not yet".into()) }
+    });
+}
