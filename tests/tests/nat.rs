@@ -1,5 +1,6 @@
 //! NAT attribution through conntrack, on a Docker-like host built from namespaces: a "host"
-//! namespace routes between a "container" namespace and a "peer" namespace, with an nftables DNAT
+//! namespace routes between a "container" namespace (its veth a port of the host's bridge, as on
+//! `docker0`) and a "peer" namespace, with an nftables DNAT
 //! of host port 8080 to the container's port 80 and a MASQUERADE of the container's subnet. The
 //! agent reads the host namespace's conntrack (`--conntrack-netns`). The peer's connection to the
 //! host port must carry the container's address as `translation`; the peer's server socket reached
@@ -78,6 +79,14 @@ fn docker_like_host() -> Result<Host, String> {
     let peer = NetNs::new("nat-p");
     let c_link = veth_link(&host, &container);
     let p_link = veth_link(&host, &peer);
+    // Docker's layout: the container's veth is a port of a bridge, which holds the gateway address.
+    let bridge = format!("br{}", c_link.subnet);
+    let gw = format!("{}/24", c_link.a_v4);
+    host.ip(&["addr", "del", &gw, "dev", &c_link.a_if]);
+    host.ip(&["link", "add", &bridge, "type", "bridge"]);
+    host.ip(&["link", "set", &c_link.a_if, "master", &bridge]);
+    host.ip(&["addr", "add", &gw, "dev", &bridge]);
+    host.ip(&["link", "set", &bridge, "up"]);
     container.ip(&["route", "add", "default", "via", &c_link.a_v4.to_string()]);
     netns::try_cmd("ip", &["netns", "exec", host.name(), "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     let rules = format!(

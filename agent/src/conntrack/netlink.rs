@@ -114,8 +114,9 @@ pub fn read(rx: &[u8], sink: &mut dyn FnMut(Entry), bad: &mut u64) -> Result<boo
                     }
                 }
                 NetlinkPayload::InnerMessage(m) => match event(&m) {
-                    Some(Event::New(e)) | Some(Event::Destroy(e)) => sink(e),
-                    None => *bad += 1,
+                    Ok(Some(Event::New(e) | Event::Destroy(e))) => sink(e),
+                    Ok(None) => {}
+                    Err(()) => *bad += 1,
                 },
                 _ => {}
             },
@@ -139,8 +140,9 @@ pub fn read_events(rx: &[u8], sink: &mut dyn FnMut(Event), bad: &mut u64) {
         };
         match NetlinkMessage::<NetfilterMessage>::deserialize(&rx[offset..]) {
             Ok(NetlinkMessage { payload: NetlinkPayload::InnerMessage(m), .. }) => match event(&m) {
-                Some(e) => sink(e),
-                None => *bad += 1,
+                Ok(Some(e)) => sink(e),
+                Ok(None) => {}
+                Err(()) => *bad += 1,
             },
             Ok(_) => {}
             Err(_) => *bad += 1,
@@ -149,29 +151,46 @@ pub fn read_events(rx: &[u8], sink: &mut dyn FnMut(Event), bad: &mut u64) {
     }
 }
 
-fn event(m: &NetfilterMessage) -> Option<Event> {
+/// The event of a message: `Ok(None)` for what is not a TCP or UDP entry (ICMP, other
+/// subsystems), `Err` for a TCP/UDP entry without its tuples.
+fn event(m: &NetfilterMessage) -> Result<Option<Event>, ()> {
     match &m.inner {
-        NetfilterMessageInner::Conntrack(ConntrackMessage::New(a)) => entry(a).map(Event::New),
-        NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(a)) => entry(a).map(Event::Destroy),
-        _ => None,
+        NetfilterMessageInner::Conntrack(ConntrackMessage::New(a)) => Ok(entry(a)?.map(Event::New)),
+        NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(a)) => Ok(entry(a)?.map(Event::Destroy)),
+        _ => Ok(None),
     }
 }
 
-fn entry(attrs: &[ConntrackAttribute]) -> Option<Entry> {
+fn entry(attrs: &[ConntrackAttribute]) -> Result<Option<Entry>, ()> {
     let mut orig = None;
     let mut reply = None;
     for a in attrs {
         match a {
-            ConntrackAttribute::CtaTupleOrig(t) => orig = tuple(t),
-            ConntrackAttribute::CtaTupleReply(t) => reply = tuple(t),
+            ConntrackAttribute::CtaTupleOrig(t) => orig = Some(t),
+            ConntrackAttribute::CtaTupleReply(t) => reply = Some(t),
             _ => {}
         }
     }
-    let ((p, orig_src, orig_dst), (_, reply_src, reply_dst)) = (orig?, reply?);
-    Some(Entry { protocol: p, orig_src, orig_dst, reply_src, reply_dst })
+    let (orig, reply) = (orig.ok_or(())?, reply.ok_or(())?);
+    if !ports(orig) {
+        return Ok(None);
+    }
+    let ((p, orig_src, orig_dst), (_, reply_src, reply_dst)) =
+        (tuple(orig).ok_or(())?, tuple(reply).ok_or(())?);
+    Ok(Some(Entry { protocol: p, orig_src, orig_dst, reply_src, reply_dst }))
 }
 
-/// (protocol, source, destination) of a tuple; only TCP and UDP (ports) are kept.
+/// A TCP or UDP tuple (the protocols with ports).
+fn ports(t: &[Tuple]) -> bool {
+    t.iter().any(|part| match part {
+        Tuple::Proto(ps) => {
+            ps.iter().any(|p| matches!(p, ProtoTuple::Protocol(Protocol::Tcp | Protocol::Udp)))
+        }
+        _ => false,
+    })
+}
+
+/// (protocol, source, destination) of a TCP or UDP tuple.
 fn tuple(t: &[Tuple]) -> Option<(u8, SocketAddr, SocketAddr)> {
     let (mut src, mut dst, mut sport, mut dport, mut proto): (Option<IpAddr>, Option<IpAddr>, _, _, _) =
         (None, None, None, None, None);

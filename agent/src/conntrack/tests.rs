@@ -121,6 +121,20 @@ fn decodes_events_and_counts_garbage() {
         "10.0.0.2:1",
         "10.0.0.1:2",
     ))]));
+    // An ICMP entry is not an error, just not kept.
+    let icmp = |src: &str, dst: &str| {
+        vec![
+            Tuple::Ip(vec![IPTuple::SourceAddress(sa(src).ip()), IPTuple::DestinationAddress(sa(dst).ip())]),
+            Tuple::Proto(vec![ProtoTuple::Protocol(P::Icmp)]),
+        ]
+    };
+    let ping = encode(ConntrackMessage::New(vec![
+        ConntrackAttribute::CtaTupleOrig(icmp("10.0.0.2:0", "10.0.0.1:0")),
+        ConntrackAttribute::CtaTupleReply(icmp("10.0.0.1:0", "10.0.0.2:0")),
+    ]));
+    let before = bad;
+    netlink::read_events(&ping, &mut |_| panic!("an ICMP entry is not a flow"), &mut bad);
+    assert_eq!(bad, before);
     let mut cut = encode(ConntrackMessage::New(vec![]));
     cut.truncate(cut.len() - 2);
     for junk in [half, cut, vec![0xff; 40], vec![]] {
