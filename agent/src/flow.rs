@@ -192,30 +192,11 @@ impl FlowRecord {
     /// closed at the epoch when `closed`.
     #[cfg(test)]
     pub fn test(protocol: Protocol, cookie: u64, closed: bool) -> FlowRecord {
-        let ep = |port| Endpoint::new(std::net::Ipv4Addr::LOCALHOST.into(), port);
+        let ep = |port| std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
         FlowRecord {
-            protocol,
-            family: Family::Ipv4,
-            direction: Direction::Outgoing,
-            local: ep(40000),
-            remote: ep(80),
-            netns: None,
-            cgroup_id: None,
-            pid: None,
-            comm: None,
             cookie,
-            bytes_sent: 0,
-            bytes_received: 0,
-            packets_sent: 0,
-            packets_received: 0,
-            retransmits: 0,
-            rtt_us: None,
-            rtt_var_us: None,
-            failure: None,
-            opened_at: None,
             closed_at: closed.then_some(SystemTime::UNIX_EPOCH),
-            scope: None,
-            translation: None,
+            ..FlowRecord::probe(ep(40000), ep(80), protocol == Protocol::Tcp)
         }
     }
 }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::netlink::{Sample, TcpCounters};
 use crate::clock::Clock;
 use crate::collector::Observed;
-use crate::flow::{Direction, Endpoint, Family, FlowRecord, Protocol};
+use crate::flow::{Direction, FlowRecord};
 
 /// TCP states (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: u8 = 1;
@@ -183,31 +183,15 @@ fn new_record(
     netns: Option<u32>,
     opened_at: Option<std::time::SystemTime>,
 ) -> FlowRecord {
-    let local = Endpoint::new(unmap(s.local.ip()), s.local.port());
-    let remote = Endpoint::new(unmap(s.remote.ip()), s.remote.port());
+    let local = std::net::SocketAddr::new(unmap(s.local.ip()), s.local.port());
+    let remote = std::net::SocketAddr::new(unmap(s.remote.ip()), s.remote.port());
     FlowRecord {
-        protocol: Protocol::Tcp,
-        family: if local.addr.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 },
         direction: direction(s.local, listeners),
-        local,
-        remote,
         netns,
         cgroup_id: s.cgroup_id,
-        pid: None,
-        comm: None,
         cookie: s.cookie,
-        bytes_sent: 0,
-        bytes_received: 0,
-        packets_sent: 0,
-        packets_received: 0,
-        retransmits: 0,
-        rtt_us: None,
-        rtt_var_us: None,
-        failure: None,
         opened_at,
-        closed_at: None,
-        scope: None,
-        translation: None,
+        ..FlowRecord::probe(local, remote, true)
     }
 }
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::clock::FakeClock;
+use crate::flow::Family;
 
 const LISTENER: u64 = 1;
 const SERVER: u64 = 2;
