@@ -167,14 +167,18 @@ fn awsvpc_bridge_and_host_layouts_are_labelled_on_both_ends() {
     let worker_port: u16 = worker.line().parse().expect("worker port");
     assert_eq!(web.line(), "3000");
     let f = closed(&agent, "the worker's flow", |f| {
-        f["local"]["port"] == worker_port && f["direction"] == "outgoing"
+        f["local"]["port"] == worker_port
+            && f["remote"]["port"] == web_addr.port()
+            && f["direction"] == "outgoing"
     });
     assert_eq!(f["bytes_sent"], 3000, "{f}");
     assert_eq!(who(&f["local"]["ecs"]), labels("worker", "worker", "bridge"), "{f}");
     assert_eq!(f["local"]["ecs"]["container_id"], WORKER, "{f}");
     assert_eq!(who(&f["remote"]["ecs"]), labels("web", "web", "awsvpc"), "{f}");
     let s = closed(&agent, "the web server's flow", |f| {
-        f["remote"]["port"] == worker_port && f["direction"] == "incoming"
+        f["remote"]["port"] == worker_port
+            && f["local"]["port"] == web_addr.port()
+            && f["direction"] == "incoming"
     });
     assert_eq!(s["bytes_received"], 3000, "{s}");
     assert_eq!(who(&s["local"]["ecs"]), labels("web", "web", "awsvpc"), "{s}");
@@ -192,7 +196,7 @@ fn awsvpc_bridge_and_host_layouts_are_labelled_on_both_ends() {
     });
     assert_eq!(web.line(), "77");
     let f = closed(&agent, "the namespace-named flow", |f| {
-        f["local"]["port"] == port && f["direction"] == "outgoing"
+        f["local"]["port"] == port && f["remote"]["port"] == web_addr.port() && f["direction"] == "outgoing"
     });
     assert_eq!(who(&f["local"]["ecs"]), labels("web", "web", "awsvpc"), "named by its netns: {f}");
     assert_eq!(f["pid"], std::process::id(), "a process outside any container: {f}");
@@ -216,7 +220,10 @@ fn awsvpc_bridge_and_host_layouts_are_labelled_on_both_ends() {
     let exporter_port: u16 = exporter.line().parse().expect("exporter port");
     assert_eq!(sink.join().expect("sink"), 1234);
     let f = closed(&agent, "the exporter's flow", |f| {
-        f["local"]["port"] == exporter_port && f["direction"] == "outgoing"
+        // The whole tuple: another loopback connection may have used the same ephemeral port.
+        f["local"]["port"] == exporter_port
+            && f["remote"]["port"] == server.port()
+            && f["direction"] == "outgoing"
     });
     assert_eq!(who(&f["local"]["ecs"]), labels("node-exporter", "exporter", "host"), "{f}");
     assert_eq!(f["local"]["ecs"]["task_revision"], "3", "{f}");
