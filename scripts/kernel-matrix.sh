@@ -1,0 +1,331 @@
+#!/usr/bin/env bash
+# Boots the kernels ECS instances run (Debian cloud builds of 5.10, 6.1 and 6.12) under qemu, each with an
+# initramfs holding eddy-agent and the guest test driver (eddy-matrix-guest), runs the driver's scenarios
+# (exact byte/packet/failure/DNS counts against the agent's /flows and /dns) and reports per kernel.
+#
+# Usage: scripts/kernel-matrix.sh [--kernels 5.10,6.1,6.12] [--out DIR] [--no-build] [--keep]
+#                                 [--refresh] [--accel auto|kvm|tcg] [--timeout SECONDS]
+#   --kernels   kernel series to boot, comma-separated (default 5.10,6.1,6.12)
+#   --out       results directory (default target/kernel-matrix): DIR/matrix.json, DIR/<series>/{console.log,
+#               results.jsonl}
+#   --no-build  use the binaries already in target/x86_64-unknown-linux-gnu/debug
+#   --keep      keep the initramfs staging tree and the per-kernel initramfs
+#   --refresh   look for newer kernel packages even when one of the series is cached
+#   --accel     kvm, tcg, or auto (default: a short KVM probe boot, TCG when KVM fails)
+#   --timeout   limit per kernel boot, seconds (default 480)
+# Exit status: 0 only when every scenario passed on every kernel. Root (Debian 12): installs qemu-system-x86,
+# busybox-static and cpio when missing. Kernels are cached in ${EDDY_TOOLS_DIR:-/opt/eddy-tools}/kernels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+
+kernels=5.10,6.1,6.12
+out=target/kernel-matrix
+build=1
+keep=0
+refresh=0
+accel=auto
+timeout_s=480
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --kernels) kernels=${2:?--kernels needs a value}; shift 2 ;;
+    --out) out=${2:?--out needs a value}; shift 2 ;;
+    --no-build) build=0; shift ;;
+    --keep) keep=1; shift ;;
+    --refresh) refresh=1; shift ;;
+    --accel) accel=${2:?--accel needs a value}; shift 2 ;;
+    --timeout) timeout_s=${2:?--timeout needs a value}; shift 2 ;;
+    *) echo "kernel-matrix.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+case "$accel" in auto|kvm|tcg) ;; *) echo "kernel-matrix.sh: --accel must be auto, kvm or tcg" >&2; exit 2 ;; esac
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+log() { printf '[kernel-matrix] %s\n' "$*" >&2; }
+die() { printf 'kernel-matrix.sh: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------------------
+# Host packages: qemu, a static busybox for the guest's shell tools, cpio for the initramfs.
+# ---------------------------------------------------------------------------------------------------------
+pkgs=(qemu-system-x86 busybox-static cpio gzip)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]}; run as root (sudo) to install them"
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernels: Debian cloud builds (BTF, virtio as modules: we need neither modules nor disks), fetched with a
+# PRIVATE apt configuration per suite (own sources.list, lists and cache under the tools dir; the machine's
+# sources and lists are never touched) and cached unpacked, so a second run downloads nothing.
+# ---------------------------------------------------------------------------------------------------------
+tools=${EDDY_TOOLS_DIR:-/opt/eddy-tools}
+kcache=$tools/kernels
+mkdir -p "$kcache"
+
+suite_of() {
+  case "$1" in
+    5.10) echo bullseye ;;
+    6.1) echo bookworm ;;
+    6.12) echo trixie ;;
+    *) die "unknown kernel series '$1' (known: 5.10 from bullseye, 6.1 from bookworm, 6.12 from trixie)" ;;
+  esac
+}
+
+# The archive keyring that signs a suite. Debian's debian-archive-keyring ships one file per release
+# (debian-archive-<suite>-stable.gpg); the combined keyring covers the suite when that file is there. If the
+# installed keyring predates the suite, take a newer debian-archive-keyring package from bookworm-updates /
+# bookworm-backports (signed by bookworm's key, which every Debian 12 keyring has) and use its keyring.
+keyring_for() {
+  local suite=$1 sys=/usr/share/keyrings
+  if [ -f "$sys/debian-archive-$suite-stable.gpg" ] && [ -z "${EDDY_MATRIX_FORCE_KEYRING_FETCH:-}" ]; then
+    echo "$sys/debian-archive-keyring.gpg"
+    return
+  fi
+  local kdir=$kcache/keyring
+  if [ ! -f "$kdir/usr/share/keyrings/debian-archive-$suite-stable.gpg" ]; then
+    log "the installed debian-archive-keyring has no key for $suite: fetching a newer one from bookworm"
+    local adir=$kcache/apt/keyring
+    mkdir -p "$adir/lists/partial" "$adir/cache/archives/partial" "$adir/dl"
+    cat >"$adir/sources.list" <<EOF
+deb [signed-by=$sys/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates main
+deb [signed-by=$sys/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
+EOF
+    apt_in "$adir" apt-get -qq update >&2
+    (cd "$adir/dl" && rm -f ./*.deb && apt_in "$adir" apt-get -qq download debian-archive-keyring >&2)
+    rm -rf "$kdir"; mkdir -p "$kdir"
+    dpkg-deb -x "$adir"/dl/debian-archive-keyring_*.deb "$kdir"
+    [ -f "$kdir/usr/share/keyrings/debian-archive-$suite-stable.gpg" ] ||
+      die "no debian-archive-keyring available from bookworm covers $suite"
+  fi
+  echo "$kdir/usr/share/keyrings/debian-archive-keyring.gpg"
+}
+
+# Runs an apt command ($2...) with the private configuration rooted at $1: its own sources.list, lists and
+# cache, no preferences, amd64 only. Nothing of the machine's apt state is read or written.
+apt_in() {
+  local d=$1; shift
+  local cmd=$1; shift
+  "$cmd" -o "Dir::Etc::SourceList=$d/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+    -o "Dir::State::Lists=$d/lists" -o "Dir::Cache=$d/cache" -o Dir::Etc::Preferences=/dev/null \
+    -o Dir::Etc::PreferencesParts=/dev/null -o APT::Architecture=amd64 -o APT::Architectures=amd64 \
+    -o APT::Sandbox::User=root "$@"
+}
+
+# Resolves series $1 to a cached kernel directory (printed on stdout), downloading it if needed.
+fetch_kernel() {
+  local series=$1 suite pointer dir
+  suite=$(suite_of "$series")
+  pointer=$kcache/series-$series
+  if [ "$refresh" -eq 0 ] && [ -f "$pointer" ]; then
+    dir=$kcache/$(cat "$pointer")
+    if [ -f "$dir/vmlinuz" ] && [ -f "$dir/package" ]; then
+      log "kernel $series: cached $(cat "$dir/package") (use --refresh to look for a newer one)"
+      echo "$dir"
+      return
+    fi
+  fi
+  local adir=$kcache/apt/$suite keyring
+  keyring=$(keyring_for "$suite")
+  mkdir -p "$adir/lists/partial" "$adir/cache/archives/partial" "$adir/dl"
+  cat >"$adir/sources.list" <<EOF
+deb [signed-by=$keyring] http://deb.debian.org/debian $suite main
+deb [signed-by=$keyring] http://deb.debian.org/debian $suite-updates main
+deb [signed-by=$keyring] http://deb.debian.org/debian-security $suite-security main
+EOF
+  log "kernel $series: apt-get update ($suite, $suite-updates, $suite-security; private lists in $adir)"
+  apt_in "$adir" apt-get -qq update >&2 || die "apt-get update for $suite failed (see above)"
+  # Package names such as linux-image-5.10.0-46-cloud-amd64-unsigned or
+  # linux-image-6.12.118+deb13-cloud-amd64-unsigned, newest first (version sort). The newest one that has a
+  # candidate and downloads wins (a mirror may list a package it does not serve yet: then the next one).
+  local re name version release x
+  re="^linux-image-${series//./\\.}\\.[^ ]*-cloud-amd64-unsigned\$"
+  for name in $(apt_in "$adir" apt-cache search --names-only "$re" | awk '{print $1}' | sort -V -r); do
+    version=$(apt_in "$adir" apt-cache policy "$name" | awk '/Candidate:/ {print $2}')
+    [[ $version =~ ^[0-9] ]] || continue
+    release=${name#linux-image-}; release=${release%-unsigned}
+    dir=$kcache/$release
+    if [ -f "$dir/vmlinuz" ] && [ "$(cat "$dir/package" 2>/dev/null)" = "$name $version" ]; then
+      log "kernel $series: newest is $name $version, already cached"
+    else
+      log "kernel $series: downloading $name $version"
+      rm -f "$adir"/dl/*.deb
+      if ! (cd "$adir/dl" && apt_in "$adir" apt-get -qq download "$name" >&2); then
+        log "kernel $series: $name $version could not be downloaded; trying the next older package"
+        continue
+      fi
+      x=$adir/dl/x
+      rm -rf "$x"; mkdir -p "$x"
+      dpkg-deb -x "$adir"/dl/*.deb "$x"
+      rm -rf "$dir"; mkdir -p "$dir"
+      # Only the kernel image and its config are kept (no module is loaded in the guest).
+      cp "$x/boot/vmlinuz-$release" "$dir/vmlinuz"
+      cp "$x/boot/config-$release" "$dir/config"
+      echo "$name $version" >"$dir/package"
+      rm -rf "$x" "$adir"/dl/*.deb
+    fi
+    grep -q '^CONFIG_DEBUG_INFO_BTF=y' "$dir/config" || log "WARNING: $release has no CONFIG_DEBUG_INFO_BTF"
+    echo "$release" >"$pointer"
+    echo "$dir"
+    return
+  done
+  die "no package matching $re could be fetched from $suite"
+}
+
+IFS=, read -r -a series_list <<<"$kernels"
+declare -A kdir
+for s in "${series_list[@]}"; do
+  kdir[$s]=$(fetch_kernel "$s")
+done
+
+# ---------------------------------------------------------------------------------------------------------
+# Binaries: exactly the feature set scripts/test.sh builds, so nothing is compiled twice.
+# ---------------------------------------------------------------------------------------------------------
+bindir=$repo/target/x86_64-unknown-linux-gnu/debug
+if [ "$build" -eq 1 ]; then
+  log "cargo build --workspace --locked --features eddy-agent/fips --bins"
+  cargo build --workspace --locked --features eddy-agent/fips --bins
+fi
+for b in eddy-agent eddy-matrix-guest; do
+  [ -x "$bindir/$b" ] || die "$bindir/$b is missing: run without --no-build"
+done
+
+# ---------------------------------------------------------------------------------------------------------
+# initramfs: busybox (every applet linked, except busybox itself: a self-link makes the kernel fail the exec
+# with "error -40"), the two static binaries (debug info stripped: RAM is the root fs), and /init.
+# ---------------------------------------------------------------------------------------------------------
+stage=$out/initramfs
+rm -rf "$stage"
+mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,etc,root}
+cp /bin/busybox "$stage/bin/busybox"
+for applet in $(/bin/busybox --list-full); do
+  [ "$applet" = bin/busybox ] && continue
+  mkdir -p "$stage/$(dirname "$applet")"
+  ln -sf /bin/busybox "$stage/$applet"
+done
+for b in eddy-agent eddy-matrix-guest; do
+  if command -v strip >/dev/null 2>&1; then
+    strip --strip-debug -o "$stage/bin/$b" "$bindir/$b"
+  else
+    cp "$bindir/$b" "$stage/bin/$b"
+  fi
+done
+# The kernel opens /dev/console for init before devtmpfs is mounted.
+mknod -m 600 "$stage/dev/console" c 5 1 2>/dev/null || true
+cat >"$stage/init" <<'EOF'
+#!/bin/sh
+# PID 1 of the matrix guest: mounts what the agent needs, runs the driver, powers off.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+[ -d /sys/kernel/tracing ] && mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+ulimit -l unlimited
+ip link set lo up
+# Results go to the second serial port, byte for byte.
+stty -F /dev/ttyS1 raw -echo 115200 2>/dev/null
+if grep -q 'eddy.probe' /proc/cmdline; then
+  echo "EDDY-PROBE-OK $(uname -r)"
+  poweroff -f
+fi
+echo "EDDY-INIT $(uname -r), $(nproc) CPUs, $(grep MemTotal /proc/meminfo)"
+/bin/eddy-matrix-guest guest --results /dev/ttyS1 --agent /bin/eddy-agent
+echo "EDDY-DRIVER-EXIT $?"
+sync
+poweroff -f
+EOF
+chmod 755 "$stage/init"
+initrd=$out/initramfs.cpio.gz
+(cd "$stage" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) >"$initrd"
+log "initramfs: $initrd ($(du -h "$initrd" | cut -f1))"
+
+# ---------------------------------------------------------------------------------------------------------
+# qemu. Nested KVM is often broken on cloud VMs ("KVM internal error. Suberror: 1 ... emulation failure"):
+# with --accel auto, a probe boot (init prints a marker and powers off) decides; TCG otherwise.
+# ---------------------------------------------------------------------------------------------------------
+boot() { # boot ACCEL KERNEL_DIR RUN_DIR TIMEOUT APPEND_EXTRA
+  local acc=$1 k=$2 d=$3 t=$4 extra=$5 cpu=max
+  [ "$acc" = kvm ] && cpu=host
+  mkdir -p "$d"
+  rm -f "$d/console.log" "$d/results.jsonl"
+  timeout -k 10 "$t" qemu-system-x86_64 -accel "$acc" -cpu "$cpu" -m 2048 -smp 2 \
+    -display none -monitor none -no-reboot -nic none \
+    -kernel "$k/vmlinuz" -initrd "$initrd" -append "console=ttyS0 panic=-1 quiet $extra" \
+    -serial "file:$d/console.log" -serial "file:$d/results.jsonl" </dev/null >"$d/qemu.log" 2>&1
+}
+
+if [ "$accel" = auto ]; then
+  accel=tcg
+  if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+    probe=$out/kvm-probe
+    first=${series_list[0]}
+    if boot kvm "${kdir[$first]}" "$probe" 20 eddy.probe=1 && grep -q EDDY-PROBE-OK "$probe/console.log"; then
+      accel=kvm
+      log "KVM works: using -accel kvm"
+    else
+      why=$(grep -h -m1 -o 'KVM internal error.*' "$probe"/*.log 2>/dev/null ||
+        echo "the guest did not reach /init within 20 s")
+      log "KVM probe boot failed ($why): using TCG"
+    fi
+  else
+    log "/dev/kvm is not usable: using TCG"
+  fi
+fi
+
+# ---------------------------------------------------------------------------------------------------------
+# One kernel after another (2 cores: the guest gets both).
+# ---------------------------------------------------------------------------------------------------------
+started_all=$(date +%s)
+for s in "${series_list[@]}"; do
+  d=$out/$s
+  k=${kdir[$s]}
+  log "kernel $s: booting $(cat "$k/package") ($accel, timeout ${timeout_s}s)"
+  t0=$(date +%s)
+  set +e
+  boot "$accel" "$k" "$d" "$timeout_s" ""
+  rc=$?
+  set -e
+  wall=$(( $(date +%s) - t0 ))
+  exit_state=ok
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    exit_state=timeout
+    log "kernel $s: TIMEOUT after ${timeout_s}s; console tail:"
+    tail -n 40 "$d/console.log" | tr -d '\r' >&2 || true
+  elif [ "$rc" -ne 0 ]; then
+    exit_state="qemu exit $rc"
+    log "kernel $s: qemu exited with $rc: $(tail -n 5 "$d/qemu.log")"
+  elif ! grep -q '"done"' "$d/results.jsonl" 2>/dev/null; then
+    exit_state="guest stopped before the driver finished"
+    log "kernel $s: the driver did not finish; console tail:"
+    tail -n 40 "$d/console.log" | tr -d '\r' >&2 || true
+  fi
+  log "kernel $s: ${wall}s wall ($exit_state)"
+  read -r pkg pkg_version <"$k/package"
+  cat >"$d/meta.json" <<EOF
+{"series": "$s", "package": "$pkg", "package_version": "$pkg_version", "release": "$(basename "$k")",
+ "accel": "$accel", "wall_seconds": $wall, "exit": "$exit_state", "timeout_seconds": $timeout_s}
+EOF
+done
+total=$(( $(date +%s) - started_all ))
+log "all kernels: ${total}s wall"
+
+if [ "$keep" -eq 0 ]; then
+  rm -rf "$stage" "$initrd" "$out/kvm-probe"
+fi
+
+# The report (per-kernel scenario lines, the hook table, DIR/matrix.json) and the exit status.
+"$bindir/eddy-matrix-guest" report --out "$out" --series "$kernels" --total-seconds "$total"
