@@ -39,6 +39,7 @@ const STRUCTS: &[(&str, &[&str])] = &[
         ],
     ),
     ("eddy_udp_key", &["cookie", "tuple"]),
+    ("eddy_owner", &["pid", "comm"]),
     (
         "eddy_dns_event",
         &[

@@ -68,6 +68,15 @@ pub struct UdpKey {
     pub tuple: Tuple,
 }
 
+/// The process that last sent on a UDP socket (`struct eddy_owner`, value of `UDP_OWNERS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub _pad0: u32,
+    pub comm: [u8; 16],
+}
+
 /// One DNS packet seen by a socket (`struct eddy_dns_event`), from the `DNS_EVENTS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +144,11 @@ check_layout!(
     C_SIZEOF_EDDY_UDP_KEY,
     [(cookie, C_OFFSETOF_EDDY_UDP_KEY_COOKIE), (tuple, C_OFFSETOF_EDDY_UDP_KEY_TUPLE),]
 );
+check_layout!(
+    Owner,
+    C_SIZEOF_EDDY_OWNER,
+    [(pid, C_OFFSETOF_EDDY_OWNER_PID), (comm, C_OFFSETOF_EDDY_OWNER_COMM),]
+);
 
 check_layout!(
     DnsEvent,
@@ -162,6 +176,8 @@ mod user {
     unsafe impl aya::Pod for super::Flow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UdpKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Owner {}
 }
 
 /// The compiled kernel object (ELF, BTF, CO-RE relocations), 8-byte aligned.

@@ -287,7 +287,7 @@ mod tests {
     }
 
     fn kernel() -> KernelInfo {
-        KernelInfo { release: "test".into(), btf: true, cgroup2: None }
+        KernelInfo { release: "test".into(), btf: true, cgroup2: None, cgroup2_mounted_by_agent: false }
     }
 
     #[test]

@@ -11,12 +11,19 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
+/// Where the agent mounts a cgroup2 hierarchy of its own when the host has none (cgroup
+/// v1-only hosts: the ECS-optimized Amazon Linux 2 AMI, Bottlerocket aws-ecs-1).
+pub const OWN_CGROUP2: &str = "/run/eddy/cgroup2";
+
 /// What the collector runs on, for `/status`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct KernelInfo {
     pub release: String,
     pub btf: bool,
     pub cgroup2: Option<PathBuf>,
+    /// The agent mounted `cgroup2` itself (at [`OWN_CGROUP2`]): the host mounts none.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cgroup2_mounted_by_agent: bool,
 }
 
 /// Something this host or process lacks.
@@ -40,11 +47,12 @@ pub enum PreflightError {
     NoBtf { release: String },
     #[error(
         "eddy-agent attaches its UDP programs to the cgroup v2 hierarchy, and none is mounted here \
-         (no cgroup2 entry in /proc/self/mountinfo). Mount it (`mount -t cgroup2 none \
-         /sys/fs/cgroup/unified`), point the agent at an existing mount with EDDY_CGROUP_PATH / \
-         --cgroup-path, or turn UDP off with EDDY_UDP=false."
+         (no cgroup2 entry in /proc/self/mountinfo); mounting one at /run/eddy/cgroup2 failed \
+         ({mount_error}). Mount it (`mount -t cgroup2 none /sys/fs/cgroup/unified`), point the \
+         agent at an existing mount with EDDY_CGROUP_PATH / --cgroup-path, or turn UDP off with \
+         EDDY_UDP=false."
     )]
-    NoCgroup2,
+    NoCgroup2 { mount_error: String },
     #[error("the configured cgroup_path {0} is not a cgroup v2 mount point")]
     NotCgroup2(PathBuf),
 }
@@ -65,15 +73,38 @@ pub fn check(udp: bool, cgroup_override: Option<&Path>) -> Result<KernelInfo, Pr
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let found = cgroup2_mounts(&mounts);
+    let mut mounted_by_agent = false;
     let cgroup2 = match cgroup_override {
         Some(p) if found.iter().any(|m| m == p) => Some(p.to_path_buf()),
         Some(p) => return Err(PreflightError::NotCgroup2(p.to_path_buf())),
-        None => preferred(&found),
+        None => match preferred(&found) {
+            Some(p) => Some(p),
+            // A cgroup v1-only host: the hierarchy exists in the kernel even when nobody mounted
+            // it, and its root holds every process, so programs attached there see every socket.
+            None => match mount_own_cgroup2() {
+                Ok(p) => {
+                    mounted_by_agent = true;
+                    tracing::info!(path = %p.display(), "no cgroup2 mounted on this host: mounted one");
+                    Some(p)
+                }
+                Err(e) if udp => return Err(PreflightError::NoCgroup2 { mount_error: e }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no cgroup2 mounted on this host and mounting one failed");
+                    None
+                }
+            },
+        },
     };
-    if udp && cgroup2.is_none() {
-        return Err(PreflightError::NoCgroup2);
-    }
-    Ok(KernelInfo { release, btf: true, cgroup2 })
+    Ok(KernelInfo { release, btf: true, cgroup2, cgroup2_mounted_by_agent: mounted_by_agent })
+}
+
+/// Mounts cgroup2 at [`OWN_CGROUP2`] (or finds it mounted there by an earlier run).
+fn mount_own_cgroup2() -> Result<PathBuf, String> {
+    let path = PathBuf::from(OWN_CGROUP2);
+    std::fs::create_dir_all(&path).map_err(|e| format!("creating {OWN_CGROUP2}: {e}"))?;
+    nix::mount::mount(Some("cgroup2"), &path, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| format!("mount -t cgroup2 none {OWN_CGROUP2}: {e}"))?;
+    Ok(path)
 }
 
 /// What `/status` reports about the kernel when the eBPF preflight is not run (the
@@ -88,7 +119,12 @@ pub fn kernel_info(cgroup_override: Option<&Path>) -> KernelInfo {
         Some(p) if found.iter().any(|m| m == p) => Some(p.to_path_buf()),
         _ => preferred(&found),
     };
-    KernelInfo { release, btf: Path::new("/sys/kernel/btf/vmlinux").exists(), cgroup2 }
+    KernelInfo {
+        release,
+        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+        cgroup2,
+        cgroup2_mounted_by_agent: false,
+    }
 }
 
 fn parse_cap_eff(status: &str) -> Option<u64> {
@@ -165,6 +201,7 @@ mod tests {
     fn errors_say_how_to_fix() {
         let e = PreflightError::NotPrivileged { missing: "CAP_BPF".into(), cap_eff: 0 }.to_string();
         assert!(e.contains("linuxParameters.capabilities.add"), "{e}");
-        assert!(PreflightError::NoCgroup2.to_string().contains("EDDY_UDP=false"));
+        let e = PreflightError::NoCgroup2 { mount_error: "EPERM".into() }.to_string();
+        assert!(e.contains("EDDY_UDP=false") && e.contains("EPERM"), "{e}");
     }
 }

@@ -89,6 +89,18 @@ impl AgentLog {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
     }
 
+    /// The hook the agent logged as chosen for `capability` (`INFO hook capability="…"
+    /// chosen="…"`); `None` before it was logged, `Some("none")` when nothing loaded.
+    pub fn chosen_hook(&self, capability: &str) -> Option<String> {
+        let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = format!(" hook capability=\"{capability}\" chosen=");
+        lines.iter().find_map(|l| {
+            let rest = &l[l.find(&key)? + key.len()..];
+            let rest = rest.strip_prefix('"').unwrap_or(rest);
+            Some(rest.split('"').next().unwrap_or(rest).trim_end().to_string())
+        })
+    }
+
     /// The last `n` lines, one per line.
     pub fn tail(&self, n: usize) -> String {
         let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -267,6 +279,11 @@ impl Capture {
     }
 
     /// The agent's process id.
+    /// The hook chosen for `capability`, as the agent logged it at start.
+    pub fn chosen_hook(&self, capability: &str) -> Option<String> {
+        self.log.chosen_hook(capability)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

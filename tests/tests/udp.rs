@@ -29,7 +29,18 @@ struct Totals {
     datagrams: u64,
 }
 
+/// UDP hook names as `/status` shows them: disabling the first selects the pid-only variant,
+/// disabling both the variant without any process helper (kernels 6.12, and 6.1 / 5.10).
+const UDP_OWNER_FULL: &str = "cgroup_skb/ingress+egress";
+const UDP_OWNER_PID: &str = "cgroup_skb/ingress+egress (pid only)";
+
 fn run(ipv6: bool) {
+    run_with(ipv6, &[]);
+}
+
+/// Every record names this process (each socket sent datagrams) wherever the kernel loaded a hook
+/// that can name it, with its comm; elsewhere nobody, never another process.
+fn run_with(ipv6: bool, disabled: &[&str]) {
     if !require_privileges() {
         return;
     }
@@ -60,7 +71,7 @@ fn run(ipv6: bool) {
     let a_sizes = [100usize, 200, 300];
     let b_plan = [(s1, 150usize), (s1, 250), (s2, 50)];
 
-    let capture = Capture::start(Duration::from_secs(5));
+    let capture = Capture::start_with(CaptureOptions::with_disabled_hooks(Duration::from_secs(5), disabled));
     // All I/O runs on threads inside the sockets' namespaces, like a containerised process would do it.
     let echo1 = server_ns.spawn(move || echo(server1, 3 + 2));
     let echo2 = server_ns.spawn(move || echo(server2, 1));
@@ -85,6 +96,13 @@ fn run(ipv6: bool) {
     join(echo1);
     join(echo2);
     capture.assert_window_open("the datagrams");
+    // Whether this kernel lets some program name the sender (in cgroup_skb, or at udp_sendmsg).
+    let process_hook = capture.chosen_hook("udp_process");
+    eprintln!(
+        "disabled {disabled:?}: udp is {:?}, udp_process is {process_hook:?}",
+        capture.chosen_hook("udp")
+    );
+    let named_expected = process_hook.as_deref().is_some_and(|h| h != "none");
     let records = capture.finish();
 
     // (local, remote) -> (totals, cookie, netns)
@@ -104,6 +122,7 @@ fn run(ipv6: bool) {
     }
 
     let family = if ipv6 { "ipv6" } else { "ipv4" };
+    let own_comm = std::fs::read_to_string("/proc/self/comm").expect("own comm").trim_end().to_string();
     let mut c = Checker::new();
     let mut keys: Vec<_> = expected.keys().copied().collect();
     keys.sort();
@@ -128,6 +147,19 @@ fn run(ipv6: bool) {
                 c.eq(&ctx, "cookie", r.cookie, Some(cookie));
                 c.eq(&ctx, "rtt_us", r.rtt_us, None);
                 c.eq(&ctx, "failure", r.failure.as_deref(), None);
+                if named_expected || r.pid.is_some() {
+                    c.eq(&ctx, "pid", r.pid, Some(std::process::id()));
+                    // The sending thread's name (from the program; the namespace helpers name their
+                    // threads "in-<namespace>") or, where the comm comes from /proc, the process's.
+                    c.check(
+                        r.comm.as_deref().is_some_and(|n| n == own_comm || n.starts_with("in-eddy-udp-")),
+                        &ctx,
+                        format!(
+                            "comm {:?}: neither this process ({own_comm:?}) nor one of its threads",
+                            r.comm
+                        ),
+                    );
+                }
             }
             found => c.fail(format!("{ctx}: {} records, expected 1", found.len())),
         }
@@ -143,6 +175,20 @@ fn udp_flows_exact_ipv4() {
 #[test]
 fn udp_flows_exact_ipv6() {
     run(true);
+}
+
+/// The UDP program variant for kernels that refuse `bpf_get_current_comm` in cgroup_skb (6.12):
+/// the comm comes from `/proc/<pid>/comm`.
+#[test]
+fn udp_flows_exact_pid_only_variant() {
+    run_with(false, &[UDP_OWNER_FULL]);
+}
+
+/// The variant without any task helper (6.1, 5.10): exact counts; the process comes from the
+/// `udp_sendmsg` hook where the kernel allows one, else it is null.
+#[test]
+fn udp_flows_exact_no_process_variant_ipv6() {
+    run_with(true, &[UDP_OWNER_FULL, UDP_OWNER_PID]);
 }
 
 /// A socket belongs to the namespace it was created in, whichever thread uses it: a UDP socket created in a

@@ -169,13 +169,30 @@ static __always_inline struct sock *tcp_full(struct sock *sk)
 	return (struct sock *)bpf_skc_to_tcp_sock(sk);
 }
 
+/* Inserts a new TCP entry; NULL when the map is full (counted, and the cookie remembered as untracked). */
+static __always_inline struct eddy_flow *tcp_insert(struct eddy_flow *f, __u64 cookie)
+{
+	struct eddy_flow *e;
+	__u8 one = 1;
+
+	if (bpf_map_update_elem(&TCP_FLOWS, &cookie, f, BPF_NOEXIST) == 0) {
+		count(EDDY_CTR_TCP_OPENED);
+		return bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	}
+	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	if (e)
+		return e; /* raced with another CPU */
+	count(EDDY_CTR_TCP_MAP_FULL);
+	if (bpf_map_update_elem(&UNTRACKED, &cookie, &one, BPF_ANY) != 0)
+		count(EDDY_CTR_UNTRACKED_FULL);
+	return NULL;
+}
+
 /* Start tracking a TCP connection; NULL when the map is full (counted). */
 static __always_inline struct eddy_flow *tcp_track(struct sock *sk, __u64 cookie, __u8 dir,
 						   __u8 flags, __u64 now, bool process_ctx)
 {
 	struct eddy_flow f = {};
-	struct eddy_flow *e;
-	__u8 one = 1;
 
 	read_tuple(sk, &f.tuple);
 	f.cookie = cookie;
@@ -189,25 +206,19 @@ static __always_inline struct eddy_flow *tcp_track(struct sock *sk, __u64 cookie
 		f.pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(f.comm, sizeof(f.comm));
 	}
-	if (bpf_map_update_elem(&TCP_FLOWS, &cookie, &f, BPF_NOEXIST) == 0) {
-		count(EDDY_CTR_TCP_OPENED);
-		return bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
-	}
-	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
-	if (e)
-		return e; /* raced with another CPU */
-	count(EDDY_CTR_TCP_MAP_FULL);
-	if (bpf_map_update_elem(&UNTRACKED, &cookie, &one, BPF_ANY) != 0)
-		count(EDDY_CTR_UNTRACKED_FULL);
-	return NULL;
+	return tcp_insert(&f, cookie);
+}
+
+static __always_inline __u32 config_bits(void)
+{
+	__u32 zero = 0;
+	__u32 *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
+	return cfg ? *cfg : 0;
 }
 
 static __always_inline bool bytes_from_tcp_sock(void)
 {
-	__u32 zero = 0;
-	__u32 *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
-
-	return cfg && (*cfg & EDDY_CFG_BYTES_FROM_TCP_SOCK);
+	return config_bits() & EDDY_CFG_BYTES_FROM_TCP_SOCK;
 }
 
 /* sk->sk_flags; newer kernels keep it in sock_common (skc_flags). */
@@ -437,10 +448,21 @@ int BPF_PROG(eddy_send_fexit, struct sock *sk, struct msghdr *msg, __u64 size, i
 	return on_bytes(sk, ret, 0, true);
 }
 
-SEC("fentry/tcp_cleanup_rbuf")
-int BPF_PROG(eddy_recv_fentry, struct sock *sk, int copied)
+/*
+ * tcp_recvmsg() returns what the application read (tcp_cleanup_rbuf() would
+ * not do: tcp_recvmsg() calls it with the running total on every wait, which
+ * counts a read that waits twice). Its flags are argument 4 since 5.19
+ * (`nonblock` was removed) and argument 5 before: the argument count says which.
+ */
+SEC("fexit/tcp_recvmsg")
+int BPF_PROG(eddy_recv_fexit, struct sock *sk)
 {
-	return on_bytes(sk, copied, 0, false);
+	__u64 ret = 0, flags = 0;
+
+	if (bpf_get_func_ret(ctx, &ret) ||
+	    bpf_get_func_arg(ctx, bpf_get_func_arg_cnt(ctx) >= 6 ? 4 : 3, &flags))
+		return 0;
+	return on_bytes(sk, (int)ret, (int)flags, false);
 }
 
 /* ---- TCP payload bytes: kprobes, for kernels without the tracepoints or trampolines ---- */
@@ -501,10 +523,45 @@ int BPF_KRETPROBE(eddy_send_kretprobe, int ret)
 	return on_bytes_raw(sk, ret, true);
 }
 
-SEC("kprobe/tcp_cleanup_rbuf")
-int BPF_KPROBE(eddy_recv_kprobe, struct sock *sk, int copied)
+/* tcp_recvmsg's socket and flags, from entry to return (see eddy_recv_fexit). */
+struct recvmsg_args {
+	__u64 sk;
+	__u64 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct recvmsg_args);
+} RECVMSG_ARGS SEC(".maps");
+
+SEC("kprobe/tcp_recvmsg")
+int BPF_KPROBE(eddy_recv_kprobe, struct sock *sk)
 {
-	return on_bytes_raw(sk, copied, false);
+	__u64 id = bpf_get_current_pid_tgid();
+	struct recvmsg_args a = { .sk = (__u64)sk };
+
+	/* Before 5.19 the flags are argument 5 (after `nonblock`); the agent says which. */
+	a.flags = (config_bits() & EDDY_CFG_RECVMSG_NONBLOCK_ARG) ? PT_REGS_PARM5(ctx) : PT_REGS_PARM4(ctx);
+	bpf_map_update_elem(&RECVMSG_ARGS, &id, &a, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/tcp_recvmsg")
+int BPF_KRETPROBE(eddy_recv_kretprobe, int ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct recvmsg_args *a = bpf_map_lookup_elem(&RECVMSG_ARGS, &id);
+	struct recvmsg_args copy;
+
+	if (!a)
+		return 0;
+	copy = *a;
+	bpf_map_delete_elem(&RECVMSG_ARGS, &id);
+	if (copy.flags & MSG_PEEK)
+		return 0;
+	return on_bytes_raw((struct sock *)copy.sk, ret, false);
 }
 
 /* ---- Live TCP counters: an iterator over every process's sockets ---- */
@@ -563,6 +620,129 @@ int eddy_iter_sockets(struct bpf_iter__task_file *ctx)
 	if (bytes_from_tcp_sock())
 		tcp_sock_bytes(e, sk);
 	snapshot(e, sk, now);
+	if (e->bytes_sent + e->bytes_received + e->packets_sent + e->packets_received != before)
+		e->last_ns = now;
+	return 0;
+}
+
+/*
+ * The same iterator for kernels whose verifier treats the socket reached from
+ * bpf_sock_from_file() as untrusted (6.18: `R1 type=untrusted_ptr_` at
+ * bpf_skc_to_tcp_sock), so that no helper may take it. Everything is read
+ * through probe reads, and the cookie from skc_cookie: the lifecycle programs
+ * generated it when the connection opened. A socket whose cookie was never
+ * generated (opened before the agent, and no hook has seen it since) cannot be
+ * keyed: it is counted (ITER_NO_COOKIE) and picked up when a hook sees it.
+ */
+static __always_inline void read_tuple_ro(struct sock *sk, struct eddy_tuple *t)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	t->family = family;
+	t->protocol = IPPROTO_TCP;
+	t->local_port = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	t->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&t->local_addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&t->remote_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(t->local_addr, &s, 4);
+		__builtin_memcpy(t->remote_addr, &d, 4);
+	}
+}
+
+static __always_inline void snapshot_ro(struct eddy_flow *e, struct sock *sk, __u64 now)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+
+	e->packets_sent = BPF_CORE_READ(tp, segs_out);
+	e->packets_received = BPF_CORE_READ(tp, segs_in);
+	e->retransmits = BPF_CORE_READ(tp, total_retrans);
+	e->rtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	e->rtt_var_us = BPF_CORE_READ(tp, mdev_us) >> 2;
+	e->snapshot_ns = now;
+}
+
+/* tcp_sock_bytes() through probe reads. */
+static __always_inline void tcp_sock_bytes_ro(struct eddy_flow *e, struct sock *sk)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u64 sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
+	__u64 rcvd = BPF_CORE_READ(tp, bytes_received);
+	unsigned long flags;
+
+	if (bpf_core_field_exists(sk->__sk_common.skc_flags))
+		flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	else
+		flags = BPF_CORE_READ(sk, sk_flags);
+	if (rcvd > 0 && (flags & (1UL << SOCK_DONE)))
+		rcvd -= 1;
+	if (sent > e->bytes_sent)
+		e->bytes_sent = sent;
+	if (rcvd > e->bytes_received)
+		e->bytes_received = rcvd;
+}
+
+SEC("iter/task_file")
+int eddy_iter_sockets_ro(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct eddy_flow *e;
+	struct socket *sock;
+	struct sock *sk;
+	__u64 cookie, now, before;
+	__u8 state;
+
+	if (!file)
+		return 0;
+	sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == TCP_CLOSE || state == TCP_LISTEN)
+		return 0;
+	count(EDDY_CTR_ITER_SOCKETS);
+	cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	if (cookie == 0) {
+		count(EDDY_CTR_ITER_NO_COOKIE);
+		return 0;
+	}
+	now = bpf_ktime_get_ns();
+	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	if (!e) {
+		struct eddy_flow f = {};
+
+		if (bpf_map_lookup_elem(&UNTRACKED, &cookie))
+			return 0;
+		read_tuple_ro(sk, &f.tuple);
+		f.cookie = cookie;
+		if (bpf_core_field_exists(sk->sk_cgrp_data.cgroup))
+			f.cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+		f.netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		f.last_ns = now;
+		f.direction = EDDY_DIR_UNKNOWN;
+		f.flags = EDDY_FLAG_PREEXISTING | EDDY_FLAG_ESTABLISHED;
+		e = tcp_insert(&f, cookie);
+		if (!e)
+			return 0;
+	}
+	if (e->closed_ns)
+		return 0;
+	if (e->pid == 0 && task) {
+		/* Incoming connections open in softirq: the holder of the socket is the owner. */
+		e->pid = task->tgid;
+		bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), task->comm);
+	}
+	before = e->bytes_sent + e->bytes_received + e->packets_sent + e->packets_received;
+	if (bytes_from_tcp_sock())
+		tcp_sock_bytes_ro(e, sk);
+	snapshot_ro(e, sk, now);
 	if (e->bytes_sent + e->bytes_received + e->packets_sent + e->packets_received != before)
 		e->last_ns = now;
 	return 0;
@@ -704,16 +884,30 @@ struct {
 	__uint(max_entries, 1 << 20);
 } DNS_EVENTS SEC(".maps");
 
-static __always_inline __u32 config_bits(void)
+/*
+ * What a cgroup_skb program may ask about the current task differs by kernel:
+ * 6.18 allows bpf_get_current_pid_tgid() and bpf_get_current_comm(), 6.12 the
+ * pid only, 6.1 and 5.10 neither. Each cgroup_skb program is built once per
+ * mode (a constant argument: the calls a mode does not make are compiled out)
+ * and the agent attaches the first that the kernel accepts. Where the program
+ * cannot name the sender, userspace fills in the comm from the pid (OWNER_PID)
+ * or reports both as unknown (OWNER_NONE).
+ */
+#define OWNER_NONE 0
+#define OWNER_PID 1
+#define OWNER_FULL 2
+
+static __always_inline void current_owner(__u32 *pid, char *comm, int owner)
 {
-	__u32 zero = 0;
-	__u32 *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
-	return cfg ? *cfg : 0;
+	if (owner >= OWNER_PID)
+		*pid = bpf_get_current_pid_tgid() >> 32;
+	if (owner >= OWNER_FULL)
+		bpf_get_current_comm(comm, EDDY_COMM_LEN);
 }
 
 /* Copies the L4 payload at `off` (a DNS message, or its TCP length prefix) to DNS_EVENTS. */
 static __always_inline void dns_emit(struct __sk_buff *skb, struct eddy_tuple *t, __u32 off, bool egress,
-				     struct bpf_sock *sk)
+				     struct bpf_sock *sk, int owner)
 {
 	struct eddy_dns_event *ev;
 	__u32 len = skb->len;
@@ -744,10 +938,8 @@ static __always_inline void dns_emit(struct __sk_buff *skb, struct eddy_tuple *t
 	ev->cgroup_id = bpf_skb_cgroup_id(skb);
 	ev->pid = 0;
 	__builtin_memset(ev->comm, 0, sizeof(ev->comm));
-	if (egress) {
-		ev->pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	}
+	if (egress)
+		current_owner(&ev->pid, ev->comm, owner);
 	ev->netns_ino = skb_sock_netns(sk);
 	ev->wire_len = len - off;
 	ev->captured = n;
@@ -790,7 +982,7 @@ static __always_inline __u32 skb_addrs(struct __sk_buff *skb, struct eddy_tuple 
 }
 
 /* DNS over TCP: the socket's ports say it is DNS; copy the segment's payload. */
-static __always_inline void dns_tcp(struct __sk_buff *skb, struct bpf_sock *sk, bool egress)
+static __always_inline void dns_tcp(struct __sk_buff *skb, struct bpf_sock *sk, bool egress, int owner)
 {
 	struct eddy_tuple t = {};
 	__u32 l3len, off;
@@ -807,10 +999,10 @@ static __always_inline void dns_tcp(struct __sk_buff *skb, struct bpf_sock *sk, 
 	t.local_port = bpf_ntohs(egress ? ports[0] : ports[1]);
 	t.remote_port = bpf_ntohs(egress ? ports[1] : ports[0]);
 	off = l3len + (doff >> 4) * 4;
-	dns_emit(skb, &t, off, egress, sk);
+	dns_emit(skb, &t, off, egress, sk, owner);
 }
 
-static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
+static __always_inline int udp_count(struct __sk_buff *skb, bool egress, int owner)
 {
 	struct eddy_udp_key key = {};
 	struct eddy_flow *e;
@@ -830,7 +1022,7 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 		/* Only DNS over TCP: the socket's ports decide, no packet read otherwise. */
 		if ((sk->src_port == EDDY_DNS_PORT || sk->dst_port == bpf_htons(EDDY_DNS_PORT)) &&
 		    (config_bits() & EDDY_CFG_DNS))
-			dns_tcp(skb, sk, egress);
+			dns_tcp(skb, sk, egress, owner);
 		return 1;
 	}
 	if (sk->protocol != IPPROTO_UDP)
@@ -871,7 +1063,7 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 	if (key.tuple.local_port == EDDY_DNS_PORT || key.tuple.remote_port == EDDY_DNS_PORT) {
 		__u32 bits = config_bits();
 		if (bits & EDDY_CFG_DNS)
-			dns_emit(skb, &key.tuple, l3len + 8, egress, sk);
+			dns_emit(skb, &key.tuple, l3len + 8, egress, sk, owner);
 		if (bits & EDDY_CFG_NO_UDP_FLOWS)
 			return 1;
 	} else if (config_bits() & EDDY_CFG_NO_UDP_FLOWS) {
@@ -896,11 +1088,9 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 		f.cgroup_id = bpf_skb_cgroup_id(skb);
 		f.opened_ns = now;
 		f.direction = egress ? EDDY_DIR_OUTGOING : EDDY_DIR_INCOMING;
-		if (egress) {
+		if (egress)
 			/* Egress runs in the sender's context. */
-			f.pid = bpf_get_current_pid_tgid() >> 32;
-			bpf_get_current_comm(f.comm, sizeof(f.comm));
-		}
+			current_owner(&f.pid, f.comm, owner);
 		f.netns_ino = skb_sock_netns(sk);
 		if (bpf_map_update_elem(&UDP_FLOWS, &key, &f, BPF_NOEXIST) != 0) {
 			e = bpf_map_lookup_elem(&UDP_FLOWS, &key);
@@ -917,7 +1107,8 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress)
 	if (egress) {
 		__sync_fetch_and_add(&e->bytes_sent, payload);
 		__sync_fetch_and_add(&e->packets_sent, segs);
-		fill_owner(e);
+		if (e->pid == 0)
+			current_owner(&e->pid, e->comm, owner);
 	} else {
 		__sync_fetch_and_add(&e->bytes_received, payload);
 		__sync_fetch_and_add(&e->packets_received, segs);
@@ -930,14 +1121,121 @@ unparsed:
 	return 1;
 }
 
-SEC("cgroup_skb/egress")
-int eddy_udp_egress(struct __sk_buff *skb)
+/* ---- UDP senders on kernels whose cgroup_skb programs cannot name them ---- */
+
+/*
+ * Where the UDP programs run without task helpers (OWNER_NONE: 5.10, 6.1),
+ * the sender is taken at the end of udp_sendmsg()/udpv6_sendmsg(), in the
+ * sender's context: by then the egress program has generated the socket's
+ * cookie, which keys UDP_OWNERS. The agent joins it to the UDP flows by cookie.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* socket cookie */
+	__type(value, struct eddy_owner);
+} UDP_OWNERS SEC(".maps");
+
+static __always_inline void note_udp_sender(__u64 cookie, int ret)
 {
-	return udp_count(skb, true);
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct eddy_owner *cur, o = {};
+
+	if (ret < 0 || cookie == 0)
+		return;
+	cur = bpf_map_lookup_elem(&UDP_OWNERS, &cookie);
+	if (cur && cur->pid == pid)
+		return;
+	o.pid = pid;
+	bpf_get_current_comm(o.comm, sizeof(o.comm));
+	bpf_map_update_elem(&UDP_OWNERS, &cookie, &o, BPF_ANY);
 }
 
-SEC("cgroup_skb/ingress")
-int eddy_udp_ingress(struct __sk_buff *skb)
+SEC("fexit/udp_sendmsg")
+int BPF_PROG(eddy_udp_send_fexit, struct sock *sk, struct msghdr *msg, __u64 len, int ret)
 {
-	return udp_count(skb, false);
+	note_udp_sender(sk->__sk_common.skc_cookie.counter, ret);
+	return 0;
 }
+
+SEC("fexit/udpv6_sendmsg")
+int BPF_PROG(eddy_udp6_send_fexit, struct sock *sk, struct msghdr *msg, __u64 len, int ret)
+{
+	note_udp_sender(sk->__sk_common.skc_cookie.counter, ret);
+	return 0;
+}
+
+/* The same with kprobes (kernels without BPF trampolines): the socket from entry to return. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);   /* pid_tgid */
+	__type(value, __u64); /* struct sock * */
+} UDP_SEND_ARGS SEC(".maps");
+
+SEC("kprobe/udp_sendmsg")
+int BPF_KPROBE(eddy_udp_send_kprobe, struct sock *sk)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 ptr = (__u64)sk;
+
+	bpf_map_update_elem(&UDP_SEND_ARGS, &id, &ptr, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/udp_sendmsg")
+int BPF_KRETPROBE(eddy_udp_send_kretprobe, int ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 *ptr = bpf_map_lookup_elem(&UDP_SEND_ARGS, &id);
+	struct sock *sk;
+
+	if (!ptr)
+		return 0;
+	sk = (struct sock *)*ptr;
+	bpf_map_delete_elem(&UDP_SEND_ARGS, &id);
+	note_udp_sender(BPF_CORE_READ(sk, __sk_common.skc_cookie.counter), ret);
+	return 0;
+}
+
+SEC("kprobe/udpv6_sendmsg")
+int BPF_KPROBE(eddy_udp6_send_kprobe, struct sock *sk)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 ptr = (__u64)sk;
+
+	bpf_map_update_elem(&UDP_SEND_ARGS, &id, &ptr, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/udpv6_sendmsg")
+int BPF_KRETPROBE(eddy_udp6_send_kretprobe, int ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 *ptr = bpf_map_lookup_elem(&UDP_SEND_ARGS, &id);
+	struct sock *sk;
+
+	if (!ptr)
+		return 0;
+	sk = (struct sock *)*ptr;
+	bpf_map_delete_elem(&UDP_SEND_ARGS, &id);
+	note_udp_sender(BPF_CORE_READ(sk, __sk_common.skc_cookie.counter), ret);
+	return 0;
+}
+
+/* One egress/ingress pair per owner mode (see current_owner()). */
+#define UDP_PROGRAMS(suffix, owner)                                    \
+	SEC("cgroup_skb/egress")                                       \
+	int eddy_udp_egress##suffix(struct __sk_buff *skb)             \
+	{                                                              \
+		return udp_count(skb, true, owner);                    \
+	}                                                              \
+	SEC("cgroup_skb/ingress")                                      \
+	int eddy_udp_ingress##suffix(struct __sk_buff *skb)            \
+	{                                                              \
+		return udp_count(skb, false, owner);                   \
+	}
+
+UDP_PROGRAMS(, OWNER_FULL)
+UDP_PROGRAMS(_pid, OWNER_PID)
+UDP_PROGRAMS(_noowner, OWNER_NONE)

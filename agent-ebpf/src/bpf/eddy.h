@@ -19,11 +19,13 @@
 #define EDDY_MAP_UNTRACKED "UNTRACKED"
 #define EDDY_MAP_CONFIG "CONFIG"
 #define EDDY_MAP_DNS "DNS_EVENTS"
+#define EDDY_MAP_UDP_OWNERS "UDP_OWNERS"
 
 /* Bits of CONFIG[0]. */
 #define EDDY_CFG_BYTES_FROM_TCP_SOCK 0x01 /* bytes from tcp_sock counters (at close and by the iterator), not per call */
 #define EDDY_CFG_DNS 0x02                /* copy DNS packets (port 53) to DNS_EVENTS */
 #define EDDY_CFG_NO_UDP_FLOWS 0x04       /* cgroup_skb programs attached for DNS only: count no UDP flows */
+#define EDDY_CFG_RECVMSG_NONBLOCK_ARG 0x08 /* kernel before 5.19: tcp_recvmsg's flags are argument 5 (kprobes) */
 
 /* DNS capture: bytes of each DNS message copied (after the UDP header / TCP header). */
 #define EDDY_DNS_CAPTURE 512
@@ -56,7 +58,8 @@
 #define EDDY_CTR_DNS_CAPTURED 9    /* DNS packets copied to DNS_EVENTS */
 #define EDDY_CTR_DNS_RINGBUF_FULL 10 /* DNS packets lost: DNS_EVENTS full */
 #define EDDY_CTR_DNS_UNPARSED 11   /* DNS packets whose headers could not be read */
-#define EDDY_CTR_MAX 12
+#define EDDY_CTR_ITER_NO_COOKIE 12 /* sockets the iterator could not key: cookie never generated (see eddy_iter_sockets_ro) */
+#define EDDY_CTR_MAX 13
 
 /*
  * Connection 5-tuple. Addresses in network byte order (IPv4 in the first 4
@@ -123,6 +126,16 @@ struct eddy_dns_event {
 	__u8 _pad0;
 	char comm[EDDY_COMM_LEN]; /* sender's command on egress, empty on ingress */
 	__u8 payload[EDDY_DNS_CAPTURE];
+};
+
+/*
+ * The process that last sent on a UDP socket (value of UDP_OWNERS, keyed by
+ * socket cookie), where the UDP programs themselves cannot name it.
+ */
+struct eddy_owner {
+	__u32 pid; /* tgid */
+	__u32 _pad0;
+	char comm[EDDY_COMM_LEN];
 };
 
 #endif /* EDDY_H */

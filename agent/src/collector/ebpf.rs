@@ -27,9 +27,8 @@ use crate::clock::Clock;
 
 pub mod convert;
 pub mod hooks;
-
-/// The socket iterator (`iter/task_file`) in the object.
-const ITER_PROGRAM: &str = "eddy_iter_sockets";
+mod proc_comm;
+mod senders;
 
 /// A connection that reached CLOSE but whose socket the application still holds (and
 /// has not used) for this long is reported as closed and removed from the kernel map.
@@ -55,8 +54,12 @@ pub struct EbpfSettings {
 pub struct EbpfSource {
     // Keeps programs and their links alive; maps below were taken out of it.
     ebpf: Ebpf,
-    /// The socket iterator loaded: run it before every scan.
-    live_refresh: bool,
+    /// The socket iterator program that loaded (see [`hooks::TCP_LIVE`]): run it before every scan.
+    live_iter: Option<&'static str>,
+    /// The UDP programs cannot name the sender's command: read it from `/proc/<pid>/comm`.
+    comms: Option<proc_comm::ProcComms>,
+    /// The UDP programs cannot name the sender at all: `UDP_OWNERS`, filled at `udp_sendmsg`.
+    senders: Option<senders::Senders>,
     iter_errors: u64,
     closed: RingBuf<MapData>,
     /// DNS packets (when DNS monitoring is on and the cgroup_skb programs attached).
@@ -133,7 +136,10 @@ impl EbpfSource {
         if matches!(bytes.chosen.as_deref(), Some(c) if c == counters || c == hooks::TCP_BYTES_AT_CLOSE) {
             config_bits |= k::CFG_BYTES_FROM_TCP_SOCK;
         }
-        let live_refresh = live.chosen.is_some();
+        let live_iter = program_of(hooks::TCP_LIVE, live.chosen.as_deref());
+        if recvmsg_has_nonblock_arg() {
+            config_bits |= k::CFG_RECVMSG_NONBLOCK_ARG;
+        }
         let udp = if settings.udp || settings.dns {
             // The same cgroup_skb programs carry UDP counting and DNS capture.
             let mut h = hooks::attach_first(&mut ebpf, &targets, "udp", hooks::UDP, None);
@@ -155,6 +161,7 @@ impl EbpfSource {
                 }],
             }
         };
+        let udp_process = udp_process(&mut ebpf, &targets, &udp, settings.udp);
         let dns_on = settings.dns && udp.chosen.is_some();
         if dns_on {
             config_bits |= k::CFG_DNS;
@@ -182,7 +189,17 @@ impl EbpfSource {
                 .set(0, config_bits, 0)
                 .map_err(|e| CollectorError::Map { map: "CONFIG", reason: e.to_string() })?;
         }
-        let hooks = vec![lifecycle, retransmits, live, bytes, udp, dns_hook];
+        let comms = (udp.chosen.as_deref() == Some(hooks::UDP_OWNER_PID)).then(proc_comm::ProcComms::default);
+        let senders = if udp_process
+            .chosen
+            .as_deref()
+            .is_some_and(|c| hooks::UDP_SENDERS.iter().any(|s| s.hook == c))
+        {
+            Some(senders::Senders::new(take(&mut ebpf, k::MAP_UDP_OWNERS)?))
+        } else {
+            None
+        };
+        let hooks = vec![lifecycle, retransmits, live, bytes, udp, udp_process, dns_hook];
         for h in &hooks {
             tracing::info!(capability = h.capability, chosen = h.chosen.as_deref().unwrap_or("none"), "hook");
             for r in &h.rejected {
@@ -198,7 +215,9 @@ impl EbpfSource {
             udp: take(&mut ebpf, k::MAP_UDP_FLOWS)?,
             counters: take(&mut ebpf, k::MAP_COUNTERS)?,
             ebpf,
-            live_refresh,
+            live_iter,
+            comms,
+            senders,
             iter_errors: 0,
             maps: vec![
                 MapStatus { name: "tcp_flows", capacity: settings.flow_map_entries.into(), entries: Some(0) },
@@ -235,10 +254,10 @@ impl EbpfSource {
 
     /// Refreshes live TCP counters in the map (see `eddy_iter_sockets`).
     fn refresh(&mut self) {
-        if !self.live_refresh {
+        let Some(program) = self.live_iter else {
             return;
-        }
-        let result = match self.ebpf.program_mut(ITER_PROGRAM).map(<&mut Iter>::try_from) {
+        };
+        let result = match self.ebpf.program_mut(program).map(<&mut Iter>::try_from) {
             Some(Ok(p)) => hooks::run_iter(p),
             _ => Err("iterator program missing".to_string()),
         };
@@ -293,6 +312,12 @@ impl EbpfSource {
                 live.push(convert::to_record(&f, self.clock.as_ref()));
             }
         }
+        if let Some(comms) = self.comms.as_mut() {
+            comms.fill(live.iter_mut().chain(closed.iter_mut()).map(|o| &mut o.record));
+        }
+        if let Some(senders) = self.senders.as_mut() {
+            senders.fill(live.iter_mut().chain(closed.iter_mut()).map(|o| &mut o.record));
+        }
         live
     }
 
@@ -340,6 +365,7 @@ impl FlowSource for EbpfSource {
             ("dns_unparsed_packets", c(k::CTR_DNS_UNPARSED)),
             ("map_read_errors", self.map_read_errors),
             ("iterator_errors", self.iter_errors),
+            ("iterator_sockets_without_cookie", c(k::CTR_ITER_NO_COOKIE)),
         ]);
         let counters = BTreeMap::from([
             ("tcp_connections_tracked", c(k::CTR_TCP_OPENED)),
@@ -364,6 +390,13 @@ impl FlowSource for EbpfSource {
             let ev: DnsEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DnsEvent>()) };
             out.push(convert::dns_packet(&ev));
         }
+        if let Some(comms) = self.comms.as_mut() {
+            for p in &mut out {
+                if p.comm.is_none() {
+                    p.comm = p.pid.and_then(|pid| comms.get(pid));
+                }
+            }
+        }
         out
     }
 }
@@ -386,6 +419,44 @@ where
     seen
 }
 
+/// Where the process of a UDP flow comes from: the UDP programs themselves, or (when the kernel
+/// lets them call no task helper) a hook at the end of `udp_sendmsg`.
+fn udp_process(ebpf: &mut Ebpf, targets: &hooks::Targets<'_>, udp: &HookStatus, udp_on: bool) -> HookStatus {
+    let in_program = match udp.chosen.as_deref() {
+        Some(hooks::UDP_OWNER_FULL) => Some("cgroup_skb (pid and comm)"),
+        Some(hooks::UDP_OWNER_PID) => Some("cgroup_skb (pid; comm from /proc/<pid>/comm)"),
+        _ => None,
+    };
+    match (in_program, udp.chosen.is_some() && udp_on) {
+        (Some(_), _) => hooks::attach_first(ebpf, targets, "udp_process", hooks::UDP_SENDERS, in_program),
+        (None, true) => hooks::attach_first(ebpf, targets, "udp_process", hooks::UDP_SENDERS, None),
+        (None, false) => HookStatus {
+            capability: "udp_process",
+            chosen: None,
+            rejected: vec![Rejected { hook: "udp_process".into(), reason: "no UDP flows (see udp)".into() }],
+        },
+    }
+}
+
+/// The program of the candidate named `chosen` (single-program candidates).
+fn program_of(candidates: &[hooks::Candidate], chosen: Option<&str>) -> Option<&'static str> {
+    let chosen = chosen?;
+    candidates.iter().find(|c| c.hook == chosen).and_then(|c| c.programs.first()).map(|(name, _)| *name)
+}
+
+/// Whether `tcp_recvmsg` still has its `nonblock` argument (kernels before 5.19), which moves
+/// `flags` from the 4th to the 5th argument for the kprobe byte hook.
+fn recvmsg_has_nonblock_arg() -> bool {
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned());
+    release.ok().and_then(|r| kernel_version(&r)).is_some_and(|v| v < (5, 19))
+}
+
+/// `(major, minor)` of a kernel release such as `5.10.0-33-cloud-amd64`.
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CollectorError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -405,5 +476,26 @@ fn raise_memlock() {
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "setrlimit(RLIMIT_MEMLOCK) refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("5.10.0-33-cloud-amd64"), Some((5, 10)));
+        assert_eq!(kernel_version("6.18.44-fc-v1252"), Some((6, 18)));
+        assert_eq!(kernel_version("garbage"), None);
+    }
+
+    #[test]
+    fn iterator_program_of_each_live_candidate() {
+        for c in hooks::TCP_LIVE {
+            assert_eq!(program_of(hooks::TCP_LIVE, Some(c.hook)), Some(c.programs[0].0));
+        }
+        assert_eq!(program_of(hooks::TCP_LIVE, None), None);
+        assert_eq!(program_of(hooks::TCP_LIVE, Some("other")), None);
     }
 }

@@ -17,7 +17,12 @@ fn status() -> Status {
         collecting: true,
         uptime_seconds: 12.5,
         last_scan_age_seconds: Some(0.2),
-        kernel: KernelInfo { release: "6.1".into(), btf: true, cgroup2: None },
+        kernel: KernelInfo {
+            release: "6.1".into(),
+            btf: true,
+            cgroup2: None,
+            cgroup2_mounted_by_agent: false,
+        },
         hooks: vec![HookStatus { capability: "tcp_bytes", chosen: Some("x".into()), rejected: vec![] }],
         maps: vec![MapStatus { name: "tcp_flows", capacity: 64, entries: Some(3) }],
         drops: BTreeMap::from([("tcp_map_full", 2)]),

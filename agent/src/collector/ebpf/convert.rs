@@ -79,7 +79,7 @@ fn direction(d: u8) -> Direction {
     }
 }
 
-fn comm(raw: &[u8; 16]) -> Option<String> {
+pub fn comm(raw: &[u8; 16]) -> Option<String> {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     (end > 0).then(|| String::from_utf8_lossy(&raw[..end]).into_owned())
 }

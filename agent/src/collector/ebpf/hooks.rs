@@ -288,8 +288,15 @@ pub const TCP_RETRANSMITS: &[Candidate] = &[Candidate {
 
 /// Live tcp_sock counters (segments, RTT, retransmits; bytes in the preferred mode) for every
 /// TCP socket a process holds, in every network namespace, refreshed on every scan.
-pub const TCP_LIVE: &[Candidate] =
-    &[Candidate { hook: "iter/task_file", programs: &[("eddy_iter_sockets", Attach::Iter("task_file"))] }];
+pub const TCP_LIVE: &[Candidate] = &[
+    Candidate { hook: "iter/task_file", programs: &[("eddy_iter_sockets", Attach::Iter("task_file"))] },
+    // Kernels (6.18) whose verifier treats the iterated socket as untrusted: no helper may take it,
+    // so this variant reads it through probe reads and keys it by its existing cookie.
+    Candidate {
+        hook: "iter/task_file (probe reads)",
+        programs: &[("eddy_iter_sockets_ro", Attach::Iter("task_file"))],
+    },
+];
 
 /// The preferred byte source: tcp_sock counters, read at CLOSE and by [`TCP_LIVE`] on every scan.
 /// No per-call cost; wire payload bytes (what TCP sent once and received), exact for every
@@ -306,20 +313,21 @@ pub const TCP_BYTES: &[Candidate] = &[
         ],
     },
     Candidate {
-        hook: "fexit/tcp_sendmsg+fentry/tcp_cleanup_rbuf",
+        hook: "fexit/tcp_sendmsg+tcp_recvmsg",
         programs: &[
             ("eddy_send_fexit", Attach::FExit("tcp_sendmsg")),
-            ("eddy_recv_fentry", Attach::FEntry("tcp_cleanup_rbuf")),
+            ("eddy_recv_fexit", Attach::FExit("tcp_recvmsg")),
         ],
     },
     // For kernels without trampolines (e.g. arm64 before 6.0). Connections opened before the
     // agent started are not counted by it (their cookie may not exist yet).
     Candidate {
-        hook: "kprobe/tcp_sendmsg+kretprobe/tcp_sendmsg+kprobe/tcp_cleanup_rbuf",
+        hook: "kprobe/tcp_sendmsg+tcp_recvmsg+kretprobes",
         programs: &[
             ("eddy_send_kprobe", Attach::KProbe("tcp_sendmsg")),
             ("eddy_send_kretprobe", Attach::KProbe("tcp_sendmsg")),
-            ("eddy_recv_kprobe", Attach::KProbe("tcp_cleanup_rbuf")),
+            ("eddy_recv_kprobe", Attach::KProbe("tcp_recvmsg")),
+            ("eddy_recv_kretprobe", Attach::KProbe("tcp_recvmsg")),
         ],
     },
 ];
@@ -328,14 +336,40 @@ pub const TCP_BYTES: &[Candidate] = &[
 /// iterator refreshes live counters. Open connections show 0 bytes until they close.
 pub const TCP_BYTES_AT_CLOSE: &str = "tcp_sock counters at close";
 
-/// UDP flows and datagram counts.
-pub const UDP: &[Candidate] = &[Candidate {
-    hook: "cgroup_skb/ingress+egress",
-    programs: &[
-        ("eddy_udp_egress", Attach::CgroupSkb(CgroupSkbAttachType::Egress)),
-        ("eddy_udp_ingress", Attach::CgroupSkb(CgroupSkbAttachType::Ingress)),
-    ],
-}];
+/// UDP flows and datagram counts (and DNS capture). The variants differ only in what they may
+/// ask about the sending task: kernels differ in which helpers a cgroup_skb program may call.
+pub const UDP: &[Candidate] = &[
+    Candidate {
+        hook: UDP_OWNER_FULL,
+        programs: &[
+            ("eddy_udp_egress", Attach::CgroupSkb(CgroupSkbAttachType::Egress)),
+            ("eddy_udp_ingress", Attach::CgroupSkb(CgroupSkbAttachType::Ingress)),
+        ],
+    },
+    // 6.12: bpf_get_current_comm is refused; the comm is read from /proc/<pid>/comm.
+    Candidate {
+        hook: UDP_OWNER_PID,
+        programs: &[
+            ("eddy_udp_egress_pid", Attach::CgroupSkb(CgroupSkbAttachType::Egress)),
+            ("eddy_udp_ingress_pid", Attach::CgroupSkb(CgroupSkbAttachType::Ingress)),
+        ],
+    },
+    // 5.10, 6.1: no task helpers at all in cgroup_skb; pid and comm are unknown.
+    Candidate {
+        hook: UDP_OWNER_NONE,
+        programs: &[
+            ("eddy_udp_egress_noowner", Attach::CgroupSkb(CgroupSkbAttachType::Egress)),
+            ("eddy_udp_ingress_noowner", Attach::CgroupSkb(CgroupSkbAttachType::Ingress)),
+        ],
+    },
+];
+
+/// UDP hook names (as `/status` shows them): the sender's pid and comm from the program.
+pub const UDP_OWNER_FULL: &str = "cgroup_skb/ingress+egress";
+/// The sender's pid from the program, its comm from `/proc`.
+pub const UDP_OWNER_PID: &str = "cgroup_skb/ingress+egress (pid only)";
+/// No sender: pid and comm unknown.
+pub const UDP_OWNER_NONE: &str = "cgroup_skb/ingress+egress (no process)";
 
 /// Any error with its chain of causes, on one line.
 pub fn describe_any(e: &dyn std::error::Error) -> String {
@@ -348,3 +382,24 @@ pub fn describe_any(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// The sender of UDP datagrams where the UDP programs cannot name it ([`UDP_OWNER_NONE`]): the
+/// end of `udp_sendmsg`/`udpv6_sendmsg` in the sender's context, keyed by socket cookie.
+pub const UDP_SENDERS: &[Candidate] = &[
+    Candidate {
+        hook: "fexit/udp_sendmsg+udpv6_sendmsg",
+        programs: &[
+            ("eddy_udp_send_fexit", Attach::FExit("udp_sendmsg")),
+            ("eddy_udp6_send_fexit", Attach::FExit("udpv6_sendmsg")),
+        ],
+    },
+    Candidate {
+        hook: "kprobe/udp_sendmsg+udpv6_sendmsg+kretprobes",
+        programs: &[
+            ("eddy_udp_send_kprobe", Attach::KProbe("udp_sendmsg")),
+            ("eddy_udp_send_kretprobe", Attach::KProbe("udp_sendmsg")),
+            ("eddy_udp6_send_kprobe", Attach::KProbe("udpv6_sendmsg")),
+            ("eddy_udp6_send_kretprobe", Attach::KProbe("udpv6_sendmsg")),
+        ],
+    },
+];
