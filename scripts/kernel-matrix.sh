@@ -4,7 +4,7 @@
 # (exact byte/packet/failure/DNS counts against the agent's /flows and /dns) and reports per kernel.
 #
 # Usage: scripts/kernel-matrix.sh [--kernels 5.10,6.1,6.12] [--out DIR] [--no-build] [--keep]
-#                                 [--refresh] [--accel auto|kvm|tcg] [--timeout SECONDS]
+#                                 [--refresh] [--accel auto|kvm|tcg] [--timeout SECONDS] [--agent-arg ARG]...
 #   --kernels   kernel series to boot, comma-separated (default 5.10,6.1,6.12)
 #   --out       results directory (default target/kernel-matrix): DIR/matrix.json, DIR/<series>/{console.log,
 #               results.jsonl}
@@ -13,13 +13,15 @@
 #   --refresh   look for newer kernel packages even when one of the series is cached
 #   --accel     kvm, tcg, or auto (default: a short KVM probe boot, TCG when KVM fails)
 #   --timeout   limit per kernel boot, seconds (default 480)
+#   --agent-arg one more argument for `eddy-agent run` in the guest (repeat it; e.g. --agent-arg
+#               --disabled-hooks --agent-arg 'tcp_sock counters (live via iter/task_file)' to test a fallback)
 # Exit status: 0 only when every scenario passed on every kernel. Root (Debian 12): installs qemu-system-x86,
 # busybox-static and cpio when missing. Kernels are cached in ${EDDY_TOOLS_DIR:-/opt/eddy-tools}/kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
 kernels=5.10,6.1,6.12
 out=target/kernel-matrix
@@ -28,6 +30,7 @@ keep=0
 refresh=0
 accel=auto
 timeout_s=480
+agent_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -38,6 +41,7 @@ while [ $# -gt 0 ]; do
     --refresh) refresh=1; shift ;;
     --accel) accel=${2:?--accel needs a value}; shift 2 ;;
     --timeout) timeout_s=${2:?--timeout needs a value}; shift 2 ;;
+    --agent-arg) agent_args+=("${2?--agent-arg needs a value}"); shift 2 ;;
     *) echo "kernel-matrix.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
@@ -194,7 +198,7 @@ done
 bindir=$repo/target/x86_64-unknown-linux-gnu/debug
 if [ "$build" -eq 1 ]; then
   log "cargo build --workspace --locked --features eddy-agent/fips --bins"
-  cargo build --workspace --locked --features eddy-agent/fips --bins
+  cargo build --workspace --locked --features eddy-agent/fips --bins || die "cargo build failed (see above)"
 fi
 for b in eddy-agent eddy-matrix-guest; do
   [ -x "$bindir/$b" ] || die "$bindir/$b is missing: run without --no-build"
@@ -213,13 +217,14 @@ for applet in $(/bin/busybox --list-full); do
   mkdir -p "$stage/$(dirname "$applet")"
   ln -sf /bin/busybox "$stage/$applet"
 done
+command -v strip >/dev/null 2>&1 || die "strip (binutils) is needed: the debug agent is ~700 MB with debug info"
 for b in eddy-agent eddy-matrix-guest; do
-  if command -v strip >/dev/null 2>&1; then
-    strip --strip-debug -o "$stage/bin/$b" "$bindir/$b"
-  else
-    cp "$bindir/$b" "$stage/bin/$b"
-  fi
+  strip --strip-debug -o "$stage/bin/$b" "$bindir/$b"
 done
+# Extra agent arguments, one per line (the driver appends them to `eddy-agent run`).
+mkdir -p "$stage/etc/eddy-matrix"
+: >"$stage/etc/eddy-matrix/agent-args"
+for a in ${agent_args[@]+"${agent_args[@]}"}; do printf '%s\n' "$a" >>"$stage/etc/eddy-matrix/agent-args"; done
 # The kernel opens /dev/console for init before devtmpfs is mounted.
 mknod -m 600 "$stage/dev/console" c 5 1 2>/dev/null || true
 cat >"$stage/init" <<'EOF'
@@ -243,7 +248,8 @@ if grep -q 'eddy.probe' /proc/cmdline; then
   poweroff -f
 fi
 echo "EDDY-INIT $(uname -r), $(nproc) CPUs, $(grep MemTotal /proc/meminfo)"
-/bin/eddy-matrix-guest guest --results /dev/ttyS1 --agent /bin/eddy-agent
+/bin/eddy-matrix-guest guest --results /dev/ttyS1 --agent /bin/eddy-agent \
+  --agent-args-file /etc/eddy-matrix/agent-args
 echo "EDDY-DRIVER-EXIT $?"
 sync
 poweroff -f

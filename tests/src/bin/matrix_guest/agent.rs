@@ -25,9 +25,9 @@ pub struct GuestAgent {
 
 impl GuestAgent {
     /// Starts `bin run --listen addr extra…` and waits up to `deadline` for `/readyz` = 200.
-    pub fn start(bin: &Path, addr: SocketAddr, extra: &[&str], deadline: Duration) -> Result<GuestAgent> {
+    pub fn start(bin: &Path, addr: SocketAddr, extra: &[String], deadline: Duration) -> Result<GuestAgent> {
         let mut args = vec!["run".to_string(), "--listen".to_string(), addr.to_string()];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().cloned());
         let mut child = eddy_tests::command_for(bin, &args)
             .spawn()
             .with_context(|| format!("spawn {} {}", bin.display(), args.join(" ")))?;

@@ -27,6 +27,8 @@ struct KernelRun {
     hooks: Vec<Hook>,
     status_end: Value,
     agent: Value,
+    /// The guest's `boot` line (`/proc/version`, CPUs).
+    boot: Value,
     done: Value,
     /// In [`SCENARIOS`] order: (name, result, detail, seconds, data).
     scenarios: Vec<(String, String, String, f64, Value)>,
@@ -75,6 +77,7 @@ impl KernelRun {
             hooks: status_start.as_ref().map(parse_hooks).unwrap_or_default(),
             status_end: status_end.or(status_start).unwrap_or(Value::Null),
             agent: of("agent").next().cloned().unwrap_or(Value::Null),
+            boot: of("boot").next().cloned().unwrap_or(Value::Null),
             done: of("done").next().cloned().unwrap_or(Value::Null),
             meta,
             scenarios,
@@ -148,6 +151,10 @@ pub fn main(args: &[String]) -> Result<bool> {
             run.agent["startup_seconds"].as_f64().map_or("?".into(), |s| format!("{s:.1}")),
             run.meta["exit"].as_str().unwrap_or("?"),
         );
+        if let Some(args) = run.agent["args"].as_array() {
+            let args: Vec<&str> = args.iter().filter_map(Value::as_str).collect();
+            println!("   agent: eddy-agent run {}", args.join(" "));
+        }
         if run.agent["ready"] == false {
             println!("   agent: {}", clip(run.agent["detail"].as_str().unwrap_or_default(), 1500));
         }
@@ -204,6 +211,7 @@ pub fn main(args: &[String]) -> Result<bool> {
             "series": r.series,
             "title": r.title(),
             "uname": r.kernel,
+            "proc_version": r.boot["proc_version"],
             "run": r.meta,
             "agent": r.agent,
             "driver": r.done,

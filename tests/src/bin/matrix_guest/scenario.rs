@@ -177,10 +177,19 @@ impl Ctx {
     pub fn unavailable(&self, capability: &str) -> Option<String> {
         match self.hook(capability) {
             None => Some(format!("/status lists no capability {capability:?}")),
-            Some(h) if h.chosen.is_none() => Some(format!(
-                "capability {capability} unavailable on this kernel: {}",
-                clip(&h.refusal(), 600)
-            )),
+            Some(h) if h.chosen.is_none() => {
+                let mut why = h.refusal();
+                // "... (see udp)": the root cause is another capability's refusal.
+                for other in &self.hooks {
+                    if other.capability != capability
+                        && other.chosen.is_none()
+                        && why.contains(&format!("(see {})", other.capability))
+                    {
+                        why.push_str(&format!("; {}: {}", other.capability, other.refusal()));
+                    }
+                }
+                Some(format!("capability {capability} has no hook (/status): {}", clip(&why, 800)))
+            }
             Some(_) => None,
         }
     }
@@ -249,7 +258,7 @@ pub fn guest_main(args: &[String]) -> Result<bool> {
     sink.emit("boot", json!({"proc_version": version.trim(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)}));
 
     let addr: SocketAddr = AGENT_ADDR.parse().context("agent address")?;
-    let extra = [
+    let mut extra: Vec<String> = [
         "--poll-interval",
         "200ms",
         "--closed-flow-retention",
@@ -264,13 +273,20 @@ pub fn guest_main(args: &[String]) -> Result<bool> {
         "false",
         "--log-level",
         "info",
-    ];
+    ]
+    .map(String::from)
+    .to_vec();
+    // Extra arguments from the harness (`--agent-arg`), one per line.
+    if let Some(file) = flag(args, "--agent-args-file") {
+        let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
+        extra.extend(text.lines().filter(|l| !l.is_empty()).map(String::from));
+    }
     let agent_started = Instant::now();
     let agent = match GuestAgent::start(&bin, addr, &extra, Duration::from_secs(240)) {
         Ok(a) => a,
         Err(e) => {
             let why = format!("the agent did not start: {e:#}");
-            sink.emit("agent", json!({"ready": false, "detail": why}));
+            sink.emit("agent", json!({"ready": false, "detail": why, "args": extra}));
             for s in SCENARIOS.iter().filter(|s| only.as_ref().is_none_or(|o| o.contains(&s.name))) {
                 sink.emit(
                     "scenario",
@@ -281,7 +297,8 @@ pub fn guest_main(args: &[String]) -> Result<bool> {
             return Ok(false);
         }
     };
-    sink.emit("agent", json!({"ready": true, "startup_seconds": agent_started.elapsed().as_secs_f64()}));
+    let startup = agent_started.elapsed().as_secs_f64();
+    sink.emit("agent", json!({"ready": true, "startup_seconds": startup, "args": extra}));
     let status = agent.get_json("/status").unwrap_or_else(|e| json!({"error": e}));
     let hooks = parse_hooks(&status);
     sink.emit("status", json!({"phase": "start", "status": status}));
