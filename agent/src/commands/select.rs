@@ -17,10 +17,19 @@ use crate::config::{CollectorChoice, Config};
 use crate::ecs::environment::Environment;
 use crate::preflight::{self, KernelInfo};
 
-/// What `/status` says sock_diag mode cannot see.
+/// What `/status` says sock_diag mode cannot see, when it may enter other network
+/// namespaces (root / CAP_SYS_ADMIN): it dumps every one with a process in it.
 pub const SOCK_DIAG_LIMITS: &str = "sock_diag polls the socket table: it misses connections that open and \
      close between two polls and bytes sent after the last poll of a connection; no UDP, no process \
-     (pid/comm), no failure reasons; only the agent's network namespace";
+     (pid/comm), no failure reasons; it dumps every network namespace with a process in /proc (up to 1024 \
+     per scan, more are counted in drops), not namespaces no process is in";
+
+/// What `/status` says sock_diag mode cannot see without the privilege to enter other
+/// network namespaces (Fargate, unprivileged): only the agent's own is dumped.
+pub const SOCK_DIAG_LIMITS_OWN_NAMESPACE: &str = "sock_diag polls the socket table: it misses connections \
+     that open and close between two polls and bytes sent after the last poll of a connection; no UDP, no \
+     process (pid/comm), no failure reasons; only the agent's network namespace (entering the others needs \
+     CAP_SYS_ADMIN and the host's pid namespace)";
 
 /// The collector that runs, and why.
 pub struct Selected {
@@ -85,14 +94,15 @@ fn start_sock_diag(
     let kernel = preflight::kernel_info(cfg.cgroup_path.as_deref());
     let source =
         SockDiagSource::start(SockDiagSettings { max_sockets: cfg.flow_map_entries }, clock.clone())?;
-    tracing::info!(limits = SOCK_DIAG_LIMITS, "collector: {}", sock_diag::TCP_HOOK);
+    let limits = if source.sees_all_namespaces() { SOCK_DIAG_LIMITS } else { SOCK_DIAG_LIMITS_OWN_NAMESPACE };
+    tracing::info!(limits, "collector: {}", sock_diag::TCP_HOOK);
     Ok(Selected {
         source: Box::new(source),
         kernel,
         clock,
         kind: sock_diag::KIND,
         reason,
-        limits: Some(SOCK_DIAG_LIMITS),
+        limits: Some(limits),
     })
 }
 

@@ -1,10 +1,13 @@
 //! One INET_DIAG dump over a `NETLINK_SOCK_DIAG` socket (rust-netlink crates), turned
 //! into plain [`Sample`]s: the one place where netlink types are read.
 //!
-//! The dump covers every TCP socket of the calling thread's network namespace for one
-//! address family, with the `INET_DIAG_INFO` extension (`struct tcp_info`). It needs
-//! no privileges. Messages that do not decode are counted and skipped; a netlink
-//! error ends the dump with an error.
+//! [`open`] creates a `NETLINK_SOCK_DIAG` socket, which stays bound to the network
+//! namespace of the thread that created it (wherever it is used afterwards). A dump
+//! over it covers every TCP socket of that namespace for one address family, with the
+//! `INET_DIAG_INFO` extension (`struct tcp_info`). It needs no privileges. Messages
+//! that do not decode are counted and skipped; messages of another request (a stale
+//! answer) are skipped; a netlink error ends the dump with an error, after which the
+//! socket may hold the rest of that answer: callers close it and open a new one.
 
 use std::net::SocketAddr;
 
@@ -66,16 +69,31 @@ pub struct Dump {
     pub over_limit: u64,
 }
 
-/// Dumps TCP sockets of one family (`AF_INET` or `AF_INET6`) into `out`, keeping at
-/// most `limit` samples in it (the rest is read and counted).
-pub fn dump_tcp(ipv6: bool, out: &mut Dump, limit: usize) -> Result<(), SockDiagError> {
-    let io = |op: &'static str| move |source| SockDiagError::Io { op, source };
+fn io(op: &'static str) -> impl Fn(std::io::Error) -> SockDiagError {
+    move |source| SockDiagError::Io { op, source }
+}
+
+/// A `NETLINK_SOCK_DIAG` socket in the calling thread's network namespace.
+pub fn open() -> Result<Socket, SockDiagError> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(io("socket(NETLINK_SOCK_DIAG)"))?;
     socket.bind_auto().map_err(io("bind"))?;
     socket.connect(&NlAddr::new(0, 0)).map_err(io("connect"))?;
+    Ok(socket)
+}
 
+/// Dumps TCP sockets of one family (`AF_INET` or `AF_INET6`) of `socket`'s namespace
+/// into `out`, keeping at most `limit` samples in it (the rest is read and counted).
+/// `seq` tells this request's answer from a stale one.
+pub fn dump_tcp(
+    socket: &Socket,
+    seq: u32,
+    ipv6: bool,
+    out: &mut Dump,
+    limit: usize,
+) -> Result<(), SockDiagError> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
     let request = InetRequest {
         family: if ipv6 { AF_INET6 } else { AF_INET },
         protocol: IPPROTO_TCP,
@@ -113,6 +131,14 @@ pub fn dump_tcp(ipv6: bool, out: &mut Dump, limit: usize) -> Result<(), SockDiag
                 }
             };
             let len = msg.header.length as usize;
+            if msg.header.sequence_number != seq {
+                // The rest of an answer to an earlier request: not this dump.
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+                continue;
+            }
             match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     if out.samples.len() < limit {

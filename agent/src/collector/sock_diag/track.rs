@@ -1,6 +1,7 @@
 //! Socket samples of successive dumps → flow records: which sockets are flows, their
 //! direction, their payload bytes (SYN and FIN excluded, as in the eBPF collector),
-//! and which ones ended (vanished since the previous dump). Pure logic, no I/O.
+//! and which ones ended (vanished since the previous dump of their network namespace,
+//! or with their namespace). Pure logic, no I/O.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +32,8 @@ struct Tracked {
     raw_received_before_fin: Option<u64>,
     /// Already reported closed (the application still holds the socket in CLOSE).
     reported_closed: bool,
+    /// An AF_INET6 socket (dual-stack ones included): seen in the IPv6 dump.
+    ipv6_socket: bool,
 }
 
 /// What one scan produced.
@@ -42,34 +45,62 @@ pub struct ScanResult {
     pub over_capacity: u64,
 }
 
-/// Tracks sockets across dumps, keyed by socket cookie; bounded by `capacity`.
+/// The tracked sockets of one network namespace.
+#[derive(Debug, Default)]
+struct Namespace {
+    flows: HashMap<u64, Tracked>,
+    /// A dump of this namespace was applied before (its new sockets get an open time).
+    scanned: bool,
+}
+
+/// Tracks sockets across dumps, keyed by network namespace and socket cookie (cookies are
+/// per-namespace counters on kernels before 5.12); bounded by `capacity` sockets in all.
 #[derive(Debug)]
 pub struct Tracker {
-    flows: HashMap<u64, Tracked>,
+    namespaces: HashMap<Option<u32>, Namespace>,
+    len: usize,
     capacity: usize,
-    scans: u64,
-    netns: Option<u32>,
 }
 
 impl Tracker {
-    pub fn new(capacity: usize, netns: Option<u32>) -> Self {
-        Tracker { flows: HashMap::new(), capacity: capacity.max(1), scans: 0, netns }
+    pub fn new(capacity: usize) -> Self {
+        Tracker { namespaces: HashMap::new(), len: 0, capacity: capacity.max(1) }
     }
 
     /// Sockets tracked now (open, or closed but still held by their application).
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.len == 0
     }
 
-    /// Applies one dump taken at `now_ns` (CLOCK_MONOTONIC). Only a `complete` dump closes
-    /// the sockets missing from it; after an incomplete one they stay tracked (not live).
-    pub fn scan(&mut self, samples: &[Sample], complete: bool, now_ns: u64, clock: &dyn Clock) -> ScanResult {
-        let first = self.scans == 0;
-        self.scans += 1;
+    /// Namespaces with a dump applied and not forgotten since.
+    pub fn namespaces(&self) -> Vec<Option<u32>> {
+        self.namespaces.keys().copied().collect()
+    }
+
+    /// Whether namespace `netns` has tracked sockets of the IPv6 dump (`ipv6`) or the IPv4 one.
+    pub fn has_flows(&self, netns: Option<u32>, ipv6: bool) -> bool {
+        self.namespaces.get(&netns).is_some_and(|ns| ns.flows.values().any(|t| t.ipv6_socket == ipv6))
+    }
+
+    /// Applies one dump of namespace `netns` taken at `now_ns` (CLOCK_MONOTONIC). Only a
+    /// `complete` dump closes the namespace's sockets missing from it; after an incomplete
+    /// one they stay tracked (not live). Other namespaces are untouched.
+    pub fn scan(
+        &mut self,
+        netns: Option<u32>,
+        samples: &[Sample],
+        complete: bool,
+        now_ns: u64,
+        clock: &dyn Clock,
+    ) -> ScanResult {
+        let ns = self.namespaces.entry(netns).or_default();
+        let first = !ns.scanned;
+        ns.scanned = true;
+        // Listening sockets of this namespace only: a port is per namespace.
         let listeners: HashSet<(IpAddr, u16)> = samples
             .iter()
             .filter(|s| s.state == TCP_LISTEN)
@@ -82,17 +113,20 @@ impl Tracker {
             if s.state == TCP_LISTEN || s.remote.port() == 0 {
                 continue;
             }
-            if !self.flows.contains_key(&s.cookie) && self.flows.len() >= self.capacity {
-                out.over_capacity += 1;
-                continue;
+            if !ns.flows.contains_key(&s.cookie) {
+                if self.len >= self.capacity {
+                    out.over_capacity += 1;
+                    continue;
+                }
+                self.len += 1;
             }
             seen.insert(s.cookie);
-            let netns = self.netns;
-            let t = self.flows.entry(s.cookie).or_insert_with(|| Tracked {
+            let t = ns.flows.entry(s.cookie).or_insert_with(|| Tracked {
                 record: new_record(s, &listeners, netns, (!first).then(|| clock.wall_at(now_ns))),
                 last_ns: now_ns,
                 raw_received_before_fin: None,
                 reported_closed: false,
+                ipv6_socket: s.local.is_ipv6(),
             });
             if t.reported_closed {
                 continue;
@@ -127,16 +161,32 @@ impl Tracker {
         if !complete {
             return out;
         }
-        let gone: Vec<u64> = self.flows.keys().filter(|c| !seen.contains(c)).copied().collect();
+        let gone: Vec<u64> = ns.flows.keys().filter(|c| !seen.contains(c)).copied().collect();
         for cookie in gone {
-            if let Some(mut t) = self.flows.remove(&cookie)
-                && !t.reported_closed
-            {
-                t.record.closed_at = Some(clock.wall_at(now_ns));
-                out.closed.push(Observed { record: t.record, last_ns: now_ns });
+            if let Some(mut t) = ns.flows.remove(&cookie) {
+                self.len = self.len.saturating_sub(1);
+                if !t.reported_closed {
+                    t.record.closed_at = Some(clock.wall_at(now_ns));
+                    out.closed.push(Observed { record: t.record, last_ns: now_ns });
+                }
             }
         }
         out
+    }
+
+    /// Drops namespace `netns` (it vanished): its sockets not yet reported closed are
+    /// reported closed now, with their last-seen counters.
+    pub fn forget(&mut self, netns: Option<u32>, now_ns: u64, clock: &dyn Clock) -> Vec<Observed> {
+        let Some(ns) = self.namespaces.remove(&netns) else { return Vec::new() };
+        self.len = self.len.saturating_sub(ns.flows.len());
+        ns.flows
+            .into_values()
+            .filter(|t| !t.reported_closed)
+            .map(|mut t| {
+                t.record.closed_at = Some(clock.wall_at(now_ns));
+                Observed { record: t.record, last_ns: now_ns }
+            })
+            .collect()
     }
 }
 
