@@ -304,6 +304,14 @@ for s in "${series_list[@]}"; do
   set +e
   boot "$accel" "$k" "$d" "$timeout_s" ""
   rc=$?
+  if [ "$accel" = kvm ] && grep -q 'KVM internal error' "$d/qemu.log" "$d/console.log" 2>/dev/null; then
+    # The probe booted, but KVM broke later: this kernel and the next ones under TCG.
+    log "kernel $s: $(grep -h -m1 -o 'KVM internal error.*' "$d/qemu.log" "$d/console.log"): again with TCG"
+    accel=tcg
+    t0=$(date +%s)
+    boot "$accel" "$k" "$d" "$timeout_s" ""
+    rc=$?
+  fi
   set -e
   wall=$(( $(date +%s) - t0 ))
   exit_state=ok

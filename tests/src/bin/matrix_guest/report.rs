@@ -151,6 +151,9 @@ pub fn main(args: &[String]) -> Result<bool> {
             run.agent["startup_seconds"].as_f64().map_or("?".into(), |s| format!("{s:.1}")),
             run.meta["exit"].as_str().unwrap_or("?"),
         );
+        if let Some(collector) = run.status_end["collector"].as_str() {
+            println!("   collector: {collector}");
+        }
         if let Some(args) = run.agent["args"].as_array() {
             let args: Vec<&str> = args.iter().filter_map(Value::as_str).collect();
             println!("   agent: eddy-agent run {}", args.join(" "));
@@ -178,6 +181,7 @@ pub fn main(args: &[String]) -> Result<bool> {
         if !drops.is_empty() {
             println!("   drops (non-zero): {drops:?}");
         }
+        println!("   files: {}/{{console.log,results.jsonl}}", out.join(&run.series).display());
     }
 
     let mut caps: Vec<String> = CAPABILITIES.iter().map(|s| s.to_string()).collect();

@@ -281,6 +281,11 @@ pub fn guest_main(args: &[String]) -> Result<bool> {
         let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
         extra.extend(text.lines().filter(|l| !l.is_empty()).map(String::from));
     }
+    // The matrix tests the kernel programs: no silent fallback to sock_diag when eBPF cannot load
+    // (then the agent exits and every scenario fails with its reason), unless asked for.
+    if !extra.iter().any(|a| a == "--collector") {
+        extra.extend(["--collector".to_string(), "ebpf".to_string()]);
+    }
     let agent_started = Instant::now();
     let agent = match GuestAgent::start(&bin, addr, &extra, Duration::from_secs(240)) {
         Ok(a) => a,

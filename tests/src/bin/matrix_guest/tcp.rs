@@ -1,6 +1,7 @@
 //! TCP scenarios with exact payload bytes on both ends: one small and one large exchange, a live
 //! connection, 500 short connections (each with its own byte counts), and an exchange over `::1`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -225,33 +226,50 @@ pub fn churn(ctx: &Ctx) -> Outcome {
         wants.push(Want::tcp("server", server, peer, (churn_down(up) as u64, up as u64)).cookie(cookie));
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut last;
-    loop {
-        let (ok, problems) = match ctx.agent.flows() {
+    let j = loop {
+        let j = match ctx.agent.flows() {
             Ok(records) => judge_churn(&records, &wants, server),
-            Err(e) => ([0, 0], vec![e]),
+            Err(e) => Judgement { problems: vec![e], ..Judgement::default() },
         };
-        last = (ok, problems);
-        if last.1.is_empty() || std::time::Instant::now() >= deadline {
-            break;
+        if j.problems.is_empty() || std::time::Instant::now() >= deadline {
+            break j;
         }
         std::thread::sleep(Duration::from_millis(500));
-    }
-    let (ok, problems) = last;
-    let data = json!({"connections": n, "client_exact": ok[0], "server_exact": ok[1],
-                      "problems": problems.iter().take(20).collect::<Vec<_>>()});
-    let summary = format!("client {}/{n} exact, server {}/{n} exact", ok[0], ok[1]);
-    if problems.is_empty() {
+    };
+    let data = json!({"connections": n, "client_exact": j.ok[0], "server_exact": j.ok[1], "kinds": j.kinds,
+                      "problems": j.problems.iter().take(20).collect::<Vec<_>>()});
+    let summary = format!("client {}/{n} exact, server {}/{n} exact", j.ok[0], j.ok[1]);
+    if j.problems.is_empty() {
         Outcome::pass(summary, data)
     } else {
-        let shown: Vec<&String> = problems.iter().take(5).collect();
-        Outcome::fail(format!("{summary}; {} problems, e.g. {shown:?}", problems.len()), data)
+        let kinds: Vec<String> = j.kinds.iter().map(|(k, n)| format!("{n}× {k}")).collect();
+        let shown: Vec<&String> = j.problems.iter().take(3).collect();
+        Outcome::fail(format!("{summary} ({}); e.g. {shown:?}", kinds.join(", ")), data)
     }
 }
 
-/// Counts exact records per side (`[client, server]`) and lists every problem.
-fn judge_churn(records: &[FlowRecord], wants: &[Want], server: SocketAddr) -> ([usize; 2], Vec<String>) {
-    use std::collections::HashMap;
+/// What one poll of `/flows` says about the churn connections.
+#[derive(Default)]
+struct Judgement {
+    /// Exact records, `[client, server]`.
+    ok: [usize; 2],
+    /// Problems by kind (`client: bytes_received 0`, `server: no record`, ...).
+    kinds: BTreeMap<String, usize>,
+    problems: Vec<String>,
+}
+
+/// The kind of a byte mismatch: `bytes_sent 0`, `bytes_received high`, ...
+fn byte_kind(field: &str, got: u64, want: u64) -> Option<String> {
+    match got.cmp(&want) {
+        std::cmp::Ordering::Equal => None,
+        _ if got == 0 => Some(format!("{field} 0")),
+        std::cmp::Ordering::Greater => Some(format!("{field} high")),
+        std::cmp::Ordering::Less => Some(format!("{field} low")),
+    }
+}
+
+/// Counts exact records per side and classifies every problem.
+fn judge_churn(records: &[FlowRecord], wants: &[Want], server: SocketAddr) -> Judgement {
     let mut by_cookie: HashMap<u64, Vec<&FlowRecord>> = HashMap::new();
     for r in records.iter().filter(|r| {
         r.protocol == "tcp" && (r.local.socket_addr() == server || r.remote.socket_addr() == server)
@@ -260,30 +278,41 @@ fn judge_churn(records: &[FlowRecord], wants: &[Want], server: SocketAddr) -> ([
             by_cookie.entry(c).or_default().push(r);
         }
     }
-    let mut ok = [0usize; 2];
-    let mut problems = Vec::new();
+    let mut j = Judgement::default();
     for w in wants {
-        let side = usize::from(w.side == "server");
         let cookie = w.cookie.unwrap_or_default();
-        match by_cookie.get(&cookie).map(Vec::as_slice) {
+        let mut kinds = Vec::new();
+        let problem = match by_cookie.get(&cookie).map(Vec::as_slice) {
             Some([r]) => {
                 let mut m = w.mismatches(r);
                 if r.local.socket_addr() != w.local || r.remote.socket_addr() != w.remote {
                     m.push(format!("tuple {} -> {}", r.local.socket_addr(), r.remote.socket_addr()));
+                    kinds.push("tuple".to_string());
                 }
+                kinds.extend(byte_kind("bytes_sent", r.bytes_sent, w.bytes.0));
+                kinds.extend(byte_kind("bytes_received", r.bytes_received, w.bytes.1));
                 if m.is_empty() {
-                    ok[side] += 1;
-                } else {
-                    problems.push(format!("{} {} (cookie {cookie}): {}", w.side, w.local, m.join(", ")));
+                    j.ok[usize::from(w.side == "server")] += 1;
+                    continue;
                 }
+                if kinds.is_empty() {
+                    kinds.push("other".to_string());
+                }
+                format!("{} {} (cookie {cookie}): {}", w.side, w.local, m.join(", "))
             }
             Some(many) => {
-                problems.push(format!("{} {} (cookie {cookie}): {} records", w.side, w.local, many.len()))
+                kinds.push("several records".to_string());
+                format!("{} {} (cookie {cookie}): {} records", w.side, w.local, many.len())
             }
             None => {
-                problems.push(format!("{} {} -> {} (cookie {cookie}): no record", w.side, w.local, w.remote))
+                kinds.push("no record".to_string());
+                format!("{} {} -> {} (cookie {cookie}): no record", w.side, w.local, w.remote)
             }
+        };
+        for k in kinds {
+            *j.kinds.entry(format!("{}: {k}", w.side)).or_default() += 1;
         }
+        j.problems.push(problem);
     }
-    (ok, problems)
+    j
 }
