@@ -18,6 +18,8 @@
 # Exit status: 0 only when every scenario passed on every kernel. Root (Debian 12): installs qemu-system-x86,
 # busybox-static and cpio when missing. Kernels are cached in ${EDDY_TOOLS_DIR:-/opt/eddy-tools}/kernels.
 set -euo pipefail
+# Errors inside $(...) (kernel fetching runs there) stop the script too.
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 repo=$PWD
 
@@ -88,8 +90,8 @@ suite_of() {
 
 # The archive keyring that signs a suite. Debian's debian-archive-keyring ships one file per release
 # (debian-archive-<suite>-stable.gpg); the combined keyring covers the suite when that file is there. If the
-# installed keyring predates the suite, take a newer debian-archive-keyring package from bookworm-updates /
-# bookworm-backports (signed by bookworm's key, which every Debian 12 keyring has) and use its keyring.
+# installed keyring predates the suite, take the newest debian-archive-keyring package of bookworm (point
+# releases, -updates, -backports: signed by bookworm's key, which every Debian 12 keyring has) and use it.
 keyring_for() {
   local suite=$1 sys=/usr/share/keyrings
   if [ -f "$sys/debian-archive-$suite-stable.gpg" ] && [ -z "${EDDY_MATRIX_FORCE_KEYRING_FETCH:-}" ]; then
@@ -102,6 +104,7 @@ keyring_for() {
     local adir=$kcache/apt/keyring
     mkdir -p "$adir/lists/partial" "$adir/cache/archives/partial" "$adir/dl"
     cat >"$adir/sources.list" <<EOF
+deb [signed-by=$sys/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
 deb [signed-by=$sys/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates main
 deb [signed-by=$sys/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
 EOF
