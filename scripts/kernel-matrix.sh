@@ -255,6 +255,8 @@ echo "EDDY-INIT $(uname -r), $(nproc) CPUs, $(grep MemTotal /proc/meminfo)"
   --agent-args-file /etc/eddy-matrix/agent-args
 echo "EDDY-DRIVER-EXIT $?"
 sync
+# The serial ports drain after the last write returns: give them a moment before the power goes.
+sleep 2
 poweroff -f
 EOF
 chmod 755 "$stage/init"
