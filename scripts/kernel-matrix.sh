@@ -54,6 +54,10 @@ out=$(cd "$out" && pwd)
 log() { printf '[kernel-matrix] %s\n' "$*" >&2; }
 die() { printf 'kernel-matrix.sh: %s\n' "$*" >&2; exit 1; }
 
+# One run per results directory (a second one would delete the first one's initramfs).
+exec 8>"$out/.lock"
+flock -n 8 || die "another kernel-matrix.sh is using $out; wait for it or pick another --out"
+
 # ---------------------------------------------------------------------------------------------------------
 # Host packages: qemu, a static busybox for the guest's shell tools, cpio for the initramfs.
 # ---------------------------------------------------------------------------------------------------------
@@ -78,6 +82,16 @@ fi
 tools=${EDDY_TOOLS_DIR:-/opt/eddy-tools}
 kcache=$tools/kernels
 mkdir -p "$kcache"
+# The kernel cache and the VMs are shared by every run on this machine: one run at a time holds fd 9's lock,
+# while fetching and again for the boots (two TCG guests on 2 cores would distort each other's timing).
+exec 9>"$kcache/.lock"
+machine_lock() {
+  flock -n 9 && return
+  log "another kernel-matrix.sh run holds $kcache/.lock: waiting"
+  flock 9
+}
+machine_unlock() { flock -u 9; }
+machine_lock
 
 suite_of() {
   case "$1" in
@@ -194,6 +208,7 @@ declare -A kdir
 for s in "${series_list[@]}"; do
   kdir[$s]=$(fetch_kernel "$s")
 done
+machine_unlock
 
 # ---------------------------------------------------------------------------------------------------------
 # Binaries: exactly the feature set scripts/test.sh builds, so nothing is compiled twice.
@@ -279,6 +294,7 @@ boot() { # boot ACCEL KERNEL_DIR RUN_DIR TIMEOUT APPEND_EXTRA
     -serial "file:$d/console.log" -serial "file:$d/results.jsonl" </dev/null >"$d/qemu.log" 2>&1
 }
 
+machine_lock
 if [ "$accel" = auto ]; then
   accel=tcg
   if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
@@ -339,6 +355,7 @@ for s in "${series_list[@]}"; do
  "accel": "$accel", "wall_seconds": $wall, "exit": "$exit_state", "timeout_seconds": $timeout_s}
 EOF
 done
+machine_unlock
 total=$(( $(date +%s) - started_all ))
 log "all kernels: ${total}s wall"
 
