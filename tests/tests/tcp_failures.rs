@@ -153,6 +153,17 @@ fn reset(sockops: bool) {
     let records = capture.finish();
     // With sockops, only a byte hook or the socket iterator can name the process: neither is sure to.
     let want = Expected { failure: "reset", bytes: (REQUEST as u64, 0), pid: !sockops };
+    // The aborting end (SO_LINGER 0) reports the reset too, with what it received.
+    let mut c = Checker::new();
+    match find_records(&records, "tcp", remote, local).as_slice() {
+        [r] => {
+            let ctx = format!("aborting server {remote} <- {local}");
+            c.eq(&ctx, "failure", r.failure.as_deref(), Some("reset"));
+            c.eq(&ctx, "bytes (sent, received)", (r.bytes_sent, r.bytes_received), (0, REQUEST as u64));
+        }
+        found => c.fail(format!("{} server-side records {remote} <- {local}, expected 1", found.len())),
+    }
+    c.finish(&describe_records(&records, &[local, remote]));
     check_failure(&records, &s.client_ns, (local, remote), cookie, want);
 }
 

@@ -33,6 +33,8 @@
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define ECONNRESET 104
 #define TCP_LISTEN 10
 #define MSG_PEEK 2
 #define SOCK_DONE 1 /* enum sock_flags: SOCK_DEAD = 0, SOCK_DONE = 1 */
@@ -237,19 +239,45 @@ static __always_inline unsigned long sock_flags(struct sock *sk)
  * Counters only grow while the socket lives (tcp_disconnect() zeroes them,
  * after CLOSE): keep the largest.
  */
-static __always_inline void tcp_sock_bytes(struct eddy_flow *e, struct sock *sk)
+struct payload_bytes {
+	__u64 sent;
+	__u64 received;
+};
+
+static __always_inline struct payload_bytes tcp_sock_counts(struct sock *sk)
 {
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	__u64 sent = tp->bytes_sent - tp->bytes_retrans;
-	__u64 rcvd = tp->bytes_received;
+	struct payload_bytes b = { .sent = tp->bytes_sent - tp->bytes_retrans, .received = tp->bytes_received };
 
-	if (rcvd > 0 && (sock_flags(sk) & (1UL << SOCK_DONE)))
-		rcvd -= 1;
-	if (sent > e->bytes_sent)
-		e->bytes_sent = sent;
-	if (rcvd > e->bytes_received)
-		e->bytes_received = rcvd;
+	if (b.received > 0 && (sock_flags(sk) & (1UL << SOCK_DONE)))
+		b.received -= 1;
+	return b;
 }
+
+static __always_inline void keep_largest(struct eddy_flow *e, struct payload_bytes b)
+{
+	if (b.sent > e->bytes_sent)
+		e->bytes_sent = b.sent;
+	if (b.received > e->bytes_received)
+		e->bytes_received = b.received;
+}
+
+static __always_inline void tcp_sock_bytes(struct eddy_flow *e, struct sock *sk)
+{
+	keep_largest(e, tcp_sock_counts(sk));
+}
+
+/*
+ * sockops with per-call kprobe bytes (EDDY_CFG_BYTES_MAX_AT_CLOSE): the
+ * tcp_sock counters at CLOSE of a socket the application still holds (it may
+ * still read what is queued), applied when it releases the socket.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* socket cookie */
+	__type(value, struct payload_bytes);
+} CLOSE_COUNTS SEC(".maps");
 
 /* The connection reached CLOSE: keep the error (set before the state change,
  * cleared once the application reads it) and the final tcp_sock counters
@@ -287,6 +315,8 @@ static __always_inline void finish(struct eddy_flow *e, struct sock *sk, __u64 c
 		mark_closed(e, sk, now); /* CLOSE was not seen (e.g. opened before the agent) */
 	else if (e->sk_err == 0)
 		e->sk_err = sk->sk_err; /* an abort (SO_LINGER 0) sets it after CLOSE */
+	if (config_bits() & EDDY_CFG_BYTES_MAX_AT_CLOSE)
+		tcp_sock_bytes(e, sk); /* per-call kretprobes miss returns: no byte can move any more */
 	e->last_ns = now;
 	emit(e, cookie);
 }
@@ -541,9 +571,12 @@ int BPF_KPROBE(eddy_recv_kprobe, struct sock *sk)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct recvmsg_args a = { .sk = (__u64)sk };
+	__u64 arg4 = PT_REGS_PARM4(ctx), arg5 = PT_REGS_PARM5(ctx);
 
-	/* Before 5.19 the flags are argument 5 (after `nonblock`); the agent says which. */
-	a.flags = (config_bits() & EDDY_CFG_RECVMSG_NONBLOCK_ARG) ? PT_REGS_PARM5(ctx) : PT_REGS_PARM4(ctx);
+	/* Both loads at fixed ctx offsets (the verifier refuses a computed one), then the choice:
+	 * before 5.19 the flags are argument 5 (after `nonblock`); the agent says which. */
+	asm volatile("" : "+r"(arg4), "+r"(arg5));
+	a.flags = (config_bits() & EDDY_CFG_RECVMSG_NONBLOCK_ARG) ? arg5 : arg4;
 	bpf_map_update_elem(&RECVMSG_ARGS, &id, &a, BPF_ANY);
 	return 0;
 }
@@ -808,6 +841,25 @@ int eddy_sockops(struct bpf_sock_ops *skops)
 			break;
 		}
 		mark_closed(e, sk, now);
+		/*
+		 * An established connection that the application has released and that goes
+		 * straight to CLOSE was aborted by this end (SO_LINGER 0, or unread data): the
+		 * kernel sends a RST and sets ECONNRESET only after this callback, so the error
+		 * the tp_btf path reads at destroy is not there yet.
+		 */
+		if (e->sk_err == 0 && (e->flags & EDDY_FLAG_RELEASED) &&
+		    (skops->args[0] == TCP_ESTABLISHED || skops->args[0] == TCP_CLOSE_WAIT))
+			e->sk_err = ECONNRESET;
+		/* Per-call kretprobes miss returns: the final bytes are the larger of the per-call
+		 * sums and the counters, once the application can read or write nothing more. */
+		if (config_bits() & EDDY_CFG_BYTES_MAX_AT_CLOSE) {
+			struct payload_bytes b = tcp_sock_counts(sk);
+
+			if (e->flags & EDDY_FLAG_RELEASED)
+				keep_largest(e, b);
+			else
+				bpf_map_update_elem(&CLOSE_COUNTS, &cookie, &b, BPF_ANY);
+		}
 		if (e->flags & EDDY_FLAG_RELEASED)
 			emit(e, cookie);
 		break;
@@ -830,8 +882,15 @@ int eddy_sock_release(struct bpf_sock *ctx)
 		return 1;
 	}
 	e->flags |= EDDY_FLAG_RELEASED;
-	if (e->closed_ns)
+	if (e->closed_ns) {
+		struct payload_bytes *b = bpf_map_lookup_elem(&CLOSE_COUNTS, &cookie);
+
+		if (b) {
+			keep_largest(e, *b);
+			bpf_map_delete_elem(&CLOSE_COUNTS, &cookie);
+		}
 		emit(e, cookie);
+	}
 	return 1;
 }
 

@@ -136,6 +136,10 @@ impl EbpfSource {
         if matches!(bytes.chosen.as_deref(), Some(c) if c == counters || c == hooks::TCP_BYTES_AT_CLOSE) {
             config_bits |= k::CFG_BYTES_FROM_TCP_SOCK;
         }
+        // kretprobes miss returns when more calls wait at once than they have instances for.
+        if bytes.chosen.as_deref().is_some_and(|c| c.starts_with("kprobe/")) {
+            config_bits |= k::CFG_BYTES_MAX_AT_CLOSE;
+        }
         let live_iter = program_of(hooks::TCP_LIVE, live.chosen.as_deref());
         if recvmsg_has_nonblock_arg() {
             config_bits |= k::CFG_RECVMSG_NONBLOCK_ARG;
