@@ -20,6 +20,9 @@
 set -euo pipefail
 # Errors inside $(...) (kernel fetching runs there) stop the script too.
 shopt -s inherit_errexit
+# Everything runs inside main(), which bash reads whole before running it: editing this file while a run is
+# in progress cannot change what that run executes.
+main() {
 cd "$(dirname "$0")/.."
 repo=$PWD
 
@@ -287,11 +290,28 @@ boot() { # boot ACCEL KERNEL_DIR RUN_DIR TIMEOUT APPEND_EXTRA
   local acc=$1 k=$2 d=$3 t=$4 extra=$5 cpu=max
   [ "$acc" = kvm ] && cpu=host
   mkdir -p "$d"
-  rm -f "$d/console.log" "$d/results.jsonl"
+  rm -f "$d/console.log" "$d/results.jsonl" "$d/qemu.log"
   timeout -k 10 "$t" qemu-system-x86_64 -accel "$acc" -cpu "$cpu" -m 2048 -smp 2 \
     -display none -monitor none -no-reboot -nic none \
     -kernel "$k/vmlinuz" -initrd "$initrd" -append "console=ttyS0 panic=-1 quiet $extra" \
     -serial "file:$d/console.log" -serial "file:$d/results.jsonl" </dev/null >"$d/qemu.log" 2>&1
+}
+
+# The KVM probe: a boot whose /init prints a marker and powers off; given up as soon as KVM reports an
+# internal error (the guest then hangs), after 20 s at most.
+probe_kvm() { # probe_kvm KERNEL_DIR RUN_DIR
+  local k=$1 d=$2 pid
+  boot kvm "$k" "$d" 20 eddy.probe=1 &
+  pid=$!
+  for _ in $(seq 1 80); do
+    sleep 0.25
+    kill -0 "$pid" 2>/dev/null || break
+    grep -qs 'KVM internal error' "$d/qemu.log" "$d/console.log" && break
+  done
+  # The timeout(1) inside boot ends qemu at 20 s anyway; stop it now (our own child, by its process id).
+  pkill -TERM -P "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  grep -qs EDDY-PROBE-OK "$d/console.log"
 }
 
 machine_lock
@@ -300,7 +320,7 @@ if [ "$accel" = auto ]; then
   if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     probe=$out/kvm-probe
     first=${series_list[0]}
-    if boot kvm "${kdir[$first]}" "$probe" 20 eddy.probe=1 && grep -q EDDY-PROBE-OK "$probe/console.log"; then
+    if probe_kvm "${kdir[$first]}" "$probe"; then
       accel=kvm
       log "KVM works: using -accel kvm"
     else
@@ -365,3 +385,6 @@ fi
 
 # The report (per-kernel scenario lines, the hook table, DIR/matrix.json) and the exit status.
 "$bindir/eddy-matrix-guest" report --out "$out" --series "$kernels" --total-seconds "$total"
+}
+
+main "$@"
