@@ -255,7 +255,8 @@ pub fn guest_main(args: &[String]) -> Result<bool> {
     let only: Option<Vec<&str>> = flag(args, "--only").map(|s| s.split(',').collect());
     let sink = Sink::open(&results, kernel_release());
     let version = std::fs::read_to_string("/proc/version").unwrap_or_default();
-    sink.emit("boot", json!({"proc_version": version.trim(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)}));
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    sink.emit("boot", json!({"proc_version": version.trim(), "cpus": cpus}));
 
     let addr: SocketAddr = AGENT_ADDR.parse().context("agent address")?;
     let mut extra: Vec<String> = [
@@ -322,14 +323,16 @@ pub fn guest_main(args: &[String]) -> Result<bool> {
         }
         sink.emit(
             "scenario",
-            json!({"scenario": s.name, "result": o.verdict.as_str(), "detail": o.detail, "seconds": secs, "data": o.data}),
+            json!({"scenario": s.name, "result": o.verdict.as_str(), "detail": o.detail,
+                   "seconds": secs, "data": o.data}),
         );
     }
     let status = ctx.agent.get_json("/status").unwrap_or_else(|e| json!({"error": e}));
     sink.emit("status", json!({"phase": "end", "status": status}));
     sink.emit(
         "done",
-        json!({"seconds": started.elapsed().as_secs_f64(), "passed": passed, "total": total, "agent_alive": ctx.agent.alive()}),
+        json!({"seconds": started.elapsed().as_secs_f64(), "passed": passed, "total": total,
+               "agent_alive": ctx.agent.alive()}),
     );
     Ok(passed == total)
 }
@@ -369,13 +372,17 @@ mod tests {
 
     #[test]
     fn key_reason_picks_the_verifier_complaint() {
-        let r = "eddy_state: the kernel refused to load it (Invalid argument (os error 22)); verifier:  R0=ptr_tcp_sock(id=0) | ; cookie = bpf_get_socket_cookie(sk); | 19: (85) call bpf_get_socket_cookie#46 | unknown func bpf_get_socket_cookie#46 | verification time 3946 usec";
+        let r = "eddy_state: the kernel refused to load it (Invalid argument (os error 22)); verifier:  \
+                 R0=ptr_tcp_sock(id=0) | ; cookie = bpf_get_socket_cookie(sk); | \
+                 19: (85) call bpf_get_socket_cookie#46 | unknown func bpf_get_socket_cookie#46 | \
+                 verification time 3946 usec";
         assert_eq!(key_reason(r), "eddy_state: unknown func bpf_get_socket_cookie#46");
         assert_eq!(
             key_reason("eddy_send_tp: unknown BTF type `btf_trace_sock_send_length`"),
             "eddy_send_tp: unknown BTF type `btf_trace_sock_send_length`"
         );
-        let r = "eddy_udp_egress: the kernel refused (x); verifier: 654: (7b) *(u64 *)(r9 +80) = r6 | R0=inv(id=0) refs=8 ";
+        let r = "eddy_udp_egress: the kernel refused (x); verifier: 654: (7b) *(u64 *)(r9 +80) = r6 | \
+                 R0=inv(id=0) refs=8 ";
         assert_eq!(key_reason(r), "eddy_udp_egress: the kernel refused (x)");
     }
 }

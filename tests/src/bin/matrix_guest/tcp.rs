@@ -62,7 +62,8 @@ fn exchange(ctx: &Ctx, server: &str, up: usize, down: usize) -> Outcome {
     if ex.received != down || server_ex.received != up || peer != local {
         return Outcome::fail(
             format!(
-                "the exchange itself went wrong: client read {} of {down} B, server read {} of {up} B, peer {peer} vs {local}",
+                "the exchange itself went wrong: client read {} of {down} B, server read {} of {up} B, \
+                 peer {peer} vs {local}",
                 ex.received, server_ex.received
             ),
             data,
