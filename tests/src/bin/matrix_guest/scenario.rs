@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -238,6 +239,10 @@ impl Sink {
         if let Some(f) = self.file.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
             let _ = f.write_all(format!("{line}\n").as_bytes());
             let _ = f.flush();
+            // A serial port transmits after write() returns: wait until it did (the VM powers off right
+            // after the last line). Not a tty (a file on a host run): ENOTTY, nothing to wait for.
+            // SAFETY: tcdrain(3) on a descriptor this struct owns.
+            let _ = unsafe { libc::tcdrain(f.as_raw_fd()) };
         }
     }
 }
