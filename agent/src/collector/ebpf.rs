@@ -58,6 +58,8 @@ pub struct EbpfSource {
     live_iter: Option<&'static str>,
     /// The UDP programs cannot name the sender's command: read it from `/proc/<pid>/comm`.
     comms: Option<proc_comm::ProcComms>,
+    /// The start-up sweep that gave older sockets a cookie (probe-read iterator only).
+    cookie_sweep: Option<crate::collector::sock_diag::cookies::Sweep>,
     /// The UDP programs cannot name the sender at all: `UDP_OWNERS`, filled at `udp_sendmsg`.
     senders: Option<senders::Senders>,
     iter_errors: u64,
@@ -141,6 +143,18 @@ impl EbpfSource {
             config_bits |= k::CFG_BYTES_MAX_AT_CLOSE;
         }
         let live_iter = program_of(hooks::TCP_LIVE, live.chosen.as_deref());
+        let mut cookie_sweep = None;
+        if live_iter == Some(hooks::ITER_PROBE_READS) {
+            // That iterator keys sockets by existing cookies: give one to every older socket.
+            let sweep = crate::collector::sock_diag::cookies::sweep(std::path::Path::new("/proc"));
+            tracing::info!(
+                namespaces = sweep.namespaces,
+                sockets = sweep.sockets,
+                failed = sweep.failed,
+                "socket cookies generated for connections opened before the agent"
+            );
+            cookie_sweep = Some(sweep);
+        }
         if recvmsg_has_nonblock_arg() {
             config_bits |= k::CFG_RECVMSG_NONBLOCK_ARG;
         }
@@ -222,6 +236,7 @@ impl EbpfSource {
             live_iter,
             comms,
             senders,
+            cookie_sweep,
             iter_errors: 0,
             maps: vec![
                 MapStatus { name: "tcp_flows", capacity: settings.flow_map_entries.into(), entries: Some(0) },
@@ -370,11 +385,14 @@ impl FlowSource for EbpfSource {
             ("map_read_errors", self.map_read_errors),
             ("iterator_errors", self.iter_errors),
             ("iterator_sockets_without_cookie", c(k::CTR_ITER_NO_COOKIE)),
+            ("cookie_sweep_failed_namespaces", self.cookie_sweep.map_or(0, |s| s.failed)),
         ]);
         let counters = BTreeMap::from([
             ("tcp_connections_tracked", c(k::CTR_TCP_OPENED)),
             ("tcp_closed_delivered", c(k::CTR_CLOSED_SENT)),
             ("iterator_sockets_visited", c(k::CTR_ITER_SOCKETS)),
+            ("cookie_sweep_sockets", self.cookie_sweep.map_or(0, |s| s.sockets)),
+            ("cookie_sweep_namespaces", self.cookie_sweep.map_or(0, |s| s.namespaces)),
             ("dns_packets_captured", c(k::CTR_DNS_CAPTURED)),
         ]);
         SourceStatus { hooks: self.hooks.clone(), maps: self.maps.clone(), drops, counters }

@@ -44,6 +44,7 @@ use netlink_sys::Socket;
 use super::{Batch, CollectorError, FlowSource, HookStatus, MapStatus, Observed, Rejected, SourceStatus};
 use crate::clock::Clock;
 
+pub mod cookies;
 pub mod enter;
 pub mod namespaces;
 pub mod netlink;

@@ -294,9 +294,12 @@ pub const TCP_LIVE: &[Candidate] = &[
     // so this variant reads it through probe reads and keys it by its existing cookie.
     Candidate {
         hook: "iter/task_file (probe reads)",
-        programs: &[("eddy_iter_sockets_ro", Attach::Iter("task_file"))],
+        programs: &[(ITER_PROBE_READS, Attach::Iter("task_file"))],
     },
 ];
+
+/// The iterator variant that reads the socket through probe reads (and keys it by its existing cookie).
+pub const ITER_PROBE_READS: &str = "eddy_iter_sockets_ro";
 
 /// The preferred byte source: tcp_sock counters, read at CLOSE and by [`TCP_LIVE`] on every scan.
 /// No per-call cost; wire payload bytes (what TCP sent once and received), exact for every
