@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Boots the kernels ECS instances run (Debian cloud builds of 5.10, 6.1 and 6.12) under qemu, each with an
 # initramfs holding eddy-agent and the guest test driver (eddy-matrix-guest), runs the driver's scenarios
-# (exact byte/packet/failure/DNS counts against the agent's /flows and /dns) and reports per kernel.
+# (exact byte/packet/failure/DNS counts and ECS labels against the agent's /flows, /dns and /status) and
+# reports per kernel. Kernels in --cgroup-v1 boot a second time as a cgroup v1-only host (the ECS AL2 AMI,
+# Bottlerocket aws-ecs-1: v1 hierarchies under /sys/fs/cgroup, no cgroup2 mounted) for the ecs_cgroup_v1
+# scenario and a few basic ones; the report shows that boot as its own row, "<series> (cgroup v1)".
 #
-# Usage: scripts/kernel-matrix.sh [--kernels 5.10,6.1,6.12] [--out DIR] [--no-build] [--keep]
-#                                 [--refresh] [--accel auto|kvm|tcg] [--timeout SECONDS] [--agent-arg ARG]...
+# Usage: scripts/kernel-matrix.sh [--kernels 5.10,6.1,6.12] [--cgroup-v1 5.10] [--out DIR] [--no-build]
+#                                 [--keep] [--refresh] [--accel auto|kvm|tcg] [--timeout SECONDS]
+#                                 [--agent-arg ARG]...
 #   --kernels   kernel series to boot, comma-separated (default 5.10,6.1,6.12)
-#   --out       results directory (default target/kernel-matrix): DIR/matrix.json, DIR/<series>/{console.log,
-#               results.jsonl}
+#   --cgroup-v1 of those, the ones also booted as a cgroup v1-only host (default 5.10; "none" for none)
+#   --out       results directory (default target/kernel-matrix): DIR/matrix.json, DIR/<run>/{console.log,
+#               results.jsonl} (run: the series, or <series>-cgroup-v1)
 #   --no-build  use the binaries already in target/x86_64-unknown-linux-gnu/debug
 #   --keep      keep the initramfs staging tree and the per-kernel initramfs
 #   --refresh   look for newer kernel packages even when one of the series is cached
@@ -26,9 +31,10 @@ main() {
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 
 kernels=5.10,6.1,6.12
+cgroup_v1=5.10
 out=target/kernel-matrix
 build=1
 keep=0
@@ -40,6 +46,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --kernels) kernels=${2:?--kernels needs a value}; shift 2 ;;
+    --cgroup-v1) cgroup_v1=${2:?--cgroup-v1 needs a value}; shift 2 ;;
     --out) out=${2:?--out needs a value}; shift 2 ;;
     --no-build) build=0; shift ;;
     --keep) keep=1; shift ;;
@@ -62,9 +69,10 @@ exec 8>"$out/.lock"
 flock -n 8 || die "another kernel-matrix.sh is using $out; wait for it or pick another --out"
 
 # ---------------------------------------------------------------------------------------------------------
-# Host packages: qemu, a static busybox for the guest's shell tools, cpio for the initramfs.
+# Host packages: qemu, a static busybox for the guest's shell tools, cpio for the initramfs, the CA bundle
+# the agent's image carries.
 # ---------------------------------------------------------------------------------------------------------
-pkgs=(qemu-system-x86 busybox-static cpio gzip)
+pkgs=(qemu-system-x86 busybox-static cpio gzip ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -207,6 +215,17 @@ EOF
 }
 
 IFS=, read -r -a series_list <<<"$kernels"
+[ "$cgroup_v1" = none ] && cgroup_v1=
+IFS=, read -r -a v1_list <<<"$cgroup_v1"
+for s in ${v1_list[@]+"${v1_list[@]}"}; do
+  [[ ,$kernels, == *,$s,* ]] || die "--cgroup-v1 $s: not one of --kernels $kernels"
+done
+# The boots: each series, and after it its cgroup v1-only boot when asked for.
+runs=()
+for s in "${series_list[@]}"; do
+  runs+=("$s")
+  if [[ ,$cgroup_v1, == *,$s,* ]]; then runs+=("$s-cgroup-v1"); fi
+done
 declare -A kdir
 for s in "${series_list[@]}"; do
   kdir[$s]=$(fetch_kernel "$s")
@@ -242,6 +261,11 @@ command -v strip >/dev/null 2>&1 || die "strip (binutils) is needed: the debug a
 for b in eddy-agent eddy-matrix-guest; do
   strip --strip-debug -o "$stage/bin/$b" "$bindir/$b"
 done
+# The CA bundle, where the agent's image has it (agent/Dockerfile): eddy-agent builds its HTTP clients
+# (the ECS agent's introspection API included, plain http on loopback) with the system's trust store,
+# and without one the ECS provider does not start at all.
+mkdir -p "$stage/etc/ssl/certs"
+cp /etc/ssl/certs/ca-certificates.crt "$stage/etc/ssl/certs/ca-certificates.crt"
 # Extra agent arguments, one per line (the driver appends them to `eddy-agent run`).
 mkdir -p "$stage/etc/eddy-matrix"
 : >"$stage/etc/eddy-matrix/agent-args"
@@ -257,7 +281,31 @@ mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
+cgroup=v2
+if grep -q 'eddy.cgroup=v1' /proc/cmdline; then
+  # A cgroup v1-only host, as the ECS AL2 AMI and Bottlerocket aws-ecs-1 have it: a tmpfs at
+  # /sys/fs/cgroup, one v1 hierarchy per controller the kernel offers (cpu,cpuacct and net_cls,net_prio
+  # together, as systemd mounts them) plus name=systemd, and no cgroup2 anywhere.
+  cgroup=v1
+  mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
+  for c in $(awk '!/^#/ && $4 == 1 {print $1}' /proc/cgroups); do
+    case $c in
+      cpu|cpuacct) m=cpu,cpuacct ;;
+      net_cls|net_prio) m=net_cls,net_prio ;;
+      *) m=$c ;;
+    esac
+    [ -d "/sys/fs/cgroup/$m" ] && continue
+    mkdir -p "/sys/fs/cgroup/$m"
+    mount -t cgroup -o "$m" cgroup "/sys/fs/cgroup/$m" 2>/dev/null ||
+      { echo "EDDY-CGROUP-V1 the kernel refuses a v1 hierarchy for $m"; rmdir "/sys/fs/cgroup/$m"; }
+  done
+  mkdir -p /sys/fs/cgroup/systemd
+  mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
+  echo "EDDY-CGROUP-V1 $(grep -c ' - cgroup ' /proc/self/mountinfo) v1 hierarchies:" \
+    "$(ls /sys/fs/cgroup | tr '\n' ' ')"
+else
+  mount -t cgroup2 cgroup2 /sys/fs/cgroup
+fi
 mount -t bpf bpf /sys/fs/bpf
 [ -d /sys/kernel/tracing ] && mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 ulimit -l unlimited
@@ -270,7 +318,7 @@ if grep -q 'eddy.probe' /proc/cmdline; then
 fi
 echo "EDDY-INIT $(uname -r), $(nproc) CPUs, $(grep MemTotal /proc/meminfo)"
 /bin/eddy-matrix-guest guest --results /dev/ttyS1 --agent /bin/eddy-agent \
-  --agent-args-file /etc/eddy-matrix/agent-args
+  --agent-args-file /etc/eddy-matrix/agent-args --cgroup "$cgroup"
 echo "EDDY-DRIVER-EXIT $?"
 sync
 # The serial ports drain after the last write returns: give them a moment before the power goes.
@@ -337,20 +385,23 @@ fi
 # One kernel after another (2 cores: the guest gets both).
 # ---------------------------------------------------------------------------------------------------------
 started_all=$(date +%s)
-for s in "${series_list[@]}"; do
-  d=$out/$s
+for r in "${runs[@]}"; do
+  s=${r%-cgroup-v1}
+  extra=
+  [ "$r" != "$s" ] && extra=eddy.cgroup=v1
+  d=$out/$r
   k=${kdir[$s]}
-  log "kernel $s: booting $(cat "$k/package") ($accel, timeout ${timeout_s}s)"
+  log "run $r: booting $(cat "$k/package") ($accel, timeout ${timeout_s}s${extra:+, $extra})"
   t0=$(date +%s)
   set +e
-  boot "$accel" "$k" "$d" "$timeout_s" ""
+  boot "$accel" "$k" "$d" "$timeout_s" "$extra"
   rc=$?
   if [ "$accel" = kvm ] && grep -q 'KVM internal error' "$d/qemu.log" "$d/console.log" 2>/dev/null; then
     # The probe booted, but KVM broke later: this kernel and the next ones under TCG.
-    log "kernel $s: $(grep -h -m1 -o 'KVM internal error.*' "$d/qemu.log" "$d/console.log"): again with TCG"
+    log "run $r: $(grep -h -m1 -o 'KVM internal error.*' "$d/qemu.log" "$d/console.log"): again with TCG"
     accel=tcg
     t0=$(date +%s)
-    boot "$accel" "$k" "$d" "$timeout_s" ""
+    boot "$accel" "$k" "$d" "$timeout_s" "$extra"
     rc=$?
   fi
   set -e
@@ -358,21 +409,22 @@ for s in "${series_list[@]}"; do
   exit_state=ok
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     exit_state=timeout
-    log "kernel $s: TIMEOUT after ${timeout_s}s; console tail:"
+    log "run $r: TIMEOUT after ${timeout_s}s; console tail:"
     tail -n 40 "$d/console.log" | tr -d '\r' >&2 || true
   elif [ "$rc" -ne 0 ]; then
     exit_state="qemu exit $rc"
-    log "kernel $s: qemu exited with $rc: $(tail -n 5 "$d/qemu.log")"
+    log "run $r: qemu exited with $rc: $(tail -n 5 "$d/qemu.log")"
   elif ! grep -q '"done"' "$d/results.jsonl" 2>/dev/null; then
     exit_state="guest stopped before the driver finished"
-    log "kernel $s: the driver did not finish; console tail:"
+    log "run $r: the driver did not finish; console tail:"
     tail -n 40 "$d/console.log" | tr -d '\r' >&2 || true
   fi
-  log "kernel $s: ${wall}s wall ($exit_state)"
+  log "run $r: ${wall}s wall ($exit_state)"
   read -r pkg pkg_version <"$k/package"
   cat >"$d/meta.json" <<EOF
-{"series": "$s", "package": "$pkg", "package_version": "$pkg_version", "release": "$(basename "$k")",
- "accel": "$accel", "wall_seconds": $wall, "exit": "$exit_state", "timeout_seconds": $timeout_s}
+{"series": "$s", "run": "$r", "package": "$pkg", "package_version": "$pkg_version",
+ "release": "$(basename "$k")", "accel": "$accel", "wall_seconds": $wall, "exit": "$exit_state",
+ "timeout_seconds": $timeout_s, "append": "$extra"}
 EOF
 done
 machine_unlock
@@ -384,7 +436,8 @@ if [ "$keep" -eq 0 ]; then
 fi
 
 # The report (per-kernel scenario lines, the hook table, DIR/matrix.json) and the exit status.
-"$bindir/eddy-matrix-guest" report --out "$out" --series "$kernels" --total-seconds "$total"
+"$bindir/eddy-matrix-guest" report --out "$out" --series "$(IFS=,; echo "${runs[*]}")" \
+  --total-seconds "$total"
 }
 
 main "$@"

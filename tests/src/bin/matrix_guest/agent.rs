@@ -86,6 +86,13 @@ impl GuestAgent {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// Stops the agent (SIGKILL) and waits for it to exit.
+    pub fn stop(&self) {
+        let mut child = self.child();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Whether the agent process is still running.
     pub fn alive(&self) -> bool {
         matches!(self.child().try_wait(), Ok(None))

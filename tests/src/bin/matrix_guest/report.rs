@@ -1,7 +1,8 @@
-//! The host role: `report --out DIR --series 5.10,6.1,6.12` reads what `scripts/kernel-matrix.sh` left
-//! per kernel (`DIR/<series>/results.jsonl` from the guest's second serial port, `meta.json` from the
-//! script), prints one line per scenario and the hook chosen per capability, a markdown table of all
-//! kernels, writes `DIR/matrix.json`, and says whether every scenario passed everywhere.
+//! The host role: `report --out DIR --series 5.10,6.1,6.12,5.10-cgroup-v1` reads what
+//! `scripts/kernel-matrix.sh` left per boot (`DIR/<run>/results.jsonl` from the guest's second serial
+//! port, `meta.json` from the script; a run is a kernel series, with `-cgroup-v1` for its boot as a
+//! cgroup v1-only host), prints one line per scenario and the hook chosen per capability, a markdown
+//! table of all boots, writes `DIR/matrix.json`, and says whether every scenario passed everywhere.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,14 +20,24 @@ const CAPABILITIES: &[&str] =
 /// Scenarios whose SKIP does not fail the matrix (none: every scenario can run on every kernel of it).
 const LEGITIMATE_SKIPS: &[&str] = &[];
 
-/// Everything known about one kernel's run.
+/// Suffix of a run id whose boot is a cgroup v1-only host.
+const V1_SUFFIX: &str = "-cgroup-v1";
+
+/// Everything known about one boot.
 struct KernelRun {
+    /// The run id (`5.10`, `5.10-cgroup-v1`): the directory under DIR.
+    run: String,
     series: String,
+    /// `v2` or `v1`: how the boot's /init mounted cgroups.
+    cgroup: &'static str,
     meta: Value,
     kernel: Option<String>,
     hooks: Vec<Hook>,
     status_end: Value,
+    /// The first agent's line (start-up time)...
     agent: Value,
+    /// ...and every agent's (one per phase of the boot).
+    agents: Vec<Value>,
     /// The guest's `boot` line (`/proc/version`, CPUs).
     boot: Value,
     done: Value,
@@ -35,8 +46,12 @@ struct KernelRun {
 }
 
 impl KernelRun {
-    fn load(dir: &Path, series: &str) -> KernelRun {
-        let d = dir.join(series);
+    fn load(dir: &Path, run: &str) -> KernelRun {
+        let d = dir.join(run);
+        let (series, cgroup) = match run.strip_suffix(V1_SUFFIX) {
+            Some(s) => (s, "v1"),
+            None => (run, "v2"),
+        };
         let meta: Value = std::fs::read_to_string(d.join("meta.json"))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
@@ -54,6 +69,7 @@ impl KernelRun {
         let exit = meta["exit"].as_str().unwrap_or("unknown").to_string();
         let scenarios = SCENARIOS
             .iter()
+            .filter(|s| s.runs_in(cgroup))
             .map(|s| match of("scenario").find(|v| v["scenario"] == s.name) {
                 Some(v) => (
                     s.name.to_string(),
@@ -72,11 +88,14 @@ impl KernelRun {
             })
             .collect();
         KernelRun {
+            run: run.to_string(),
             series: series.to_string(),
+            cgroup,
             kernel: lines.iter().find_map(|v| v["kernel"].as_str().map(String::from)),
             hooks: status_start.as_ref().map(parse_hooks).unwrap_or_default(),
             status_end: status_end.or(status_start).unwrap_or(Value::Null),
             agent: of("agent").next().cloned().unwrap_or(Value::Null),
+            agents: of("agent").cloned().collect(),
             boot: of("boot").next().cloned().unwrap_or(Value::Null),
             done: of("done").next().cloned().unwrap_or(Value::Null),
             meta,
@@ -96,14 +115,26 @@ impl KernelRun {
         self.meta["exit"] == "ok" && self.scenarios.iter().all(|(n, r, ..)| self.accepted(n, r))
     }
 
-    /// `5.10.251-5 (5.10.0-43-cloud-amd64)`: the package version and the running release.
+    /// `5.10.251-5 (5.10.0-43-cloud-amd64)`: the package version and the running release, and
+    /// `, cgroup v1` for a cgroup v1-only boot.
     fn title(&self) -> String {
         let version = self.meta["package_version"].as_str().unwrap_or(&self.series);
         let release = self.kernel.clone().or_else(|| self.meta["release"].as_str().map(String::from));
-        match release {
+        let title = match release {
             Some(r) => format!("{version} ({r})"),
             None => version.to_string(),
-        }
+        };
+        format!("{title}{}", self.boot_note())
+    }
+
+    /// Nothing, or `, cgroup v1 only` for a cgroup v1-only boot.
+    fn boot_note(&self) -> &'static str {
+        if self.cgroup == "v1" { ", cgroup v1 only" } else { "" }
+    }
+
+    /// `5.10` or `5.10 (cgroup v1)`.
+    fn name(&self) -> String {
+        if self.cgroup == "v1" { format!("{} (cgroup v1)", self.series) } else { self.series.clone() }
     }
 
     /// Non-zero drop counters at the end of the run.
@@ -143,7 +174,7 @@ pub fn main(args: &[String]) -> Result<bool> {
         println!();
         println!(
             "== kernel {} — {} — {}, {} s wall, guest driver {} s, agent ready after {} s, run: {}",
-            run.series,
+            run.name(),
             run.title(),
             run.meta["accel"].as_str().unwrap_or("?"),
             run.meta["wall_seconds"],
@@ -154,12 +185,15 @@ pub fn main(args: &[String]) -> Result<bool> {
         if let Some(collector) = run.status_end["collector"].as_str() {
             println!("   collector: {collector}");
         }
-        if let Some(args) = run.agent["args"].as_array() {
-            let args: Vec<&str> = args.iter().filter_map(Value::as_str).collect();
-            println!("   agent: eddy-agent run {}", args.join(" "));
-        }
-        if run.agent["ready"] == false {
-            println!("   agent: {}", clip(run.agent["detail"].as_str().unwrap_or_default(), 1500));
+        for agent in &run.agents {
+            let phase = agent["phase"].as_str().unwrap_or("agent");
+            if let Some(args) = agent["args"].as_array() {
+                let args: Vec<&str> = args.iter().filter_map(Value::as_str).collect();
+                println!("   {phase} agent: eddy-agent run {}", args.join(" "));
+            }
+            if agent["ready"] == false {
+                println!("   {phase} agent: {}", clip(agent["detail"].as_str().unwrap_or_default(), 1500));
+            }
         }
         for h in &run.hooks {
             println!("   hook {:<18} {}", h.capability, h.chosen.as_deref().unwrap_or("none"));
@@ -181,7 +215,7 @@ pub fn main(args: &[String]) -> Result<bool> {
         if !drops.is_empty() {
             println!("   drops (non-zero): {drops:?}");
         }
-        println!("   files: {}/{{console.log,results.jsonl}}", out.join(&run.series).display());
+        println!("   files: {}/{{console.log,results.jsonl}}", out.join(&run.run).display());
     }
 
     let mut caps: Vec<String> = CAPABILITIES.iter().map(|s| s.to_string()).collect();
@@ -212,12 +246,15 @@ pub fn main(args: &[String]) -> Result<bool> {
         "all_passed": all_ok,
         "total_seconds": total,
         "kernels": runs.iter().map(|r| json!({
+            "run": r.run,
             "series": r.series,
+            "cgroup": r.cgroup,
             "title": r.title(),
             "uname": r.kernel,
             "proc_version": r.boot["proc_version"],
             "run": r.meta,
             "agent": r.agent,
+            "agents": r.agents,
             "driver": r.done,
             "hooks": r.status_end["hooks"],
             "drops": r.status_end["drops"],
@@ -236,7 +273,7 @@ pub fn main(args: &[String]) -> Result<bool> {
         "{}: {} (details: {})",
         if all_ok { "MATRIX PASSED" } else { "MATRIX FAILED" },
         runs.iter()
-            .map(|r| format!("{} {}/{}", r.series, r.passed(), r.scenarios.len()))
+            .map(|r| format!("{} {}/{}", r.name(), r.passed(), r.scenarios.len()))
             .collect::<Vec<_>>()
             .join(", "),
         path.display()

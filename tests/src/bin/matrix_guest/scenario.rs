@@ -25,6 +25,27 @@ pub struct Scenario {
     /// Wall-clock limit (TCG included); past it the scenario fails and the next one starts.
     pub limit: Duration,
     pub run: fn(&Ctx) -> Outcome,
+    /// The boots it runs in: `v2` (cgroup2 at /sys/fs/cgroup), `v1` (a cgroup v1-only host).
+    pub boots: &'static [&'static str],
+}
+
+/// Runs in both kinds of boot.
+pub const BOTH: &[&str] = &["v2", "v1"];
+/// Runs in the normal boot only.
+pub const V2: &[&str] = &["v2"];
+/// Runs in the cgroup v1-only boot only.
+pub const V1: &[&str] = &["v1"];
+
+impl Scenario {
+    /// Whether it runs in a boot of this cgroup layout (`v2` or `v1`).
+    pub fn runs_in(&self, boot: &str) -> bool {
+        self.boots.contains(&boot)
+    }
+
+    /// Whether it needs the agent pointed at the ECS agent fixture (the `ecs_*` scenarios).
+    pub fn needs_ecs(&self) -> bool {
+        self.name.starts_with("ecs_")
+    }
 }
 
 /// `pass`, `fail` or `skip`.
@@ -258,10 +279,18 @@ pub fn guest_main(args: &[String]) -> Result<bool> {
     let bin = PathBuf::from(flag(args, "--agent").unwrap_or("/bin/eddy-agent"));
     let churn: usize = flag(args, "--churn").unwrap_or("500").parse().context("--churn")?;
     let only: Option<Vec<&str>> = flag(args, "--only").map(|s| s.split(',').collect());
+    let boot = flag(args, "--cgroup").unwrap_or("v2");
+    anyhow::ensure!(boot == "v2" || boot == "v1", "--cgroup must be v2 or v1, not {boot:?}");
     let sink = Sink::open(&results, kernel_release());
     let version = std::fs::read_to_string("/proc/version").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    sink.emit("boot", json!({"proc_version": version.trim(), "cpus": cpus}));
+    sink.emit("boot", json!({"proc_version": version.trim(), "cpus": cpus, "cgroup": boot}));
+    let selected: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| s.runs_in(boot) && only.as_ref().is_none_or(|o| o.contains(&s.name)))
+        .collect();
+    // The ECS agent's introspection API (fixture) on loopback, for the agent of the ECS scenarios.
+    let introspection = crate::ecs::serve_introspection();
 
     let addr: SocketAddr = AGENT_ADDR.parse().context("agent address")?;
     let mut extra: Vec<String> = [
@@ -292,52 +321,88 @@ pub fn guest_main(args: &[String]) -> Result<bool> {
     if !extra.iter().any(|a| a == "--collector") {
         extra.extend(["--collector".to_string(), "ebpf".to_string()]);
     }
-    let agent_started = Instant::now();
-    let agent = match GuestAgent::start(&bin, addr, &extra, Duration::from_secs(240)) {
-        Ok(a) => a,
-        Err(e) => {
-            let why = format!("the agent did not start: {e:#}");
-            sink.emit("agent", json!({"ready": false, "detail": why, "args": extra}));
-            for s in SCENARIOS.iter().filter(|s| only.as_ref().is_none_or(|o| o.contains(&s.name))) {
-                sink.emit(
-                    "scenario",
-                    json!({"scenario": s.name, "result": "fail", "detail": clip(&why, 2000), "seconds": 0.0}),
-                );
-            }
-            sink.emit("done", json!({"seconds": started.elapsed().as_secs_f64(), "passed": 0}));
-            return Ok(false);
-        }
+    let ecs_extra: Vec<String> = extra
+        .iter()
+        .cloned()
+        .chain(
+            ["--ecs-agent-uri", &format!("http://{introspection}"), "--ecs-refresh-interval", "1s"]
+                .map(String::from),
+        )
+        .collect();
+    // Phases, one agent each. The normal boot runs the kernel scenarios against an agent without ECS
+    // (ECS labels on every record double the size of /flows, which the scenarios poll: under TCG that
+    // doubles their time), then the ECS scenarios against an agent pointed at the fixture. The cgroup v1
+    // boot has one agent, with ECS, for everything: the first agent of the boot is the one that finds
+    // no cgroup2 and mounts its own.
+    let phases: Vec<(&str, &[String], Vec<&Scenario>)> = if boot == "v1" {
+        vec![("ecs", &ecs_extra, selected)]
+    } else {
+        let (ecs, plain): (Vec<&Scenario>, Vec<&Scenario>) =
+            selected.into_iter().partition(|s| s.needs_ecs());
+        vec![("plain", &extra, plain), ("ecs", &ecs_extra, ecs)]
     };
-    let startup = agent_started.elapsed().as_secs_f64();
-    sink.emit("agent", json!({"ready": true, "startup_seconds": startup, "args": extra}));
-    let status = agent.get_json("/status").unwrap_or_else(|e| json!({"error": e}));
-    let hooks = parse_hooks(&status);
-    sink.emit("status", json!({"phase": "start", "status": status}));
-
-    let ctx = Arc::new(Ctx { agent, hooks, churn });
     let mut passed = 0;
     let mut total = 0;
-    for s in SCENARIOS.iter().filter(|s| only.as_ref().is_none_or(|o| o.contains(&s.name))) {
-        println!("--- scenario {} (limit {:?})", s.name, s.limit);
-        let t0 = Instant::now();
-        let o = run_one(&ctx, s);
-        let secs = t0.elapsed().as_secs_f64();
-        total += 1;
-        if o.verdict == Verdict::Pass {
-            passed += 1;
+    let mut agents_alive = true;
+    for (phase, phase_args, list) in phases {
+        if list.is_empty() {
+            continue;
         }
+        let agent_started = Instant::now();
+        let agent = match GuestAgent::start(&bin, addr, phase_args, Duration::from_secs(240)) {
+            Ok(a) => a,
+            Err(e) => {
+                let why = format!("the agent did not start: {e:#}");
+                sink.emit(
+                    "agent",
+                    json!({"ready": false, "phase": phase, "detail": why, "args": phase_args}),
+                );
+                for s in &list {
+                    total += 1;
+                    sink.emit(
+                        "scenario",
+                        json!({"scenario": s.name, "result": "fail", "detail": clip(&why, 2000), "seconds": 0.0}),
+                    );
+                }
+                continue;
+            }
+        };
+        let startup = agent_started.elapsed().as_secs_f64();
         sink.emit(
-            "scenario",
-            json!({"scenario": s.name, "result": o.verdict.as_str(), "detail": o.detail,
-                   "seconds": secs, "data": o.data}),
+            "agent",
+            json!({"ready": true, "phase": phase, "startup_seconds": startup, "args": phase_args}),
         );
+        let status = agent.get_json("/status").unwrap_or_else(|e| json!({"error": e}));
+        let hooks = parse_hooks(&status);
+        sink.emit("status", json!({"phase": "start", "agent": phase, "status": status}));
+
+        let ctx = Arc::new(Ctx { agent, hooks, churn });
+        for s in list {
+            println!("--- scenario {} (limit {:?})", s.name, s.limit);
+            let t0 = Instant::now();
+            let o = run_one(&ctx, s);
+            let secs = t0.elapsed().as_secs_f64();
+            total += 1;
+            if o.verdict == Verdict::Pass {
+                passed += 1;
+            }
+            sink.emit(
+                "scenario",
+                json!({"scenario": s.name, "result": o.verdict.as_str(), "detail": o.detail,
+                       "seconds": secs, "data": o.data}),
+            );
+        }
+        let status = ctx.agent.get_json("/status").unwrap_or_else(|e| json!({"error": e}));
+        sink.emit("status", json!({"phase": "end", "agent": phase, "status": status}));
+        agents_alive &= ctx.agent.alive();
+        // The next phase's agent takes the same port (a scenario thread left behind may still hold
+        // the context: stop the process itself).
+        ctx.agent.stop();
     }
-    let status = ctx.agent.get_json("/status").unwrap_or_else(|e| json!({"error": e}));
-    sink.emit("status", json!({"phase": "end", "status": status}));
     sink.emit(
         "done",
         json!({"seconds": started.elapsed().as_secs_f64(), "passed": passed, "total": total,
-               "agent_alive": ctx.agent.alive()}),
+               "agent_alive": agents_alive}),
     );
     Ok(passed == total)
 }
