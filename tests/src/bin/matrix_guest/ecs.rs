@@ -327,6 +327,7 @@ fn cgroup_v1_body(ctx: &Ctx, data: &mut Value) -> Result<String, String> {
     let mut server = spawn(&EXPORTER, &["tcp-server", "127.0.4.2:40003", &DOWN.to_string()])?;
     let mut client = spawn(&WORKER, &["tcp-client", "127.0.4.2:40003", &UP.to_string()])?;
     let all = [&pause, &ns_server, &ns_echo, &server, &client];
+    let container_pids: Vec<u64> = all.iter().map(|p| u64::from(p.pid)).collect();
     data["processes"] = json!(describe(&all));
     for p in all {
         let file = p.cgroup_file();
@@ -424,13 +425,19 @@ fn cgroup_v1_body(ctx: &Ctx, data: &mut Value) -> Result<String, String> {
         },
     ];
     let records = await_labelled(&ctx.agent, &wants, WITHIN).map_err(|e| format!("after {WITHIN:?}: {e}"))?;
+    // Which way each end could be named: its pid is a container process (`/proc/<pid>/cgroup`), or only
+    // its network namespace names it (the driver thread, or no pid).
+    let by_pid =
+        records.iter().filter(|r| r["pid"].as_u64().is_some_and(|p| container_pids.contains(&p))).count();
+    let by_netns = records.len() - by_pid;
     data["records"] = json!(records);
     drop((client, server, ns_server, ns_echo, pause));
     drop(cgroups);
     Ok(format!(
         "agent mounted {OWN_CGROUP2} ({} v1 hierarchies, no other cgroup2); worker -> exporter (shared netns) \
          TCP {UP}/{DOWN} B; in web's awsvpc netns a driver thread -> web TCP {UP_NS}/{DOWN_NS} B and UDP {n} \
-         datagrams / {bytes} B: local.ecs and remote.ecs exact on all 6 ends",
+         datagrams / {bytes} B: local.ecs and remote.ecs exact on all 6 ends ({by_pid} named by a container \
+         pid, {by_netns} only by the awsvpc netns)",
         v1.len()
     ))
 }
