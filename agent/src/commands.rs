@@ -91,7 +91,7 @@ fn start_ecs(
 ) -> EcsProviders {
     match env {
         Environment::EcsOnEc2 { agent_uri, why } => {
-            tracing::info!(%agent_uri, detected_by = why, "ECS provider on: local ends get ECS labels");
+            tracing::info!(agent_uri = %crate::redact::url(&agent_uri), detected_by = why, "ECS provider on: local ends get ECS labels");
             let resolver = Arc::new(LocalResolver::new(&agent_uri, why));
             let settings = RefreshSettings {
                 agent_uri,
@@ -118,7 +118,7 @@ fn start_ecs(
             EcsProviders { local: Some(resolver), remote }
         }
         Environment::Fargate { metadata_uri } => {
-            tracing::info!(%metadata_uri, "Fargate: flows get the task's labels from task metadata v4");
+            tracing::info!(metadata_uri = %crate::redact::url(&metadata_uri), "Fargate: flows get the task's labels from task metadata v4");
             let resolver = Arc::new(TaskMetadataResolver::new(&metadata_uri));
             let settings = fargate::RefreshSettings {
                 metadata_uri,
@@ -238,8 +238,10 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     let mut shared = Shared::new(table, selected.kind, selected.kernel);
     shared.collector_reason = selected.reason;
     shared.collector_limits = selected.limits;
+    shared.heartbeat = crate::liveness::Heartbeat::new(crate::liveness::stall_after(cfg.poll_interval));
+    // In FIPS mode the proxy's route (the status shows it redacted; this is the real URL).
     let otlp_target = match (&fips, &cfg.otlp_endpoint) {
-        (Some(f), Some(_)) => f.otlp_via.clone(),
+        (Some(_), Some(e)) => Some(crate::fips::otlp_via_proxy(&cfg, e)?),
         (_, e) => e.clone(),
     };
     let otlp = match &otlp_target {
@@ -256,7 +258,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
             let (queue, task) = otlp::start(settings, stats.clone())?;
             rt.spawn(task);
             shared.otlp = Some(stats);
-            tracing::info!(%endpoint, "OTLP metrics export on");
+            tracing::info!(endpoint = %crate::redact::url(endpoint), "OTLP metrics export on");
             Some(queue)
         }
         None => None,
@@ -324,6 +326,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
                 })
                 .into_future(),
         );
+        crate::faults::spawn_task_fault();
         shutdown_signal().await;
         tracing::info!("shutting down");
         let _ = tx.send(());

@@ -301,7 +301,7 @@ impl Config {
             None => Config::default(),
         };
         for (var, value) in &env {
-            if var == ENV_CONFIG_FILE {
+            if var == ENV_CONFIG_FILE || crate::faults::ENV_VARS.contains(&var.as_str()) {
                 continue;
             }
             let key = var["EDDY_".len()..].to_ascii_lowercase();
@@ -507,16 +507,16 @@ impl Config {
         if let Some(e) = &self.otlp_endpoint
             && !(e.starts_with("http://") || e.starts_with("https://"))
         {
+            let e = crate::redact::url(e);
             return fail(format!("otlp_endpoint {e:?} must be an http:// or https:// URL"));
         }
-        for h in &self.otlp_headers {
-            if h.split_once('=').is_none_or(|(k, _)| k.trim().is_empty()) {
-                return fail("otlp_headers entries must be `name=value`".into());
-            }
+        if let Err(e) = check_headers(&self.otlp_headers) {
+            return fail(e);
         }
         if let Some(u) = &self.ecs_agent_uri
             && !u.starts_with("http://")
         {
+            let u = crate::redact::url(u);
             return fail(format!("ecs_agent_uri {u:?} must be an http:// URL"));
         }
         if self.ecs_refresh_interval < Duration::from_millis(100) {
@@ -568,9 +568,12 @@ impl Config {
 }
 
 impl Config {
-    /// The configuration as it may be logged: header values replaced by `<redacted>`.
+    /// The configuration as it may be logged: header values replaced by `<redacted>`, URLs'
+    /// credentials (userinfo, query values) masked ([`crate::redact::url`]).
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
+        c.otlp_endpoint = c.otlp_endpoint.as_deref().map(crate::redact::url);
+        c.ecs_agent_uri = c.ecs_agent_uri.as_deref().map(crate::redact::url);
         c.otlp_headers = c
             .otlp_headers
             .iter()
@@ -591,6 +594,30 @@ impl Config {
             .filter_map(|h| h.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
             .collect()
     }
+}
+
+/// `otlp_headers`: each entry `name=value` with a valid HTTP header name and value. Errors name
+/// the header, never its value (it is usually a credential).
+fn check_headers(headers: &[String]) -> Result<(), String> {
+    use reqwest::header::{HeaderName, HeaderValue};
+    for h in headers {
+        let Some((name, value)) = h.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+            return Err("otlp_headers entries must be `name=value` (entry not shown)".into());
+        };
+        let name = name.trim();
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!(
+                "otlp_headers: {name:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+            ));
+        }
+        if HeaderValue::from_str(value.trim()).is_err() {
+            return Err(format!(
+                "otlp_headers: the value of header {name:?} is not a valid HTTP header value (control \
+                 characters or non-ASCII; value not shown)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn boolean(v: &str) -> Option<bool> {

@@ -21,6 +21,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::redact;
 
 /// Why FIPS mode cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +76,14 @@ pub fn check(cfg: &Config) -> Result<Option<FipsStatus>, FipsError> {
     check_config(cfg)?;
     check_module()?;
     let proxy = proxy_base(cfg, 0);
-    let otlp_via = cfg.otlp_endpoint.as_deref().map(|e| otlp_via_proxy(cfg, e)).transpose()?;
+    // Shown in `/status` and logs: redacted (the real URL comes from [`otlp_via_proxy`]).
+    let otlp_via =
+        cfg.otlp_endpoint.as_deref().map(|e| otlp_via_proxy(cfg, e)).transpose()?.map(|u| redact::url(&u));
     Ok(Some(FipsStatus {
         enabled: true,
         proxy_status: proxy,
         otlp_via,
-        otlp_intake: cfg.otlp_endpoint.clone(),
+        otlp_intake: cfg.otlp_endpoint.as_deref().map(redact::url),
         aws_sdk_use_fips: true,
         aws_sdk_tls: "rustls with the AWS-LC FIPS module (aws-lc-rs fips)",
     }))
@@ -112,7 +115,7 @@ fn proxy_base(cfg: &Config, offset: u16) -> String {
 /// The URL the agent posts OTLP batches to in FIPS mode: the proxy's `otlp` route, with the
 /// intake's path (and query) kept; scheme, host and port are the proxy's.
 pub fn otlp_via_proxy(cfg: &Config, endpoint: &str) -> Result<String, FipsError> {
-    let bad = || FipsError::Endpoint(endpoint.to_string());
+    let bad = || FipsError::Endpoint(redact::url(endpoint));
     let rest =
         endpoint.strip_prefix("https://").or_else(|| endpoint.strip_prefix("http://")).ok_or_else(bad)?;
     let (authority, path) = match rest.find(['/', '?']) {

@@ -269,6 +269,18 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
             "OTLP requests that failed and were retried.",
         );
         w.sample("eddy_agent_otlp_failed_attempts_total", &[], o.attempts_failed);
+        w.family(
+            "eddy_agent_otlp_redirects_refused",
+            Kind::Counter,
+            "OTLP answers that were redirects (never followed; the batch is rejected).",
+        );
+        w.sample("eddy_agent_otlp_redirects_refused_total", &[], o.redirects_refused);
+        w.family(
+            "eddy_agent_otlp_responses_oversized",
+            Kind::Counter,
+            "OTLP answers whose body exceeded the cap (not read).",
+        );
+        w.sample("eddy_agent_otlp_responses_oversized_total", &[], o.responses_oversized);
         w.family("eddy_agent_otlp_queue_batches", Kind::Gauge, "OTLP batches waiting to be sent.");
         w.sample("eddy_agent_otlp_queue_batches", &[], o.queued);
     }

@@ -13,6 +13,14 @@
 //! rejected). Attributes follow OpenTelemetry semantic conventions where one
 //! exists (`network.transport`, `network.type`, `network.local.address`,
 //! `network.peer.address`, `server.port`, `network.io.direction`, `error.type`).
+//!
+//! Redirects are never followed (in FIPS mode one would bypass `eddy-fips-proxy`, and a
+//! redirect must not carry the configured headers to another host): a 3xx answer is an
+//! error, not retried, counted in `redirects_refused` (and `batches_rejected`), logged with
+//! its `Location` redacted. Answers' bodies are read up to [`RESPONSE_MAX_BYTES`]; a larger
+//! one is not read (counted in `responses_oversized`). The endpoint is logged only through
+//! [`crate::redact::url`] (userinfo and query values masked), and transport errors without
+//! their URL.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +46,10 @@ pub struct OtlpStats {
     /// Failed attempts (connection errors, 5xx, 408, 429), each followed by a backoff.
     pub attempts_failed: AtomicU64,
     pub queued: AtomicU64,
+    /// 3xx answers (redirects are never followed; the batch is rejected).
+    pub redirects_refused: AtomicU64,
+    /// Answers whose body exceeded [`RESPONSE_MAX_BYTES`] (not read).
+    pub responses_oversized: AtomicU64,
 }
 
 /// A snapshot of [`OtlpStats`].
@@ -48,6 +60,8 @@ pub struct OtlpCounts {
     pub batches_rejected: u64,
     pub attempts_failed: u64,
     pub queued: u64,
+    pub redirects_refused: u64,
+    pub responses_oversized: u64,
 }
 
 impl OtlpStats {
@@ -58,6 +72,8 @@ impl OtlpStats {
             batches_rejected: self.batches_rejected.load(Ordering::Relaxed),
             attempts_failed: self.attempts_failed.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),
+            redirects_refused: self.redirects_refused.load(Ordering::Relaxed),
+            responses_oversized: self.responses_oversized.load(Ordering::Relaxed),
         }
     }
 }
@@ -110,9 +126,15 @@ pub struct OtlpSettings {
 pub enum OtlpError {
     #[error("OTLP client: {0}")]
     Client(String),
+    #[error("otlp_headers: {0}")]
+    Header(String),
 }
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
+
+/// Largest OTLP answer body read (64 KiB): a success carries at most a short partial-success
+/// message, an error a status message.
+pub const RESPONSE_MAX_BYTES: usize = 64 << 10;
 
 /// Builds the queue and the sending task (to be spawned on the agent's runtime).
 pub fn start(
@@ -121,11 +143,29 @@ pub fn start(
 ) -> Result<(OtlpQueue, impl std::future::Future<Output = ()>), OtlpError> {
     let client = reqwest::Client::builder()
         .timeout(settings.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .default_headers(header_map(&settings.headers)?)
         .build()
         .map_err(|e| OtlpError::Client(e.to_string()))?;
     let (tx, rx) = mpsc::channel(settings.queue_batches.max(1));
     let queue = OtlpQueue { tx, stats: stats.clone() };
     Ok((queue, send_loop(client, settings, rx, stats)))
+}
+
+/// The configured headers (validated with the configuration; checked again here).
+fn header_map(headers: &[(String, String)]) -> Result<reqwest::header::HeaderMap, OtlpError> {
+    use reqwest::header::{HeaderName, HeaderValue};
+    let mut map = reqwest::header::HeaderMap::new();
+    for (k, v) in headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| OtlpError::Header(format!("{k:?} is not a valid HTTP header name")))?;
+        let mut value = HeaderValue::from_str(v).map_err(|_| {
+            OtlpError::Header(format!("the value of header {k:?} is not a valid HTTP header value"))
+        })?;
+        value.set_sensitive(true);
+        map.append(name, value);
+    }
+    Ok(map)
 }
 
 async fn send_loop(
@@ -135,6 +175,7 @@ async fn send_loop(
     stats: Arc<OtlpStats>,
 ) {
     let start_time = SystemTime::now();
+    let endpoint = crate::redact::url(&settings.endpoint);
     let mut backoff = BACKOFF_START;
     while let Some(batch) = rx.recv().await {
         stats.queued.fetch_sub(1, Ordering::Relaxed);
@@ -148,21 +189,33 @@ async fn send_loop(
             }
         };
         loop {
-            match post(&client, &settings, body.clone()).await {
+            match post(&client, &settings, body.clone(), &stats).await {
                 Outcome::Sent => {
                     stats.batches_sent.fetch_add(1, Ordering::Relaxed);
                     backoff = BACKOFF_START;
                     break;
                 }
+                Outcome::Redirect { status, location } => {
+                    tracing::warn!(
+                        %endpoint,
+                        status,
+                        location = %location.as_deref().map_or_else(|| "(none)".into(), crate::redact::url),
+                        "OTLP: the endpoint answered with a redirect, which is never followed; batch \
+                         rejected (set otlp_endpoint to the final URL)"
+                    );
+                    stats.redirects_refused.fetch_add(1, Ordering::Relaxed);
+                    stats.batches_rejected.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
                 Outcome::Rejected(why) => {
-                    tracing::warn!(endpoint = %settings.endpoint, %why, "OTLP: batch rejected; not retried");
+                    tracing::warn!(%endpoint, %why, "OTLP: batch rejected; not retried");
                     stats.batches_rejected.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 Outcome::Retry { why, after } => {
                     stats.attempts_failed.fetch_add(1, Ordering::Relaxed);
                     let wait = after.unwrap_or_else(|| jitter(backoff)).min(settings.max_backoff);
-                    tracing::warn!(endpoint = %settings.endpoint, %why, retry_in = ?wait, "OTLP: export failed");
+                    tracing::warn!(%endpoint, %why, retry_in = ?wait, "OTLP: export failed");
                     tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(settings.max_backoff);
                 }
@@ -174,25 +227,25 @@ async fn send_loop(
 enum Outcome {
     Sent,
     Rejected(String),
+    Redirect { status: u16, location: Option<String> },
     Retry { why: String, after: Option<Duration> },
 }
 
-async fn post(client: &reqwest::Client, s: &OtlpSettings, body: Vec<u8>) -> Outcome {
-    let mut req = client
+async fn post(client: &reqwest::Client, s: &OtlpSettings, body: Vec<u8>, stats: &OtlpStats) -> Outcome {
+    let req = client
         .post(&s.endpoint)
         .header("content-type", "application/x-protobuf")
         .header("content-encoding", "gzip")
         .body(body);
-    for (k, v) in &s.headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) => return Outcome::Retry { why: e.to_string(), after: None },
+        Err(e) => return Outcome::Retry { why: error_chain(e), after: None },
     };
     let status = resp.status();
-    if status.is_success() {
-        return Outcome::Sent;
+    if status.is_redirection() {
+        let location =
+            resp.headers().get("location").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        return Outcome::Redirect { status: status.as_u16(), location };
     }
     let after = resp
         .headers()
@@ -200,12 +253,35 @@ async fn post(client: &reqwest::Client, s: &OtlpSettings, body: Vec<u8>) -> Outc
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
+    // The body is read (bounded) so that the connection can be reused; its content is not used.
+    if let Err(crate::body::BodyError::TooLarge { limit }) =
+        crate::body::read_capped(resp, RESPONSE_MAX_BYTES).await
+    {
+        stats.responses_oversized.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(limit, "OTLP: answer body larger than the cap; not read");
+    }
+    if status.is_success() {
+        return Outcome::Sent;
+    }
     let why = format!("HTTP {status}");
     if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
         Outcome::Retry { why, after }
     } else {
         Outcome::Rejected(why)
     }
+}
+
+/// A transport error and its causes, without the URL (it may carry credentials).
+fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }
 
 /// 50–150 % of `d`, from the clock's nanoseconds (no RNG dependency needed).

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod redact;
 pub mod routes;
 
 pub use routes::{RouteKind, RouteSpec, Upstream};
@@ -222,6 +223,17 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The configuration as it may be logged: URLs' credentials (userinfo, query values)
+    /// masked ([`redact::url`]).
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.otlp_upstream = c.otlp_upstream.as_deref().map(redact::url);
+        for r in &mut c.routes {
+            r.upstream = r.upstream.as_deref().map(redact::url);
+        }
+        c
     }
 
     /// The status/health port's address.

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         };
     }
     init_logging(&cfg.log_level, &cfg.log_format);
-    tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
+    tracing::info!(config = %serde_json::to_string(&cfg.redacted()).unwrap_or_default(), "effective configuration");
     match eddy_fips_proxy::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! A minimal OTLP/HTTP metrics receiver for the tests, built on the same proto types as the agent
 //! (`opentelemetry-proto`): accepts `POST /v1/metrics` (protobuf, optionally gzip), decodes and keeps
-//! every request, and answers with a configurable status (200, or e.g. 503 with `Retry-After`).
+//! every request, and answers with a configurable status (200, or e.g. 503 with `Retry-After`, or a
+//! redirect with a `Location`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -28,6 +29,8 @@ struct State {
     requests: AtomicU64,
     /// Status to answer with.
     status: AtomicU16,
+    /// `Location` sent with 3xx answers.
+    location: Mutex<String>,
     stop: AtomicBool,
 }
 
@@ -72,6 +75,12 @@ impl OtlpReceiver {
     /// Status code for the following requests (503 answers also carry `Retry-After: 1`).
     pub fn answer(&self, status: u16) {
         self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers the following requests with `status` (a 3xx) and `Location: location`.
+    pub fn redirect(&self, status: u16, location: &str) {
+        *self.state.location.lock().expect("lock") = location.to_string();
+        self.answer(status);
     }
 
     /// Requests answered so far (any status).
@@ -162,7 +171,11 @@ fn serve(stream: TcpStream, st: &State) {
             }
         }
         let reason = if status == 200 { "OK" } else { "Unavailable" };
-        let extra = if status == 503 { "Retry-After: 1\r\n" } else { "" };
+        let extra = match status {
+            503 => "Retry-After: 1\r\n".to_string(),
+            300..=399 => format!("Location: {}\r\n", st.location.lock().expect("lock")),
+            _ => String::new(),
+        };
         let resp = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\n{extra}\r\n");
         if writer.write_all(resp.as_bytes()).is_err() {
             return;

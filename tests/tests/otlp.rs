@@ -138,3 +138,77 @@ fn outage_backs_off_keeps_the_queue_bounded_and_resumes() {
     });
     assert!(agent.status()["otlp"]["batches_sent"].as_u64().is_some_and(|n| n > sent_before));
 }
+
+#[test]
+fn redirects_are_refused_counted_and_logged_redacted() {
+    if !require_privileges() {
+        return;
+    }
+    let first = OtlpReceiver::start("127.0.0.1:0".parse().expect("addr"));
+    let second = OtlpReceiver::start("127.0.0.1:0".parse().expect("addr"));
+    let location = format!("{}?token=redirsecret", second.endpoint());
+    first.redirect(307, &location);
+    let agent = RunAgent::start(&[
+        "--poll-interval",
+        "100ms",
+        "--export-interval",
+        "200ms",
+        "--otlp-endpoint",
+        &first.endpoint(),
+        "--otlp-headers",
+        "authorization=Bearer hdrsecret",
+    ]);
+    poll_until(Duration::from_secs(10), Duration::from_millis(100), "redirects counted", || {
+        let otlp = agent.status()["otlp"].clone();
+        match otlp["redirects_refused"].as_u64() {
+            Some(n) if n >= 3 => Ok(()),
+            _ => Err(format!("{otlp}")),
+        }
+    });
+    assert!(first.requests() >= 3);
+    assert_eq!(second.requests(), 0, "the redirect target must never be contacted");
+    let status = agent.status();
+    assert!(status["otlp"]["batches_rejected"].as_u64().is_some_and(|n| n >= 3), "{status}");
+    let metrics = agent.get("/metrics").text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("eddy_agent_otlp_redirects_refused_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    let log = agent.log_tail(400);
+    let warn =
+        log.lines().find(|l| l.contains("redirect")).unwrap_or_else(|| panic!("no redirect WARN:\n{log}"));
+    let shown = format!("{}?token=***", second.endpoint());
+    assert!(warn.contains("WARN") && warn.contains(&shown), "Location, redacted: {warn}");
+    assert!(!log.contains("redirsecret") && !log.contains("hdrsecret"), "{log}");
+}
+
+#[test]
+fn credentials_in_the_endpoint_never_show() {
+    if !require_privileges() {
+        return;
+    }
+    let agent = RunAgent::start(&[
+        "--poll-interval",
+        "100ms",
+        "--export-interval",
+        "200ms",
+        "--otlp-endpoint",
+        "https://u:secret@127.0.0.1:1/v1/metrics?api_key=secret2",
+    ]);
+    poll_until(Duration::from_secs(10), Duration::from_millis(100), "failed attempts", || {
+        let otlp = agent.status()["otlp"].clone();
+        match otlp["attempts_failed"].as_u64() {
+            Some(n) if n >= 2 => Ok(()),
+            _ => Err(format!("{otlp}")),
+        }
+    });
+    let status = agent.get("/status").text();
+    let metrics = agent.get("/metrics").text();
+    let log = agent.log_tail(400);
+    for (what, text) in [("/status", &status), ("/metrics", &metrics), ("stderr", &log)] {
+        assert!(!text.contains("secret"), "{what} shows a credential:\n{text}");
+    }
+    assert!(log.contains("https://u:***@127.0.0.1:1/v1/metrics?api_key=***"), "redacted form logged:\n{log}");
+}

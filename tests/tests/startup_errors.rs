@@ -51,6 +51,19 @@ fn invalid_configuration_exits_2_naming_the_setting() {
 }
 
 #[test]
+fn invalid_otlp_headers_exit_2_naming_the_header_not_its_value() {
+    let o = run(
+        &["capture", "--duration", "1s", "--otlp-endpoint", "http://127.0.0.1:1/v1/metrics", "--otlp-headers", "bad name=hdrsecret"],
+        &[],
+    );
+    assert_fails(&o, 2, &["otlp_headers", "bad name"]);
+    assert!(!stderr(&o).contains("hdrsecret"), "{}", stderr(&o));
+    let o = run(&["capture", "--duration", "1s"], &[("EDDY_OTLP_HEADERS", "x-api-key=abc\u{1}hdrsecret")]);
+    assert_fails(&o, 2, &["otlp_headers", "x-api-key"]);
+    assert!(!stderr(&o).contains("hdrsecret"), "{}", stderr(&o));
+}
+
+#[test]
 fn unprivileged_process_is_told_which_capabilities_to_add() {
     if !require_privileges() {
         return;

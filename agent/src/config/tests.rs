@@ -107,6 +107,37 @@ fn otlp_headers_are_parsed_and_redacted() {
 }
 
 #[test]
+fn bad_header_names_and_values_are_refused_without_the_value() {
+    for (h, name) in
+        [("bad name=v4lue", "bad name"), ("x-key=a\nb v4lue", "x-key"), ("x=\u{7f}v4lue", "\"x\"")]
+    {
+        let e = Config::load(None, env(&[("EDDY_OTLP_HEADERS", h)]), &[]).expect_err(h);
+        let m = e.to_string();
+        assert!(m.contains("otlp_headers") && m.contains(name) && !m.contains("v4lue"), "{m}");
+    }
+}
+
+#[test]
+fn urls_in_the_logged_configuration_are_redacted() {
+    let c = Config::load(
+        None,
+        env(&[
+            ("EDDY_OTLP_ENDPOINT", "https://u:s3cret@collector:4318/v1/metrics?api_key=k3y"),
+            ("EDDY_ECS_AGENT_URI", "http://a:p4ss@127.0.0.1:51678"),
+        ]),
+        &[],
+    )
+    .expect("load");
+    let logged = serde_json::to_string(&c.redacted()).expect("json");
+    for secret in ["s3cret", "k3y", "p4ss"] {
+        assert!(!logged.contains(secret), "{logged}");
+    }
+    assert!(logged.contains("https://u:***@collector:4318/v1/metrics?api_key=***"), "{logged}");
+    let e = Config::load(None, env(&[("EDDY_ECS_AGENT_URI", "https://a:p4ss@h")]), &[]).expect_err("https");
+    assert!(e.to_string().contains("ecs_agent_uri") && !e.to_string().contains("p4ss"), "{e}");
+}
+
+#[test]
 fn collector_choice_from_every_layer() {
     assert_eq!(Config::load(None, env(&[]), &[]).expect("defaults").collector, CollectorChoice::Auto);
     let c = Config::load(None, env(&[("EDDY_COLLECTOR", "sock_diag")]), &[]).expect("env");

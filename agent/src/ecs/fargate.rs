@@ -55,7 +55,7 @@ impl TaskMetadataResolver {
             snapshot: RwLock::new(Arc::new(TaskSnapshot::unknown("FARGATE"))),
             status: Mutex::new(TaskMetadataStatus {
                 provider: "task_metadata_v4",
-                metadata_uri: metadata_uri.into(),
+                metadata_uri: crate::redact::url(metadata_uri),
                 ..Default::default()
             }),
             last_ok: Mutex::new(None),

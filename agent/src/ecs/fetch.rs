@@ -25,11 +25,14 @@ impl FetchError {
     }
 }
 
-/// GETs `url` and decodes its JSON body.
+/// GETs `url` and decodes its JSON body. Errors name the URL redacted ([`crate::redact::url`]).
 pub async fn get_json<T: DeserializeOwned>(client: &reqwest::Client, url: String) -> Result<T, FetchError> {
-    let http =
-        |url: &str, e: reqwest::Error| FetchError::Http { url: url.to_string(), reason: e.to_string() };
+    let http = |url: &str, e: reqwest::Error| FetchError::Http {
+        url: crate::redact::url(url),
+        reason: e.without_url().to_string(),
+    };
     let resp = client.get(&url).send().await.map_err(|e| http(&url, e))?;
+    let url = crate::redact::url(&url);
     let status = resp.status();
     if !status.is_success() {
         return Err(FetchError::Status { url, status: status.as_u16() });

@@ -140,7 +140,7 @@ impl LocalResolver {
         LocalResolver {
             snapshots: RwLock::new(Snapshots::default()),
             status: Mutex::new(EcsStatus {
-                agent_uri: agent_uri.into(),
+                agent_uri: crate::redact::url(agent_uri),
                 detected_by: detected_by.into(),
                 ..Default::default()
             }),

@@ -98,7 +98,7 @@ impl RouteSpec {
         let Some(url) = self.upstream.as_deref() else { return Ok(None) };
         let err = |reason: &str| RouteError::Upstream {
             name: self.name.clone(),
-            url: url.to_string(),
+            url: super::redact::url(url),
             reason: reason.to_string(),
         };
         let (kind, rest) = if let Some(r) = url.strip_prefix("https://") {
@@ -150,7 +150,8 @@ fn split_host_port(authority: &str) -> Option<(String, u16)> {
 pub fn parse_table(text: &str) -> Result<Vec<RouteSpec>, RouteError> {
     let mut out = Vec::new();
     for entry in text.split([';', '\n']).map(str::trim).filter(|e| !e.is_empty()) {
-        let (name, url) = entry.split_once('=').ok_or_else(|| RouteError::Entry(entry.to_string()))?;
+        let (name, url) =
+            entry.split_once('=').ok_or_else(|| RouteError::Entry(super::redact::url(entry)))?;
         let name = name.trim().to_string();
         let (url, query) = match url.split_once('?') {
             Some((u, q)) => (u.trim(), Some(q)),
@@ -167,9 +168,11 @@ pub fn parse_table(text: &str) -> Result<Vec<RouteSpec>, RouteError> {
                 Some(("server_name", v)) => spec.server_name = Some(v.to_string()),
                 Some(("ca_file", v)) => spec.ca_file = Some(PathBuf::from(v)),
                 _ => {
+                    // The key only: the value may be a credential (an OTLP URL's `api_key=`).
+                    let key = pair.split_once('=').map_or("(a bare value)", |(k, _)| k);
                     return Err(RouteError::Option {
                         name,
-                        reason: format!("unknown option {pair:?}: use server_name=NAME or ca_file=PATH"),
+                        reason: format!("unknown option {key:?}: use server_name=NAME or ca_file=PATH"),
                     });
                 }
             }
@@ -185,7 +188,7 @@ pub fn default_otlp_route(upstream: Option<&str>) -> Result<RouteSpec, RouteErro
         Some(text) => {
             let text = strip_otlp_path(text);
             let mut table = parse_table(&format!("{DEFAULT_ROUTE}={text}"))?;
-            table.pop().ok_or_else(|| RouteError::Entry(text.to_string()))
+            table.pop().ok_or_else(|| RouteError::Entry(super::redact::url(&text)))
         }
         None => Ok(RouteSpec {
             name: DEFAULT_ROUTE.to_string(),
