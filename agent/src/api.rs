@@ -34,6 +34,8 @@ pub struct Status {
     pub collector_limits: Option<&'static str>,
     pub ready: bool,
     pub collecting: bool,
+    /// What `/healthz` answers, with the last poll's age and the stall threshold.
+    pub liveness: crate::liveness::Health,
     pub uptime_seconds: f64,
     pub last_scan_age_seconds: Option<f64>,
     pub kernel: KernelInfo,
@@ -87,6 +89,7 @@ impl Status {
             collector_limits: shared.collector_limits,
             ready: shared.ready.load(Ordering::SeqCst),
             collecting: shared.collecting.load(Ordering::SeqCst),
+            liveness: shared.heartbeat.health(shared.collecting.load(Ordering::SeqCst)),
             uptime_seconds: shared.started.elapsed().as_secs_f64(),
             last_scan_age_seconds: last_scan.map(|t| t.elapsed().as_secs_f64()),
             kernel: shared.kernel.clone(),
@@ -139,12 +142,12 @@ async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
     ([(header::CONTENT_TYPE, ct)], body).into_response()
 }
 
+/// 200 `ok` while the collector completes polls; 503 with the reason when it is stalled
+/// (no poll for [`crate::liveness::stall_after`]) or stopped. Takes no lock.
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    if s.collecting.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "collector stopped\n").into_response()
-    }
+    let health = s.heartbeat.health(s.collecting.load(Ordering::SeqCst));
+    let code = if health.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, format!("{}\n", health.reason())).into_response()
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {

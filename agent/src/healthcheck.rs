@@ -13,8 +13,8 @@ pub enum HealthError {
     Connect { addr: SocketAddr, source: std::io::Error },
     #[error("talking to the agent at {addr}: {source}")]
     Io { addr: SocketAddr, source: std::io::Error },
-    #[error("the agent at {addr} answered {status_line:?}")]
-    Unhealthy { addr: SocketAddr, status_line: String },
+    #[error("the agent at {addr} answered {status_line:?}: {reason}")]
+    Unhealthy { addr: SocketAddr, status_line: String, reason: String },
 }
 
 /// Succeeds if `GET /healthz` answers 200 within `timeout`.
@@ -31,14 +31,16 @@ pub fn check(listen: SocketAddr, timeout: Duration) -> Result<(), HealthError> {
     s.set_write_timeout(Some(timeout)).map_err(io)?;
     s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
         .map_err(io)?;
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head).map_err(io)?;
-    let text = String::from_utf8_lossy(&head[..n]);
+    // The answer is short (`ok`, or one line saying why not); read at most 1 KiB of it.
+    let mut head = Vec::with_capacity(1024);
+    s.take(1024).read_to_end(&mut head).map_err(io)?;
+    let text = String::from_utf8_lossy(&head);
     let status_line = text.lines().next().unwrap_or("").to_string();
     if status_line.split_whitespace().nth(1) == Some("200") {
         Ok(())
     } else {
-        Err(HealthError::Unhealthy { addr, status_line })
+        let reason = text.split_once("\r\n\r\n").map_or("", |(_, body)| body.trim()).to_string();
+        Err(HealthError::Unhealthy { addr, status_line, reason })
     }
 }
 
@@ -64,9 +66,10 @@ mod tests {
     fn healthy_unhealthy_and_down() {
         let ok = serve_once("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n");
         assert!(check(ok, Duration::from_secs(2)).is_ok());
-        let bad = serve_once("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n");
+        let bad =
+            serve_once("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 18\r\n\r\ncollector stopped\n");
         let e = check(bad, Duration::from_secs(2)).expect_err("503");
-        assert!(e.to_string().contains("503"), "{e}");
+        assert!(e.to_string().contains("503") && e.to_string().ends_with(": collector stopped"), "{e}");
         let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
         assert!(matches!(check(closed, Duration::from_secs(1)), Err(HealthError::Connect { .. })));
     }

@@ -29,6 +29,8 @@ fn main() -> ExitCode {
         };
     }
     init_logging(&cfg.log_level);
+    eddy_agent::panic_hook::install();
+    eddy_agent::faults::announce();
     tracing::info!(config = %serde_json::to_string(&cfg.redacted()).unwrap_or_default(), "effective configuration");
     let result = match duration {
         None => commands::run(cfg),

@@ -16,7 +16,9 @@ use serde::Serialize;
 use crate::aggregate::{AggregateRecord, AggregateSettings, AggregateStats, Aggregator, SeriesSnapshot};
 use crate::collector::{FlowSource, SourceStatus};
 use crate::enrich::Enricher;
+use crate::faults::PanicSite;
 use crate::flow::FlowRecord;
+use crate::liveness::Heartbeat;
 use crate::otlp::{Batch as OtlpBatch, OtlpQueue, OtlpStats};
 use crate::preflight::KernelInfo;
 use crate::table::FlowTable;
@@ -46,8 +48,10 @@ pub struct Shared {
     pub started: Instant,
     /// Set after the first complete scan.
     pub ready: AtomicBool,
-    /// Cleared if the collection thread ends.
+    /// Cleared when the collection thread ends (normally or by a panic).
     pub collecting: AtomicBool,
+    /// Beaten by the collection thread after every completed poll (`/healthz`).
+    pub heartbeat: Heartbeat,
     pub poll_errors: AtomicU64,
     pub last_scan: Mutex<Option<Instant>>,
     pub output_dropped: AtomicU64,
@@ -84,6 +88,7 @@ impl Shared {
             started: Instant::now(),
             ready: AtomicBool::new(false),
             collecting: AtomicBool::new(true),
+            heartbeat: Heartbeat::new(crate::liveness::STALL_FLOOR),
             poll_errors: AtomicU64::new(0),
             last_scan: Mutex::new(None),
             output_dropped: AtomicU64::new(0),
@@ -136,6 +141,7 @@ pub fn collect(
     let mut labeller = Labeller::default();
     let mut next_scan = Instant::now();
     let mut next_export = Instant::now() + settings.export_interval;
+    let _exited = ClearOnDrop(&shared.collecting);
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let now = Instant::now();
@@ -162,6 +168,7 @@ pub fn collect(
                     *shared.source.lock().unwrap_or_else(PoisonError::into_inner) = source.status();
                     *shared.last_scan.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
                     shared.ready.store(true, Ordering::SeqCst);
+                    crate::faults::maybe_panic(PanicSite::Collector, "the collector thread");
                 }
             }
             Err(e) => {
@@ -169,6 +176,7 @@ pub fn collect(
                 tracing::warn!(error = %e, "poll failed");
             }
         }
+        shared.heartbeat.beat();
         if scan {
             next_scan = now + settings.poll_interval;
         }
@@ -182,7 +190,15 @@ pub fn collect(
         std::thread::sleep(DRAIN_INTERVAL);
     }
     drop(source); // detaches the programs
-    shared.collecting.store(false, Ordering::SeqCst);
+}
+
+/// Clears `collecting` when the collection thread ends, also by unwinding.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Feeds the DNS packets of the last poll to the statistics; on scans, expires unanswered queries.

@@ -535,6 +535,28 @@ impl RunAgent {
         self.get_json("/status")
     }
 
+    /// Waits up to `timeout` for the agent to exit on its own; `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("agent already terminated");
+            if let Some(status) = child.try_wait().expect("wait for eddy-agent") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every stderr line so far that contains `text`.
+    pub fn log_lines_with(&self, text: &str) -> Vec<String> {
+        let lines = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().filter(|l| l.contains(text)).cloned().collect()
+    }
+
     /// Sends SIGTERM and waits (up to 10 s) for the exit; returns the status and how long the exit took.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let mut child = self.child.take().expect("agent already terminated");

@@ -15,6 +15,7 @@ fn status() -> Status {
         collector_limits: None,
         ready: true,
         collecting: true,
+        liveness: crate::liveness::Health::Stopped,
         uptime_seconds: 12.5,
         last_scan_age_seconds: Some(0.2),
         kernel: KernelInfo {
