@@ -174,6 +174,14 @@ impl Cgroups {
         self.procs.iter().find(|(id, _)| *id == c.id).map(|(_, f)| f.clone()).unwrap_or_default()
     }
 
+    /// Inode (= cgroup id) of container `c`'s directory in its first hierarchy (the cgroup2 one for
+    /// [`Cgroups::v2`]).
+    pub fn cgroup_id(&self, c: &Container) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = self.procs_of(c).into_iter().next()?.parent()?.to_path_buf();
+        std::fs::metadata(dir).map(|m| m.ino()).ok()
+    }
+
     /// Starts `eddy-matrix-guest child <args>` inside container `c`'s cgroups.
     pub fn spawn(&self, c: &Container, args: &[String]) -> Result<Proc> {
         Proc::spawn(c, &self.procs_of(c), args)

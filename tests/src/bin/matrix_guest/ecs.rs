@@ -47,11 +47,12 @@ pub fn serve_introspection() -> SocketAddr {
     )
 }
 
-/// One expected record with the containers of its two ends.
+/// One expected record with the containers of its two ends and its socket's cgroup v2 id.
 struct Labelled {
     want: Want,
     local: Container,
     remote: Container,
+    cgroup_id: Option<u64>,
 }
 
 /// What differs between a record's `ecs` object and container `c`.
@@ -96,6 +97,9 @@ fn await_labelled(agent: &GuestAgent, wants: &[Labelled], timeout: Duration) -> 
                                 continue;
                             };
                             let mut m = label_mismatches("local", &v["local"]["ecs"], &w.local);
+                            if w.cgroup_id.is_some() && v["cgroup_id"].as_u64() != w.cgroup_id {
+                                m.push(format!("cgroup_id {}, expected {:?}", v["cgroup_id"], w.cgroup_id));
+                            }
                             m.extend(label_mismatches("remote", &v["remote"]["ecs"], &w.remote));
                             if m.is_empty() {
                                 found.push(v.clone());
@@ -247,26 +251,33 @@ fn cgroup_v2_body(ctx: &Ctx, data: &mut Value) -> Result<String, String> {
     let (up, down) = (UP as u64, DOWN as u64);
     let bytes: u64 = SIZES.iter().sum::<usize>() as u64;
     let n = SIZES.len() as u64;
+    // The sockets' cgroup v2 ids are the containers' scopes: the agent names them from the cgroup path.
+    let (web_cg, worker_cg) = (cgroups.cgroup_id(&WEB), cgroups.cgroup_id(&WORKER));
+    data["cgroup_ids"] = json!({"web": web_cg, "worker": worker_cg});
     let wants = [
         Labelled {
             want: Want::tcp("client", client, server, (up, down)).cookie(cookie(tc)?),
             local: WORKER,
             remote: WEB,
+            cgroup_id: worker_cg,
         },
         Labelled {
             want: Want::tcp("server", server, client, (down, up)).cookie(cookie(ts)?),
             local: WEB,
             remote: WORKER,
+            cgroup_id: web_cg,
         },
         Labelled {
             want: Want::udp("client", dgram_client, dgram_server, (bytes, bytes), (n, n)).cookie(cookie(uc)?),
             local: WORKER,
             remote: WEB,
+            cgroup_id: worker_cg,
         },
         Labelled {
             want: Want::udp("server", dgram_server, dgram_client, (bytes, bytes), (n, n)).cookie(cookie(us)?),
             local: WEB,
             remote: WORKER,
+            cgroup_id: web_cg,
         },
     ];
     let records = await_labelled(&ctx.agent, &wants, WITHIN).map_err(|e| format!("after {WITHIN:?}: {e}"))?;
@@ -391,37 +402,46 @@ fn cgroup_v1_body(ctx: &Ctx, data: &mut Value) -> Result<String, String> {
     let udp_cookie = tn["udp_cookie"].as_u64().ok_or("no udp cookie")?;
     let bytes: u64 = SIZES.iter().sum::<usize>() as u64;
     let n = SIZES.len() as u64;
+    // Every socket's cgroup v2 id is the root of the agent's own mount (it holds every process here).
+    let root_cg = std::fs::metadata(OWN_CGROUP2).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    data["cgroup2_root_id"] = json!(root_cg);
     let (up, down, up_ns, down_ns) = (UP as u64, DOWN as u64, UP_NS as u64, DOWN_NS as u64);
     let wants = [
         Labelled {
             want: Want::tcp("client", client_addr, server_addr, (up, down)).cookie(cookie(tc)?),
             local: WORKER,
             remote: EXPORTER,
+            cgroup_id: root_cg,
         },
         Labelled {
             want: Want::tcp("server", server_addr, client_addr, (down, up)).cookie(cookie(ts)?),
             local: EXPORTER,
             remote: WORKER,
+            cgroup_id: root_cg,
         },
         Labelled {
             want: Want::tcp("client", ns_client, ns_tcp, (up_ns, down_ns)).cookie(cookie(&tn)?),
             local: WEB,
             remote: WEB,
+            cgroup_id: root_cg,
         },
         Labelled {
             want: Want::tcp("server", ns_tcp, ns_client, (down_ns, up_ns)).cookie(cookie(ns_s)?),
             local: WEB,
             remote: WEB,
+            cgroup_id: root_cg,
         },
         Labelled {
             want: Want::udp("client", ns_dgram, ns_udp, (bytes, bytes), (n, n)).cookie(udp_cookie),
             local: WEB,
             remote: WEB,
+            cgroup_id: root_cg,
         },
         Labelled {
             want: Want::udp("server", ns_udp, ns_dgram, (bytes, bytes), (n, n)).cookie(cookie(ns_u)?),
             local: WEB,
             remote: WEB,
+            cgroup_id: root_cg,
         },
     ];
     let records = await_labelled(&ctx.agent, &wants, WITHIN).map_err(|e| format!("after {WITHIN:?}: {e}"))?;
