@@ -1,14 +1,19 @@
 //! The local HTTP API (axum, bound to 127.0.0.1:9780 by default):
 //! `/healthz` (liveness, for the ECS health check), `/readyz` (first scan done),
 //! `/status` (collector, hooks, kernel, map fill, drops, uptime) and `/flows`
-//! (open and recently closed flow records), `/metrics` (see [`crate::metrics`]).
+//! (open and recently closed flow records, [`flows_query`]), `/metrics` (see [`crate::metrics`]).
+//!
+//! Bounded: [`server`] caps connections and times out slow clients; [`host`] refuses foreign
+//! `Host` headers. Handlers that read state behind the collector's locks run on the blocking
+//! pool and only copy under a lock (serialising, sorting and rendering happen after), so a
+//! stuck collector cannot freeze the async workers and no request holds the collector up.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -22,6 +27,12 @@ use crate::pipeline::Shared;
 use crate::preflight::KernelInfo;
 use crate::table::TableStats;
 use crate::tags::{Tagged, Tags};
+
+pub mod flows_query;
+pub mod host;
+pub mod server;
+
+use flows_query::FlowQuery;
 
 /// The `/status` document.
 #[derive(Debug, Serialize)]
@@ -62,6 +73,8 @@ pub struct Status {
     pub dns: Option<crate::dns::DnsCounters>,
     /// NAT attribution through conntrack (absent when off).
     pub conntrack: Option<serde_json::Value>,
+    /// API connections: active, cap, accepted, refused, timeouts, foreign `Host`.
+    pub api: server::ApiCounts,
 }
 
 impl Status {
@@ -81,6 +94,12 @@ impl Status {
             counters.insert("otlp_batches_sent", c.batches_sent);
             counters.insert("otlp_attempts_failed", c.attempts_failed);
         }
+        let api = shared.api.counts();
+        drops.insert("api_connections_refused", api.connections_refused);
+        drops.insert("api_header_timeouts", api.header_timeouts);
+        drops.insert("api_request_timeouts", api.request_timeouts);
+        drops.insert("api_host_rejected", api.host_rejected);
+        counters.insert("api_connections_accepted", api.connections_accepted);
         let last_scan = *shared.last_scan.lock().unwrap_or_else(PoisonError::into_inner);
         Status {
             version: env!("CARGO_PKG_VERSION"),
@@ -107,12 +126,15 @@ impl Status {
             fips: shared.fips.clone(),
             dns: shared.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).counters()),
             conntrack: shared.conntrack.as_ref().map(|c| c.status()),
+            api,
         }
     }
 }
 
-/// Routes over the shared state; `/metrics` only when `metrics` is on.
-pub fn router(shared: Arc<Shared>, metrics: bool) -> Router {
+/// Routes over the shared state; `/metrics` only when `metrics` is on; every request goes
+/// through the `Host` guard.
+pub fn router(shared: Arc<Shared>, metrics: bool, allowed: host::AllowedHosts) -> Router {
+    let guard = host::HostGuard { allowed: Arc::new(allowed), shared: shared.clone() };
     let r = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -120,7 +142,19 @@ pub fn router(shared: Arc<Shared>, metrics: bool) -> Router {
         .route("/flows", get(flows))
         .route("/dns", get(dns));
     let r = if metrics { r.route("/metrics", get(metrics_handler)) } else { r };
-    r.with_state(shared)
+    r.with_state(shared).layer(axum::middleware::from_fn_with_state(guard, host::guard))
+}
+
+/// Runs `f` on the blocking pool (it may wait for a lock the collector holds).
+async fn blocking<T: Send + 'static>(
+    s: &Arc<Shared>,
+    f: impl FnOnce(&Shared) -> T + Send + 'static,
+) -> Result<T, Response> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || f(&s)).await.map_err(|e| {
+        tracing::error!(error = %e, "API worker failed");
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+    })
 }
 
 /// OpenMetrics when the scraper prefers it (`Accept: application/openmetrics-text`), else
@@ -130,10 +164,21 @@ async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
-    let status = Status::of(&s);
-    let (series, aggregate) = s.series.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let dns =
-        s.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).rows()).unwrap_or_default();
+    let copied = blocking(&s, |s| {
+        let status = Status::of(s);
+        let (series, aggregate) = s.series.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let dns = s
+            .dns
+            .as_ref()
+            .map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).rows_unsorted())
+            .unwrap_or_default();
+        (status, series, aggregate, crate::dns::sort_rows(dns))
+    })
+    .await;
+    let (status, series, aggregate, dns) = match copied {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let body = metrics::render(
         &metrics::Snapshot { series: &series, aggregate, status: &status, dns: &dns },
         openmetrics,
@@ -161,17 +206,46 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 /// DNS statistics per client, server, name and type; 404 when DNS monitoring is off.
 async fn dns(State(s): State<Arc<Shared>>) -> Response {
     match &s.dns {
-        Some(d) => Json(d.lock().unwrap_or_else(PoisonError::into_inner).rows()).into_response(),
+        Some(_) => {
+            let rows = blocking(&s, |s| {
+                s.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).rows_unsorted())
+            })
+            .await;
+            match rows {
+                Ok(rows) => Json(crate::dns::sort_rows(rows.unwrap_or_default())).into_response(),
+                Err(r) => r,
+            }
+        }
         None => (StatusCode::NOT_FOUND, "DNS monitoring is off (dns = false, or not the eBPF collector)\n")
             .into_response(),
     }
 }
 
-async fn status(State(s): State<Arc<Shared>>) -> Json<Status> {
-    Json(Status::of(&s))
+async fn status(State(s): State<Arc<Shared>>) -> Response {
+    match blocking(&s, Status::of).await {
+        Ok(st) => Json(st).into_response(),
+        Err(r) => r,
+    }
 }
 
-async fn flows(State(s): State<Arc<Shared>>) -> Response {
-    let flows = s.table().flows();
-    Json(flows.iter().map(|f| Tagged { record: f, tags: &s.tags }).collect::<Vec<_>>()).into_response()
+/// Header: flows matching the query in all.
+pub const FLOWS_TOTAL_HEADER: &str = "x-eddy-flows-total";
+/// Header: `true` when `limit` left matching flows out.
+pub const FLOWS_TRUNCATED_HEADER: &str = "x-eddy-flows-truncated";
+
+/// A JSON array of flow records (see [`flows_query`]); the headers say whether it is complete.
+async fn flows(State(s): State<Arc<Shared>>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
+    let q = match FlowQuery::parse(&pairs) {
+        Ok(q) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("/flows: {e}\n")).into_response(),
+    };
+    let limit = q.limit;
+    let (flows, total) = match blocking(&s, move |s| s.table().select(|r| q.matches(r), limit)).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let truncated = if total > flows.len() { "true" } else { "false" };
+    let body = Json(flows.iter().map(|f| Tagged { record: f, tags: &s.tags }).collect::<Vec<_>>());
+    ([(FLOWS_TOTAL_HEADER, total.to_string()), (FLOWS_TRUNCATED_HEADER, truncated.to_string())], body)
+        .into_response()
 }

@@ -173,6 +173,18 @@ pub struct Overrides {
     /// Read conntrack of this network namespace (path) instead of the agent's own.
     #[arg(long)]
     pub conntrack_netns: Option<String>,
+    /// API connections open at once (default 64).
+    #[arg(long)]
+    pub api_max_connections: Option<String>,
+    /// Time a client has to send a request's headers (default 5s).
+    #[arg(long)]
+    pub api_header_timeout: Option<String>,
+    /// Time one API connection may take in all (default 30s).
+    #[arg(long)]
+    pub api_request_timeout: Option<String>,
+    /// Extra `Host` values the API accepts (comma-separated; `*`: any).
+    #[arg(long)]
+    pub api_allowed_hosts: Option<String>,
 }
 
 impl Overrides {
@@ -221,6 +233,10 @@ impl Overrides {
             ("conntrack", &self.conntrack),
             ("conntrack_max_entries", &self.conntrack_max_entries),
             ("conntrack_netns", &self.conntrack_netns),
+            ("api_max_connections", &self.api_max_connections),
+            ("api_header_timeout", &self.api_header_timeout),
+            ("api_request_timeout", &self.api_request_timeout),
+            ("api_allowed_hosts", &self.api_allowed_hosts),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
@@ -277,6 +293,10 @@ mod tests {
             conntrack: Some("x".into()),
             conntrack_max_entries: Some("x".into()),
             conntrack_netns: Some("x".into()),
+            api_max_connections: Some("x".into()),
+            api_header_timeout: Some("x".into()),
+            api_request_timeout: Some("x".into()),
+            api_allowed_hosts: Some("x".into()),
             config: None,
         };
         let keys: Vec<&str> = all.pairs().into_iter().map(|(k, _)| k).collect();

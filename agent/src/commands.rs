@@ -316,16 +316,25 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
             .map_err(|source| CommandError::Thread { name: "collector", source })?
     };
     tracing::info!(listen = %cfg.listen, "serving /healthz /readyz /status /flows");
+    crate::api::server::warn_if_exposed(cfg.listen);
 
     rt.block_on(async {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(
-            axum::serve(listener, crate::api::router(shared.clone(), cfg.metrics))
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .into_future(),
-        );
+        let allowed = crate::api::host::AllowedHosts::new(cfg.listen, &cfg.api_allowed_hosts);
+        let limits = crate::api::server::ServerSettings {
+            max_connections: cfg.api_max_connections,
+            header_timeout: cfg.api_header_timeout,
+            request_timeout: cfg.api_request_timeout,
+        };
+        let server = tokio::spawn(crate::api::server::serve(
+            listener,
+            crate::api::router(shared.clone(), cfg.metrics, allowed),
+            limits,
+            shared.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         crate::faults::spawn_task_fault();
         shutdown_signal().await;
         tracing::info!("shutting down");

@@ -170,6 +170,17 @@ pub struct Config {
     /// Read the conntrack table of this network namespace (a `/proc/<pid>/ns/net` or
     /// `/run/netns/<name>` path) instead of the agent's own.
     pub conntrack_netns: Option<PathBuf>,
+    /// API connections open at once; more are answered 503 and closed (counted).
+    pub api_max_connections: usize,
+    /// Time a client has to send a request's headers (slowloris guard).
+    #[serde(with = "duration_str")]
+    pub api_header_timeout: Duration,
+    /// Time a whole API connection (one request and its answer) may take.
+    #[serde(with = "duration_str")]
+    pub api_request_timeout: Duration,
+    /// `Host` values the API accepts besides localhost, 127.0.0.1, [::1] and the `listen`
+    /// address (DNS rebinding guard): `name` (no port or the `listen` port), `name:port`, or `*`.
+    pub api_allowed_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -218,6 +229,10 @@ impl Default for Config {
             conntrack: true,
             conntrack_max_entries: 65_536,
             conntrack_netns: None,
+            api_max_connections: 64,
+            api_header_timeout: Duration::from_secs(5),
+            api_request_timeout: Duration::from_secs(30),
+            api_allowed_hosts: Vec::new(),
         }
     }
 }
@@ -281,6 +296,10 @@ pub const KEYS: &[&str] = &[
     "conntrack",
     "conntrack_max_entries",
     "conntrack_netns",
+    "api_max_connections",
+    "api_header_timeout",
+    "api_request_timeout",
+    "api_allowed_hosts",
 ];
 
 /// `EDDY_CONFIG` names the file; it is not a field.
@@ -464,6 +483,16 @@ impl Config {
                 let v = value.trim();
                 self.conntrack_netns = (!v.is_empty()).then(|| PathBuf::from(v));
             }
+            "api_max_connections" => {
+                self.api_max_connections =
+                    usize::try_from(num(value)?).map_err(|_| bad("too large".into()))?
+            }
+            "api_header_timeout" => self.api_header_timeout = dur(value)?,
+            "api_request_timeout" => self.api_request_timeout = dur(value)?,
+            "api_allowed_hosts" => {
+                self.api_allowed_hosts =
+                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+            }
             _ => return Err(bad(format!("unknown key; known: {}", KEYS.join(", ")))),
         }
         Ok(())
@@ -559,6 +588,29 @@ impl Config {
                 "conntrack_max_entries {} must be between 16 and 10000000",
                 self.conntrack_max_entries
             ));
+        }
+        if !(1..=4096).contains(&self.api_max_connections) {
+            return fail(format!(
+                "api_max_connections {} must be between 1 and 4096",
+                self.api_max_connections
+            ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.api_header_timeout) {
+            return fail(format!(
+                "api_header_timeout {:?} must be between 100ms and 60s",
+                self.api_header_timeout
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.api_request_timeout) {
+            return fail(format!(
+                "api_request_timeout {:?} must be between 1s and 10m",
+                self.api_request_timeout
+            ));
+        }
+        for h in &self.api_allowed_hosts {
+            if let Err(e) = crate::api::host::check_entry(h) {
+                return fail(format!("api_allowed_hosts: {e}"));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return fail(format!("log_level {:?}: {e}", self.log_level));

@@ -257,7 +257,12 @@ impl DnsTracker {
 
     /// Every row, sorted by client, server, name and type.
     pub fn rows(&self) -> Vec<DnsRow> {
-        sorted(self.rows.iter().map(|(k, r)| row(k, r)).collect())
+        sorted(self.rows_unsorted())
+    }
+
+    /// The rows in no particular order (a copy; sort them with [`sort_rows`] outside any lock).
+    pub fn rows_unsorted(&self) -> Vec<DnsRow> {
+        self.rows.iter().map(|(k, r)| row(k, r)).collect()
     }
 
     /// Rows that changed since the last call (for JSON lines), and marks them clean.
@@ -341,6 +346,11 @@ fn row(k: &RowKey, r: &Row) -> DnsRow {
             max: r.latency.max(),
         },
     }
+}
+
+/// Rows in the order of [`DnsTracker::rows`].
+pub fn sort_rows(rows: Vec<DnsRow>) -> Vec<DnsRow> {
+    sorted(rows)
 }
 
 fn sorted(mut rows: Vec<DnsRow>) -> Vec<DnsRow> {

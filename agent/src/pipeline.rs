@@ -52,6 +52,8 @@ pub struct Shared {
     pub collecting: AtomicBool,
     /// Beaten by the collection thread after every completed poll (`/healthz`).
     pub heartbeat: Heartbeat,
+    /// API connection counters.
+    pub api: crate::api::server::ApiStats,
     pub poll_errors: AtomicU64,
     pub last_scan: Mutex<Option<Instant>>,
     pub output_dropped: AtomicU64,
@@ -89,6 +91,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             collecting: AtomicBool::new(true),
             heartbeat: Heartbeat::new(crate::liveness::STALL_FLOOR),
+            api: crate::api::server::ApiStats::default(),
             poll_errors: AtomicU64::new(0),
             last_scan: Mutex::new(None),
             output_dropped: AtomicU64::new(0),

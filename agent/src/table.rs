@@ -143,6 +143,22 @@ impl FlowTable {
         self.live.values().chain(self.closed.iter()).map(|o| o.record.clone()).collect()
     }
 
+    /// Up to `limit` flows for which `keep` holds (open ones first, then closed ones newest
+    /// first), and how many match in all. Copies only what it returns.
+    pub fn select(&self, keep: impl Fn(&FlowRecord) -> bool, limit: usize) -> (Vec<FlowRecord>, usize) {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut total = 0;
+        for o in self.live.values().chain(self.closed.iter().rev()) {
+            if keep(&o.record) {
+                total += 1;
+                if out.len() < limit {
+                    out.push(o.record.clone());
+                }
+            }
+        }
+        (out, total)
+    }
+
     /// Flows to export now: closed since the last export (kept only when the table
     /// was made with `export`), and open flows whose state changed since then.
     pub fn take_export(&mut self) -> Export {

@@ -519,10 +519,12 @@ impl RunAgent {
             .unwrap_or_else(|e| panic!("GET {path}: body is not JSON ({e}): {}", r.text()))
     }
 
-    /// `GET /flows` as records.
+    /// `GET /flows` as records: every flow the agent holds, up to the API's largest `limit`
+    /// (panics if the answer says it was truncated).
     pub fn flows(&self) -> Vec<FlowRecord> {
-        let r = self.get("/flows");
+        let r = self.get("/flows?limit=100000");
         assert_eq!(r.status, 200, "GET /flows: status {} body {}", r.status, r.text());
+        assert_ne!(r.header("x-eddy-flows-truncated"), Some("true"), "GET /flows: more than 100000 flows");
         serde_json::from_slice(&r.body).unwrap_or_else(|e| {
             let text = r.text();
             let cut = text.char_indices().nth(2000).map_or(text.len(), |(i, _)| i);

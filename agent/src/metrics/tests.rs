@@ -38,6 +38,7 @@ fn status() -> Status {
         fips: None,
         dns: None,
         conntrack: None,
+        api: crate::api::server::ApiStats::default().counts(),
     }
 }
 
