@@ -170,7 +170,7 @@ fn start_aws(cfg: &Config, rt: &tokio::runtime::Runtime) -> Option<Arc<dyn Enric
                 Ok(id) => e.set_identity(id),
                 Err(err) => {
                     tracing::warn!(error = %err, "enhanced resolution: no identity from IMDS; scope stays partial");
-                    e.set_identity_error(err.to_string());
+                    e.set_identity_error(&err);
                 }
             }
         }

@@ -305,9 +305,10 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
 }
 
 /// Freshness and errors of the enrichment providers (`ecs`: ECS agent or task metadata;
-/// `ecs_api`: the ECS API), from their `/status` objects.
+/// `ecs_api`: the ECS API; `aws`: the IMDS identity of enhanced resolution), from their
+/// `/status` objects.
 fn enrichment(w: &mut Writer, st: &Status) {
-    let providers = [("ecs", &st.ecs), ("ecs_api", &st.ecs_api)];
+    let providers = [("ecs", &st.ecs), ("ecs_api", &st.ecs_api), ("aws", &st.aws)];
     if providers.iter().all(|(_, p)| p.is_none()) {
         return;
     }

@@ -14,6 +14,11 @@ pub const GOOD: u8 = 0;
 pub const MALFORMED: u8 = 1;
 pub const ERROR_500: u8 = 2;
 pub const STALL: u8 = 3;
+/// A task list (a document with families; other routes answer as in [`GOOD`]): valid, naming other families (`"Family": "web"` → `"oversized"`), padded with
+/// whitespace to [`OVERSIZED_BYTES`]: beyond every cap of the agent.
+pub const OVERSIZED: u8 = 4;
+/// Size of an [`OVERSIZED`] answer (64 MiB).
+pub const OVERSIZED_BYTES: usize = 64 << 20;
 
 /// A vendored fixture file of `tests/fixtures/ecs`.
 pub fn fixture(name: &str) -> String {
@@ -70,6 +75,12 @@ pub fn json_fixture(mode: Arc<AtomicU8>, routes: &[(&str, String)]) -> SocketAdd
                 let (status, body) = match (mode.load(Ordering::SeqCst), routes.get(path)) {
                     (GOOD, Some(doc)) => (200, doc.clone()),
                     (MALFORMED, Some(doc)) => (200, doc[..doc.len() / 2].to_string()),
+                    (OVERSIZED, Some(doc)) if !doc.contains("\"Family\"") => (200, doc.clone()),
+                    (OVERSIZED, Some(doc)) => {
+                        let mut big = doc.replace("\"Family\": \"web\"", "\"Family\": \"oversized\"");
+                        big.push_str(&" ".repeat(OVERSIZED_BYTES.saturating_sub(big.len())));
+                        (200, big)
+                    }
                     (ERROR_500, _) => (500, "{}".to_string()),
                     (STALL, _) => {
                         std::thread::sleep(Duration::from_secs(5));

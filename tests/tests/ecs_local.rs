@@ -19,6 +19,9 @@ use serde_json::Value;
 const TASK_ID: &str = "4b5c6d7e8f9041a2b3c4d5e6f7a8b9c0";
 const WEB_CONTAINER: &str = "9a8b7c6d5e4f30219a8b7c6d5e4f30219a8b7c6d5e4f30219a8b7c6d5e4f3021";
 
+/// The tests share one cgroup path (the fixture's container id): one at a time.
+static CGROUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A cgroup shaped like an ECS container's, removed on drop.
 struct ContainerCgroup {
     dirs: Vec<PathBuf>,
@@ -88,6 +91,7 @@ fn flow_from_port(agent: &RunAgent, port: u16) -> Result<Value, String> {
 
 #[test]
 fn containers_are_labelled_from_the_ecs_agent_and_bad_answers_degrade_to_unknown() {
+    let _serial = CGROUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !require_privileges() {
         return;
     }
@@ -201,4 +205,84 @@ fn containers_are_labelled_from_the_ecs_agent_and_bad_answers_degrade_to_unknown
         let text = agent.get("/metrics").text();
         if text.lines().any(|l| l == want) { Ok(()) } else { Err(format!("no line {want}")) }
     });
+}
+
+/// Peak resident memory of a process (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn oversized_task_lists_are_counted_and_the_last_good_labels_stay() {
+    let _serial = CGROUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !require_privileges() {
+        return;
+    }
+    let Some(root) = cgroup2_root() else {
+        skip("no cgroup2 mount");
+        return;
+    };
+    if Command::new("python3").arg("-V").output().is_err() {
+        skip("python3 is needed for the containerised client (scripts/install-deps.sh installs it)");
+        return;
+    }
+    let mode = Arc::new(AtomicU8::new(GOOD));
+    let fixture = introspection_fixture(mode.clone());
+    let cg = ContainerCgroup::create(&root);
+    let agent = RunAgent::start(&[
+        "--poll-interval",
+        "200ms",
+        "--ecs-agent-uri",
+        &format!("http://{fixture}"),
+        "--ecs-refresh-interval",
+        "200ms",
+        "--closed-flow-retention",
+        "100000",
+    ]);
+    poll_until(Duration::from_secs(10), Duration::from_millis(200), "a good refresh", || {
+        let n = agent.status()["ecs"]["containers"].as_u64().unwrap_or(0);
+        if n >= 3 { Ok(()) } else { Err(format!("{n} containers")) }
+    });
+    let pid = agent.pid().expect("pid");
+    let before = peak_rss_kib(pid);
+
+    // 64 MiB answers (a valid document naming another family): refused at the 4 MiB cap, counted.
+    mode.store(OVERSIZED, Ordering::SeqCst);
+    poll_until(Duration::from_secs(20), Duration::from_millis(200), "oversized answers counted", || {
+        let n = agent.status()["ecs"]["errors"]["ecs_agent_oversized_responses"].as_u64().unwrap_or(0);
+        if n >= 3 { Ok(()) } else { Err(format!("{n} so far")) }
+    });
+    let metrics = agent.get("/metrics").text();
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "eddy_agent_enrichment_errors_total{provider=\"ecs\",cause=\"ecs_agent_oversized_responses\"}"
+        )),
+        "{metrics}"
+    );
+    let status = agent.status();
+    let last_error = status["ecs"]["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(last_error.contains("larger than 4194304 bytes"), "{status}");
+
+    // The labels are still those of the last good answer.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = listener.local_addr().expect("addr");
+    let reader = sink(listener, 1);
+    let port = containerised_client(&cg, server, 777);
+    let f = poll_until(Duration::from_secs(10), Duration::from_millis(200), "labelled flow", || {
+        flow_from_port(&agent, port)
+    });
+    assert_eq!(f["local"]["ecs"]["task_family"], "web", "last good snapshot kept: {f}");
+    assert_eq!(reader.join().expect("sink"), vec![777]);
+
+    let after = peak_rss_kib(pid);
+    assert!(
+        after < before + 16 * 1024,
+        "the agent's peak RSS grew from {before} KiB to {after} KiB while refusing 64 MiB answers"
+    );
 }

@@ -3,10 +3,11 @@
 //! host's own identity. Reads the resolver's cache only; public addresses outside the VPC
 //! are `internet` without any API call.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use super::identity::Identity;
+use super::identity::{Identity, IdentityError};
 use super::resolver::{AwsResolver, RemoteAws};
 use crate::enrich::Enricher;
 use crate::flow::{FlowRecord, Scope};
@@ -18,6 +19,8 @@ pub struct AwsEnricher {
     /// Why resolution runs (`/status`).
     pub decision: String,
     identity_error: Mutex<Option<String>>,
+    /// Failed identity reads by kind ([`IdentityError::kind`]), for `/status` and `/metrics`.
+    errors: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl std::fmt::Debug for AwsEnricher {
@@ -28,7 +31,13 @@ impl std::fmt::Debug for AwsEnricher {
 
 impl AwsEnricher {
     pub fn new(resolver: Arc<AwsResolver>, own: Identity, decision: String) -> Self {
-        AwsEnricher { resolver, own: RwLock::new(own), decision, identity_error: Mutex::new(None) }
+        AwsEnricher {
+            resolver,
+            own: RwLock::new(own),
+            decision,
+            identity_error: Mutex::new(None),
+            errors: Mutex::default(),
+        }
     }
 
     /// Replaces the identity (fields already set by the configuration win).
@@ -50,8 +59,10 @@ impl AwsEnricher {
         self.own.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    pub fn set_identity_error(&self, e: String) {
-        *self.identity_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+    /// Records a failed identity read: its message and its kind's counter.
+    pub fn set_identity_error(&self, e: &IdentityError) {
+        *self.errors.lock().unwrap_or_else(PoisonError::into_inner).entry(e.kind()).or_default() += 1;
+        *self.identity_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
     }
 }
 
@@ -132,6 +143,7 @@ impl Enricher for AwsEnricher {
             "decision": self.decision,
             "identity": *self.own.read().unwrap_or_else(PoisonError::into_inner),
             "identity_error": *self.identity_error.lock().unwrap_or_else(PoisonError::into_inner),
+            "errors": *self.errors.lock().unwrap_or_else(PoisonError::into_inner),
             "resolver": self.resolver.status(),
         })
     }

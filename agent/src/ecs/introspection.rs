@@ -101,14 +101,24 @@ impl Snapshot {
 pub type IntrospectionError = FetchError;
 
 /// Counter names in `/status`, by failure.
-pub const ERROR_KINDS: [&str; 3] =
-    ["ecs_agent_unreachable", "ecs_agent_http_errors", "ecs_agent_malformed_responses"];
+pub const ERROR_KINDS: [&str; 4] = [
+    "ecs_agent_unreachable",
+    "ecs_agent_http_errors",
+    "ecs_agent_malformed_responses",
+    "ecs_agent_oversized_responses",
+];
+
+/// Largest `/v1/metadata` body read (64 KiB; a real one is under 1 KiB).
+pub const METADATA_MAX_BYTES: usize = 64 << 10;
+/// Largest `/v1/tasks` body read (4 MiB: about 2,000 tasks of several containers each, far
+/// beyond what one instance runs).
+pub const TASKS_MAX_BYTES: usize = 4 << 20;
 
 /// Fetches both documents and builds a snapshot.
 pub async fn fetch(client: &reqwest::Client, base: &str) -> Result<Snapshot, IntrospectionError> {
     let base = base.trim_end_matches('/');
-    let meta: Metadata = get_json(client, format!("{base}/v1/metadata")).await?;
-    let tasks: Tasks = get_json(client, format!("{base}/v1/tasks")).await?;
+    let meta: Metadata = get_json(client, format!("{base}/v1/metadata"), METADATA_MAX_BYTES).await?;
+    let tasks: Tasks = get_json(client, format!("{base}/v1/tasks"), TASKS_MAX_BYTES).await?;
     Ok(Snapshot::build(&meta, &tasks))
 }
 

@@ -43,6 +43,9 @@ pub struct RemoteStatus {
     pub container_instances: u64,
     pub addresses: u64,
     pub tasks_truncated: u64,
+    /// The last listing stopped at the ListTasks page cap ([`api::MAX_PAGES`]) with pages left;
+    /// each such refresh is also counted in `errors.list_tasks_truncated`.
+    pub list_tasks_truncated: bool,
     pub refreshes: u64,
     pub last_refresh_age_seconds: Option<f64>,
     pub last_refresh_duration_seconds: Option<f64>,
@@ -59,6 +62,8 @@ pub struct RemoteResolver {
     status: Mutex<RemoteStatus>,
     last_ok: Mutex<Option<Instant>>,
     labelled: std::sync::atomic::AtomicU64,
+    /// The truncated-listing WARN was written (once per process).
+    truncation_logged: std::sync::atomic::AtomicBool,
 }
 
 impl RemoteResolver {
@@ -78,6 +83,18 @@ impl RemoteResolver {
             st.container_instances = idx.instances() as u64;
             st.addresses = idx.addresses() as u64;
             st.tasks_truncated = idx.truncated;
+            st.list_tasks_truncated = idx.list_truncated;
+            if idx.list_truncated {
+                *st.errors.entry("list_tasks_truncated").or_default() += 1;
+                if !self.truncation_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        max_pages = api::MAX_PAGES,
+                        "ECS API provider: ecs:ListTasks has more pages than the cap; tasks beyond it are \
+                         not indexed and their addresses stay unlabelled (counted in /status ecs_api \
+                         errors.list_tasks_truncated)"
+                    );
+                }
+            }
             st.last_refresh_duration_seconds = Some(took.as_secs_f64());
         }
         *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
@@ -261,7 +278,7 @@ mod tests {
             containers: vec![ContainerInfo { name: Some("api".into()), ..Default::default() }],
             ..Default::default()
         };
-        let d = Discovered { cluster: "prod".into(), tasks: vec![task], instances: vec![] };
+        let d = Discovered { cluster: "prod".into(), tasks: vec![task], ..Default::default() };
         r.set_index(RemoteIndex::build(d), Duration::ZERO);
         r
     }

@@ -161,12 +161,20 @@ fn cluster_name(c: &str) -> String {
 pub type TaskMetadataError = FetchError;
 
 /// Counter names in `/status`, by failure.
-pub const ERROR_KINDS: [&str; 3] =
-    ["task_metadata_unreachable", "task_metadata_http_errors", "task_metadata_malformed_responses"];
+pub const ERROR_KINDS: [&str; 4] = [
+    "task_metadata_unreachable",
+    "task_metadata_http_errors",
+    "task_metadata_malformed_responses",
+    "task_metadata_oversized_responses",
+];
+
+/// Largest `/task` body read (1 MiB: one task of at most a few dozen containers).
+pub const TASK_MAX_BYTES: usize = 1 << 20;
 
 /// Fetches `{base}/task` and builds a snapshot.
 pub async fn fetch(client: &reqwest::Client, base: &str) -> Result<TaskSnapshot, TaskMetadataError> {
-    let doc: TaskDocument = get_json(client, format!("{}/task", base.trim_end_matches('/'))).await?;
+    let doc: TaskDocument =
+        get_json(client, format!("{}/task", base.trim_end_matches('/')), TASK_MAX_BYTES).await?;
     Ok(TaskSnapshot::build(&doc))
 }
 

@@ -69,3 +69,36 @@ fn dmi_vendor_or_uuid() {
     assert!(dmi_is_ec2(&root), "Nitro instances");
     std::fs::remove_dir_all(root).ok();
 }
+
+/// An IMDS that answers the token and then every GET with `body_len` bytes.
+fn imds_with_body(body_len: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut req = String::new();
+            let mut r = BufReader::new(s.try_clone().expect("clone"));
+            let _ = r.read_line(&mut req);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let body = if req.starts_with("PUT") { "token".to_string() } else { "a".repeat(body_len) };
+            let _ =
+                write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = s.write_all(body.as_bytes());
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn oversized_imds_answers_are_refused_and_counted_by_kind() {
+    let e = fetch(Some(&imds_with_body(IMDS_MAX_BYTES + 1)), Duration::from_secs(2))
+        .await
+        .expect_err("over the cap");
+    assert!(matches!(e, IdentityError::TooLarge { limit: IMDS_MAX_BYTES, .. }), "{e}");
+    assert_eq!(e.kind(), "imds_oversized_responses");
+    let id = fetch(Some(&imds_with_body(IMDS_MAX_BYTES)), Duration::from_secs(2)).await.expect("at the cap");
+    assert_eq!(id.availability_zone.map(|z| z.len()), Some(IMDS_MAX_BYTES));
+}

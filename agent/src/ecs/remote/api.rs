@@ -16,8 +16,72 @@ use crate::flow::Protocol;
 
 /// Items per Describe* call (the APIs' limit for DescribeTasks/DescribeContainerInstances).
 const BATCH: usize = 100;
-/// Pages of ListTasks per refresh, at most (100 tasks each).
-const MAX_PAGES: usize = 1_000;
+/// Pages of ListTasks per refresh, at most (100 tasks each: 100,000 tasks, the index's own
+/// cap). A listing with pages left is reported truncated (`list_tasks_truncated`).
+pub const MAX_PAGES: usize = 1_000;
+
+/// A source of ListTasks pages: (task ARNs, whether another page follows).
+pub trait PageSource {
+    fn next_page(
+        &mut self,
+    ) -> impl std::future::Future<Output = Option<Result<(Vec<String>, bool), DiscoveryError>>> + Send;
+}
+
+/// ListTasks driven by its `nextToken` (one call per page).
+struct ListTasksPages<'a> {
+    ecs: &'a aws_sdk_ecs::Client,
+    cluster: &'a str,
+    next_token: Option<String>,
+    done: bool,
+}
+
+impl PageSource for ListTasksPages<'_> {
+    async fn next_page(&mut self) -> Option<Result<(Vec<String>, bool), DiscoveryError>> {
+        if self.done {
+            return None;
+        }
+        let out = self
+            .ecs
+            .list_tasks()
+            .cluster(self.cluster)
+            .desired_status("RUNNING".into())
+            .set_next_token(self.next_token.take())
+            .send()
+            .await;
+        Some(match out {
+            Ok(p) => {
+                self.next_token = p.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+                self.done = self.next_token.is_none();
+                Ok((p.task_arns().to_vec(), !self.done))
+            }
+            Err(e) => {
+                self.done = true;
+                Err(classify("ecs:ListTasks", self.cluster, e))
+            }
+        })
+    }
+}
+
+/// Every ARN of at most `max_pages` pages, and whether pages were left (the listing is cut).
+pub async fn list_capped(
+    src: &mut impl PageSource,
+    max_pages: usize,
+) -> Result<(Vec<String>, bool), DiscoveryError> {
+    let mut arns = Vec::new();
+    let mut pages = 0;
+    while let Some(page) = src.next_page().await {
+        let (page, more) = page?;
+        arns.extend(page);
+        pages += 1;
+        if !more {
+            return Ok((arns, false));
+        }
+        if pages >= max_pages {
+            return Ok((arns, true));
+        }
+    }
+    Ok((arns, false))
+}
 
 /// The API clients, built once from the SDK's standard configuration.
 #[derive(Clone, Debug)]
@@ -28,18 +92,8 @@ pub struct Clients {
 
 /// Lists and describes every running task of `cluster` and its container instances.
 pub async fn discover(c: &Clients, cluster: &str) -> Result<Discovered, DiscoveryError> {
-    let mut arns = Vec::new();
-    let mut pages =
-        c.ecs.list_tasks().cluster(cluster).desired_status("RUNNING".into()).into_paginator().send();
-    let mut n = 0;
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| classify("ecs:ListTasks", cluster, e))?;
-        arns.extend(page.task_arns().iter().cloned());
-        n += 1;
-        if n >= MAX_PAGES {
-            break;
-        }
-    }
+    let mut pages = ListTasksPages { ecs: &c.ecs, cluster, next_token: None, done: false };
+    let (arns, list_truncated) = list_capped(&mut pages, MAX_PAGES).await?;
     let mut tasks = Vec::with_capacity(arns.len());
     for chunk in arns.chunks(BATCH) {
         let out = c
@@ -82,7 +136,7 @@ pub async fn discover(c: &Clients, cluster: &str) -> Result<Discovered, Discover
         }
     }
     instance_addresses(c, cluster, &mut instances).await?;
-    Ok(Discovered { cluster: cluster.to_string(), tasks, instances })
+    Ok(Discovered { cluster: cluster.to_string(), tasks, instances, list_truncated })
 }
 
 /// Fills each container instance's EC2 addresses (and its AZ when ECS did not say).
@@ -272,5 +326,47 @@ mod tests {
             vec![(Protocol::Tcp, 80, Some(32768)), (Protocol::Udp, 53, Some(53))],
             "an invalid port is skipped"
         );
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    /// `pages` pages of one ARN each, the last one without a next token.
+    struct Fake {
+        left: usize,
+        served: usize,
+    }
+
+    impl PageSource for Fake {
+        async fn next_page(&mut self) -> Option<Result<(Vec<String>, bool), DiscoveryError>> {
+            if self.left == 0 {
+                return None;
+            }
+            self.left -= 1;
+            self.served += 1;
+            Some(Ok((vec![format!("arn:{}", self.served)], self.left > 0)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_longer_than_the_cap_is_reported_truncated() {
+        let mut f = Fake { left: MAX_PAGES + 500, served: 0 };
+        let (arns, truncated) = list_capped(&mut f, MAX_PAGES).await.expect("list");
+        assert!(truncated);
+        assert_eq!((arns.len(), f.served), (MAX_PAGES, MAX_PAGES), "no page read beyond the cap");
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_ends_at_or_before_the_cap_is_complete() {
+        for pages in [0, 1, 7, MAX_PAGES] {
+            let mut f = Fake { left: pages, served: 0 };
+            let (arns, truncated) = list_capped(&mut f, MAX_PAGES).await.expect("list");
+            assert!(!truncated, "{pages} pages");
+            assert_eq!(arns.len(), pages);
+        }
+        let mut f = Fake { left: 3, served: 0 };
+        assert_eq!(list_capped(&mut f, 2).await.expect("list"), (vec!["arn:1".into(), "arn:2".into()], true));
     }
 }

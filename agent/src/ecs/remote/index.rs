@@ -52,6 +52,8 @@ pub struct Discovered {
     pub cluster: String,
     pub tasks: Vec<TaskInfo>,
     pub instances: Vec<InstanceInfo>,
+    /// ListTasks stopped at its page cap with pages left: some running tasks are missing.
+    pub list_truncated: bool,
 }
 
 /// Address → task/container, immutable once built.
@@ -66,11 +68,14 @@ pub struct RemoteIndex {
     cluster: String,
     /// Tasks beyond [`MAX_TASKS`] that were left out.
     pub truncated: u64,
+    /// The listing this index was built from was cut at the ListTasks page cap.
+    pub list_truncated: bool,
 }
 
 impl RemoteIndex {
     pub fn build(d: Discovered) -> RemoteIndex {
-        let mut idx = RemoteIndex { cluster: d.cluster, ..Default::default() };
+        let mut idx =
+            RemoteIndex { cluster: d.cluster, list_truncated: d.list_truncated, ..Default::default() };
         for (i, inst) in d.instances.into_iter().enumerate() {
             for a in &inst.addrs {
                 idx.instances.insert(*a, i);

@@ -56,6 +56,7 @@ fn index() -> RemoteIndex {
             availability_zone: Some("us-east-1b".into()),
             addrs: vec![ip("10.0.1.10")],
         }],
+        list_truncated: false,
     })
 }
 
