@@ -30,8 +30,8 @@ pub enum Command {
     Healthcheck(Overrides),
     /// Print, as JSON lines, every flow seen during a time window, then exit.
     Capture {
-        /// Length of the window (e.g. `10s`, `2m`).
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        /// Length of the window (e.g. `10s`, `2m`; 100ms–24h).
+        #[arg(long, default_value = "10s", value_parser = capture_duration)]
         duration: Duration,
         /// Flows kept for printing (memory bound); more are counted and reported on stderr.
         #[arg(long, default_value_t = 1_000_000)]
@@ -242,6 +242,16 @@ impl Overrides {
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
         .collect()
     }
+}
+
+/// `capture --duration`: a humantime duration between 100ms and 24h (beyond, the window's end
+/// would be computed from a duration the clock cannot hold).
+fn capture_duration(v: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(v.trim()).map_err(|e| e.to_string())?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&d) {
+        return Err(format!("{} is out of range: 100ms–24h", humantime::format_duration(d)));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

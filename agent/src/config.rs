@@ -81,7 +81,7 @@ pub struct Config {
     pub ring_buffer_bytes: u32,
     /// Recently closed flows kept in memory for `/flows`.
     pub closed_flow_retention: usize,
-    /// A UDP flow without packets for this long is closed and evicted from the kernel map.
+    /// A UDP flow without packets for this long is closed and evicted from the kernel map (1s–1h).
     #[serde(with = "duration_str")]
     pub udp_idle_timeout: Duration,
     /// Collect UDP flows (cgroup_skb programs on every packet).
@@ -100,10 +100,10 @@ pub struct Config {
     /// environment), e.g. an authorization header: set it from a secret, never in plain
     /// text in a task definition. Values are redacted in logs.
     pub otlp_headers: Vec<String>,
-    /// Timeout of one OTLP request.
+    /// Timeout of one OTLP request (100ms–5m).
     #[serde(with = "duration_str")]
     pub otlp_timeout: Duration,
-    /// Longest wait between OTLP retries (exponential backoff from 1 s, with jitter).
+    /// Longest wait between OTLP retries (exponential backoff from 1 s, with jitter; 1s–1h).
     #[serde(with = "duration_str")]
     pub otlp_max_backoff: Duration,
     /// Batches waiting for the OTLP endpoint; more are dropped (counted).
@@ -111,7 +111,7 @@ pub struct Config {
     /// ECS agent introspection API (EC2 launch type). Unset: `http://127.0.0.1:51678` when ECS is
     /// detected (task environment variables, or the agent answering on loopback), else no ECS labels.
     pub ecs_agent_uri: Option<String>,
-    /// How often the ECS task list and the cgroup tree are re-read.
+    /// How often the ECS task list and the cgroup tree are re-read (100ms–1h).
     #[serde(with = "duration_str")]
     pub ecs_refresh_interval: Duration,
     /// ECS cluster whose tasks name remote ends. Unset: the cluster the ECS agent reports.
@@ -120,7 +120,7 @@ pub struct Config {
     /// DescribeContainerInstances, ec2:DescribeInstances) when ECS is detected. Region, endpoint
     /// and credentials come from the standard AWS SDK environment.
     pub ecs_api: bool,
-    /// How often the cluster's tasks are listed through the ECS API.
+    /// How often the cluster's tasks are listed through the ECS API (100ms–24h).
     #[serde(with = "duration_str")]
     pub ecs_api_refresh_interval: Duration,
     /// Enhanced resolution: remote addresses → ENI owner (load balancer, NAT gateway, endpoint,
@@ -128,7 +128,7 @@ pub struct Config {
     pub aws_resolution: AwsResolution,
     /// EC2 API calls per second for enhanced resolution, at most (bursts up to one second's worth).
     pub aws_api_calls_per_second: f64,
-    /// How long a resolved address is cached (addresses found in no ENI: half as long).
+    /// How long a resolved address is cached (addresses found in no ENI: half as long; 1s–7d).
     #[serde(with = "duration_str")]
     pub aws_cache_ttl: Duration,
     /// This host's region, overriding IMDS (e.g. where IMDS is unreachable).
@@ -548,6 +548,9 @@ impl Config {
             let u = crate::redact::url(u);
             return fail(format!("ecs_agent_uri {u:?} must be an http:// URL"));
         }
+        if let Err(e) = self.check_duration_ranges() {
+            return fail(e);
+        }
         if self.ecs_refresh_interval < Duration::from_millis(100) {
             return fail("ecs_refresh_interval must be at least 100ms".into());
         }
@@ -619,7 +622,45 @@ impl Config {
     }
 }
 
+/// Ranges of the duration keys not checked one by one in [`Config::validate`] (min, max): a
+/// value outside is refused at start (exit 2), so no later arithmetic (`Instant + d`, doubling
+/// backoffs) can overflow or panic.
+const MS: u64 = 1;
+const S: u64 = 1_000 * MS;
+const DURATION_RANGES: &[(&str, u64, u64)] = &[
+    ("udp_idle_timeout", S, 3_600 * S),
+    ("otlp_timeout", 100 * MS, 300 * S),
+    ("otlp_max_backoff", S, 3_600 * S),
+    ("ecs_refresh_interval", 100 * MS, 3_600 * S),
+    ("ecs_api_refresh_interval", 100 * MS, 86_400 * S),
+    ("aws_cache_ttl", S, 7 * 86_400 * S),
+];
+
 impl Config {
+    /// Checks [`DURATION_RANGES`]; the error names the key and its range.
+    fn check_duration_ranges(&self) -> Result<(), String> {
+        for &(key, lo, hi) in DURATION_RANGES {
+            let d = match key {
+                "udp_idle_timeout" => self.udp_idle_timeout,
+                "otlp_timeout" => self.otlp_timeout,
+                "otlp_max_backoff" => self.otlp_max_backoff,
+                "ecs_refresh_interval" => self.ecs_refresh_interval,
+                "ecs_api_refresh_interval" => self.ecs_api_refresh_interval,
+                _ => self.aws_cache_ttl,
+            };
+            let (lo, hi) = (Duration::from_millis(lo), Duration::from_millis(hi));
+            if !(lo..=hi).contains(&d) {
+                return Err(format!(
+                    "{key} {} must be between {} and {}",
+                    humantime::format_duration(d),
+                    humantime::format_duration(lo),
+                    humantime::format_duration(hi)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The configuration as it may be logged: header values replaced by `<redacted>`, URLs'
     /// credentials (userinfo, query values) masked ([`crate::redact::url`]).
     pub fn redacted(&self) -> Config {

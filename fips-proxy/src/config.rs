@@ -59,20 +59,20 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// Upstream of the default `otlp` route (used only when `routes` is empty).
     pub otlp_upstream: Option<String>,
-    /// TCP connect plus TLS handshake limit per upstream connection.
+    /// TCP connect plus TLS handshake limit per upstream connection (100ms–5m).
     #[serde(with = "duration_text")]
     pub connect_timeout: Duration,
-    /// A connection with no byte in either direction for this long is closed.
+    /// A connection with no byte in either direction for this long is closed (100ms–24h).
     #[serde(with = "duration_text")]
     pub idle_timeout: Duration,
     /// How often each configured upstream is probed (TCP connect + TLS handshake, no request) to keep
     /// its health current without traffic; `0s` turns probing off (health is then only the outcome
-    /// of the latest client connection).
+    /// of the latest client connection). 1s–24h, or 0s.
     #[serde(with = "duration_text")]
     pub probe_interval: Duration,
     /// Concurrent client connections per route; more are refused (and counted).
     pub max_connections_per_route: usize,
-    /// On SIGTERM/SIGINT: how long open connections may finish before the proxy exits.
+    /// On SIGTERM/SIGINT: how long open connections may finish before the proxy exits (0s–10m).
     #[serde(with = "duration_text")]
     pub shutdown_grace: Duration,
     /// `tracing` filter (`info`, `debug`, `eddy_fips_proxy=trace`, …).
@@ -211,9 +211,20 @@ impl Config {
         if self.max_connections_per_route == 0 {
             return Err(ConfigError::Invalid("max_connections_per_route must be at least 1".into()));
         }
-        for (name, d) in [("connect_timeout", self.connect_timeout), ("idle_timeout", self.idle_timeout)] {
-            if d.is_zero() {
-                return Err(ConfigError::Invalid(format!("{name} must be greater than zero")));
+        for &(name, lo, hi) in DURATION_RANGES {
+            let d = match name {
+                "connect_timeout" => self.connect_timeout,
+                "idle_timeout" => self.idle_timeout,
+                "probe_interval" => self.probe_interval,
+                _ => self.shutdown_grace,
+            };
+            let off = name == "probe_interval" && d.is_zero();
+            if !off && !(Duration::from_millis(lo)..=Duration::from_millis(hi)).contains(&d) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} {}ms must be between {lo}ms and {hi}ms{}",
+                    d.as_millis(),
+                    if name == "probe_interval" { " (or 0s: off)" } else { "" }
+                )));
             }
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
@@ -257,7 +268,17 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-/// `500ms`, `5s`, `2m`, or a bare number of seconds.
+/// Ranges of the duration keys in milliseconds (min, max), checked by [`Config::validate`]:
+/// `connect_timeout` 100ms–5m, `idle_timeout` 100ms–24h, `probe_interval` 0s (off) or 1s–24h,
+/// `shutdown_grace` 0s–10m.
+const DURATION_RANGES: &[(&str, u64, u64)] = &[
+    ("connect_timeout", 100, 300_000),
+    ("idle_timeout", 100, 86_400_000),
+    ("probe_interval", 1_000, 86_400_000),
+    ("shutdown_grace", 0, 600_000),
+];
+
+/// `500ms`, `5s`, `2m`, or a bare number of seconds (overflow is an error, never a wrap).
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let v = v.trim();
     let (num, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
@@ -269,7 +290,10 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{v:?} is too large (overflows)")),
         _ => Err(format!("unknown unit {unit:?} in {v:?}: use ms, s or m")),
     }
 }

@@ -18,7 +18,8 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("eddy-fips-proxy: {e}");
-            return ExitCode::FAILURE;
+            // Invalid configuration: 2, like the agent (1 is for runtime failures).
+            return ExitCode::from(2);
         }
     };
     if healthcheck {

@@ -234,10 +234,10 @@ fn non_loopback_address_and_bad_routes_refuse_to_start() {
         return;
     }
     let o = proxy_output(&[], &[("EDDY_FIPS_LOCAL_ADDRESS", "0.0.0.0".to_string())]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "invalid configuration");
     assert!(String::from_utf8_lossy(&o.stderr).contains("EDDY_FIPS_ALLOW_NON_LOCAL"), "{o:?}");
     let o = proxy_output(&[], &[("EDDY_FIPS_ROUTES", "otlp=http://collector.example".to_string())]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "invalid configuration");
     assert!(String::from_utf8_lossy(&o.stderr).contains("https://"), "{o:?}");
     let o = proxy_output(
         &[],
@@ -245,6 +245,24 @@ fn non_loopback_address_and_bad_routes_refuse_to_start() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.pem"), "{o:?}");
+}
+
+#[test]
+fn out_of_range_durations_exit_2_naming_the_key() {
+    if !proxy_available() {
+        return;
+    }
+    for (key, v) in [
+        ("IDLE_TIMEOUT", "999999999999999999m"),
+        ("CONNECT_TIMEOUT", "0s"),
+        ("PROBE_INTERVAL", "48h"),
+        ("SHUTDOWN_GRACE", "1h"),
+    ] {
+        let o = proxy_output(&[], &[(&*format!("EDDY_FIPS_{key}"), v.to_string())]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{key}={v}: {err}");
+        assert!(err.contains(&key.to_ascii_lowercase()), "{key}={v}: {err}");
+    }
 }
 
 #[test]

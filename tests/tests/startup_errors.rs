@@ -51,9 +51,32 @@ fn invalid_configuration_exits_2_naming_the_setting() {
 }
 
 #[test]
+fn out_of_range_durations_exit_2_naming_the_key() {
+    for (flag, v, key) in [
+        ("--aws-cache-ttl", "999999999999999h", "aws_cache_ttl"),
+        ("--aws-cache-ttl", "30d", "aws_cache_ttl"),
+        ("--udp-idle-timeout", "2h", "udp_idle_timeout"),
+        ("--ecs-refresh-interval", "999999999s", "ecs_refresh_interval"),
+        ("--otlp-timeout", "1h", "otlp_timeout"),
+    ] {
+        assert_fails(&run(&["capture", "--duration", "1s", flag, v], &[]), 2, &[key]);
+    }
+    assert_fails(&run(&["capture", "--duration", "999999999999h"], &[]), 2, &["--duration"]);
+    assert_fails(&run(&["capture", "--duration", "25h"], &[]), 2, &["--duration", "100ms–24h"]);
+}
+
+#[test]
 fn invalid_otlp_headers_exit_2_naming_the_header_not_its_value() {
     let o = run(
-        &["capture", "--duration", "1s", "--otlp-endpoint", "http://127.0.0.1:1/v1/metrics", "--otlp-headers", "bad name=hdrsecret"],
+        &[
+            "capture",
+            "--duration",
+            "1s",
+            "--otlp-endpoint",
+            "http://127.0.0.1:1/v1/metrics",
+            "--otlp-headers",
+            "bad name=hdrsecret",
+        ],
         &[],
     );
     assert_fails(&o, 2, &["otlp_headers", "bad name"]);

@@ -150,3 +150,22 @@ fn collector_choice_from_every_layer() {
     let back: Config = toml::from_str("collector = \"sock_diag\"\n").expect("file");
     assert_eq!(back.collector, CollectorChoice::SockDiag);
 }
+
+#[test]
+fn durations_out_of_range_or_overflowing_name_the_key() {
+    for (key, v) in [
+        ("aws_cache_ttl", "999999999999999h"),
+        ("aws_cache_ttl", "8d"),
+        ("udp_idle_timeout", "2h"),
+        ("otlp_timeout", "10m"),
+        ("otlp_max_backoff", "2h"),
+        ("ecs_refresh_interval", "2h"),
+        ("ecs_api_refresh_interval", "25h"),
+        ("poll_interval", "999999999999999h"),
+    ] {
+        let e = Config::load(None, env(&[]), &[(key, v.into())]).expect_err(v);
+        assert!(e.to_string().contains(key), "{key}={v}: {e}");
+    }
+    let ok = Config::load(None, env(&[]), &[("aws_cache_ttl", "7d".into())]).expect("at the bound");
+    assert_eq!(ok.aws_cache_ttl, Duration::from_secs(7 * 86_400));
+}

@@ -101,3 +101,22 @@ fn validation_refuses_bad_values() {
     assert!(bad(&[("EDDY_FIPS_MAX_CONNECTIONS_PER_ROUTE", "0")]).contains("at least 1"));
     assert!(bad(&[("EDDY_FIPS_IDLE_TIMEOUT", "5h")]).contains("unit"));
 }
+
+#[test]
+fn durations_overflow_or_out_of_range_are_errors_naming_the_key() {
+    assert!(parse_duration("999999999999999999m").expect_err("overflow").contains("too large"));
+    assert!(parse_duration("99999999999999999999s").is_err(), "u64 overflow");
+    for (key, v) in [
+        ("idle_timeout", "999999999999999999m"),
+        ("idle_timeout", "25h"),
+        ("connect_timeout", "50ms"),
+        ("connect_timeout", "6m"),
+        ("probe_interval", "500ms"),
+        ("shutdown_grace", "11m"),
+    ] {
+        let e = Config::load(None, env(&[]), &[(key.into(), v.into())]).expect_err(v);
+        assert!(e.to_string().contains(key), "{key}={v}: {e}");
+    }
+    let c = Config::load(None, env(&[]), &[("probe_interval".into(), "0s".into())]).expect("0s: off");
+    assert!(c.probe_interval.is_zero());
+}
