@@ -25,6 +25,14 @@ cargo test "${features[@]}"
 # The same binaries on the kernels ECS instances run (5.10, 6.1, 6.12) under qemu: see README "Kernel matrix".
 if [ "$(id -u)" -eq 0 ]; then
   scripts/kernel-matrix.sh --no-build --out target/kernel-matrix
+  # The fallbacks, forced on kernels that would pick better hooks: fexit byte hooks (6.1), then sockops
+  # lifecycle + kprobe bytes + UDP programs without task helpers + kprobe UDP senders (6.1, 6.12).
+  scripts/kernel-matrix.sh --no-build --kernels 6.1 --cgroup-v1 none --out target/kernel-matrix-fexit \
+    --agent-arg --disabled-hooks \
+    --agent-arg 'tcp_sock counters (live via iter/task_file),tp_btf/sock_send_length+sock_recv_length'
+  scripts/kernel-matrix.sh --no-build --kernels 6.1,6.12 --cgroup-v1 none --out target/kernel-matrix-fallbacks \
+    --agent-arg --disabled-hooks \
+    --agent-arg 'tp_btf/inet_sock_set_state+tcp_destroy_sock,tcp_sock counters (live via iter/task_file),tp_btf/sock_send_length+sock_recv_length,fexit/tcp_sendmsg+tcp_recvmsg,cgroup_skb/ingress+egress,cgroup_skb/ingress+egress (pid only),fexit/udp_sendmsg+udpv6_sendmsg'
 elif [ -n "${EDDY_TEST_NO_SKIP:-}" ]; then
   echo "test.sh: the kernel matrix needs root (qemu, apt) and EDDY_TEST_NO_SKIP is set" >&2
   exit 1
