@@ -72,7 +72,7 @@ flock -n 8 || die "another kernel-matrix.sh is using $out; wait for it or pick a
 # Host packages: qemu, a static busybox for the guest's shell tools, cpio for the initramfs, the CA bundle
 # the agent's image carries.
 # ---------------------------------------------------------------------------------------------------------
-pkgs=(qemu-system-x86 busybox-static cpio gzip ca-certificates)
+pkgs=(qemu-system-x86 busybox-static cpio gzip)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -261,11 +261,8 @@ command -v strip >/dev/null 2>&1 || die "strip (binutils) is needed: the debug a
 for b in eddy-agent eddy-matrix-guest; do
   strip --strip-debug -o "$stage/bin/$b" "$bindir/$b"
 done
-# The CA bundle, where the agent's image has it (agent/Dockerfile): eddy-agent builds its HTTP clients
-# (the ECS agent's introspection API included, plain http on loopback) with the system's trust store,
-# and without one the ECS provider does not start at all.
-mkdir -p "$stage/etc/ssl/certs"
-cp /etc/ssl/certs/ca-certificates.crt "$stage/etc/ssl/certs/ca-certificates.crt"
+# No CA bundle on purpose: the agent's clients for plain-http host endpoints (ECS agent, task
+# metadata, IMDS) must work without a trust store (agent/src/plain_http.rs); the ECS scenarios show it.
 # Extra agent arguments, one per line (the driver appends them to `eddy-agent run`).
 mkdir -p "$stage/etc/eddy-matrix"
 : >"$stage/etc/eddy-matrix/agent-args"

@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod panic_hook;
 pub mod pipeline;
+pub mod plain_http;
 pub mod preflight;
 pub mod redact;
 pub mod table;

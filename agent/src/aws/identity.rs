@@ -111,11 +111,7 @@ struct Session {
 
 impl Session {
     async fn open(base: String, timeout: Duration) -> Result<Session, IdentityError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        let client = crate::plain_http::client(timeout)
             .map_err(|e| IdentityError::Endpoint { endpoint: redact::url(&base), reason: e.to_string() })?;
         let path = "/latest/api/token".to_string();
         let req = client

@@ -119,7 +119,7 @@ pub struct RefreshSettings {
 /// Refreshes the snapshot until the runtime shuts down. Errors are counted, the
 /// previous snapshot stays, and the wait doubles up to `max_backoff`.
 pub async fn refresh_loop(resolver: Arc<TaskMetadataResolver>, s: RefreshSettings) {
-    let client = match reqwest::Client::builder().timeout(s.timeout).connect_timeout(s.timeout).build() {
+    let client = match crate::plain_http::client(s.timeout) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "task metadata: cannot build an HTTP client; ECS labels stay unknown");

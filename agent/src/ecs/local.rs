@@ -259,7 +259,7 @@ pub struct RefreshSettings {
 /// the ECS agent's health.
 pub async fn refresh_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
     tokio::spawn(walk_loop(resolver.clone(), s.clone()));
-    let client = match reqwest::Client::builder().timeout(s.timeout).connect_timeout(s.timeout).build() {
+    let client = match crate::plain_http::client(s.timeout) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "ECS provider: cannot build an HTTP client; ECS labels disabled");
