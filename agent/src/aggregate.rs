@@ -14,6 +14,14 @@
 //! protocol/family/direction (counted in `series_folded`), so totals still equal
 //! the sum of all traffic, per protocol, family and direction. Series idle for `series_idle_intervals`
 //! are dropped to make room again.
+//!
+//! The interval's working map is bounded too: closed flows are counted as they arrive, so a
+//! flood of short flows to distinct peers would otherwise grow it without limit within one
+//! interval. It takes at most `max_series` keys that are not series yet; beyond, a new key's
+//! deltas go straight to its `other` series (counted in `series_folded` and, as a part of it,
+//! `interval_folded`). So it holds at most 2 × `max_series` keys (the series themselves,
+//! `other` ones included, plus the newcomers). The per-flow memory (`flows_tracked`) holds only
+//! flows open in the flow table or seen in the current interval, so the table's bound bounds it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -183,8 +191,12 @@ struct Counted {
 pub struct AggregateStats {
     pub series: u64,
     pub max_series: u64,
-    /// New series folded into `other` because `max_series` was reached.
+    /// New series folded into `other` because `max_series` was reached (at the end of an
+    /// interval, or as they arrived when the interval's map was full).
     pub series_folded: u64,
+    /// The part of `series_folded` folded as they arrived: the interval already had
+    /// `max_series` new keys.
+    pub interval_folded: u64,
     /// Series dropped after `series_idle_intervals` without traffic.
     pub series_expired: u64,
     pub flows_tracked: u64,
@@ -259,7 +271,17 @@ impl Aggregator {
                 },
             );
         }
-        self.interval.entry(SeriesKey::of(r)).or_default().add(&d);
+        let mut key = SeriesKey::of(r);
+        if self.interval.len() >= self.settings.max_series
+            && key.remote_addr != OTHER
+            && !self.interval.contains_key(&key)
+            && !self.series.contains_key(&key)
+        {
+            self.stats.series_folded += 1;
+            self.stats.interval_folded += 1;
+            key = key.other();
+        }
+        self.interval.entry(key).or_default().add(&d);
     }
 
     /// Closes the interval: merges its deltas into the series (admitting new series

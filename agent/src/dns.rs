@@ -12,9 +12,11 @@
 //! containers is counted once. Only the first question of a message is read. DNS over TCP is
 //! parsed when a segment starts with a message (length prefix); a message split across
 //! segments is `unparsed`. DNS over TLS/HTTPS (ports 853/443) is invisible. Memory is bounded:
-//! `dns_max_names` names (top by queries: when full, the least-queried name is folded into
-//! `other`), a pending table of [`MAX_PENDING`] queries, and [`MAX_SERIES`] rows; every fold
-//! and drop is counted.
+//! `dns_max_names` names (top by queries: when full, the least-queried name, found through a
+//! lazy min-heap in [`names`], is folded into `other`), a pending table of [`MAX_PENDING`]
+//! queries, and [`MAX_SERIES`] rows ([`rows`]: when full, new rows fold into at most
+//! [`rows::OVERFLOW_SLOTS`] overflow rows; rows idle for [`ROW_IDLE`] expire); every fold,
+//! drop and expiry is counted. No per-packet work scans the names or the rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -23,16 +25,22 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub mod hist;
+pub mod names;
 pub mod parse;
+pub mod rows;
 
-use hist::Histogram;
+use names::{Admission, Names};
+use rows::{Row, RowKey, Rows};
 
 /// Name of the row that holds folded names.
 pub const OTHER: &str = "other";
 /// Queries waiting for an answer, at most.
 pub const MAX_PENDING: usize = 65_536;
-/// Rows (client × server × name × type), at most; beyond, new rows fold into `other`.
+/// Rows (client × server × name × type), at most, overflow rows included; beyond, new rows
+/// fold into the overflow rows `(other, other, other, qtype)`.
 pub const MAX_SERIES: usize = 50_000;
+/// A row not updated for this long is dropped (counted in `rows_expired`).
+pub const ROW_IDLE: Duration = Duration::from_secs(3_600);
 
 /// One DNS packet seen by a socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,40 +89,15 @@ pub struct DnsCounters {
     pub pending_full: u64,
     /// Names folded into `other` to keep the name set bounded.
     pub names_folded: u64,
-    /// Rows folded into `other`: the row table was full.
+    /// Updates (queries, or answers and timeouts whose row was gone) counted in an overflow
+    /// row `(other, other, other, qtype)`: the row table was full.
     pub series_folded: u64,
+    /// Rows dropped after [`ROW_IDLE`] without an update.
+    pub rows_expired: u64,
     pub pending: u64,
     pub names: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct RowKey {
-    client: String,
-    server: String,
-    name: String,
-    qtype: String,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Row {
-    /// Changed since the last [`DnsTracker::take_changed`].
-    dirty: bool,
-    queries: u64,
-    rcodes: BTreeMap<String, u64>,
-    timeouts: u64,
-    latency: Histogram,
-}
-
-impl Row {
-    fn merge(&mut self, o: &Row) {
-        self.dirty = true;
-        self.queries += o.queries;
-        self.timeouts += o.timeouts;
-        for (k, v) in &o.rcodes {
-            *self.rcodes.entry(k.clone()).or_insert(0) += v;
-        }
-        self.latency.merge(&o.latency);
-    }
+    pub rows: u64,
+    pub max_rows: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -156,19 +139,23 @@ pub struct DnsRow {
 #[derive(Debug)]
 pub struct DnsTracker {
     settings: DnsSettings,
-    rows: HashMap<RowKey, Row>,
-    /// Queries per admitted name.
-    names: HashMap<String, u64>,
+    rows: Rows,
+    names: Names,
     pending: HashMap<PendingKey, Pending>,
     counters: DnsCounters,
 }
 
 impl DnsTracker {
     pub fn new(settings: DnsSettings) -> Self {
+        Self::with_limits(settings, MAX_SERIES, ROW_IDLE)
+    }
+
+    /// A tracker with another row cap and idle time (tests).
+    pub fn with_limits(settings: DnsSettings, max_rows: usize, row_idle: Duration) -> Self {
         DnsTracker {
+            names: Names::new(settings.max_names),
             settings,
-            rows: HashMap::new(),
-            names: HashMap::new(),
+            rows: Rows::new(max_rows, row_idle),
             pending: HashMap::new(),
             counters: DnsCounters::default(),
         }
@@ -204,15 +191,14 @@ impl DnsTracker {
             (true, false) => {
                 self.counters.queries += 1;
                 let name = self.admit(&m.name);
-                let row = self.row_key(RowKey {
+                let rk = RowKey {
                     client: client(p),
                     server: p.remote.ip().to_string(),
                     name,
                     qtype: parse::qtype_name(m.qtype),
-                });
-                let r = self.rows.entry(row.clone()).or_default();
+                };
+                let (row, r) = self.rows.update(rk, p.ts_ns);
                 r.queries += 1;
-                r.dirty = true;
                 if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&key) {
                     self.counters.pending_full += 1;
                 } else {
@@ -223,8 +209,7 @@ impl DnsTracker {
                 Some(q) => {
                     self.counters.responses += 1;
                     let row = self.live_row(q.row);
-                    let r = self.rows.entry(row).or_default();
-                    r.dirty = true;
+                    let (_, r) = self.rows.update(row, p.ts_ns);
                     *r.rcodes.entry(parse::rcode_name(m.rcode)).or_insert(0) += 1;
                     r.latency.record(p.ts_ns.saturating_sub(q.ts_ns) / 1_000);
                 }
@@ -235,7 +220,7 @@ impl DnsTracker {
         }
     }
 
-    /// Queries unanswered for longer than the timeout become timeouts.
+    /// Queries unanswered for longer than the timeout become timeouts; idle rows expire.
     pub fn expire(&mut self, now_ns: u64) {
         let limit = self.settings.timeout.as_nanos() as u64;
         let expired: Vec<PendingKey> = self
@@ -248,11 +233,11 @@ impl DnsTracker {
             if let Some(q) = self.pending.remove(&k) {
                 self.counters.timeouts += 1;
                 let row = self.live_row(q.row);
-                let r = self.rows.entry(row).or_default();
+                let (_, r) = self.rows.update(row, now_ns);
                 r.timeouts += 1;
-                r.dirty = true;
             }
         }
+        self.rows.expire_idle(now_ns);
     }
 
     /// Every row, sorted by client, server, name and type.
@@ -262,72 +247,49 @@ impl DnsTracker {
 
     /// The rows in no particular order (a copy; sort them with [`sort_rows`] outside any lock).
     pub fn rows_unsorted(&self) -> Vec<DnsRow> {
-        self.rows.iter().map(|(k, r)| row(k, r)).collect()
+        self.rows.iter().map(|(k, r)| row(&k, r)).collect()
     }
 
     /// Rows that changed since the last call (for JSON lines), and marks them clean.
     pub fn take_changed(&mut self) -> Vec<DnsRow> {
-        let mut out = Vec::new();
-        for (k, r) in self.rows.iter_mut().filter(|(_, r)| r.dirty) {
-            r.dirty = false;
-            out.push(row(k, r));
-        }
-        sorted(out)
+        sorted(self.rows.take_changed(|k, r| row(&k, r)))
     }
 
     pub fn counters(&self) -> DnsCounters {
         DnsCounters {
             pending: self.pending.len() as u64,
             names: self.names.len() as u64,
+            series_folded: self.rows.folded,
+            rows_expired: self.rows.expired,
+            rows: self.rows.len() as u64,
+            max_rows: self.rows.max() as u64,
             ..self.counters.clone()
         }
     }
 
     /// The name as counted: itself while it is (or can become) one of the top names, else `other`.
     fn admit(&mut self, name: &str) -> String {
-        if let Some(n) = self.names.get_mut(name) {
-            *n += 1;
-            return name.to_string();
-        }
-        if self.names.len() >= self.settings.max_names {
-            // Fold the least-queried name into `other`; the newcomer takes its place.
-            let Some(victim) = self.names.iter().min_by_key(|(_, n)| **n).map(|(k, _)| k.clone()) else {
-                return OTHER.to_string();
-            };
-            self.fold_name(&victim);
-        }
-        self.names.insert(name.to_string(), 1);
-        name.to_string()
-    }
-
-    fn fold_name(&mut self, name: &str) {
-        self.names.remove(name);
-        self.counters.names_folded += 1;
-        let keys: Vec<RowKey> = self.rows.keys().filter(|k| k.name == name).cloned().collect();
-        for k in keys {
-            if let Some(r) = self.rows.remove(&k) {
-                let other = RowKey { name: OTHER.to_string(), ..k };
-                self.rows.entry(other).or_default().merge(&r);
+        match self.names.count(name) {
+            Admission::Admitted { evicted } => {
+                if let Some(victim) = evicted {
+                    // The least-queried name folds into `other`; the newcomer takes its place.
+                    self.counters.names_folded += 1;
+                    self.rows.fold_name(&victim);
+                }
+                name.to_string()
             }
+            Admission::Refused => OTHER.to_string(),
         }
     }
 
-    /// A row that still exists (its name may have been folded since the query).
+    /// Where an answer or timeout for a query counted under `k` goes: `k` while it exists;
+    /// else (its name was folded, or the row expired) its name's current row.
     fn live_row(&self, k: RowKey) -> RowKey {
-        if k.name == OTHER || self.names.contains_key(&k.name) {
+        if self.rows.contains(&k) || k.name == OTHER || self.names.contains(&k.name) {
             k
         } else {
             RowKey { name: OTHER.to_string(), ..k }
         }
-    }
-
-    /// `k`, or its `other` row when the row table is full.
-    fn row_key(&mut self, k: RowKey) -> RowKey {
-        if self.rows.len() < MAX_SERIES || self.rows.contains_key(&k) {
-            return k;
-        }
-        self.counters.series_folded += 1;
-        RowKey { name: OTHER.to_string(), ..k }
     }
 }
 

@@ -171,7 +171,7 @@ pub fn render(s: &Snapshot<'_>, openmetrics: bool) -> String {
         w.sample("eddy_tcp_rtt_seconds_count", &base, v.rtt.count);
     }
 
-    dns::render(&mut w, s.dns);
+    dns::render(&mut w, s.dns, s.status.dns.as_ref());
     agent_health(&mut w, s);
     if openmetrics {
         w.out.push_str("# EOF\n");

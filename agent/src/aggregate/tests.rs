@@ -152,3 +152,26 @@ fn folds_keep_totals_per_protocol_and_direction() {
     assert_eq!(sum(Protocol::Tcp, Direction::Incoming), 1_000);
     assert!(a.series().len() <= OTHER_SLOTS + 1);
 }
+
+/// A flood of short flows to distinct peers within one interval: the interval's working map
+/// stays bounded, every byte is still counted, and every fold is counted.
+#[test]
+fn the_interval_map_stays_bounded_under_a_flood_of_distinct_peers() {
+    const REGULAR: usize = 20;
+    const FLOWS: u64 = 200_000;
+    let mut a = agg(REGULAR);
+    let max = OTHER_SLOTS + REGULAR;
+    for i in 0..FLOWS {
+        let peer = std::net::Ipv4Addr::from(0x0a00_0000 | i as u32).to_string();
+        a.observe(&flow(i % 1_000, &peer, 3, 1, true));
+        assert!(a.interval.len() <= 2 * max, "{} keys after {i} flows", a.interval.len());
+    }
+    let s = a.stats();
+    assert_eq!(s.interval_folded, FLOWS - max as u64, "the first max_series keys are kept");
+    let records = a.finish_interval(t(10));
+    assert_eq!(records.iter().map(|r| r.bytes_sent).sum::<u64>(), 3 * FLOWS);
+    assert_eq!(total_sent(&a), 3 * FLOWS, "totals exact");
+    let s = a.stats();
+    assert!(s.series as usize <= max, "{s:?}");
+    assert_eq!(s.series_folded, FLOWS - REGULAR as u64, "{s:?}");
+}

@@ -204,3 +204,94 @@ fn fuzz_dns_path() {
     assert_eq!(c.packets, iterations);
     assert!(c.names <= 64 && c.pending as usize <= MAX_PENDING);
 }
+
+/// A query (and, for `answered`, its response 1 ms later) from `client_no` to `server_no`.
+fn exchange(t: &mut DnsTracker, id: u16, name: &str, qtype: u16, client_no: u32, server_no: u32, ts_ms: u64) {
+    let remote: SocketAddr = (std::net::Ipv4Addr::from(0x0a00_0000 | server_no), 53).into();
+    let mut q = packet(true, ts_ms, message(id, false, 0, name, qtype, &[]));
+    q.remote = remote;
+    t.ingest(&q, |_| format!("client{client_no}"));
+    let mut r = packet(false, ts_ms + 1, message(id, true, 0, name, qtype, &[]));
+    r.remote = remote;
+    t.ingest(&r, client);
+}
+
+#[test]
+fn rows_stay_within_the_cap_and_totals_stay_exact() {
+    const CAP: usize = 1_000;
+    const QUERIES: u32 = 1_000_000;
+    let mut t = DnsTracker::with_limits(
+        DnsSettings { timeout: Duration::from_secs(5), max_names: 100 },
+        CAP,
+        Duration::from_secs(3_600),
+    );
+    // Every (client, server, qtype) combination once (a few names), 12 qtypes,
+    // more than the overflow slots.
+    const QTYPES: [u16; 12] = [1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 43, 255];
+    for i in 0..QUERIES {
+        let qtype = QTYPES[i as usize % QTYPES.len()];
+        let rest = i / QTYPES.len() as u32;
+        exchange(&mut t, i as u16, &format!("n{}.test", i % 10), qtype, rest / 1_000, rest % 1_000, 1);
+    }
+    assert_eq!(t.counters().malformed, 0);
+    let rows = t.rows();
+    assert!(rows.len() <= CAP, "{} rows", rows.len());
+    let overflow: Vec<&DnsRow> = rows.iter().filter(|r| r.server == OTHER).collect();
+    assert!(!overflow.is_empty() && overflow.len() <= rows::OVERFLOW_SLOTS, "{}", overflow.len());
+    assert!(overflow.iter().any(|r| r.qtype == OTHER), "further qtypes share the last overflow row");
+    assert_eq!(rows.iter().map(|r| r.queries).sum::<u64>(), u64::from(QUERIES), "no query lost");
+    let answers: u64 = rows.iter().flat_map(|r| r.rcodes.values()).sum();
+    assert_eq!(answers, u64::from(QUERIES), "no answer lost");
+    let c = t.counters();
+    assert_eq!((c.rows, c.max_rows), (rows.len() as u64, CAP as u64));
+    assert!(c.series_folded >= u64::from(QUERIES) - CAP as u64, "{c:?}");
+    assert_eq!(overflow.iter().map(|r| r.queries).sum::<u64>(), c.series_folded, "every fold counted");
+}
+
+#[test]
+fn a_flood_of_new_names_on_a_full_name_set_does_bounded_work() {
+    const NAMES: usize = 2_000;
+    const FLOOD: u32 = 100_000;
+    let mut t = tracker(NAMES);
+    for i in 0..NAMES as u32 {
+        for _ in 0..=(i % 3) {
+            exchange(&mut t, 1, &format!("steady{i}.test"), 1, 0, 1, 1);
+        }
+    }
+    let before = t.names.steps();
+    for i in 0..FLOOD {
+        exchange(&mut t, 2, &format!("flood{i}.test"), 1, 0, 1, 2);
+    }
+    let steps = t.names.steps() - before;
+    // A scan of the names would be NAMES steps per new name (2 * 10^8 here).
+    assert!(steps <= 3 * u64::from(FLOOD) + 3 * NAMES as u64, "{steps} heap steps for {FLOOD} names");
+    let c = t.counters();
+    assert_eq!((c.names, c.names_folded), (NAMES as u64, u64::from(FLOOD)));
+    let rows = t.rows();
+    assert!(rows.len() <= NAMES + 1, "one row per name, plus `other`: {}", rows.len());
+    let total: u64 = rows.iter().map(|r| r.queries).sum();
+    assert_eq!(total, c.queries, "folding loses no query");
+    // The steady names queried more than once outlive the flood of one-off names.
+    assert!(rows.iter().any(|r| r.name == "steady2.test"));
+}
+
+#[test]
+fn idle_rows_expire_and_are_counted() {
+    let mut t = DnsTracker::with_limits(
+        DnsSettings { timeout: Duration::from_secs(5), max_names: 10 },
+        100,
+        Duration::from_secs(10),
+    );
+    exchange(&mut t, 1, "idle.test", 1, 0, 1, 1_000);
+    exchange(&mut t, 2, "busy.test", 1, 0, 1, 1_000);
+    exchange(&mut t, 3, "busy.test", 1, 0, 1, 9_000);
+    t.expire(10_500 * 1_000_000);
+    assert_eq!((t.rows().len(), t.counters().rows_expired), (2, 0), "nothing idle for 10 s yet");
+    t.expire(13_500 * 1_000_000);
+    let names: Vec<String> = t.rows().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["busy.test"]);
+    assert_eq!((t.counters().rows_expired, t.counters().rows), (1, 1));
+    // Queried again, the name starts a new row.
+    exchange(&mut t, 4, "idle.test", 1, 0, 1, 13_000);
+    assert_eq!(t.rows().iter().find(|r| r.name == "idle.test").map(|r| r.queries), Some(1));
+}
