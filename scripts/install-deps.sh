@@ -5,20 +5,21 @@
 #   test:  build + what the integration tests drive (iproute2 ip/tc, kmod, prometheus + promtool,
 #          jq and python3-venv for the deploy-artifact tools, podman + runc + ca-certificates for the
 #          container image smoke test, openssl + nginx-light as TLS peers of the FIPS proxy tests,
-#          dnsmasq-base (the binary only, no service) as the DNS server of the DNS tests)
+#          dnsmasq-base (the binary only, no service) as the DNS server of the DNS tests, nftables
+#          for the NAT test)
 # The Rust toolchain is not installed here: Eddy needs cargo/rustc >= 1.95 (rustup).
 set -euo pipefail
 
 what=${1:-build}
 case "$what" in
-  -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   build|test) ;;
   *) echo "install-deps.sh: unknown target '$what' (build|test)" >&2; exit 2 ;;
 esac
 
 pkgs=(clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 python3 cmake golang-go)
 if [ "$what" = test ]; then
-  pkgs+=(kmod prometheus jq python3-venv podman runc ca-certificates openssl nginx-light dnsmasq-base)
+  pkgs+=(kmod prometheus jq python3-venv podman runc ca-certificates openssl nginx-light dnsmasq-base nftables)
 fi
 
 missing=()

@@ -510,6 +510,28 @@ struct {
 	__type(value, __u64); /* struct sock * */
 } SENDMSG_ARGS SEC(".maps");
 
+/* kprobe → kretprobe: the socket argument, kept by thread in `map` until the return. */
+static __always_inline void stash_sock(void *map, struct sock *sk)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 ptr = (__u64)sk;
+
+	bpf_map_update_elem(map, &id, &ptr, BPF_ANY);
+}
+
+static __always_inline struct sock *take_sock(void *map)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 *ptr = bpf_map_lookup_elem(map, &id);
+	struct sock *sk;
+
+	if (!ptr)
+		return NULL;
+	sk = (struct sock *)*ptr;
+	bpf_map_delete_elem(map, &id);
+	return sk;
+}
+
 static __always_inline int on_bytes_raw(struct sock *sk, int ret, bool sent)
 {
 	struct eddy_flow *e;
@@ -532,25 +554,16 @@ static __always_inline int on_bytes_raw(struct sock *sk, int ret, bool sent)
 SEC("kprobe/tcp_sendmsg")
 int BPF_KPROBE(eddy_send_kprobe, struct sock *sk)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u64 ptr = (__u64)sk;
-
-	bpf_map_update_elem(&SENDMSG_ARGS, &id, &ptr, BPF_ANY);
+	stash_sock(&SENDMSG_ARGS, sk);
 	return 0;
 }
 
 SEC("kretprobe/tcp_sendmsg")
 int BPF_KRETPROBE(eddy_send_kretprobe, int ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u64 *ptr = bpf_map_lookup_elem(&SENDMSG_ARGS, &id);
-	struct sock *sk;
+	struct sock *sk = take_sock(&SENDMSG_ARGS);
 
-	if (!ptr)
-		return 0;
-	sk = (struct sock *)*ptr;
-	bpf_map_delete_elem(&SENDMSG_ARGS, &id);
-	return on_bytes_raw(sk, ret, true);
+	return sk ? on_bytes_raw(sk, ret, true) : 0;
 }
 
 /* tcp_recvmsg's socket and flags, from entry to return (see eddy_recv_fexit). */
@@ -1232,54 +1245,39 @@ struct {
 	__type(value, __u64); /* struct sock * */
 } UDP_SEND_ARGS SEC(".maps");
 
+static __always_inline int udp_send_returned(int ret)
+{
+	struct sock *sk = take_sock(&UDP_SEND_ARGS);
+
+	if (sk)
+		note_udp_sender(BPF_CORE_READ(sk, __sk_common.skc_cookie.counter), ret);
+	return 0;
+}
+
 SEC("kprobe/udp_sendmsg")
 int BPF_KPROBE(eddy_udp_send_kprobe, struct sock *sk)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u64 ptr = (__u64)sk;
-
-	bpf_map_update_elem(&UDP_SEND_ARGS, &id, &ptr, BPF_ANY);
+	stash_sock(&UDP_SEND_ARGS, sk);
 	return 0;
 }
 
 SEC("kretprobe/udp_sendmsg")
 int BPF_KRETPROBE(eddy_udp_send_kretprobe, int ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u64 *ptr = bpf_map_lookup_elem(&UDP_SEND_ARGS, &id);
-	struct sock *sk;
-
-	if (!ptr)
-		return 0;
-	sk = (struct sock *)*ptr;
-	bpf_map_delete_elem(&UDP_SEND_ARGS, &id);
-	note_udp_sender(BPF_CORE_READ(sk, __sk_common.skc_cookie.counter), ret);
-	return 0;
+	return udp_send_returned(ret);
 }
 
 SEC("kprobe/udpv6_sendmsg")
 int BPF_KPROBE(eddy_udp6_send_kprobe, struct sock *sk)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u64 ptr = (__u64)sk;
-
-	bpf_map_update_elem(&UDP_SEND_ARGS, &id, &ptr, BPF_ANY);
+	stash_sock(&UDP_SEND_ARGS, sk);
 	return 0;
 }
 
 SEC("kretprobe/udpv6_sendmsg")
 int BPF_KRETPROBE(eddy_udp6_send_kretprobe, int ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u64 *ptr = bpf_map_lookup_elem(&UDP_SEND_ARGS, &id);
-	struct sock *sk;
-
-	if (!ptr)
-		return 0;
-	sk = (struct sock *)*ptr;
-	bpf_map_delete_elem(&UDP_SEND_ARGS, &id);
-	note_udp_sender(BPF_CORE_READ(sk, __sk_common.skc_cookie.counter), ret);
-	return 0;
+	return udp_send_returned(ret);
 }
 
 /* One egress/ingress pair per owner mode (see current_owner()). */
