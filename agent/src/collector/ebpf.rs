@@ -25,6 +25,7 @@ use eddy_ebpf::{DnsEvent, Flow, UdpKey, shared as k};
 use super::{Batch, CollectorError, FlowSource, HookStatus, MapStatus, Observed, Rejected, SourceStatus};
 use crate::clock::Clock;
 
+mod choice;
 pub mod convert;
 pub mod hooks;
 mod proc_comm;
@@ -142,7 +143,7 @@ impl EbpfSource {
         if bytes.chosen.as_deref().is_some_and(|c| c.starts_with("kprobe/")) {
             config_bits |= k::CFG_BYTES_MAX_AT_CLOSE;
         }
-        let live_iter = program_of(hooks::TCP_LIVE, live.chosen.as_deref());
+        let live_iter = choice::program_of(hooks::TCP_LIVE, live.chosen.as_deref());
         let mut cookie_sweep = None;
         if live_iter == Some(hooks::ITER_PROBE_READS) {
             // That iterator keys sockets by existing cookies: give one to every older socket.
@@ -155,7 +156,7 @@ impl EbpfSource {
             );
             cookie_sweep = Some(sweep);
         }
-        if recvmsg_has_nonblock_arg() {
+        if choice::recvmsg_has_nonblock_arg() {
             config_bits |= k::CFG_RECVMSG_NONBLOCK_ARG;
         }
         let udp = if settings.udp || settings.dns {
@@ -179,7 +180,7 @@ impl EbpfSource {
                 }],
             }
         };
-        let udp_process = udp_process(&mut ebpf, &targets, &udp, settings.udp);
+        let udp_process = choice::udp_process(&mut ebpf, &targets, &udp, settings.udp);
         let dns_on = settings.dns && udp.chosen.is_some();
         if dns_on {
             config_bits |= k::CFG_DNS;
@@ -441,44 +442,6 @@ where
     seen
 }
 
-/// Where the process of a UDP flow comes from: the UDP programs themselves, or (when the kernel
-/// lets them call no task helper) a hook at the end of `udp_sendmsg`.
-fn udp_process(ebpf: &mut Ebpf, targets: &hooks::Targets<'_>, udp: &HookStatus, udp_on: bool) -> HookStatus {
-    let in_program = match udp.chosen.as_deref() {
-        Some(hooks::UDP_OWNER_FULL) => Some("cgroup_skb (pid and comm)"),
-        Some(hooks::UDP_OWNER_PID) => Some("cgroup_skb (pid; comm from /proc/<pid>/comm)"),
-        _ => None,
-    };
-    match (in_program, udp.chosen.is_some() && udp_on) {
-        (Some(_), _) => hooks::attach_first(ebpf, targets, "udp_process", hooks::UDP_SENDERS, in_program),
-        (None, true) => hooks::attach_first(ebpf, targets, "udp_process", hooks::UDP_SENDERS, None),
-        (None, false) => HookStatus {
-            capability: "udp_process",
-            chosen: None,
-            rejected: vec![Rejected { hook: "udp_process".into(), reason: "no UDP flows (see udp)".into() }],
-        },
-    }
-}
-
-/// The program of the candidate named `chosen` (single-program candidates).
-fn program_of(candidates: &[hooks::Candidate], chosen: Option<&str>) -> Option<&'static str> {
-    let chosen = chosen?;
-    candidates.iter().find(|c| c.hook == chosen).and_then(|c| c.programs.first()).map(|(name, _)| *name)
-}
-
-/// Whether `tcp_recvmsg` still has its `nonblock` argument (kernels before 5.19), which moves
-/// `flags` from the 4th to the 5th argument for the kprobe byte hook.
-fn recvmsg_has_nonblock_arg() -> bool {
-    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned());
-    release.ok().and_then(|r| kernel_version(&r)).is_some_and(|v| v < (5, 19))
-}
-
-/// `(major, minor)` of a kernel release such as `5.10.0-33-cloud-amd64`.
-fn kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CollectorError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -498,26 +461,5 @@ fn raise_memlock() {
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "setrlimit(RLIMIT_MEMLOCK) refused");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_versions() {
-        assert_eq!(kernel_version("5.10.0-33-cloud-amd64"), Some((5, 10)));
-        assert_eq!(kernel_version("6.18.44-fc-v1252"), Some((6, 18)));
-        assert_eq!(kernel_version("garbage"), None);
-    }
-
-    #[test]
-    fn iterator_program_of_each_live_candidate() {
-        for c in hooks::TCP_LIVE {
-            assert_eq!(program_of(hooks::TCP_LIVE, Some(c.hook)), Some(c.programs[0].0));
-        }
-        assert_eq!(program_of(hooks::TCP_LIVE, None), None);
-        assert_eq!(program_of(hooks::TCP_LIVE, Some("other")), None);
     }
 }
