@@ -70,8 +70,17 @@ pub struct Config {
     /// of the latest client connection). 1s–24h, or 0s.
     #[serde(with = "duration_text")]
     pub probe_interval: Duration,
+    /// Whole life of one client connection of an HTTP route, request head to last byte (1s–24h).
+    #[serde(with = "duration_text")]
+    pub request_timeout: Duration,
+    /// Minimum transfer rate of an HTTP route's client connection: in every consecutive
+    /// `idle_timeout` window it must move at least `min_bytes_per_second × idle_timeout` bytes
+    /// (both directions together), else it is closed. `0` turns the check off (0–1,000,000).
+    pub min_bytes_per_second: u64,
     /// Concurrent client connections per route; more are refused (and counted).
     pub max_connections_per_route: usize,
+    /// Concurrent connections to the status port; more are refused with 503 (and counted) (1–1024).
+    pub max_status_connections: usize,
     /// On SIGTERM/SIGINT: how long open connections may finish before the proxy exits (0s–10m).
     #[serde(with = "duration_text")]
     pub shutdown_grace: Duration,
@@ -92,7 +101,10 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             probe_interval: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(300),
+            min_bytes_per_second: 16,
             max_connections_per_route: 128,
+            max_status_connections: 16,
             shutdown_grace: Duration::from_secs(10),
             log_level: "info".to_string(),
             log_format: "text".to_string(),
@@ -109,7 +121,10 @@ const KNOWN: &[&str] = &[
     "connect_timeout",
     "idle_timeout",
     "probe_interval",
+    "request_timeout",
+    "min_bytes_per_second",
     "max_connections_per_route",
+    "max_status_connections",
     "shutdown_grace",
     "log_level",
     "log_format",
@@ -168,6 +183,13 @@ impl Config {
             "connect_timeout" => self.connect_timeout = parse_duration(value).map_err(bad)?,
             "idle_timeout" => self.idle_timeout = parse_duration(value).map_err(bad)?,
             "probe_interval" => self.probe_interval = parse_duration(value).map_err(bad)?,
+            "request_timeout" => self.request_timeout = parse_duration(value).map_err(bad)?,
+            "min_bytes_per_second" => {
+                self.min_bytes_per_second = value.trim().parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "max_status_connections" => {
+                self.max_status_connections = value.trim().parse().map_err(|e| bad(format!("{e}")))?
+            }
             "shutdown_grace" => self.shutdown_grace = parse_duration(value).map_err(bad)?,
             "max_connections_per_route" => {
                 self.max_connections_per_route = value.trim().parse().map_err(|e| bad(format!("{e}")))?
@@ -211,11 +233,24 @@ impl Config {
         if self.max_connections_per_route == 0 {
             return Err(ConfigError::Invalid("max_connections_per_route must be at least 1".into()));
         }
+        if !(1..=MAX_STATUS_CONNECTIONS).contains(&self.max_status_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "max_status_connections {} must be between 1 and {MAX_STATUS_CONNECTIONS}",
+                self.max_status_connections
+            )));
+        }
+        if self.min_bytes_per_second > MAX_MIN_BYTES_PER_SECOND {
+            return Err(ConfigError::Invalid(format!(
+                "min_bytes_per_second {} must be between 0 (off) and {MAX_MIN_BYTES_PER_SECOND}",
+                self.min_bytes_per_second
+            )));
+        }
         for &(name, lo, hi) in DURATION_RANGES {
             let d = match name {
                 "connect_timeout" => self.connect_timeout,
                 "idle_timeout" => self.idle_timeout,
                 "probe_interval" => self.probe_interval,
+                "request_timeout" => self.request_timeout,
                 _ => self.shutdown_grace,
             };
             let off = name == "probe_interval" && d.is_zero();
@@ -270,13 +305,19 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 
 /// Ranges of the duration keys in milliseconds (min, max), checked by [`Config::validate`]:
 /// `connect_timeout` 100ms–5m, `idle_timeout` 100ms–24h, `probe_interval` 0s (off) or 1s–24h,
-/// `shutdown_grace` 0s–10m.
+/// `request_timeout` 1s–24h, `shutdown_grace` 0s–10m.
 const DURATION_RANGES: &[(&str, u64, u64)] = &[
     ("connect_timeout", 100, 300_000),
     ("idle_timeout", 100, 86_400_000),
     ("probe_interval", 1_000, 86_400_000),
+    ("request_timeout", 1_000, 86_400_000),
     ("shutdown_grace", 0, 600_000),
 ];
+
+/// Largest `max_status_connections`.
+const MAX_STATUS_CONNECTIONS: usize = 1024;
+/// Largest `min_bytes_per_second` (1 MB/s: a floor, not a throughput target).
+const MAX_MIN_BYTES_PER_SECOND: u64 = 1_000_000;
 
 /// `500ms`, `5s`, `2m`, or a bare number of seconds (overflow is an error, never a wrap).
 pub fn parse_duration(v: &str) -> Result<Duration, String> {

@@ -92,7 +92,7 @@ async fn serve(cfg: Config, module: crypto::ModuleInfo) -> Result<(), RunError> 
     }
     let (tx, rx) = watch::channel(false);
     let stats: Vec<_> = routes.iter().map(|r| r.stats.clone()).collect();
-    tokio::spawn(status::serve(status_listener, module, stats, rx.clone()));
+    tokio::spawn(status::serve(status_listener, module, stats, cfg.max_status_connections, rx.clone()));
     for (i, (listener, route)) in listeners.into_iter().zip(&routes).enumerate() {
         tracing::info!(
             route = %route.stats.name,

@@ -4,7 +4,8 @@
 //! How: every route port accepts plain TCP on the local address. A connection first takes a
 //! permit from the route's semaphore (none left: refused and counted; HTTP routes answer 503
 //! first). HTTP routes go through [`http`] (request head read and rewritten, errors answered as
-//! 502/503); raw TCP routes connect upstream over TLS and relay bytes ([`upstream`]).
+//! 502/503) under the whole-life and minimum-rate limits of [`limits`]; raw TCP routes connect
+//! upstream over TLS and relay bytes ([`upstream`]).
 //!
 //! Shutdown: on the watch signal, listeners stop accepting at once; open connections get
 //! `shutdown_grace` to finish, then the runtime drops them.
@@ -21,6 +22,7 @@ use crate::config::{Config, RouteKind, Upstream};
 use crate::status::{Health, RouteStats};
 
 pub mod http;
+pub mod limits;
 pub mod upstream;
 
 /// Everything a connection of one route needs.
@@ -33,6 +35,8 @@ pub struct Route {
     pub max_connections: usize,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Whole-life and minimum-rate limits of HTTP client connections.
+    pub limits: limits::Limits,
 }
 
 impl Route {
@@ -66,6 +70,11 @@ pub fn build_route(
         max_connections: cfg.max_connections_per_route,
         connect_timeout: cfg.connect_timeout,
         idle_timeout: cfg.idle_timeout,
+        limits: limits::Limits {
+            request_timeout: cfg.request_timeout,
+            min_bytes_per_second: cfg.min_bytes_per_second,
+            window: cfg.idle_timeout,
+        },
     })
 }
 
@@ -107,10 +116,21 @@ pub async fn serve_route(listener: TcpListener, route: Arc<Route>, mut shutdown:
 
 async fn handle(client: TcpStream, route: &Route) {
     match route.kind() {
-        RouteKind::Http => http::handle(client, route).await,
+        RouteKind::Http => {
+            let meter = limits::Meter::default();
+            let cut = limits::enforce(route.limits, &meter, http::handle(client, route, &meter)).await;
+            if let Some(cut) = cut {
+                let counter = match cut {
+                    limits::Cut::Lifetime(_) => &route.stats.closed_request_timeout,
+                    limits::Cut::TooSlow { .. } => &route.stats.closed_too_slow,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(route = %route.stats.name, reason = %cut, bytes = meter.get(), "client connection closed");
+            }
+        }
         RouteKind::Tcp => match upstream::connect(route).await {
             Ok(tls) => {
-                let (up, down) = upstream::relay(client, tls, route).await;
+                let (up, down) = upstream::relay(client, tls, route, &limits::Meter::default()).await;
                 tracing::debug!(route = %route.stats.name, bytes_up = up, bytes_down = down, "tcp connection closed");
             }
             Err(e) => {

@@ -6,16 +6,20 @@
 //! the latest upstream connection attempt, by a client connection or by the periodic probe
 //! (`unknown` before the first one, `unconfigured` for a route without upstream).
 //!
+//! At most `max_status_connections` connections are served at once; more are answered 503 and
+//! closed, and counted in the JSON as `status_connections_refused` (a stuck or flooding local
+//! client cannot pile up tasks; each served connection is bounded by a 5 s request-head timeout).
+//!
 //! Limits: HTTP/1.x only, one request per connection, no TLS on this port (it is local).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::{RouteKind, RouteSpec};
 use crate::crypto::ModuleInfo;
@@ -53,6 +57,10 @@ pub struct RouteStats {
     pub bytes_from_upstream: AtomicU64,
     pub handshake_failures: AtomicU64,
     pub upstream_errors: AtomicU64,
+    /// HTTP client connections closed at `request_timeout`.
+    pub closed_request_timeout: AtomicU64,
+    /// HTTP client connections closed for moving fewer bytes than `min_bytes_per_second` asks.
+    pub closed_too_slow: AtomicU64,
     state: Mutex<(Health, Option<String>)>,
     /// Version, suite and group of the latest successful handshake.
     last_handshake: Mutex<Option<String>>,
@@ -75,6 +83,8 @@ impl RouteStats {
             bytes_from_upstream: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
+            closed_request_timeout: AtomicU64::new(0),
+            closed_too_slow: AtomicU64::new(0),
             state: Mutex::new((health, None)),
             last_handshake: Mutex::new(None),
         }
@@ -120,6 +130,8 @@ impl RouteStats {
             bytes_from_upstream: get(&self.bytes_from_upstream),
             handshake_failures: get(&self.handshake_failures),
             upstream_errors: get(&self.upstream_errors),
+            closed_request_timeout: get(&self.closed_request_timeout),
+            closed_too_slow: get(&self.closed_too_slow),
         }
     }
 }
@@ -143,6 +155,8 @@ pub struct RouteStatus {
     pub bytes_from_upstream: u64,
     pub handshake_failures: u64,
     pub upstream_errors: u64,
+    pub closed_request_timeout: u64,
+    pub closed_too_slow: u64,
 }
 
 /// The whole status document.
@@ -153,37 +167,63 @@ pub struct Status {
     pub crypto_module: String,
     pub fips_mode: bool,
     pub tls_config_fips: bool,
+    /// Status-port connections refused over `max_status_connections`.
+    pub status_connections_refused: u64,
     pub routes: Vec<RouteStatus>,
 }
 
 /// Builds the status document.
-pub fn status(module: &ModuleInfo, routes: &[std::sync::Arc<RouteStats>]) -> Status {
+pub fn status(module: &ModuleInfo, routes: &[std::sync::Arc<RouteStats>], status_refused: u64) -> Status {
     Status {
         service: SERVICE,
         version: env!("CARGO_PKG_VERSION"),
         crypto_module: module.module.clone(),
         fips_mode: module.fips_mode,
         tls_config_fips: module.tls_config_fips,
+        status_connections_refused: status_refused,
         routes: routes.iter().map(|r| r.snapshot()).collect(),
     }
 }
 
-/// Serves the status port until `shutdown` turns true.
+/// What every status connection shares.
+struct Shared {
+    module: ModuleInfo,
+    routes: Vec<Arc<RouteStats>>,
+    limit: Arc<Semaphore>,
+    max: usize,
+    refused: AtomicU64,
+}
+
+/// Serves the status port, at most `max_connections` at once, until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     module: ModuleInfo,
-    routes: Vec<std::sync::Arc<RouteStats>>,
+    routes: Vec<Arc<RouteStats>>,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let shared = std::sync::Arc::new((module, routes));
+    let shared = Arc::new(Shared {
+        module,
+        routes,
+        limit: Arc::new(Semaphore::new(max_connections)),
+        max: max_connections,
+        refused: AtomicU64::new(0),
+    });
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &shared.0, &shared.1).await {
+                        let Ok(_permit) = shared.limit.clone().try_acquire_owned() else {
+                            shared.refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%peer, limit = shared.max, "status connection refused: limit reached");
+                            refuse(stream, shared.max).await;
+                            return;
+                        };
+                        let refused = shared.refused.load(Ordering::Relaxed);
+                        if let Err(e) = answer(stream, &shared.module, &shared.routes, refused).await {
                             tracing::debug!(error = %e, "status request failed");
                         }
                     });
@@ -197,10 +237,26 @@ pub async fn serve(
     }
 }
 
+/// The 503 for a status connection over the limit (written without reading the request).
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let body = format!("eddy-fips-proxy: status port connection limit ({max}) reached; retry later\n");
+    let msg = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(msg.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
 async fn answer(
     mut stream: TcpStream,
     module: &ModuleInfo,
-    routes: &[std::sync::Arc<RouteStats>],
+    routes: &[Arc<RouteStats>],
+    status_refused: u64,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
@@ -222,7 +278,8 @@ async fn answer(
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (code, ctype, body) = match (method, path) {
         ("GET", "/" | "/status") => {
-            let json = serde_json::to_string_pretty(&status(module, routes)).unwrap_or_else(|_| "{}".into());
+            let json = serde_json::to_string_pretty(&status(module, routes, status_refused))
+                .unwrap_or_else(|_| "{}".into());
             ("200 OK", "application/json", json + "\n")
         }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),

@@ -216,7 +216,9 @@ pub fn nginx_reverse_proxy(pki: &TestPki, upstream: SocketAddr) -> Option<Peer> 
     nginx_with(pki, &format!("proxy_pass http://{upstream}; proxy_http_version 1.1;"))
 }
 
-fn nginx_with(pki: &TestPki, location: &str) -> Option<Peer> {
+/// nginx (if installed) on TLS 1.2/1.3 with the good certificate and `location` as the body of
+/// its `location / { … }` block.
+pub fn nginx_with(pki: &TestPki, location: &str) -> Option<Peer> {
     let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists())?;
     let port = free_port();
     let dir = pki.path(&format!("nginx-{port}"));

@@ -4,17 +4,20 @@
 //! Approved handshakes (TLS 1.3 and TLS 1.2 with AES-GCM on P-256) carry requests end to end with
 //! `Host` rewritten; servers that only offer ChaCha20, X25519 or CBC, a TLS 1.2 server without the
 //! extended master secret, a certificate for another name and one from an unknown CA are refused with 502 and counted in the status JSON; a
-//! closed upstream is 503. Also: connection limit, non-loopback refusal, healthcheck, SIGTERM.
+//! closed upstream is 503. Also: connection limit, non-loopback refusal, healthcheck, SIGTERM;
+//! slow clients cut by `min_bytes_per_second` and `request_timeout` (counted), hop-by-hop headers
+//! (including those a `Connection` header names) not forwarded, the status-port connection cap.
 //! Needs the `openssl` command (skips with a reason otherwise; nginx cases skip without nginx).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eddy_tests::fips_proxy::{Proxy, proxy_available, proxy_output, request};
 use eddy_tests::skip;
 use eddy_tests::tls_peer::{
-    GOOD_NAME, TestPki, free_port, nginx, openssl_available, s_server, s_server_without_ems,
+    GOOD_NAME, TestPki, free_port, nginx, nginx_reverse_proxy, nginx_with, openssl_available, s_server,
+    s_server_without_ems,
 };
 
 const T: Duration = Duration::from_secs(10);
@@ -257,6 +260,11 @@ fn out_of_range_durations_exit_2_naming_the_key() {
         ("CONNECT_TIMEOUT", "0s"),
         ("PROBE_INTERVAL", "48h"),
         ("SHUTDOWN_GRACE", "1h"),
+        ("REQUEST_TIMEOUT", "500ms"),
+        ("REQUEST_TIMEOUT", "25h"),
+        ("MIN_BYTES_PER_SECOND", "2000000"),
+        ("MAX_STATUS_CONNECTIONS", "0"),
+        ("MAX_STATUS_CONNECTIONS", "1025"),
     ] {
         let o = proxy_output(&[], &[(&*format!("EDDY_FIPS_{key}"), v.to_string())]);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -301,4 +309,150 @@ fn raw_tcp_route_relays_bytes_and_closes_on_refusal() {
     assert!(out.is_empty(), "a refused raw route must close without data: {out:?}");
     let st = proxy.route_status("rawbad");
     assert_eq!((counter(&st, "handshake_failures"), st["health"].as_str()), (1, Some("tls_error")), "{st}");
+}
+
+/// Sends a complete head announcing a 1000-byte body, then the body one byte every 300 ms; returns
+/// how long until the proxy closed the connection (panics if it is still open after `limit`).
+fn slow_body_client(addr: std::net::SocketAddr, limit: Duration) -> Duration {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut writer = s.try_clone().expect("clone");
+    let began = Instant::now();
+    writer
+        .write_all(b"POST /v1/metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n")
+        .expect("head");
+    std::thread::spawn(move || {
+        for _ in 0..1000 {
+            if writer.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => {}
+        Err(e) => panic!("slow client still connected after {:?}: {e}", began.elapsed()),
+    }
+    assert!(out.is_empty(), "a cut connection gets no answer: {}", String::from_utf8_lossy(&out));
+    began.elapsed()
+}
+
+#[test]
+fn slow_clients_are_cut_by_min_rate_and_request_timeout_and_counted() {
+    if !proxy_available() {
+        return;
+    }
+    if !openssl_available() {
+        return skip("the openssl command is not installed (apt-get install openssl)");
+    }
+    let pki = TestPki::generate("slow");
+    let ca = pki.path("ca.pem");
+    // nginx buffers the whole request body before passing it on, so it waits for the slow client
+    // as long as the proxy lets it; its plain upstream (never reached) only has to exist.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let Some(web) = nginx_reverse_proxy(&pki, silent.local_addr().expect("addr")) else {
+        return skip("nginx is not installed: slow-client limits not checked");
+    };
+    let fast = s_server(&pki, "server", &[]);
+    let routes =
+        format!("{};{}", route("slow", web.addr, GOOD_NAME, &ca), route("fast", fast.addr, GOOD_NAME, &ca));
+    for (key, value, counter_name, at_least, at_most) in [
+        // 50 bytes per 1 s window; the client moves ~3: cut after the first or second window.
+        ("EDDY_FIPS_MIN_BYTES_PER_SECOND", "50", "closed_too_slow", 900, 3500),
+        // Rate rule off, idle timeout 60 s: only the 2 s lifetime cuts it.
+        ("EDDY_FIPS_REQUEST_TIMEOUT", "2s", "closed_request_timeout", 1900, 4500),
+    ] {
+        let mut env = vec![(key, value.to_string())];
+        if counter_name == "closed_too_slow" {
+            env.push(("EDDY_FIPS_IDLE_TIMEOUT", "1s".to_string()));
+        } else {
+            env.push(("EDDY_FIPS_MIN_BYTES_PER_SECOND", "0".to_string()));
+        }
+        let proxy = Proxy::start(&routes, &env);
+        let took = slow_body_client(proxy.route_addr(0), Duration::from_secs(10));
+        assert!(
+            (Duration::from_millis(at_least)..=Duration::from_millis(at_most)).contains(&took),
+            "{key}: closed after {took:?}\nproxy log:\n{}",
+            proxy.log()
+        );
+        eddy_tests::poll_until(T, Duration::from_millis(20), "the cut to be counted", || {
+            let st = proxy.route_status("slow");
+            if counter(&st, counter_name) == 1 && counter(&st, "active") == 0 {
+                Ok(())
+            } else {
+                Err(st.to_string())
+            }
+        });
+        let other =
+            if counter_name == "closed_too_slow" { "closed_request_timeout" } else { "closed_too_slow" };
+        assert_eq!(counter(&proxy.route_status("slow"), other), 0);
+        // A normal request on the same proxy still succeeds.
+        let r = get(proxy.route_addr(1));
+        assert_eq!(r.status, 200, "{key}: {}\nproxy log:\n{}", r.text(), proxy.log());
+        let st = proxy.route_status("fast");
+        assert_eq!((counter(&st, "closed_too_slow"), counter(&st, "closed_request_timeout")), (0, 0), "{st}");
+    }
+    drop(silent);
+}
+
+#[test]
+fn hop_by_hop_headers_and_those_named_in_connection_are_not_forwarded() {
+    if !proxy_available() {
+        return;
+    }
+    if !openssl_available() {
+        return skip("the openssl command is not installed (apt-get install openssl)");
+    }
+    let pki = TestPki::generate("hop");
+    let echo = "default_type text/plain;\n\
+                return 200 \"secret=[$http_x_secret_hop] keep=[$http_x_keep] auth=[$http_proxy_authorization] \
+                te=[$http_te] upgrade=[$http_upgrade] len=[$http_content_length]\\n\";";
+    let Some(web) = nginx_with(&pki, echo) else {
+        return skip("nginx is not installed: hop-by-hop stripping not checked end to end");
+    };
+    let proxy = Proxy::start(&route("web", web.addr, GOOD_NAME, &pki.path("ca.pem")), &[]);
+    let raw = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close, X-Secret-Hop, Content-Length\r\n\
+               X-Secret-Hop: 1\r\nX-Keep: 2\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\n\
+               Upgrade: websocket\r\nContent-Length: 2\r\n\r\nhi";
+    let r = request(proxy.route_addr(0), raw, T).expect("request through the proxy");
+    assert_eq!(r.status, 200, "{}\nnginx: {}", r.text(), web.output());
+    assert_eq!(r.text(), "secret=[] keep=[2] auth=[] te=[] upgrade=[] len=[2]\n");
+}
+
+#[test]
+fn status_port_connection_cap_refuses_and_counts_excess() {
+    if !proxy_available() {
+        return;
+    }
+    let proxy = Proxy::start("", &[("EDDY_FIPS_MAX_STATUS_CONNECTIONS", "3".to_string())]);
+    // Three connections with an unfinished request head hold every permit (for up to 5 s each).
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(proxy.status_addr()).expect("status connection");
+            s.write_all(b"GET / HT").expect("partial head");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = request(proxy.status_addr(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n", T).expect("fourth connection");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("connection limit (3)"), "{}", r.text());
+    drop(held);
+    // Polls made before the proxy saw the held connections close are refused (and counted) too.
+    let mut refused_polls = 0;
+    let v = eddy_tests::poll_until(T, Duration::from_millis(50), "a status answer after the release", || {
+        match eddy_tests::http_get(proxy.status_addr(), "/", Duration::from_secs(2)) {
+            Ok(r) if r.status == 200 => {
+                serde_json::from_slice::<serde_json::Value>(&r.body).map_err(|e| e.to_string())
+            }
+            Ok(r) => {
+                refused_polls += u64::from(r.status == 503);
+                Err(format!("{} {}", r.status, r.text()))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    assert_eq!(v["status_connections_refused"].as_u64(), Some(1 + refused_polls), "{v}");
 }

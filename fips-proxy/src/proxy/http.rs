@@ -2,9 +2,13 @@
 //! head, rewrites it for the upstream and forwards everything else untouched over TLS.
 //!
 //! Rewrites: `Host` becomes the upstream's name (`server_name[:port]`); an absolute-form target
-//! (`http://host/path`) becomes origin-form (`/path`); hop-by-hop headers (`Connection`,
-//! `Keep-Alive`, `Proxy-Connection`, `Upgrade`, `TE`, `Trailer`) are dropped and
-//! `Connection: close` is sent, so each client connection carries one request.
+//! (`http://host/path`) becomes origin-form (`/path`); hop-by-hop headers (RFC 9110 §7.6.1:
+//! `Connection`, `Keep-Alive`, `Proxy-Connection`, `Upgrade`, `TE`, `Trailer`,
+//! `Proxy-Authenticate`, `Proxy-Authorization`, and every header named in a `Connection` or
+//! `Proxy-Connection` header) are dropped and `Connection: close` is sent, so each client
+//! connection carries one request. The framing headers `Content-Length` and `Transfer-Encoding`
+//! are always forwarded (the body is relayed untouched, so the upstream needs them), even when a
+//! `Connection` header names them; `Host` is always replaced.
 //!
 //! Answers of the proxy itself (text/plain body saying why, header `x-eddy-fips-proxy: error`):
 //! 400 bad request head, 431 head over 64 KiB, 502 TLS handshake or certificate failure, 503
@@ -17,14 +21,26 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::limits::Meter;
 use super::{Route, record_failure, upstream};
 use crate::config::Upstream;
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
-const HOP_BY_HOP: &[&str] =
-    &["host", "connection", "keep-alive", "proxy-connection", "upgrade", "te", "trailer"];
+const HOP_BY_HOP: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+/// Never dropped on a `Connection` header's say-so: the relayed body depends on them.
+const FRAMING: &[&str] = &["content-length", "transfer-encoding"];
 
 /// Why a request head is refused.
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +58,10 @@ pub enum HeadError {
 }
 
 /// Serves one client connection of an HTTP route.
-pub async fn handle(mut client: TcpStream, route: &Route) {
+/// Every byte read (from the client and the upstream) is added to `meter`.
+pub async fn handle(mut client: TcpStream, route: &Route, meter: &Meter) {
     let name = &route.stats.name;
-    let (buf, head_len) = match read_head(&mut client, route.idle_timeout).await {
+    let (buf, head_len) = match read_head(&mut client, route.idle_timeout, meter).await {
         Ok(h) => h,
         Err(HeadError::Closed) => return,
         Err(e) => {
@@ -84,12 +101,16 @@ pub async fn handle(mut client: TcpStream, route: &Route) {
         return;
     }
     route.stats.bytes_to_upstream.fetch_add(first.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let (sent, received) = upstream::relay(client, tls, route).await;
+    let (sent, received) = upstream::relay(client, tls, route, meter).await;
     tracing::debug!(route = %name, bytes_up = sent + first.len() as u64, bytes_down = received, "request done");
 }
 
 /// Reads until a complete request head; returns the buffer and the head's length.
-async fn read_head(client: &mut TcpStream, timeout: Duration) -> Result<(Vec<u8>, usize), HeadError> {
+async fn read_head(
+    client: &mut TcpStream,
+    timeout: Duration,
+    meter: &Meter,
+) -> Result<(Vec<u8>, usize), HeadError> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     let read = async {
@@ -108,6 +129,7 @@ async fn read_head(client: &mut TcpStream, timeout: Duration) -> Result<(Vec<u8>
             if n == 0 {
                 return Err(HeadError::Closed);
             }
+            meter.add(n);
             buf.extend_from_slice(&chunk[..n]);
         }
     };
@@ -127,8 +149,12 @@ pub fn rewrite(head: &[u8], up: &Upstream) -> Result<Vec<u8>, HeadError> {
     let mut out = Vec::with_capacity(head.len() + 64);
     out.extend_from_slice(format!("{method} {target} HTTP/1.{version}\r\n").as_bytes());
     out.extend_from_slice(format!("Host: {}\r\n", up.host_header()).as_bytes());
+    let named = connection_tokens(req.headers);
     for h in req.headers.iter() {
-        if HOP_BY_HOP.iter().any(|hop| h.name.eq_ignore_ascii_case(hop)) {
+        let framing = FRAMING.iter().any(|f| h.name.eq_ignore_ascii_case(f));
+        if HOP_BY_HOP.iter().any(|hop| h.name.eq_ignore_ascii_case(hop))
+            || (!framing && named.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
+        {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -138,6 +164,21 @@ pub fn rewrite(head: &[u8], up: &Upstream) -> Result<Vec<u8>, HeadError> {
     }
     out.extend_from_slice(b"Connection: close\r\n\r\n");
     Ok(out)
+}
+
+/// Header names listed in `Connection` (and the legacy `Proxy-Connection`) headers: hop-by-hop
+/// by RFC 9110 §7.6.1. Values that are not UTF-8 name nothing.
+fn connection_tokens<'a>(headers: &[httparse::Header<'a>]) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|h| {
+            h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("proxy-connection")
+        })
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// `http://host:port/path?q` → `/path?q`; origin-form targets are kept.
@@ -213,6 +254,19 @@ mod tests {
         let out =
             String::from_utf8(rewrite(b"GET / HTTP/1.0\r\n\r\n", &up(443)).expect("rewrite")).expect("utf8");
         assert!(out.starts_with("GET / HTTP/1.0\r\nHost: collector.example\r\n"), "{out}");
+    }
+
+    #[test]
+    fn headers_named_in_connection_and_proxy_auth_dropped_framing_kept() {
+        let head = b"POST / HTTP/1.1\r\nConnection: close, X-Secret-Hop , transfer-encoding\r\n\
+                     X-Secret-Hop: 1\r\nx-secret-hop: 2\r\nProxy-Authorization: Basic eA==\r\n\
+                     Proxy-Authenticate: Basic\r\nTransfer-Encoding: chunked\r\nX-Keep: k\r\n\r\n";
+        let out = String::from_utf8(rewrite(head, &up(443)).expect("rewrite")).expect("utf8");
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: collector.example\r\nTransfer-Encoding: chunked\r\nX-Keep: k\r\n\
+             Connection: close\r\n\r\n"
+        );
     }
 
     #[test]

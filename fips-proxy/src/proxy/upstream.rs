@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::Route;
+use super::limits::Meter;
 use crate::status::Health;
 
 /// Why no upstream connection could be made.
@@ -105,7 +106,8 @@ pub async fn connect(route: &Route) -> Result<TlsStream<TcpStream>, UpstreamErro
 }
 
 /// Relays bytes both ways until both directions end; returns (to upstream, from upstream).
-pub async fn relay<C, U>(client: C, upstream: U, route: &Route) -> (u64, u64)
+/// Every byte read is also added to the connection's `meter`.
+pub async fn relay<C, U>(client: C, upstream: U, route: &Route, meter: &Meter) -> (u64, u64)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -113,13 +115,13 @@ where
     let (cr, cw) = tokio::io::split(client);
     let (ur, uw) = tokio::io::split(upstream);
     let idle = route.idle_timeout;
-    let up = pump(cr, uw, &route.stats.bytes_to_upstream, idle);
-    let down = pump(ur, cw, &route.stats.bytes_from_upstream, idle);
+    let up = pump(cr, uw, &route.stats.bytes_to_upstream, meter, idle);
+    let down = pump(ur, cw, &route.stats.bytes_from_upstream, meter, idle);
     tokio::join!(up, down)
 }
 
 /// Copies `r` to `w` until EOF, an error, or `idle` without data; then shuts `w` down.
-async fn pump<R, W>(mut r: R, mut w: W, counter: &AtomicU64, idle: Duration) -> u64
+async fn pump<R, W>(mut r: R, mut w: W, counter: &AtomicU64, meter: &Meter, idle: Duration) -> u64
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -131,6 +133,7 @@ where
             Ok(Ok(n)) if n > 0 => n,
             _ => break,
         };
+        meter.add(n);
         if w.write_all(&buf[..n]).await.is_err() {
             break;
         }
