@@ -613,72 +613,14 @@ int BPF_KRETPROBE(eddy_recv_kretprobe, int ret)
 /* ---- Live TCP counters: an iterator over every process's sockets ---- */
 
 /*
- * Run by the agent once per scan (reading an iterator fd runs it to the end).
- * For every TCP socket held by a process, in any network namespace, copies
- * tcp_sock's segments, RTT, retransmits and (when bytes come from tcp_sock)
- * payload bytes into its TCP_FLOWS entry. Sockets without an entry that were
- * not refused one (UNTRACKED) were opened before the agent: they get one.
- * Entries without a process get the one that holds the socket. Prints nothing.
- */
-SEC("iter/task_file")
-int eddy_iter_sockets(struct bpf_iter__task_file *ctx)
-{
-	struct task_struct *task = ctx->task;
-	struct file *file = ctx->file;
-	struct eddy_flow *e;
-	struct socket *sock;
-	struct sock *sk;
-	__u64 cookie, now, before;
-
-	if (!file)
-		return 0;
-	sock = bpf_sock_from_file(file);
-	if (!sock)
-		return 0;
-	sk = sock->sk;
-	if (!sk)
-		return 0;
-	sk = tcp_full(sk);
-	if (!sk)
-		return 0;
-	if (sk->__sk_common.skc_state == TCP_CLOSE || sk->__sk_common.skc_state == TCP_LISTEN)
-		return 0;
-	count(EDDY_CTR_ITER_SOCKETS);
-	cookie = bpf_get_socket_cookie(sk);
-	now = bpf_ktime_get_ns();
-	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
-	if (!e) {
-		if (bpf_map_lookup_elem(&UNTRACKED, &cookie))
-			return 0;
-		e = tcp_track(sk, cookie, EDDY_DIR_UNKNOWN, EDDY_FLAG_PREEXISTING | EDDY_FLAG_ESTABLISHED, now,
-			      false);
-		if (!e)
-			return 0;
-	}
-	if (e->closed_ns)
-		return 0;
-	if (e->pid == 0 && task) {
-		/* Incoming connections open in softirq: the holder of the socket is the owner. */
-		e->pid = task->tgid;
-		bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), task->comm);
-	}
-	before = e->bytes_sent + e->bytes_received + e->packets_sent + e->packets_received;
-	if (bytes_from_tcp_sock())
-		tcp_sock_bytes(e, sk);
-	snapshot(e, sk, now);
-	if (e->bytes_sent + e->bytes_received + e->packets_sent + e->packets_received != before)
-		e->last_ns = now;
-	return 0;
-}
-
-/*
- * The same iterator for kernels whose verifier treats the socket reached from
- * bpf_sock_from_file() as untrusted (6.18: `R1 type=untrusted_ptr_` at
- * bpf_skc_to_tcp_sock), so that no helper may take it. Everything is read
- * through probe reads, and the cookie from skc_cookie: the lifecycle programs
- * generated it when the connection opened. A socket whose cookie was never
- * generated (opened before the agent, and no hook has seen it since) cannot be
- * keyed: it is counted (ITER_NO_COOKIE) and picked up when a hook sees it.
+ * A variant of the iterator (eddy_iter_sockets_ro, below) for kernels whose
+ * verifier treats the socket reached from bpf_sock_from_file() as untrusted
+ * (6.18: `R1 type=untrusted_ptr_` at bpf_skc_to_tcp_sock), so that no helper
+ * may take it. Everything is read through probe reads, and the cookie from
+ * skc_cookie: the lifecycle programs generated it when the connection opened,
+ * and the agent's start-up sweep (one INET_DIAG dump per namespace) for older
+ * ones. A socket still without one cannot be keyed: it is counted
+ * (ITER_NO_COOKIE) and picked up when a hook sees it.
  */
 static __always_inline void read_tuple_ro(struct sock *sk, struct eddy_tuple *t)
 {
@@ -731,6 +673,84 @@ static __always_inline void tcp_sock_bytes_ro(struct eddy_flow *e, struct sock *
 		e->bytes_received = rcvd;
 }
 
+/*
+ * What both iterators do with a tracked, open socket: name the holder of an
+ * incoming connection and copy the live tcp_sock counters (directly, or through
+ * probe reads). `probe_reads` is a constant: the other branch is compiled out.
+ */
+static __always_inline void iter_refresh(struct eddy_flow *e, struct sock *sk, struct task_struct *task,
+					 __u64 now, bool probe_reads)
+{
+	__u64 before;
+
+	if (e->closed_ns)
+		return;
+	if (e->pid == 0 && task) {
+		/* Incoming connections open in softirq: the holder of the socket is the owner. */
+		e->pid = task->tgid;
+		bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), task->comm);
+	}
+	before = e->bytes_sent + e->bytes_received + e->packets_sent + e->packets_received;
+	if (probe_reads) {
+		if (bytes_from_tcp_sock())
+			tcp_sock_bytes_ro(e, sk);
+		snapshot_ro(e, sk, now);
+	} else {
+		if (bytes_from_tcp_sock())
+			tcp_sock_bytes(e, sk);
+		snapshot(e, sk, now);
+	}
+	if (e->bytes_sent + e->bytes_received + e->packets_sent + e->packets_received != before)
+		e->last_ns = now;
+}
+
+/*
+ * Run by the agent once per scan (reading an iterator fd runs it to the end).
+ * For every TCP socket held by a process, in any network namespace, copies
+ * tcp_sock's segments, RTT, retransmits and (when bytes come from tcp_sock)
+ * payload bytes into its TCP_FLOWS entry. Sockets without an entry that were
+ * not refused one (UNTRACKED) were opened before the agent: they get one.
+ * Entries without a process get the one that holds the socket. Prints nothing.
+ */
+SEC("iter/task_file")
+int eddy_iter_sockets(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct eddy_flow *e;
+	struct socket *sock;
+	struct sock *sk;
+	__u64 cookie, now;
+
+	if (!file)
+		return 0;
+	sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	sk = sock->sk;
+	if (!sk)
+		return 0;
+	sk = tcp_full(sk);
+	if (!sk)
+		return 0;
+	if (sk->__sk_common.skc_state == TCP_CLOSE || sk->__sk_common.skc_state == TCP_LISTEN)
+		return 0;
+	count(EDDY_CTR_ITER_SOCKETS);
+	cookie = bpf_get_socket_cookie(sk);
+	now = bpf_ktime_get_ns();
+	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	if (!e) {
+		if (bpf_map_lookup_elem(&UNTRACKED, &cookie))
+			return 0;
+		e = tcp_track(sk, cookie, EDDY_DIR_UNKNOWN, EDDY_FLAG_PREEXISTING | EDDY_FLAG_ESTABLISHED, now,
+			      false);
+		if (!e)
+			return 0;
+	}
+	iter_refresh(e, sk, task, now, false);
+	return 0;
+}
+
 SEC("iter/task_file")
 int eddy_iter_sockets_ro(struct bpf_iter__task_file *ctx)
 {
@@ -739,7 +759,7 @@ int eddy_iter_sockets_ro(struct bpf_iter__task_file *ctx)
 	struct eddy_flow *e;
 	struct socket *sock;
 	struct sock *sk;
-	__u64 cookie, now, before;
+	__u64 cookie, now;
 	__u8 state;
 
 	if (!file)
@@ -778,19 +798,7 @@ int eddy_iter_sockets_ro(struct bpf_iter__task_file *ctx)
 		if (!e)
 			return 0;
 	}
-	if (e->closed_ns)
-		return 0;
-	if (e->pid == 0 && task) {
-		/* Incoming connections open in softirq: the holder of the socket is the owner. */
-		e->pid = task->tgid;
-		bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), task->comm);
-	}
-	before = e->bytes_sent + e->bytes_received + e->packets_sent + e->packets_received;
-	if (bytes_from_tcp_sock())
-		tcp_sock_bytes_ro(e, sk);
-	snapshot_ro(e, sk, now);
-	if (e->bytes_sent + e->bytes_received + e->packets_sent + e->packets_received != before)
-		e->last_ns = now;
+	iter_refresh(e, sk, task, now, true);
 	return 0;
 }
 
