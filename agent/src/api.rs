@@ -55,6 +55,8 @@ pub struct Status {
     pub drops: BTreeMap<&'static str, u64>,
     pub counters: BTreeMap<&'static str, u64>,
     pub flows: TableStats,
+    /// Closed flows waiting for their peer's labels, and what the labeller's bounds cost.
+    pub labels: crate::pipeline::labeller::LabelCounts,
     pub aggregation: AggregateStats,
     /// OTLP exporter counters (absent when OTLP is off).
     pub otlp: Option<OtlpCounts>,
@@ -86,6 +88,9 @@ impl Status {
         drops.insert("output_write_errors", shared.output_errors.load(Ordering::Relaxed));
         drops.insert("poll_errors", shared.poll_errors.load(Ordering::Relaxed));
         drops.insert("export_overflow", flows.export_overflow);
+        let labels = *shared.labels.lock().unwrap_or_else(PoisonError::into_inner);
+        drops.insert("labels_not_held_full", labels.not_held_full);
+        drops.insert("peer_labels_evicted", labels.peer_labels_evicted);
         let mut counters = source.counters;
         if let Some(o) = &shared.otlp {
             let c = o.counts();
@@ -117,6 +122,7 @@ impl Status {
             drops,
             counters,
             flows,
+            labels,
             aggregation: shared.series.lock().unwrap_or_else(PoisonError::into_inner).1,
             otlp: shared.otlp.as_ref().map(|o| o.counts()),
             ecs: shared.ecs.as_ref().map(|e| e.status()),

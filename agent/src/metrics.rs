@@ -290,6 +290,12 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
     }
     w.family("eddy_agent_live_flows", Kind::Gauge, "Open flows at the last scan.");
     w.sample("eddy_agent_live_flows", &[], st.flows.live_flows);
+    w.family(
+        "eddy_agent_held_flows",
+        Kind::Gauge,
+        "Closed flows waiting for their intra-host peer's labels.",
+    );
+    w.sample("eddy_agent_held_flows", &[], st.labels.held);
     w.family("eddy_agent_series", Kind::Gauge, "Aggregated series currently exported.");
     w.sample("eddy_agent_series", &[], s.aggregate.series);
     w.family("eddy_agent_series_limit", Kind::Gauge, "Maximum number of aggregated series (max_series).");
@@ -338,6 +344,27 @@ fn enrichment(w: &mut Writer, st: &Status) {
             w.sample("eddy_agent_enrichment_age_seconds", &[("provider", name)], format!("{age:.3}"));
         }
     }
+    if let Some(ecs) = &st.ecs {
+        cgroup_walks(w, ecs);
+    }
+}
+
+/// The local provider's walks of the cgroup tree, from `/status` → `ecs`.
+fn cgroup_walks(w: &mut Writer, ecs: &serde_json::Value) {
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let walks = n(&ecs["cgroup_walks"]);
+    let on_miss = n(&ecs["cgroup_walks_on_miss"]);
+    w.family(
+        "eddy_agent_cgroup_walks",
+        Kind::Counter,
+        "Walks of the cgroup tree, by trigger (interval, miss).",
+    );
+    w.sample("eddy_agent_cgroup_walks_total", &[("trigger", "interval")], walks.saturating_sub(on_miss));
+    w.sample("eddy_agent_cgroup_walks_total", &[("trigger", "miss")], on_miss);
+    w.family("eddy_agent_cgroup_misses", Kind::Counter, "Lookups of a cgroup id the last walk had not seen.");
+    w.sample("eddy_agent_cgroup_misses_total", &[], n(&ecs["cgroup_misses"]["lookups"]));
+    w.family("eddy_agent_cgroup_unresolved", Kind::Gauge, "Cgroup ids no walk found (they trigger no walk).");
+    w.sample("eddy_agent_cgroup_unresolved", &[], n(&ecs["cgroup_misses"]["unresolved"]));
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub struct Shared {
     pub last_scan: Mutex<Option<Instant>>,
     pub output_dropped: AtomicU64,
     pub output_errors: AtomicU64,
+    /// Held flows and peer labels (see [`labeller`]), as of the last poll.
+    pub labels: Mutex<labeller::LabelCounts>,
     /// Aggregated series as of the last interval, for `/metrics`.
     pub series: Mutex<(SeriesSnapshot, AggregateStats)>,
     /// OTLP exporter counters, when OTLP is on.
@@ -96,6 +98,7 @@ impl Shared {
             last_scan: Mutex::new(None),
             output_dropped: AtomicU64::new(0),
             output_errors: AtomicU64::new(0),
+            labels: Mutex::new(labeller::LabelCounts::default()),
             series: Mutex::new((Arc::new(Vec::new()), AggregateStats::default())),
             otlp: None,
             ecs: None,
@@ -160,6 +163,7 @@ pub fn collect(
                     shared.remote.iter().chain(&shared.aws).map(|e| e.as_ref()).collect();
                 if shared.ecs.is_some() || !remote.is_empty() {
                     labeller.label(shared.ecs.as_deref(), &remote, &mut batch, now, stopping);
+                    *shared.labels.lock().unwrap_or_else(PoisonError::into_inner) = labeller.counts();
                 }
                 // Every closed flow is counted as it arrives (final counters).
                 for o in &batch.closed {

@@ -18,6 +18,11 @@ use super::{EcsLabels, UNKNOWN};
 use crate::enrich::Enricher;
 use crate::flow::FlowRecord;
 
+mod misses;
+
+pub use misses::MissCounts;
+use misses::Misses;
+
 /// Directories visited per walk of the cgroup2 tree, at most.
 const MAX_CGROUPS: usize = 200_000;
 const MAX_DEPTH: usize = 12;
@@ -32,6 +37,8 @@ pub struct CgroupIndex {
     pub owners: HashMap<u64, Option<CgroupOwner>>,
     /// The walk stopped at [`MAX_CGROUPS`].
     pub truncated: bool,
+    /// Directories that could not be read (removed during the walk, permissions).
+    pub unreadable: u64,
 }
 
 impl CgroupIndex {
@@ -44,18 +51,24 @@ impl CgroupIndex {
                 idx.truncated = true;
                 break;
             }
-            let Ok(meta) = std::fs::metadata(&dir) else { continue };
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                idx.unreadable += 1;
+                continue;
+            };
             let rel = dir.strip_prefix(root).map(|p| format!("/{}", p.display())).unwrap_or_default();
             idx.owners.insert(meta.ino(), parse(&rel));
             if depth >= MAX_DEPTH {
                 continue;
             }
-            if let Ok(rd) = std::fs::read_dir(&dir) {
-                for e in rd.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push((e.path(), depth + 1));
+            match std::fs::read_dir(&dir) {
+                Ok(rd) => {
+                    for e in rd.flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            stack.push((e.path(), depth + 1));
+                        }
                     }
                 }
+                Err(_) => idx.unreadable += 1,
             }
         }
         idx
@@ -71,6 +84,13 @@ pub struct EcsStatus {
     pub containers: u64,
     pub cgroups: u64,
     pub cgroup_walk_truncated: bool,
+    /// Walks of the cgroup tree: every `interval`, and soon after a lookup misses a new id.
+    pub cgroup_walks: u64,
+    pub cgroup_walks_on_miss: u64,
+    /// Directories the walks could not read, in all.
+    pub cgroup_unreadable: u64,
+    /// Lookups of unknown cgroup ids, and ids that no walk found (see `ecs::local::misses`).
+    pub cgroup_misses: MissCounts,
     /// Processes in containers and their network namespaces, as of the last `/proc` walk.
     pub container_processes: u64,
     pub container_netns: u64,
@@ -132,7 +152,7 @@ pub struct LocalResolver {
     status: Mutex<EcsStatus>,
     last_ok: Mutex<Option<Instant>>,
     /// Wakes the cgroup walker early when a lookup misses (a new container).
-    missed: tokio::sync::Notify,
+    misses: Misses,
 }
 
 impl LocalResolver {
@@ -145,7 +165,7 @@ impl LocalResolver {
                 ..Default::default()
             }),
             last_ok: Mutex::new(None),
-            missed: tokio::sync::Notify::new(),
+            misses: Misses::default(),
         }
     }
 
@@ -166,9 +186,11 @@ impl LocalResolver {
         }
         match by_cgroup {
             Some(Some(_)) => Some(EcsLabels::host(cluster)),
-            // A cgroup created since the last walk: walk again soon.
+            // A cgroup created since the last walk: walk again soon (once per id).
             Some(None) => {
-                self.missed.notify_one();
+                if let Some(id) = cgroup_id {
+                    self.misses.miss(id);
+                }
                 Some(EcsLabels { cluster, container_name: Some(UNKNOWN.into()), ..Default::default() })
             }
             None => None,
@@ -179,14 +201,19 @@ impl LocalResolver {
         let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner).clone();
         s.last_refresh_age_seconds =
             self.last_ok.lock().unwrap_or_else(PoisonError::into_inner).map(|t| t.elapsed().as_secs_f64());
+        s.cgroup_misses = self.misses.counts();
         s
     }
 
-    fn set_cgroups(&self, idx: CgroupIndex) {
+    /// Replaces the cgroup index with a walk's; `on_miss` when a miss asked for it.
+    fn set_cgroups(&self, idx: CgroupIndex, on_miss: bool) {
         {
             let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             st.cgroups = idx.owners.len() as u64;
             st.cgroup_walk_truncated = idx.truncated;
+            st.cgroup_walks += 1;
+            st.cgroup_walks_on_miss += u64::from(on_miss);
+            st.cgroup_unreadable += idx.unreadable;
         }
         self.snapshots.write().unwrap_or_else(PoisonError::into_inner).cgroups = Arc::new(idx);
     }
@@ -289,7 +316,9 @@ const MIN_WALK_GAP: Duration = Duration::from_millis(100);
 async fn walk_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
     let host_netns = own_netns();
     let mut last_procs: Option<Instant> = None;
+    let mut on_miss = false;
     loop {
+        let missed = resolver.misses.take_pending();
         let procs_due = last_procs.is_none_or(|t| t.elapsed() >= s.interval);
         let (cg, pr) = (s.cgroup_root.clone(), s.proc_root.clone());
         let walked = tokio::task::spawn_blocking(move || {
@@ -300,8 +329,10 @@ async fn walk_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
         .await;
         match walked {
             Ok((cgroups, procs)) => {
+                let found = |id| cgroups.as_ref().is_some_and(|c: &CgroupIndex| c.owners.contains_key(&id));
+                resolver.misses.walked(missed, found);
                 if let Some(idx) = cgroups {
-                    resolver.set_cgroups(idx);
+                    resolver.set_cgroups(idx, on_miss);
                 }
                 if let Some(idx) = procs {
                     resolver.set_procs(idx);
@@ -311,103 +342,11 @@ async fn walk_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
             Err(e) => tracing::warn!(error = %e, "ECS provider: cgroup/process walk failed"),
         }
         tokio::time::sleep(MIN_WALK_GAP).await;
-        let _ =
-            tokio::time::timeout(s.interval.saturating_sub(MIN_WALK_GAP), resolver.missed.notified()).await;
+        on_miss = tokio::time::timeout(s.interval.saturating_sub(MIN_WALK_GAP), resolver.misses.wait())
+            .await
+            .is_ok();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::flow::Protocol;
-
-    const C: &str = "9a8b7c6d5e4f30219a8b7c6d5e4f30219a8b7c6d5e4f30219a8b7c6d5e4f3021";
-
-    #[test]
-    fn host_container_unknown_and_missing() {
-        let r = LocalResolver::new("http://x", "test");
-        let mut owners = HashMap::new();
-        owners.insert(1, None);
-        owners.insert(2, Some(CgroupOwner { container_id: C.into(), task_id: None }));
-        owners.insert(3, Some(CgroupOwner { container_id: "f".repeat(64), task_id: None }));
-        r.set_cgroups(CgroupIndex { owners, truncated: false });
-        let mut snap = Snapshot { cluster: Some("flows".into()), ..Default::default() };
-        snap.containers.insert(
-            C.into(),
-            EcsLabels {
-                task_family: Some("web".into()),
-                container_name: Some("web".into()),
-                ..Default::default()
-            },
-        );
-        r.set_ecs(snap);
-        assert_eq!(r.labels(Some(1), None, None).and_then(|l| l.container_name).as_deref(), Some("host"));
-        assert_eq!(r.labels(Some(2), None, None).and_then(|l| l.task_family).as_deref(), Some("web"));
-        let unknown = r.labels(Some(3), None, None).expect("labels");
-        assert_eq!(
-            (unknown.task_family.as_deref(), unknown.cluster.as_deref()),
-            (Some(UNKNOWN), Some("flows"))
-        );
-        assert_eq!(r.labels(Some(4), None, None).and_then(|l| l.container_name).as_deref(), Some(UNKNOWN));
-        assert_eq!(r.labels(None, None, None), None);
-        let mut rec = FlowRecord::test(Protocol::Tcp, 1, false);
-        rec.cgroup_id = Some(2);
-        r.enrich(&mut rec);
-        let v = serde_json::to_value(&rec).expect("json");
-        assert_eq!(v["local"]["ecs"]["task_family"], "web");
-        assert!(v["remote"].get("ecs").is_none());
-        assert_eq!(r.status().containers, 1);
-    }
-
-    #[test]
-    fn process_and_namespace_fallbacks_when_the_cgroup_says_host() {
-        let r = LocalResolver::new("http://x", "test");
-        r.set_cgroups(CgroupIndex { owners: HashMap::from([(1, None)]), truncated: false });
-        let (web2, pause, lone) = ("b".repeat(64), "c".repeat(64), "d".repeat(64));
-        let mut procs = ProcIndex::default();
-        procs.by_pid.insert(42, CgroupOwner { container_id: C.into(), task_id: None });
-        // An awsvpc task: two app containers and the pause container share namespace 7.
-        procs.by_netns.insert(7, BTreeSet::from([C.to_string(), web2.clone(), pause.clone()]));
-        procs.by_netns.insert(8, BTreeSet::from([C.to_string(), pause.clone()]));
-        procs.by_netns.insert(9, BTreeSet::from([lone.clone()]));
-        r.set_procs(procs);
-        let mut snap = Snapshot { cluster: Some("flows".into()), ..Default::default() };
-        for (id, name) in [(C, "web"), (web2.as_str(), "sidecar"), (pause.as_str(), PAUSE_CONTAINER)] {
-            snap.containers.insert(
-                id.into(),
-                EcsLabels {
-                    task_arn: Some("arn:t".into()),
-                    container_name: Some(name.into()),
-                    container_id: Some(id.into()),
-                    ..Default::default()
-                },
-            );
-        }
-        r.set_ecs(snap);
-        let name = |l: Option<EcsLabels>| l.and_then(|l| l.container_name);
-        assert_eq!(name(r.labels(Some(1), Some(42), Some(7))).as_deref(), Some("web"), "pid first");
-        let task = r.labels(Some(1), Some(99), Some(7)).expect("labels");
-        assert_eq!(
-            (task.task_arn.as_deref(), task.container_name.as_deref()),
-            (Some("arn:t"), Some(UNKNOWN))
-        );
-        assert_eq!(task.container_id, None);
-        assert_eq!(name(r.labels(Some(1), None, Some(8))).as_deref(), Some("web"), "pause is not listed");
-        let unknown = r.labels(None, None, Some(9)).expect("labels");
-        assert_eq!(unknown.container_id.as_deref(), Some(lone.as_str()));
-        assert_eq!(name(r.labels(Some(1), Some(99), Some(10))).as_deref(), Some("host"));
-        assert_eq!(r.status().container_netns, 3);
-    }
-
-    #[test]
-    fn walks_a_directory_tree_by_inode() {
-        let root = std::env::temp_dir().join(format!("eddy-cg-{}", std::process::id()));
-        let dir = root.join("ecs").join("4b5c6d7e8f9041a2b3c4d5e6f7a8b9c0").join(C);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let idx = CgroupIndex::walk(&root);
-        let ino = std::fs::metadata(&dir).expect("meta").ino();
-        assert_eq!(idx.owners.get(&ino).cloned().flatten().map(|o| o.container_id).as_deref(), Some(C));
-        assert_eq!(idx.owners.get(&std::fs::metadata(&root).expect("meta").ino()), Some(&None));
-        std::fs::remove_dir_all(root).ok();
-    }
-}
+mod tests;

@@ -20,6 +20,8 @@ pub struct Peers {
     labels: HashMap<Key, Box<EcsLabels>>,
     order: VecDeque<Key>,
     capacity: usize,
+    /// Labels forgotten to stay within `capacity`, in all.
+    evicted: u64,
 }
 
 /// The remote end as it really is: behind a NAT on this host, its translated address.
@@ -29,7 +31,13 @@ fn effective_remote(r: &FlowRecord) -> std::net::SocketAddr {
 
 impl Peers {
     pub fn new(capacity: usize) -> Self {
-        Peers { labels: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1) }
+        Peers { labels: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), evicted: 0 }
+    }
+
+    /// Labels forgotten (oldest first) to stay within the capacity, in all: a peer that
+    /// closes after its label was forgotten keeps an unlabelled remote end.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Remembers the local labels of `records`, then sets `remote.ecs` on each record
@@ -46,7 +54,7 @@ impl Peers {
         while self.labels.len() > self.capacity {
             match self.order.pop_front() {
                 Some(k) => {
-                    self.labels.remove(&k);
+                    self.evicted += u64::from(self.labels.remove(&k).is_some());
                 }
                 None => break,
             }

@@ -29,6 +29,7 @@ fn status() -> Status {
         drops: BTreeMap::from([("tcp_map_full", 2)]),
         counters: BTreeMap::new(),
         flows: TableStats::default(),
+        labels: Default::default(),
         aggregation: AggregateStats::default(),
         otlp: None,
         ecs: None,

@@ -4,7 +4,8 @@
 //! The two ends of a short intra-host connection close a few milliseconds apart, and the
 //! first to close arrives before its peer was ever seen. So a closed flow whose remote
 //! end is still unlabelled is held back for up to [`HOLD`] (bounded by [`MAX_HELD`]),
-//! until its peer shows up; then it goes on, labelled or not. Nothing is dropped.
+//! until its peer shows up; then it goes on, labelled or not. Nothing is dropped: with
+//! [`MAX_HELD`] flows waiting, new ones go on at once (counted in [`LabelCounts`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -25,15 +26,32 @@ const PEER_LABELS: usize = 200_000;
 pub struct Labeller {
     peers: Peers,
     held: VecDeque<(Instant, Observed)>,
+    max_held: usize,
+    not_held: u64,
+}
+
+/// What the labeller holds and what its bounds cost, for `/status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LabelCounts {
+    /// Closed flows waiting for their peer now.
+    pub held: u64,
+    /// Closed flows sent on without waiting because [`MAX_HELD`] were already held.
+    pub not_held_full: u64,
+    /// Peer labels forgotten to stay within their bound (oldest first).
+    pub peer_labels_evicted: u64,
 }
 
 impl Default for Labeller {
     fn default() -> Self {
-        Labeller { peers: Peers::new(PEER_LABELS), held: VecDeque::new() }
+        Labeller::with_bounds(MAX_HELD, PEER_LABELS)
     }
 }
 
 impl Labeller {
+    fn with_bounds(max_held: usize, peer_labels: usize) -> Self {
+        Labeller { peers: Peers::new(peer_labels), held: VecDeque::new(), max_held, not_held: 0 }
+    }
+
     /// Labels `batch` in place: `local` (with intra-host peers) first, then each of
     /// `remote` in order. With `flush`, releases every held flow.
     pub fn label(
@@ -71,7 +89,10 @@ impl Labeller {
         }
         let mut out = Vec::with_capacity(batch.closed.len());
         for o in batch.closed.drain(..) {
-            if flush || o.record.remote.ecs.is_some() || self.held.len() >= MAX_HELD {
+            if flush || o.record.remote.ecs.is_some() {
+                out.push(o);
+            } else if self.held.len() >= self.max_held {
+                self.not_held += 1;
                 out.push(o);
             } else {
                 self.held.push_back((now, o));
@@ -92,6 +113,14 @@ impl Labeller {
     /// Closed flows waiting for their peer.
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    pub fn counts(&self) -> LabelCounts {
+        LabelCounts {
+            held: self.held.len() as u64,
+            not_held_full: self.not_held,
+            peer_labels_evicted: self.peers.evicted(),
+        }
     }
 }
 
@@ -133,5 +162,28 @@ mod tests {
         let mut held = Batch { closed: vec![closed(82, 40002)], live: None };
         l.label(Some(&local), &[], &mut held, t0, true);
         assert_eq!((held.closed.len(), l.held()), (1, 0));
+    }
+
+    #[test]
+    fn bounds_are_kept_and_counted() {
+        let local = FixedLabels(EcsLabels { task_family: Some("web".into()), ..Default::default() });
+        let flows = || (0..5).map(|i| closed(100 + i, 50000 + i)).collect::<Vec<_>>();
+        let t0 = Instant::now();
+        // At most 2 held: the other 3 go on at once.
+        let mut l = Labeller::with_bounds(2, 1000);
+        let mut b = Batch { closed: flows(), live: None };
+        l.label(Some(&local), &[], &mut b, t0, false);
+        assert_eq!(b.closed.len(), 3);
+        assert_eq!(l.counts(), LabelCounts { held: 2, not_held_full: 3, peer_labels_evicted: 0 });
+        // 3 labels remembered: of 5 flows, 2 are forgotten; then their peers come.
+        let mut l = Labeller::with_bounds(MAX_HELD, 3);
+        let mut b = Batch { closed: flows(), live: None };
+        l.label(Some(&local), &[], &mut b, t0, true);
+        assert_eq!(l.counts().peer_labels_evicted, 2);
+        let mut peers = Batch { closed: vec![closed(50000, 100), closed(50004, 104)], live: None };
+        l.label(Some(&local), &[], &mut peers, t0, true);
+        let labelled: Vec<bool> = peers.closed.iter().map(|o| o.record.remote.ecs.is_some()).collect();
+        assert_eq!(labelled, [false, true], "100's label was forgotten, 104's was not");
+        assert_eq!(l.counts().peer_labels_evicted, 4);
     }
 }
