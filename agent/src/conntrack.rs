@@ -110,23 +110,28 @@ impl Conntrack {
         ]
     }
 
+    /// Adds the keys of a NAT'd entry to `map`; returns how many did not fit.
+    fn insert(&self, map: &mut HashMap<Key, SocketAddr>, e: &Entry) -> u64 {
+        let mut dropped = 0;
+        for (k, real, nat) in Self::keys(e) {
+            if !nat || map.contains_key(&k) {
+                continue;
+            }
+            if map.len() >= self.max_entries {
+                dropped += 1;
+                continue;
+            }
+            map.insert(k, real);
+        }
+        dropped
+    }
+
     /// Applies one event.
     pub fn apply(&self, ev: &Event) {
         let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
         let mut dropped = 0;
         match ev {
-            Event::New(e) if e.translated() => {
-                for (k, real, nat) in Self::keys(e) {
-                    if !nat || map.contains_key(&k) {
-                        continue;
-                    }
-                    if map.len() >= self.max_entries {
-                        dropped += 1;
-                        continue;
-                    }
-                    map.insert(k, real);
-                }
-            }
+            Event::New(e) if e.translated() => dropped = self.insert(&mut map, e),
             Event::Destroy(e) => {
                 for (k, _, _) in Self::keys(e) {
                     map.remove(&k);
@@ -142,15 +147,18 @@ impl Conntrack {
         s.entries = n;
     }
 
-    /// Replaces the map with a dump.
+    /// Replaces the map with a dump, at once: lookups see the old map or the new one,
+    /// never a partly filled one.
     pub fn replace(&self, entries: &[Entry]) {
-        self.map.write().unwrap_or_else(PoisonError::into_inner).clear();
-        for e in entries {
-            self.apply(&Event::New(*e));
-        }
+        let mut fresh = HashMap::with_capacity(entries.len().min(self.max_entries));
+        let dropped: u64 =
+            entries.iter().filter(|e| e.translated()).map(|e| self.insert(&mut fresh, e)).sum();
+        let n = fresh.len() as u64;
+        *self.map.write().unwrap_or_else(PoisonError::into_inner) = fresh;
         let mut s = self.status_mut();
         s.dumps += 1;
-        s.events -= entries.len() as u64;
+        s.dropped_full += dropped;
+        s.entries = n;
     }
 
     /// The real address of the remote end of a socket (local, remote), when a NAT applied.

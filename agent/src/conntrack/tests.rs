@@ -82,6 +82,38 @@ fn the_map_is_bounded_and_drops_are_counted() {
     assert_eq!((ct.status().entries, ct.status().dumps), (1, 1));
 }
 
+#[test]
+fn a_re_dump_never_hides_translations_from_lookups() {
+    let ct = std::sync::Arc::new(Conntrack::new(65_536));
+    let entries: Vec<Entry> = (0..2_000u16)
+        .map(|i| Entry { orig_src: SocketAddr::new(sa("10.0.0.2:1").ip(), 1000 + i), ..dnat() })
+        .map(|e| Entry { reply_dst: e.orig_src, ..e })
+        .collect();
+    ct.replace(&entries);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (ct, stop) = (ct.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut lookups, mut missing) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                lookups += 1;
+                missing +=
+                    u64::from(ct.lookup(Protocol::Tcp, sa("10.0.0.2:2999"), sa("10.0.0.1:8080")).is_none());
+            }
+            (lookups, missing)
+        })
+    };
+    // Re-dumps after overruns: the same connections, found by every lookup meanwhile.
+    for _ in 0..200 {
+        ct.replace(&entries);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (lookups, missing) = reader.join().expect("reader");
+    assert_eq!(missing, 0, "{missing} of {lookups} lookups found no translation during re-dumps");
+    let s = ct.status();
+    assert_eq!((s.entries, s.dumps, s.events), (2_000, 201, 0));
+}
+
 fn encode(msg: ConntrackMessage) -> Vec<u8> {
     let nf = NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0), msg);
     let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(nf));
