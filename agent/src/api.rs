@@ -75,6 +75,8 @@ pub struct Status {
     pub dns: Option<crate::dns::DnsCounters>,
     /// NAT attribution through conntrack (absent when off).
     pub conntrack: Option<serde_json::Value>,
+    /// Capabilities kept after start-up (name, what for), those dropped, `no_new_privs`.
+    pub privileges: Option<crate::privileges::PrivilegeStatus>,
     /// API connections: active, cap, accepted, refused, timeouts, foreign `Host`.
     pub api: server::ApiCounts,
 }
@@ -132,6 +134,7 @@ impl Status {
             fips: shared.fips.clone(),
             dns: shared.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).counters()),
             conntrack: shared.conntrack.as_ref().map(|c| c.status()),
+            privileges: shared.privileges.clone(),
             api,
         }
     }

@@ -23,6 +23,7 @@ use crate::enrich::Enricher;
 use crate::otlp::{self, OtlpError, OtlpSettings, OtlpStats, Resource};
 use crate::pipeline::{LoopSettings, OUTPUT_QUEUE_BATCHES, Shared, collect, write_jsonl};
 use crate::preflight::PreflightError;
+use crate::privileges::{PrivilegeStatus, Uses};
 use crate::table::FlowTable;
 
 mod select;
@@ -57,6 +58,8 @@ pub enum CommandError {
     Otlp(#[from] OtlpError),
     #[error(transparent)]
     Fips(#[from] crate::fips::FipsError),
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
 }
 
 /// Where the agent runs (see [`environment::detect`]); probes only loopback.
@@ -213,6 +216,37 @@ async fn shutdown_signal() {
     }
 }
 
+/// Keeps only the capabilities the running parts use (see [`crate::privileges`]) and logs them.
+/// `conntrack`: whether this command runs conntrack (`capture` does not).
+fn drop_privileges(
+    cfg: &Config,
+    env: &Environment,
+    selected: &Selected,
+    conntrack: bool,
+) -> Result<PrivilegeStatus, CommandError> {
+    let conntrack = conntrack && cfg.conntrack;
+    let all_namespaces = selected.limits == Some(SOCK_DIAG_LIMITS);
+    let bpf_needs_capability = (selected.kind == "ebpf").then(crate::privileges::bpf_needs_capability);
+    let uses = Uses {
+        ebpf: bpf_needs_capability == Some(true),
+        conntrack,
+        enter_namespaces: all_namespaces || (conntrack && cfg.conntrack_netns.is_some()),
+        proc_namespaces: all_namespaces || matches!(env, Environment::EcsOnEc2 { .. }),
+    };
+    let mut status = crate::privileges::drop_to(uses, crate::faults::get().withhold_caps)?;
+    status.bpf_needs_capability = bpf_needs_capability;
+    let kept: Vec<&str> = status.capabilities.iter().map(|k| k.name).collect();
+    tracing::info!(
+        kept = ?kept,
+        dropped = status.dropped.len(),
+        bounding_set_reduced = status.bounding_set_reduced,
+        no_new_privs = status.no_new_privs,
+        bpf_needs_capability = ?bpf_needs_capability,
+        "capabilities dropped to what the running agent uses"
+    );
+    Ok(status)
+}
+
 /// `eddy-agent run`.
 pub fn run(cfg: Config) -> Result<(), CommandError> {
     // FIPS mode is checked before anything else: a build or configuration that is not FIPS
@@ -226,18 +260,27 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
             );
         }
     }
-    let rt = runtime()?;
     // Bind first: a port conflict is reported before anything is loaded.
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(cfg.listen))
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| CommandError::Listen { addr: cfg.listen, source })?;
     let env = detect_environment(&cfg);
     let selected = start_source(&cfg, &env)?;
+    // Loaded and attached: drop what the running agent does not use, before any other thread
+    // (the async runtime's included) exists, so that every thread inherits the reduced sets.
+    let privileges = drop_privileges(&cfg, &env, &selected, true)?;
+    let rt = runtime()?;
+    let listener = {
+        let _guard = rt.enter();
+        tokio::net::TcpListener::from_std(listener)
+            .map_err(|source| CommandError::Listen { addr: cfg.listen, source })?
+    };
     let source = selected.source;
     let table = FlowTable::new(cfg.closed_flow_retention, cfg.output == Output::Jsonl);
     let mut shared = Shared::new(table, selected.kind, selected.kernel);
     shared.collector_reason = selected.reason;
     shared.collector_limits = selected.limits;
+    shared.privileges = Some(privileges);
     shared.heartbeat = crate::liveness::Heartbeat::new(crate::liveness::stall_after(cfg.poll_interval));
     // In FIPS mode the proxy's route (the status shows it redacted; this is the real URL).
     let otlp_target = match (&fips, &cfg.otlp_endpoint) {
@@ -358,7 +401,9 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
 /// `eddy-agent capture`.
 pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Result<(), CommandError> {
     let env = detect_environment(&cfg);
-    let Selected { mut source, kernel, clock, .. } = start_source(&cfg, &env)?;
+    let selected = start_source(&cfg, &env)?;
+    drop_privileges(&cfg, &env, &selected, false)?;
+    let Selected { mut source, kernel, clock, .. } = selected;
     let stop = Arc::new(AtomicBool::new(false));
     let rt = runtime()?;
     {

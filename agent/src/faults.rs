@@ -1,7 +1,9 @@
 //! Fault injection for the integration tests of the panic policy ([`crate::panic_hook`]):
 //! `EDDY_TEST_PANIC=collector` (the collector thread panics at its first scan
 //! [`PANIC_DELAY`] after its first one) or `EDDY_TEST_PANIC=task` (a tokio task panics
-//! [`PANIC_DELAY`] after the API starts serving).
+//! [`PANIC_DELAY`] after the API starts serving); `EDDY_TEST_WITHHOLD_CAPS=CAP_X,CAP_Y` (the
+//! run-time capability drop, [`crate::privileges`], gives these up too although the agent uses
+//! them: the tests show with it what each kept capability is for).
 //!
 //! Honoured only together with the explicit switch `EDDY_TEST_FAULTS=1`, and announced with
 //! a WARN line at start; without the switch both variables are ignored. Nothing else can
@@ -16,8 +18,10 @@ use std::sync::OnceLock;
 pub const SWITCH: &str = "EDDY_TEST_FAULTS";
 /// Where to panic: `collector` or `task`.
 pub const PANIC: &str = "EDDY_TEST_PANIC";
+/// Capabilities (kernel names, comma-separated) the run-time drop gives up as well.
+pub const WITHHOLD_CAPS: &str = "EDDY_TEST_WITHHOLD_CAPS";
 /// `EDDY_*` variables that are not configuration keys (the config loader skips them).
-pub const ENV_VARS: [&str; 2] = [SWITCH, PANIC];
+pub const ENV_VARS: [&str; 3] = [SWITCH, PANIC, WITHHOLD_CAPS];
 
 /// Where an injected panic happens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,20 +36,31 @@ pub enum PanicSite {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
     pub panic: PanicSite,
-    /// A fault variable was set without the switch, or with an unknown value.
+    /// Capabilities (a bit per number) the run-time drop gives up although the agent uses them.
+    pub withhold_caps: u64,
+    /// `EDDY_TEST_PANIC` was set without the switch, or with an unknown value.
     pub ignored: bool,
+    /// `EDDY_TEST_WITHHOLD_CAPS` was set without the switch, or names an unknown capability.
+    pub ignored_caps: bool,
 }
 
 impl Faults {
     /// From environment pairs.
     pub fn parse<'a>(mut var: impl FnMut(&str) -> Option<&'a str>) -> Faults {
         let on = var(SWITCH).is_some_and(|v| v.trim() == "1");
-        match (on, var(PANIC).map(str::trim)) {
+        let mut f = match (on, var(PANIC).map(str::trim)) {
             (_, None) => Faults::default(),
-            (true, Some("collector")) => Faults { panic: PanicSite::Collector, ignored: false },
-            (true, Some("task")) => Faults { panic: PanicSite::Task, ignored: false },
-            (_, Some(_)) => Faults { panic: PanicSite::None, ignored: true },
+            (true, Some("collector")) => Faults { panic: PanicSite::Collector, ..Faults::default() },
+            (true, Some("task")) => Faults { panic: PanicSite::Task, ..Faults::default() },
+            (_, Some(_)) => Faults { ignored: true, ..Faults::default() },
+        };
+        if let Some(list) = var(WITHHOLD_CAPS) {
+            match crate::privileges::mask_of(list) {
+                Some(mask) if on => f.withhold_caps = mask,
+                _ => f.ignored_caps = true,
+            }
         }
+        f
     }
 }
 
@@ -64,8 +79,18 @@ pub fn announce() {
     let f = get();
     if f.panic != PanicSite::None {
         tracing::warn!(site = ?f.panic, "{SWITCH}=1: test fault injection is ON; this process will panic on purpose");
-    } else if f.ignored {
+    }
+    if f.withhold_caps != 0 {
+        tracing::warn!(
+            mask = format_args!("{:#x}", f.withhold_caps),
+            "{SWITCH}=1: test fault injection is ON; capabilities the agent uses are withheld ({WITHHOLD_CAPS})"
+        );
+    }
+    if f.ignored {
         tracing::warn!("{PANIC} is set but ignored (needs {SWITCH}=1 and `collector` or `task`)");
+    }
+    if f.ignored_caps {
+        tracing::warn!("{WITHHOLD_CAPS} is set but ignored (needs {SWITCH}=1 and known capability names)");
     }
 }
 
@@ -108,13 +133,19 @@ mod tests {
     #[test]
     fn only_honoured_with_the_switch() {
         assert_eq!(parse(&[]), Faults::default());
-        assert_eq!(parse(&[(PANIC, "collector")]), Faults { panic: PanicSite::None, ignored: true });
+        assert_eq!(parse(&[(PANIC, "collector")]), Faults { ignored: true, ..Faults::default() });
         assert_eq!(parse(&[(SWITCH, "0"), (PANIC, "task")]).panic, PanicSite::None);
         assert_eq!(parse(&[(SWITCH, "1"), (PANIC, "collector")]).panic, PanicSite::Collector);
         assert_eq!(parse(&[(SWITCH, "1"), (PANIC, "task")]).panic, PanicSite::Task);
         assert_eq!(
             parse(&[(SWITCH, "1"), (PANIC, "everything")]),
-            Faults { panic: PanicSite::None, ignored: true }
+            Faults { ignored: true, ..Faults::default() }
         );
+        assert_eq!(parse(&[(WITHHOLD_CAPS, "CAP_BPF")]), Faults { ignored_caps: true, ..Faults::default() });
+        assert_eq!(
+            parse(&[(SWITCH, "1"), (WITHHOLD_CAPS, "CAP_BPF, CAP_NET_ADMIN")]).withhold_caps,
+            1 << 39 | 1 << 12
+        );
+        assert!(parse(&[(SWITCH, "1"), (WITHHOLD_CAPS, "CAP_NOPE")]).ignored_caps);
     }
 }

@@ -42,6 +42,7 @@ pub mod panic_hook;
 pub mod pipeline;
 pub mod plain_http;
 pub mod preflight;
+pub mod privileges;
 pub mod redact;
 pub mod table;
 pub mod tags;

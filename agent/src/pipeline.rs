@@ -78,6 +78,8 @@ pub struct Shared {
     pub dns: Option<Mutex<crate::dns::DnsTracker>>,
     /// NAT translations from conntrack, when on.
     pub conntrack: Option<Arc<dyn Enricher>>,
+    /// Capabilities kept after start-up and `no_new_privs` (see [`crate::privileges`]).
+    pub privileges: Option<crate::privileges::PrivilegeStatus>,
 }
 
 impl Shared {
@@ -108,6 +110,7 @@ impl Shared {
             fips: None,
             dns: None,
             conntrack: None,
+            privileges: None,
         }
     }
 

@@ -39,6 +39,7 @@ fn status() -> Status {
         fips: None,
         dns: None,
         conntrack: None,
+        privileges: None,
         api: crate::api::server::ApiStats::default().counts(),
     }
 }
