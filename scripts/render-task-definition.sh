@@ -16,9 +16,10 @@
 #   --log-group NAME          CloudWatch Logs group (default /ecs/eddy)                   {{LOG_GROUP}}
 #   --task-role NAME|ARN      task role (default eddy-task-role)                          {{TASK_ROLE}}
 #   --execution-role NAME|ARN execution role (default eddy-execution-role)                {{EXECUTION_ROLE}}
-#   --capabilities SET        sys-admin (default: SYS_ADMIN + NET_ADMIN, names every ECS agent and Docker
-#                             accept) or bpf (BPF + PERFMON + NET_ADMIN: least privilege; needs kernel >= 5.8
-#                             and a Docker that knows CAP_BPF/CAP_PERFMON)
+#   --capabilities SET        sys-admin (default: SYS_ADMIN + NET_ADMIN + SYS_PTRACE, names every ECS agent and
+#                             Docker accept) or bpf (BPF + PERFMON + NET_ADMIN + SYS_PTRACE: least privilege;
+#                             needs kernel >= 5.8 and a Docker that knows CAP_BPF/CAP_PERFMON); every other
+#                             capability is dropped (see the README's capability table)
 #   --otlp-endpoint URL       sets EDDY_OTLP_ENDPOINT on the agent (GovCloud template: also
 #                             EDDY_FIPS_OTLP_UPSTREAM on the proxy, which carries it; must be https://)
 #   --otlp-headers-secret ARN Secrets Manager secret or SSM parameter ARN whose value becomes

@@ -270,6 +270,21 @@ pub fn preflight_capabilities() -> Result<Vec<String>> {
     Ok(caps)
 }
 
+/// The `CAP_*` names the agent's run-time capability drop keeps when it uses them
+/// (`pub const CAP_*` in agent/src/privileges.rs; CAP_SETPCAP only lets it drop the others).
+pub fn runtime_capabilities() -> Result<Vec<String>> {
+    let src = std::fs::read_to_string(repo_root().join("agent/src/privileges.rs"))?;
+    let caps: Vec<String> = src
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub const CAP_"))
+        .filter_map(|rest| rest.split(':').next())
+        .map(|name| name.trim().to_string())
+        .filter(|name| name != "SETPCAP")
+        .collect();
+    anyhow::ensure!(!caps.is_empty(), "no `pub const CAP_*` in agent/src/privileges.rs");
+    Ok(caps)
+}
+
 /// The source file of the agent's startup check, for the paths it looks at.
 pub fn preflight_source() -> Result<String> {
     Ok(std::fs::read_to_string(repo_root().join("agent/src/preflight.rs"))?)

@@ -678,19 +678,27 @@ fn privilege_problems(what: &str, td: &Value, preflight_caps: &[String], preflig
     for c in &caps {
         if !preflight_caps.iter().any(|p| p == c) {
             problems.push(format!(
-                "{what}: capability {c} is not one the startup check asks for ({preflight_caps:?})"
+                "{what}: capability {c} is neither one the startup check asks for nor one the run-time drop \
+                 keeps ({preflight_caps:?})"
             ));
         }
     }
     // The startup check's rule (agent/src/preflight.rs `missing_caps`): SYS_ADMIN or BPF+PERFMON, and
     // NET_ADMIN (or SYS_ADMIN) for the UDP cgroup programs; the kernel's cgroup attach wants NET_ADMIN
-    // itself, so it is required in both sets. Nothing more: SYS_ADMIN with BPF/PERFMON is redundant.
-    let ok = caps == BTreeSet::from(["SYS_ADMIN", "NET_ADMIN"])
-        || caps == BTreeSet::from(["BPF", "PERFMON", "NET_ADMIN"]);
+    // itself, so it is required in both sets. SYS_PTRACE: what the run-time drop keeps on EC2
+    // (agent/src/privileges.rs: other containers' /proc/<pid>/ns/net). Nothing more: SYS_ADMIN with
+    // BPF/PERFMON is redundant.
+    let ok = caps == BTreeSet::from(["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE"])
+        || caps == BTreeSet::from(["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"]);
     if !ok {
         problems.push(format!(
-            "{what}: capabilities {caps:?} are neither SYS_ADMIN+NET_ADMIN nor BPF+PERFMON+NET_ADMIN"
+            "{what}: capabilities {caps:?} are neither SYS_ADMIN+NET_ADMIN+SYS_PTRACE nor \
+             BPF+PERFMON+NET_ADMIN+SYS_PTRACE"
         ));
+    }
+    // Everything else (the container runtime's defaults: CHOWN, DAC_OVERRIDE, SETUID, …) is dropped.
+    if agent["linuxParameters"]["capabilities"]["drop"] != json!(["ALL"]) {
+        problems.push(format!("{what}: capabilities.drop is not [\"ALL\"]"));
     }
     if agent["privileged"] == json!(true) {
         problems.push(format!("{what}: privileged"));
@@ -728,6 +736,20 @@ fn privilege_problems(what: &str, td: &Value, preflight_caps: &[String], preflig
     problems
 }
 
+/// Containers that need no privilege run as nobody (65534): the FIPS proxy everywhere, and the agent
+/// in the Fargate sidecar example (sock_diag in its own namespace needs none; port 9780 > 1024).
+fn user_problems(what: &str, td: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    for c in td["containerDefinitions"].as_array().into_iter().flatten() {
+        let unprivileged = c["name"] == "eddy-fips-proxy"
+            || (c["name"] == "eddy-agent" && what.starts_with("eddy-fargate-sidecar"));
+        if unprivileged && c["user"] != json!("65534:65534") {
+            problems.push(format!("{what}: {} runs as {} instead of \"65534:65534\"", c["name"], c["user"]));
+        }
+    }
+    problems
+}
+
 /// The template's agent containers as camelCase task definitions (for the same checks).
 fn camel(v: &Value) -> Value {
     match v {
@@ -752,7 +774,8 @@ fn camel(v: &Value) -> Value {
 fn deploy_artifacts_match_what_the_agent_accepts() {
     let Some(tools) = tools_or_skip() else { return };
     let accepted = aws::agent_env_vars().expect("KEYS from agent/src/config.rs");
-    let preflight_caps = aws::preflight_capabilities().expect("CAP_* from agent/src/preflight.rs");
+    let mut preflight_caps = aws::preflight_capabilities().expect("CAP_* from agent/src/preflight.rs");
+    preflight_caps.extend(aws::runtime_capabilities().expect("CAP_* from agent/src/privileges.rs"));
     let preflight_src = aws::preflight_source().expect("preflight.rs");
     eprintln!("agent accepts: {accepted:?}; startup check capabilities: {preflight_caps:?}");
 
@@ -766,6 +789,7 @@ fn deploy_artifacts_match_what_the_agent_accepts() {
     checked.extend(renderings(&tools).expect("render"));
     for (what, td) in &checked {
         problems.extend(agent_container_problems(what, td, &accepted));
+        problems.extend(user_problems(what, td));
         if !what.starts_with("eddy-fargate-sidecar") {
             problems.extend(privilege_problems(what, td, &preflight_caps, &preflight_src));
         }
@@ -776,6 +800,7 @@ fn deploy_artifacts_match_what_the_agent_accepts() {
         problems.extend(agent_container_problems(&format!("eddy.yaml variant {i}"), &td, &accepted));
         // Capabilities in the template are an Fn::If over the two sets: check each branch.
         let mut td = camel(&td);
+        problems.extend(user_problems(&format!("eddy.yaml variant {i}"), &td));
         td["volumes"] = camel(&template["Resources"]["TaskDefinition"]["Properties"]["Volumes"]);
         let agent_idx = td["containerDefinitions"]
             .as_array()
@@ -811,8 +836,15 @@ fn deploy_artifacts_match_what_the_agent_accepts() {
         .expect("env")
         .push(json!({"name": "EDDY_OTLP_HEADERS", "value": "authorization=Bearer x"}));
     assert!(!agent_container_problems("mutated", &td, &accepted).is_empty(), "plain-text header not caught");
+    assert!(privilege_problems("rendered", &td, &preflight_caps, &preflight_src).is_empty());
+    let mut no_drop = td.clone();
+    no_drop["containerDefinitions"][0]["linuxParameters"]["capabilities"]["drop"] = json!([]);
+    assert!(
+        !privilege_problems("mutated", &no_drop, &preflight_caps, &preflight_src).is_empty(),
+        "runtime default capabilities kept: not caught"
+    );
     td["containerDefinitions"][0]["linuxParameters"]["capabilities"]["add"] =
-        json!(["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE"]);
+        json!(["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "SYS_MODULE"]);
     assert!(
         !privilege_problems("mutated", &td, &preflight_caps, &preflight_src).is_empty(),
         "extra capability not caught"

@@ -130,6 +130,9 @@ fn agent_image_runs_as_the_task_definition_says() {
         .iter()
         .map(|s| s.to_string())
         .collect();
+    for cap in c["linuxParameters"]["capabilities"]["drop"].as_array().into_iter().flatten() {
+        args.extend(["--cap-drop".into(), cap.as_str().expect("cap").into()]);
+    }
     for cap in c["linuxParameters"]["capabilities"]["add"].as_array().expect("capabilities") {
         args.extend(["--cap-add".into(), cap.as_str().expect("cap").into()]);
     }
@@ -188,6 +191,21 @@ fn agent_image_runs_as_the_task_definition_says() {
     let status = podman.json_when_up(&name, addr, "/status");
     assert_eq!(status["collector"], "ebpf", "{status}");
     assert!(status["hooks"].as_array().is_some_and(|h| h.iter().all(|h| !h["chosen"].is_null())), "{status}");
+    // Loaded with the task definition's capabilities, then down to what runs: conntrack's NET_ADMIN
+    // (no ECS here: no SYS_PTRACE), and SYS_ADMIN in place of the CAP_BPF not granted only where the
+    // kernel checks bpf() commands on open maps (the agent's probe, also in the status).
+    let kept: Vec<&str> = status["privileges"]["capabilities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["name"].as_str())
+        .collect();
+    let expected: &[&str] = match status["privileges"]["bpf_needs_capability"].as_bool() {
+        Some(true) => &["CAP_NET_ADMIN", "CAP_SYS_ADMIN"],
+        _ => &["CAP_NET_ADMIN"],
+    };
+    assert_eq!(kept, expected, "{}", status["privileges"]);
+    assert_eq!(status["privileges"]["no_new_privs"], true, "{}", status["privileges"]);
 
     // The task definition's health check, inside the container.
     podman.health_check(&name, c);
@@ -253,6 +271,9 @@ fn fips_proxy_image_runs_as_the_govcloud_task_definition_says() {
         ["run", "-d", "--name", &name, "--network", "host"].iter().map(|s| s.to_string()).collect();
     if c["readonlyRootFilesystem"] == true {
         args.push("--read-only".into());
+    }
+    if let Some(user) = c["user"].as_str() {
+        args.extend(["--user".into(), user.into()]);
     }
     for e in c["environment"].as_array().expect("environment") {
         let (k, v) = (e["name"].as_str().expect("name"), e["value"].as_str().expect("value"));
