@@ -5,8 +5,9 @@
 //!
 //! Bounded: [`server`] caps connections and times out slow clients; [`host`] refuses foreign
 //! `Host` headers. Handlers that read state behind the collector's locks run on the blocking
-//! pool and only copy under a lock (serialising, sorting and rendering happen after), so a
-//! stuck collector cannot freeze the async workers and no request holds the collector up.
+//! pool and only copy under a lock; serialising, sorting and rendering happen after, on the
+//! blocking pool too, so that neither a stuck collector nor a large answer (100,000 flows, a
+//! big `/metrics`) holds up the async worker that answers `/healthz`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -173,7 +174,7 @@ async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
-    let copied = blocking(&s, |s| {
+    let body = blocking(&s, move |s| {
         let status = Status::of(s);
         let (series, aggregate) = s.series.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let dns = s
@@ -181,17 +182,17 @@ async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
             .as_ref()
             .map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).rows_unsorted())
             .unwrap_or_default();
-        (status, series, aggregate, crate::dns::sort_rows(dns))
+        let dns = crate::dns::sort_rows(dns);
+        metrics::render(
+            &metrics::Snapshot { series: &series, aggregate, status: &status, dns: &dns },
+            openmetrics,
+        )
     })
     .await;
-    let (status, series, aggregate, dns) = match copied {
-        Ok(c) => c,
+    let body = match body {
+        Ok(b) => b,
         Err(r) => return r,
     };
-    let body = metrics::render(
-        &metrics::Snapshot { series: &series, aggregate, status: &status, dns: &dns },
-        openmetrics,
-    );
     let ct = if openmetrics { metrics::OPENMETRICS_CONTENT_TYPE } else { metrics::TEXT_CONTENT_TYPE };
     ([(header::CONTENT_TYPE, ct)], body).into_response()
 }
@@ -216,12 +217,14 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 async fn dns(State(s): State<Arc<Shared>>) -> Response {
     match &s.dns {
         Some(_) => {
-            let rows = blocking(&s, |s| {
-                s.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).rows_unsorted())
+            let body = blocking(&s, |s| {
+                let rows =
+                    s.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).rows_unsorted());
+                serde_json::to_vec(&crate::dns::sort_rows(rows.unwrap_or_default()))
             })
             .await;
-            match rows {
-                Ok(rows) => Json(crate::dns::sort_rows(rows.unwrap_or_default())).into_response(),
+            match body {
+                Ok(b) => json_body(b),
                 Err(r) => r,
             }
         }
@@ -249,12 +252,31 @@ async fn flows(State(s): State<Arc<Shared>>, Query(pairs): Query<Vec<(String, St
         Err(e) => return (StatusCode::BAD_REQUEST, format!("/flows: {e}\n")).into_response(),
     };
     let limit = q.limit;
-    let (flows, total) = match blocking(&s, move |s| s.table().select(|r| q.matches(r), limit)).await {
+    let answer = blocking(&s, move |s| {
+        let (flows, total) = s.table().select(|r| q.matches(r), limit);
+        let tagged: Vec<Tagged<'_, _>> = flows.iter().map(|f| Tagged { record: f, tags: &s.tags }).collect();
+        (serde_json::to_vec(&tagged), total, flows.len())
+    })
+    .await;
+    let (body, total, n) = match answer {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let truncated = if total > flows.len() { "true" } else { "false" };
-    let body = Json(flows.iter().map(|f| Tagged { record: f, tags: &s.tags }).collect::<Vec<_>>());
-    ([(FLOWS_TOTAL_HEADER, total.to_string()), (FLOWS_TRUNCATED_HEADER, truncated.to_string())], body)
-        .into_response()
+    let truncated = if total > n { "true" } else { "false" };
+    let mut response = json_body(body);
+    let headers = response.headers_mut();
+    headers.insert(FLOWS_TOTAL_HEADER, header::HeaderValue::from(total));
+    headers.insert(FLOWS_TRUNCATED_HEADER, header::HeaderValue::from_static(truncated));
+    response
+}
+
+/// A serialised JSON body as a response (500 when serialising failed).
+fn json_body(body: Result<Vec<u8>, serde_json::Error>) -> Response {
+    match body {
+        Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "API answer could not be serialised");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        }
+    }
 }

@@ -14,6 +14,8 @@
 //! - [`traffic`]: full-duplex TCP exchanges with exact byte counts;
 //! - [`fips_proxy`] and [`tls_peer`]: the FIPS egress proxy binary and real TLS peers (`openssl s_server`,
 //!   nginx) with throwaway certificates, for `tests/fips_proxy.rs`;
+//! - [`soak`]: the soak (agent under its memory limit, many connections, DNS flood, hammered API),
+//!   run by `eddy-loadgen soak` and `tests/soak_small.rs`;
 //! - [`sock`]: socket options the tests need (cookie, `tcp_info`, linger, SYN count, bound connect).
 //!
 //! Limits: tests must only send traffic to loopback or to addresses inside namespaces they created
@@ -30,6 +32,7 @@ pub mod http;
 pub mod imds_fixture;
 pub mod netns;
 pub mod otlp_receiver;
+pub mod soak;
 pub mod sock;
 pub mod tls_peer;
 pub mod traffic;

@@ -58,6 +58,7 @@ USAGE:
     eddy-loadgen throughput [--write-size 1024] [--duration 5s]
     eddy-loadgen churn      [--count 40000] [--threads 2] [--dests 4] [--sources 4]
                             [--out FILE] [--max-duration 120s]
+    eddy-loadgen soak       [--duration 10m] [--connections 100000] ... (see `soak --help`)
 
 MODES:
     conn-rate   connect / send 100 B / receive 200 B / close, in a loop for --duration
@@ -97,6 +98,12 @@ fn main() -> ExitCode {
     if args.is_empty() {
         eprint!("{USAGE}");
         return ExitCode::from(2);
+    }
+    // The soak has its own options and module (eddy_tests::soak).
+    match args[0].as_str() {
+        "soak" => return eddy_tests::soak::cli::soak_main(&args[1..]),
+        "soak-hold" => return eddy_tests::soak::cli::hold_main(&args[1..]),
+        _ => {}
     }
     if args.iter().any(|a| a == "-h" || a == "--help") {
         print!("{USAGE}");
