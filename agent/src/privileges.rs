@@ -7,8 +7,8 @@
 //! - `CAP_BPF` (or `CAP_SYS_ADMIN` where `CAP_BPF` is not held), only where the kernel checks it on
 //!   every `bpf()` command: the eBPF collector reads its maps and runs its socket iterator with
 //!   `bpf()` on every scan. Older kernels (5.10: measured) refuse every command without it while
-//!   unprivileged BPF is disabled; newer ones (6.1, 6.18: measured) check only program loads and map
-//!   creation. [`bpf_needs_capability`] finds out by trying, on a throwaway thread.
+//!   unprivileged BPF is disabled; newer ones (6.1, 6.12, 6.18: measured) check only program loads
+//!   and map creation. [`bpf_needs_capability`] finds out by trying, on a throwaway thread.
 //! - `CAP_NET_ADMIN`: conntrack (on by default) re-subscribes and re-dumps over ctnetlink, which
 //!   checks it on every message and on joining the event groups.
 //! - `CAP_SYS_ADMIN`: the sock_diag collector that covers every network namespace `setns`es into

@@ -849,6 +849,8 @@ fn deploy_artifacts_match_what_the_agent_accepts() {
         !privilege_problems("mutated", &td, &preflight_caps, &preflight_src).is_empty(),
         "extra capability not caught"
     );
+    let root_proxy = json!({ "containerDefinitions": [{ "name": "eddy-fips-proxy", "image": "x" }] });
+    assert!(!user_problems("mutated", &root_proxy).is_empty(), "a proxy running as root not caught");
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! pass the task definition's health check command, and count a connection's bytes exactly. The FIPS
 //! proxy's runs as `eddy-daemon-govcloud.json` runs it (host network, read-only root, its environment,
 //! as nobody): it must start in FIPS mode, pass its health check and carry a request over TLS to nginx.
+//! The agent's also runs as `eddy-fargate-sidecar.json` runs it (as nobody, every capability dropped,
+//! read-only root, in a network namespace of its own): sock_diag, nothing kept, `no_new_privs`, its health
+//! check passes and an open connection's bytes are exact.
 //!
 //! Podman runs rootful with runc and cgroupfs (crun fails on this hybrid-cgroup host; see
 //! shared/design/MACHINE-NOTES.md). The task definition's memlock ulimit needs CAP_SYS_RESOURCE;
@@ -22,6 +25,8 @@ const PLAN: &[(usize, usize)] = &[(4_321, 1_234)];
 
 struct Podman {
     conf: PathBuf,
+    /// Distinguishes this test's images from those of tests running at the same time.
+    tag: String,
 }
 
 impl Podman {
@@ -29,14 +34,14 @@ impl Podman {
     fn new(tag: &str) -> Podman {
         let conf = std::env::temp_dir().join(format!("eddy-containers-{tag}-{}.conf", std::process::id()));
         std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").expect("containers.conf");
-        Podman { conf }
+        Podman { conf, tag: format!("smoke-{tag}-{}", std::process::id()) }
     }
 
     /// `scripts/build-images.sh --only IMAGE --prebuilt DIR`; returns the image reference.
     fn build(&self, image: &str, bin_dir: &std::path::Path) -> String {
-        let tag = format!("smoke-{}", std::process::id());
+        let tag = &self.tag;
         let out = Command::new(repo_root().join("scripts/build-images.sh"))
-            .args(["--engine", "podman", "--only", image, "--tag", &tag, "--prebuilt"])
+            .args(["--engine", "podman", "--only", image, "--tag", tag, "--prebuilt"])
             .arg(bin_dir)
             .env("CONTAINERS_CONF", &self.conf)
             .env("ENGINE_ARGS", "--runtime runc --cgroup-manager cgroupfs")
@@ -314,5 +319,115 @@ fn fips_proxy_image_runs_as_the_govcloud_task_definition_says() {
     assert_eq!(r.status, 200, "{body}\n{logs}");
     assert!(body.contains(&format!("host={}", eddy_tests::tls_peer::GOOD_NAME)), "{body}");
     assert!(body.contains("uri=/v1/metrics"), "{body}");
+    drop(container);
+}
+
+#[test]
+fn agent_image_runs_as_the_fargate_sidecar_says() {
+    if !require_privileges() {
+        return;
+    }
+    if Command::new("podman").arg("--version").output().is_err() {
+        return skip("podman is not installed (scripts/install-deps.sh test installs podman and runc)");
+    }
+    let podman = Podman::new("sidecar");
+    let image = podman.build("eddy-agent", agent_bin().parent().expect("bin dir"));
+    let td: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("task-definitions/eddy-fargate-sidecar.json"))
+            .expect("read"),
+    )
+    .expect("task definition JSON");
+    let c = td["containerDefinitions"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == "eddy-agent"))
+        .expect("eddy-agent container");
+    let user = c["user"].as_str().expect("the sidecar names its user");
+    // The task's network namespace (awsvpc): one of the test's, the listen address as the task says.
+    let ns = NetNs::new("sidecar");
+    let name = format!("eddy-sidecar-smoke-{}", std::process::id());
+    let network = format!("ns:/run/netns/{}", ns.name());
+    let mut args: Vec<String> = ["run", "-d", "--name", &name, "--network", &network, "--user", user]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for cap in c["linuxParameters"]["capabilities"]["drop"].as_array().into_iter().flatten() {
+        args.extend(["--cap-drop".into(), cap.as_str().expect("cap").into()]);
+    }
+    if c["readonlyRootFilesystem"] == true {
+        args.push("--read-only".into());
+    }
+    let mut listen = String::new();
+    for e in c["environment"].as_array().expect("environment") {
+        let (k, v) = (e["name"].as_str().expect("name"), e["value"].as_str().expect("value"));
+        if k == "EDDY_LISTEN" {
+            listen = v.to_string();
+        }
+        args.extend(["-e".into(), format!("{k}={v}")]);
+    }
+    args.extend(["-e".into(), "EDDY_POLL_INTERVAL=200ms".into(), "--entrypoint".into()]);
+    args.extend([c["entryPoint"][0].as_str().expect("entryPoint").to_string(), image.clone()]);
+    args.extend(
+        c["command"].as_array().expect("command").iter().map(|a| a.as_str().expect("arg").to_string()),
+    );
+    let container = Container { podman: &podman, name: name.clone(), image: image.clone() };
+    let out = podman.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "podman {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+
+    let addr: std::net::SocketAddr = listen.parse().expect("EDDY_LISTEN");
+    let json = |path: &'static str| -> Result<Value, String> {
+        let r = ns.run(move || eddy_tests::http::http_get(addr, path, Duration::from_secs(2)));
+        match r {
+            Ok(r) if r.status == 200 => serde_json::from_str(&r.text()).map_err(|e| e.to_string()),
+            Ok(r) => Err(format!("HTTP {}", r.status)),
+            Err(e) => {
+                Err(format!("{e}; logs: {}", String::from_utf8_lossy(&podman.run(&["logs", &name]).stderr)))
+            }
+        }
+    };
+    let status =
+        poll_until(Duration::from_secs(30), Duration::from_millis(200), "the sidecar's /status", || {
+            json("/status")
+        });
+    assert_eq!(status["collector"], "sock_diag", "{status}");
+    assert_eq!(status["privileges"]["capabilities"], serde_json::json!([]), "{status}");
+    assert_eq!(status["privileges"]["no_new_privs"], true, "{status}");
+    // The process: nobody, no capability at all, no_new_privs.
+    let pid = podman.run(&["inspect", "--format", "{{.State.Pid}}", &name]);
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the agent's status");
+    let line = |k: &str| proc_status.lines().find(|l| l.starts_with(k)).unwrap_or_default().to_string();
+    assert_eq!(line("Uid:").split_whitespace().nth(2), Some("65534"), "{proc_status}");
+    assert_eq!(line("Gid:").split_whitespace().nth(2), Some("65534"), "{proc_status}");
+    for k in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:", "CapBnd:"] {
+        assert_eq!(line(k).split_whitespace().nth(1), Some("0000000000000000"), "{k} {proc_status}");
+    }
+    assert_eq!(line("NoNewPrivs:").split_whitespace().nth(1), Some("1"), "{proc_status}");
+    podman.health_check(&name, c);
+
+    // A connection in the task's namespace, open across polls: exact bytes.
+    let (mut client, mut server, _listener) = ns.run(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let c = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        (c, s, l)
+    });
+    use std::io::{Read, Write};
+    let (up, down) = PLAN[0];
+    client.write_all(&payload(up, 1)).expect("write up");
+    let mut buf = vec![0u8; up.max(down)];
+    server.read_exact(&mut buf[..up]).expect("read up");
+    server.write_all(&payload(down, 2)).expect("write down");
+    client.read_exact(&mut buf[..down]).expect("read down");
+    let (local, remote) = (client.local_addr().expect("addr"), server.local_addr().expect("addr"));
+    poll_until(Duration::from_secs(15), Duration::from_millis(200), "the sidecar's flow", || {
+        let flows = json("/flows")?;
+        let found = flows.as_array().into_iter().flatten().any(|f| {
+            f["local"]["port"] == local.port()
+                && f["remote"]["port"] == remote.port()
+                && f["bytes_sent"] == up
+                && f["bytes_received"] == down
+        });
+        if found { Ok(()) } else { Err(flows.to_string()) }
+    });
     drop(container);
 }
