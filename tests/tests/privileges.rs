@@ -171,7 +171,13 @@ fn wait_exact(
     closed: bool,
 ) {
     poll_until(Duration::from_secs(10), Duration::from_millis(200), "exact bytes after the drop", || {
-        let flows = agent.flows();
+        // A busy machine may answer one poll with an error: the next poll retries (the last one is shown).
+        let r = agent.get("/flows?limit=100000");
+        if r.status != 200 {
+            eprintln!("GET /flows: HTTP {} {} (retrying)", r.status, r.text());
+            return Err(format!("GET /flows: HTTP {} {}", r.status, r.text()));
+        }
+        let flows: Vec<FlowRecord> = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
         let found: Vec<&FlowRecord> =
             flows.iter().filter(|f| f.is("tcp", local, remote) && f.closed_at.is_some() == closed).collect();
         match found.as_slice() {
