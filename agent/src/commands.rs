@@ -66,7 +66,7 @@ pub enum CommandError {
 fn detect_environment(cfg: &Config) -> Environment {
     let mut inputs = environment::Inputs {
         env: std::env::vars().filter(|(k, _)| k.starts_with("ECS_") || k == "AWS_EXECUTION_ENV").collect(),
-        configured_agent_uri: cfg.ecs_agent_uri.clone(),
+        configured_agent_uri: cfg.ecs.agent_uri.clone(),
         agent_on_loopback: false,
     };
     if environment::detect(&inputs) == Environment::Plain {
@@ -100,20 +100,20 @@ fn start_ecs(
                 agent_uri,
                 cgroup_root,
                 proc_root: "/proc".into(),
-                interval: cfg.ecs_refresh_interval,
-                max_backoff: Duration::from_secs(60).max(cfg.ecs_refresh_interval),
+                interval: cfg.ecs.refresh_interval,
+                max_backoff: Duration::from_secs(60).max(cfg.ecs.refresh_interval),
                 timeout: Duration::from_secs(2),
             };
             rt.spawn(refresh_loop(resolver.clone(), settings));
-            let remote = cfg.ecs_api.then(|| {
+            let remote = cfg.ecs.api.then(|| {
                 let remote = Arc::new(RemoteResolver::new());
                 let target =
-                    Arc::new(ConfiguredCluster { cluster: cfg.ecs_cluster.clone(), inner: resolver.clone() });
+                    Arc::new(ConfiguredCluster { cluster: cfg.ecs.cluster.clone(), inner: resolver.clone() });
                 let settings = RemoteSettings {
-                    interval: cfg.ecs_api_refresh_interval,
-                    max_backoff: Duration::from_secs(600).max(cfg.ecs_api_refresh_interval),
+                    interval: cfg.ecs.api_refresh_interval,
+                    max_backoff: Duration::from_secs(600).max(cfg.ecs.api_refresh_interval),
                     timeout: Duration::from_secs(20),
-                    fips: cfg.fips_enabled,
+                    fips: cfg.fips.enabled,
                 };
                 rt.spawn(remote::refresh_loop(remote.clone(), target, settings));
                 remote as Arc<dyn Enricher>
@@ -125,8 +125,8 @@ fn start_ecs(
             let resolver = Arc::new(TaskMetadataResolver::new(&metadata_uri));
             let settings = fargate::RefreshSettings {
                 metadata_uri,
-                interval: cfg.ecs_refresh_interval,
-                max_backoff: Duration::from_secs(60).max(cfg.ecs_refresh_interval),
+                interval: cfg.ecs.refresh_interval,
+                max_backoff: Duration::from_secs(60).max(cfg.ecs.refresh_interval),
                 timeout: Duration::from_secs(2),
             };
             rt.spawn(fargate::refresh_loop(resolver.clone(), settings));
@@ -141,7 +141,7 @@ fn start_aws(cfg: &Config, rt: &tokio::runtime::Runtime) -> Option<Arc<dyn Enric
     let env: std::collections::HashMap<String, String> =
         std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).collect();
     let dmi = identity::dmi_is_ec2(std::path::Path::new("/sys/class/dmi/id"));
-    let (why, call_imds) = match (cfg.aws_resolution, identity::imds_decision(&env, dmi)) {
+    let (why, call_imds) = match (cfg.aws.resolution, identity::imds_decision(&env, dmi)) {
         (AwsResolution::Off, _) => return None,
         (AwsResolution::Auto, ImdsDecision::Skip { why }) => {
             tracing::info!(reason = why, "enhanced resolution off (aws_resolution=on forces it)");
@@ -153,20 +153,20 @@ fn start_aws(cfg: &Config, rt: &tokio::runtime::Runtime) -> Option<Arc<dyn Enric
         }
     };
     let own = identity::Identity {
-        region: cfg.aws_region.clone(),
-        availability_zone: cfg.aws_availability_zone.clone(),
+        region: cfg.aws.region.clone(),
+        availability_zone: cfg.aws.availability_zone.clone(),
         ..Default::default()
     };
     let resolver = Arc::new(AwsResolver::new(ResolverSettings {
-        calls_per_second: cfg.aws_api_calls_per_second,
-        positive_ttl: cfg.aws_cache_ttl,
-        negative_ttl: cfg.aws_cache_ttl / 2,
+        calls_per_second: cfg.aws.api_calls_per_second,
+        positive_ttl: cfg.aws.cache_ttl,
+        negative_ttl: cfg.aws.cache_ttl / 2,
         ..Default::default()
     }));
     tracing::info!(decision = %why, "enhanced resolution on: remote ends get AWS context");
     let enricher = Arc::new(AwsEnricher::new(resolver.clone(), own, why));
     let e = enricher.clone();
-    let fips = cfg.fips_enabled;
+    let fips = cfg.fips.enabled;
     rt.spawn(async move {
         if call_imds {
             match identity::fetch(None, Duration::from_secs(2)).await {
@@ -283,7 +283,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     shared.privileges = Some(privileges);
     shared.heartbeat = crate::liveness::Heartbeat::new(crate::liveness::stall_after(cfg.poll_interval));
     // In FIPS mode the proxy's route (the status shows it redacted; this is the real URL).
-    let otlp_target = match (&fips, &cfg.otlp_endpoint) {
+    let otlp_target = match (&fips, &cfg.otlp.endpoint) {
         (Some(_), Some(e)) => Some(crate::fips::otlp_via_proxy(&cfg, e)?),
         (_, e) => e.clone(),
     };
@@ -293,9 +293,9 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
             let settings = OtlpSettings {
                 endpoint: endpoint.clone(),
                 headers: cfg.otlp_header_pairs(),
-                timeout: cfg.otlp_timeout,
-                max_backoff: cfg.otlp_max_backoff,
-                queue_batches: cfg.otlp_queue_batches,
+                timeout: cfg.otlp.timeout,
+                max_backoff: cfg.otlp.max_backoff,
+                queue_batches: cfg.otlp.queue_batches,
                 resource: Resource::agent(&hostname()).with_tags(&cfg.tag_set()),
             };
             let (queue, task) = otlp::start(settings, stats.clone())?;
@@ -308,10 +308,10 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     };
     shared.tags = cfg.tag_set();
     shared.fips = fips;
-    if cfg.conntrack {
+    if cfg.conntrack.enabled {
         let settings = crate::conntrack::ConntrackSettings {
-            max_entries: cfg.conntrack_max_entries,
-            netns: cfg.conntrack_netns.clone(),
+            max_entries: cfg.conntrack.max_entries,
+            netns: cfg.conntrack.netns.clone(),
         };
         match crate::conntrack::start(settings) {
             Ok(ct) => shared.conntrack = Some(Arc::new(crate::conntrack::ConntrackEnricher(ct))),
@@ -320,8 +320,8 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
             }
         }
     }
-    if cfg.dns && shared.collector == "ebpf" {
-        let settings = crate::dns::DnsSettings { timeout: cfg.dns_timeout, max_names: cfg.dns_max_names };
+    if cfg.dns.enabled && shared.collector == "ebpf" {
+        let settings = crate::dns::DnsSettings { timeout: cfg.dns.timeout, max_names: cfg.dns.max_names };
         shared.dns = Some(std::sync::Mutex::new(crate::dns::DnsTracker::new(settings)));
     }
     let ecs = start_ecs(&cfg, env, shared.kernel.cgroup2.clone(), &rt);
@@ -363,11 +363,11 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
 
     rt.block_on(async {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let allowed = crate::api::host::AllowedHosts::new(cfg.listen, &cfg.api_allowed_hosts);
+        let allowed = crate::api::host::AllowedHosts::new(cfg.listen, &cfg.api.allowed_hosts);
         let limits = crate::api::server::ServerSettings {
-            max_connections: cfg.api_max_connections,
-            header_timeout: cfg.api_header_timeout,
-            request_timeout: cfg.api_request_timeout,
+            max_connections: cfg.api.max_connections,
+            header_timeout: cfg.api.header_timeout,
+            request_timeout: cfg.api.request_timeout,
         };
         let server = tokio::spawn(crate::api::server::serve(
             listener,

@@ -33,18 +33,6 @@ pub enum FipsError {
     NotBuilt,
     #[error("fips_enabled = true, but the AWS-LC FIPS module is not in FIPS mode: {0}")]
     ModuleNotFips(String),
-    #[error(
-        "fips_local_address {0} is not a loopback address: the hop to eddy-fips-proxy is plain HTTP \
-         and must not leave the task (use 127.0.0.1 or ::1)"
-    )]
-    NonLocal(IpAddr),
-    #[error(
-        "fips_https = true is not supported: eddy-fips-proxy's local side is plain HTTP over loopback; \
-         set EDDY_FIPS_HTTPS=false (TLS starts at the proxy)"
-    )]
-    Https,
-    #[error("fips_port_range_start {0} leaves no room for the proxy's routes (at most 65500)")]
-    PortRange(u16),
     #[error("otlp_endpoint {0:?} is not a URL the proxy can carry (expected http(s)://host[:port]/path)")]
     Endpoint(String),
 }
@@ -70,43 +58,29 @@ pub struct FipsStatus {
 
 /// Checks a FIPS configuration against this build; `Ok(None)` when FIPS mode is off.
 pub fn check(cfg: &Config) -> Result<Option<FipsStatus>, FipsError> {
-    if !cfg.fips_enabled {
+    if !cfg.fips.enabled {
         return Ok(None);
     }
-    check_config(cfg)?;
+    // The rules between the FIPS keys are checked with the configuration (`config::Fips`).
     check_module()?;
     let proxy = proxy_base(cfg, 0);
     // Shown in `/status` and logs: redacted (the real URL comes from [`otlp_via_proxy`]).
     let otlp_via =
-        cfg.otlp_endpoint.as_deref().map(|e| otlp_via_proxy(cfg, e)).transpose()?.map(|u| redact::url(&u));
+        cfg.otlp.endpoint.as_deref().map(|e| otlp_via_proxy(cfg, e)).transpose()?.map(|u| redact::url(&u));
     Ok(Some(FipsStatus {
         enabled: true,
         proxy_status: proxy,
         otlp_via,
-        otlp_intake: cfg.otlp_endpoint.as_deref().map(redact::url),
+        otlp_intake: cfg.otlp.endpoint.as_deref().map(redact::url),
         aws_sdk_use_fips: true,
         aws_sdk_tls: "rustls with the AWS-LC FIPS module (aws-lc-rs fips)",
     }))
 }
 
-/// The configuration rules of FIPS mode (independent of the build).
-pub fn check_config(cfg: &Config) -> Result<(), FipsError> {
-    if cfg.fips_https {
-        return Err(FipsError::Https);
-    }
-    if !cfg.fips_local_address.is_loopback() {
-        return Err(FipsError::NonLocal(cfg.fips_local_address));
-    }
-    if cfg.fips_port_range_start > 65_500 {
-        return Err(FipsError::PortRange(cfg.fips_port_range_start));
-    }
-    Ok(())
-}
-
 /// `http://<local>:<port range start + offset>`.
 fn proxy_base(cfg: &Config, offset: u16) -> String {
-    let port = cfg.fips_port_range_start.saturating_add(offset);
-    match cfg.fips_local_address {
+    let port = cfg.fips.port_range_start.saturating_add(offset);
+    match cfg.fips.local_address {
         IpAddr::V4(a) => format!("http://{a}:{port}"),
         IpAddr::V6(a) => format!("http://[{a}]:{port}"),
     }

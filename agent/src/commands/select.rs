@@ -71,14 +71,14 @@ pub fn start_source(cfg: &Config, env: &Environment) -> Result<Selected, Command
 }
 
 fn start_ebpf(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Selected, CommandError> {
-    let kernel = preflight::check(cfg.udp, cfg.cgroup_path.as_deref())?;
+    let kernel = preflight::check(cfg.udp.enabled, cfg.cgroup_path.as_deref())?;
     let settings = EbpfSettings {
         flow_map_entries: cfg.flow_map_entries,
-        udp_map_entries: cfg.udp_map_entries,
+        udp_map_entries: cfg.udp.map_entries,
         ring_buffer_bytes: cfg.ring_buffer_bytes,
-        udp_idle_timeout: cfg.udp_idle_timeout,
-        udp: cfg.udp,
-        dns: cfg.dns,
+        udp_idle_timeout: cfg.udp.idle_timeout,
+        udp: cfg.udp.enabled,
+        dns: cfg.dns.enabled,
         cgroup_path: kernel.cgroup2.clone(),
         disabled_hooks: cfg.disabled_hooks.clone(),
     };

@@ -26,7 +26,7 @@ fn layers_override_in_order() {
     .expect("load");
     assert_eq!(c.poll_interval, Duration::from_secs(2), "env beats file");
     assert_eq!(c.export_interval, Duration::from_secs(7), "file beats default");
-    assert!(!c.udp);
+    assert!(!c.udp.enabled);
     assert_eq!(c.flow_map_entries, 64, "flag");
     let c =
         Config::load(Some(&file), env(&[("EDDY_POLL_INTERVAL", "2s")]), &[("poll_interval", "5s".into())])
@@ -62,24 +62,62 @@ fn rejects_bad_values_with_origin() {
 
 #[test]
 fn every_key_round_trips_through_the_file_format() {
-    let c = Config::default();
+    let c = Config::load(None, env(&[("EDDY_OTLP_ENDPOINT", "http://127.0.0.1:4318/v1/metrics")]), &[])
+        .expect("load");
     let text = toml::to_string(&c).expect("encode");
-    for key in KEYS.iter().filter(|k| {
-        ![
-            "cgroup_path",
-            "otlp_endpoint",
-            "ecs_agent_uri",
-            "ecs_cluster",
-            "aws_region",
-            "aws_availability_zone",
-            "conntrack_netns",
-        ]
-        .contains(*k)
-    }) {
-        assert!(text.contains(key), "{key} missing from {text}");
-    }
     let back: Config = toml::from_str(&text).expect("decode");
     assert_eq!(back, c);
+    assert!(
+        text.contains("[otlp]") && text.contains("endpoint = \"http://127.0.0.1:4318/v1/metrics\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn sections_and_flat_names_in_the_file_and_the_short_names_everywhere() {
+    let dir = std::env::temp_dir().join(format!("eddy-cfg-sections-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("eddy.toml");
+    std::fs::write(
+        &file,
+        "otlp_queue_batches = 3\n[otlp]\ntimeout = \"2s\"\n[dns]\nenabled = false\n[conntrack]\nmax_entries = 100\n",
+    )
+    .expect("write");
+    let c = Config::load(Some(&file), env(&[("EDDY_UDP", "false")]), &[("conntrack", "false".into())])
+        .expect("load");
+    assert_eq!((c.otlp.queue_batches, c.otlp.timeout), (3, Duration::from_secs(2)));
+    assert!(!c.dns.enabled && !c.udp.enabled && !c.conntrack.enabled);
+    assert_eq!(c.conntrack.max_entries, 100);
+    std::fs::write(&file, "[otlp]\ntimeot = \"2s\"\n").expect("write");
+    let e = Config::load(Some(&file), env(&[]), &[]).expect_err("unknown key in a section");
+    assert!(e.to_string().contains("timeot") && e.to_string().contains("otlp"), "{e}");
+    std::fs::write(&file, "[otlp]\ntimeout = \"2 parsecs\"\n").expect("write");
+    let e = Config::load(Some(&file), env(&[]), &[]).expect_err("bad value in the file");
+    assert!(e.to_string().contains("otlp_timeout") && e.to_string().contains("eddy.toml"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+    // Empty values mean the default.
+    let c = Config::load(None, env(&[("EDDY_OUTPUT", ""), ("EDDY_AWS_REGION", "")]), &[]).expect("empty");
+    assert_eq!((c.output, c.aws.region), (Output::None, None));
+}
+
+#[test]
+fn the_readme_reference_is_generated_from_the_definition() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).expect("README.md");
+    let table = reference::markdown();
+    let want = reference::splice(&readme, &table).expect("README has the config-reference markers");
+    if std::env::var_os("EDDY_UPDATE_README").is_some() {
+        std::fs::write(&path, &want).expect("write README.md");
+        return;
+    }
+    assert!(
+        readme == want,
+        "README.md's configuration reference is stale: run `EDDY_UPDATE_README=1 cargo test -p eddy-agent \
+         --lib the_readme_reference` and commit README.md"
+    );
+    for (name, _) in layers::KEYS.iter() {
+        assert!(table.contains(&format!("`EDDY_{}`", name.to_ascii_uppercase())), "{name}");
+    }
 }
 
 #[test]
@@ -149,6 +187,7 @@ fn collector_choice_from_every_layer() {
     assert!(e.to_string().contains("sock_diag"), "{e}");
     let back: Config = toml::from_str("collector = \"sock_diag\"\n").expect("file");
     assert_eq!(back.collector, CollectorChoice::SockDiag);
+    assert_eq!(layers::key("dns").map(|(n, _)| n), Some("dns_enabled"));
 }
 
 #[test]
@@ -167,5 +206,5 @@ fn durations_out_of_range_or_overflowing_name_the_key() {
         assert!(e.to_string().contains(key), "{key}={v}: {e}");
     }
     let ok = Config::load(None, env(&[]), &[("aws_cache_ttl", "7d".into())]).expect("at the bound");
-    assert_eq!(ok.aws_cache_ttl, Duration::from_secs(7 * 86_400));
+    assert_eq!(ok.aws.cache_ttl, Duration::from_secs(7 * 86_400));
 }
