@@ -224,13 +224,13 @@ fn drop_privileges(
     selected: &Selected,
     conntrack: bool,
 ) -> Result<PrivilegeStatus, CommandError> {
-    let conntrack = conntrack && cfg.conntrack;
+    let conntrack = conntrack && cfg.conntrack.enabled;
     let all_namespaces = selected.limits == Some(SOCK_DIAG_LIMITS);
     let bpf_needs_capability = (selected.kind == "ebpf").then(crate::privileges::bpf_needs_capability);
     let uses = Uses {
         ebpf: bpf_needs_capability == Some(true),
         conntrack,
-        enter_namespaces: all_namespaces || (conntrack && cfg.conntrack_netns.is_some()),
+        enter_namespaces: all_namespaces || (conntrack && cfg.conntrack.netns.is_some()),
         proc_namespaces: all_namespaces || matches!(env, Environment::EcsOnEc2 { .. }),
     };
     let mut status = crate::privileges::drop_to(uses, crate::faults::get().withhold_caps)?;
