@@ -11,7 +11,7 @@ scripts/install-deps.sh test
 # moto, the AWS CLI and cfn-lint (PyPI) for the deploy-artifact tests, in venvs under $EDDY_TOOLS_DIR.
 scripts/install-aws-tools.sh
 if [ "$(id -u)" -ne 0 ]; then
-  echo "test.sh: not root: the privileged integration tests will be skipped (run with sudo to include them)" >&2
+  echo "test.sh: not root: the privileged integration tests will be skipped (run as root, e.g. with sudo, to include them)" >&2
 fi
 
 cargo fmt --all --check
