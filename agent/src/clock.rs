@@ -34,12 +34,14 @@ impl Clock for SystemClock {
     }
 }
 
+#[cfg(test)]
 /// A clock that stands still until moved, for tests.
 #[derive(Debug, Default)]
 pub struct FakeClock {
     mono_ns: std::sync::atomic::AtomicU64,
 }
 
+#[cfg(test)]
 impl FakeClock {
     /// Wall time of monotonic instant 0.
     pub const EPOCH: Duration = Duration::from_secs(1_700_000_000);
@@ -53,6 +55,7 @@ impl FakeClock {
     }
 }
 
+#[cfg(test)]
 impl Clock for FakeClock {
     fn mono_now_ns(&self) -> u64 {
         self.mono_ns.load(std::sync::atomic::Ordering::SeqCst)

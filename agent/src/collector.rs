@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::flow::FlowRecord;
 
 pub mod ebpf;
+#[cfg(test)]
 pub mod fake;
 pub mod sock_diag;
 

@@ -196,8 +196,8 @@ impl Enricher for ConntrackEnricher {
         }
     }
 
-    fn status(&self) -> serde_json::Value {
-        serde_json::to_value(self.0.status()).unwrap_or_default()
+    fn health(&self) -> crate::enrich::ProviderHealth {
+        crate::enrich::ProviderHealth::Conntrack(self.0.status())
     }
 }
 

@@ -44,5 +44,6 @@ pub mod plain_http;
 pub mod preflight;
 pub mod privileges;
 pub mod redact;
+pub mod status;
 pub mod table;
 pub mod tags;

@@ -11,7 +11,8 @@ mod dns;
 use std::fmt::Write as _;
 
 use crate::aggregate::{AggregateStats, RTT_BUCKETS_US, SeriesKey, SeriesValues};
-use crate::api::Status;
+use crate::enrich::ProviderHealth;
+use crate::status::Status;
 
 /// `Content-Type` of the two formats.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -180,26 +181,25 @@ pub fn render(s: &Snapshot<'_>, openmetrics: bool) -> String {
 }
 
 /// NAT attribution health, from `/status` → `conntrack`.
-fn conntrack(w: &mut Writer, ct: &serde_json::Value) {
-    let n = |k: &str| ct[k].as_u64().unwrap_or(0);
+fn conntrack(w: &mut Writer, ct: &crate::conntrack::ConntrackStatus) {
     w.family("eddy_agent_conntrack_up", Kind::Gauge, "1 while the conntrack table is followed.");
-    w.sample("eddy_agent_conntrack_up", &[], u8::from(ct["state"] == "on"));
+    w.sample("eddy_agent_conntrack_up", &[], u8::from(ct.state == "on"));
     w.family("eddy_agent_conntrack_entries", Kind::Gauge, "NAT'd connections known (map entries).");
-    w.sample("eddy_agent_conntrack_entries", &[], n("entries"));
+    w.sample("eddy_agent_conntrack_entries", &[], ct.entries);
     w.family("eddy_agent_conntrack_events", Kind::Counter, "Conntrack events (new, destroyed) received.");
-    w.sample("eddy_agent_conntrack_events_total", &[], n("events"));
+    w.sample("eddy_agent_conntrack_events_total", &[], ct.events);
     w.family(
         "eddy_agent_conntrack_dropped",
         Kind::Counter,
         "Conntrack information lost, by cause (map full, socket overrun, undecodable).",
     );
-    for (cause, key) in
-        [("map_full", "dropped_full"), ("overrun", "overruns"), ("undecodable", "undecodable")]
+    for (cause, n) in
+        [("map_full", ct.dropped_full), ("overrun", ct.overruns), ("undecodable", ct.undecodable)]
     {
-        w.sample("eddy_agent_conntrack_dropped_total", &[("cause", cause)], n(key));
+        w.sample("eddy_agent_conntrack_dropped_total", &[("cause", cause)], n);
     }
     w.family("eddy_agent_conntrack_translated_flows", Kind::Counter, "Flows that got a NAT translation.");
-    w.sample("eddy_agent_conntrack_translated_flows_total", &[], n("translated_flows"));
+    w.sample("eddy_agent_conntrack_translated_flows_total", &[], ct.translated_flows);
 }
 
 fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
@@ -285,7 +285,7 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
         w.sample("eddy_agent_otlp_queue_batches", &[], o.queued);
     }
     enrichment(w, st);
-    if let Some(ct) = &st.conntrack {
+    if let Some(ProviderHealth::Conntrack(ct)) = &st.conntrack {
         conntrack(w, ct);
     }
     w.family("eddy_agent_live_flows", Kind::Gauge, "Open flows at the last scan.");
@@ -324,13 +324,8 @@ fn enrichment(w: &mut Writer, st: &Status) {
         "Failed enrichment refreshes, by provider and cause.",
     );
     for (name, p) in providers {
-        let errors = p.as_ref().and_then(|v| v.get("errors")).and_then(|e| e.as_object());
-        for (kind, n) in errors.into_iter().flatten() {
-            w.sample(
-                "eddy_agent_enrichment_errors_total",
-                &[("provider", name), ("cause", kind)],
-                n.as_u64().unwrap_or(0),
-            );
+        for (kind, n) in p.as_ref().map(ProviderHealth::errors).unwrap_or_default() {
+            w.sample("eddy_agent_enrichment_errors_total", &[("provider", name), ("cause", kind)], n);
         }
     }
     w.family(
@@ -339,32 +334,29 @@ fn enrichment(w: &mut Writer, st: &Status) {
         "Seconds since the provider's last successful refresh (absent: none yet).",
     );
     for (name, p) in providers {
-        if let Some(age) = p.as_ref().and_then(|v| v.get("last_refresh_age_seconds")).and_then(|a| a.as_f64())
-        {
+        if let Some(age) = p.as_ref().and_then(ProviderHealth::last_refresh_age_seconds) {
             w.sample("eddy_agent_enrichment_age_seconds", &[("provider", name)], format!("{age:.3}"));
         }
     }
-    if let Some(ecs) = &st.ecs {
+    if let Some(ProviderHealth::Ecs(ecs)) = &st.ecs {
         cgroup_walks(w, ecs);
     }
 }
 
 /// The local provider's walks of the cgroup tree, from `/status` → `ecs`.
-fn cgroup_walks(w: &mut Writer, ecs: &serde_json::Value) {
-    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-    let walks = n(&ecs["cgroup_walks"]);
-    let on_miss = n(&ecs["cgroup_walks_on_miss"]);
+fn cgroup_walks(w: &mut Writer, ecs: &crate::ecs::local::EcsStatus) {
     w.family(
         "eddy_agent_cgroup_walks",
         Kind::Counter,
         "Walks of the cgroup tree, by trigger (interval, miss).",
     );
-    w.sample("eddy_agent_cgroup_walks_total", &[("trigger", "interval")], walks.saturating_sub(on_miss));
-    w.sample("eddy_agent_cgroup_walks_total", &[("trigger", "miss")], on_miss);
+    let periodic = ecs.cgroup_walks.saturating_sub(ecs.cgroup_walks_on_miss);
+    w.sample("eddy_agent_cgroup_walks_total", &[("trigger", "interval")], periodic);
+    w.sample("eddy_agent_cgroup_walks_total", &[("trigger", "miss")], ecs.cgroup_walks_on_miss);
     w.family("eddy_agent_cgroup_misses", Kind::Counter, "Lookups of a cgroup id the last walk had not seen.");
-    w.sample("eddy_agent_cgroup_misses_total", &[], n(&ecs["cgroup_misses"]["lookups"]));
+    w.sample("eddy_agent_cgroup_misses_total", &[], ecs.cgroup_misses.lookups);
     w.family("eddy_agent_cgroup_unresolved", Kind::Gauge, "Cgroup ids no walk found (they trigger no walk).");
-    w.sample("eddy_agent_cgroup_unresolved", &[], n(&ecs["cgroup_misses"]["unresolved"]));
+    w.sample("eddy_agent_cgroup_unresolved", &[], ecs.cgroup_misses.unresolved);
 }
 
 #[cfg(test)]

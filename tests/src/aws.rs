@@ -224,36 +224,30 @@ pub fn cli_json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
 }
 
-/// The configuration keys the agent accepts, read from `KEYS` in `agent/src/config.rs` (the source of
-/// truth), as environment variable names (`EDDY_` + upper case), plus `EDDY_CONFIG`.
+/// The environment variables the agent accepts: every `EDDY_*` name in the README's configuration
+/// reference (generated from the configuration's one definition in `agent/src/config/`, and kept equal
+/// to it by the agent's unit test `the_readme_reference_is_generated_from_the_definition`), plus
+/// `EDDY_CONFIG`.
 pub fn agent_env_vars() -> Result<Vec<String>> {
-    let src = std::fs::read_to_string(repo_root().join("agent/src/config.rs"))?;
-    let start = src.find("pub const KEYS").context("agent/src/config.rs has no `pub const KEYS`")?;
-    let body = &src[start..];
-    let open = body.find("= &[").context("KEYS is not a slice literal")? + 4;
-    let close = body[open..].find("];").context("KEYS slice literal is not closed")? + open;
-    let entries: String =
-        body[open..close].lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
-    let mut vars: Vec<String> = entries
-        .split(',')
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            let key = s.trim_matches('"');
-            anyhow::ensure!(
-                s.starts_with('"') && s.ends_with('"') && !key.is_empty(),
-                "unexpected KEYS entry {s:?}"
-            );
-            Ok(format!("EDDY_{}", key.to_ascii_uppercase()))
+    let readme = std::fs::read_to_string(repo_root().join("README.md"))?;
+    let start = readme
+        .find("<!-- config-reference:begin")
+        .context("README.md has no config-reference begin marker")?;
+    let end =
+        readme[start..].find("<!-- config-reference:end -->").context("no config-reference end marker")?
+            + start;
+    let mut vars: Vec<String> = readme[start..end]
+        .split('`')
+        .filter(|s| {
+            s.starts_with("EDDY_")
+                && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
         })
-        .collect::<Result<_>>()?;
-    anyhow::ensure!(vars.len() >= 5, "KEYS parsed to only {vars:?}");
-    let file_var = src
-        .split("pub const ENV_CONFIG_FILE: &str = \"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap_or("EDDY_CONFIG");
-    vars.push(file_var.to_string());
+        .map(String::from)
+        .collect();
+    vars.sort();
+    vars.dedup();
+    anyhow::ensure!(vars.len() >= 5, "the reference names only {vars:?}");
+    vars.push("EDDY_CONFIG".to_string());
     Ok(vars)
 }
 

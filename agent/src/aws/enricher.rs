@@ -8,9 +8,20 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::identity::{Identity, IdentityError};
-use super::resolver::{AwsResolver, RemoteAws};
+use super::resolver::{AwsResolver, RemoteAws, ResolverStatus};
 use crate::enrich::Enricher;
 use crate::flow::{FlowRecord, Scope};
+
+/// `/status` → `aws`: why resolution runs, this host's identity, and the resolver's counters.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AwsStatus {
+    pub decision: String,
+    pub identity: Identity,
+    pub identity_error: Option<String>,
+    /// Failed identity reads by kind.
+    pub errors: BTreeMap<&'static str, u64>,
+    pub resolver: ResolverStatus,
+}
 
 /// The enricher; its identity is filled once IMDS (or the configuration) answers.
 pub struct AwsEnricher {
@@ -138,14 +149,14 @@ impl Enricher for AwsEnricher {
         }
     }
 
-    fn status(&self) -> serde_json::Value {
-        serde_json::json!({
-            "decision": self.decision,
-            "identity": *self.own.read().unwrap_or_else(PoisonError::into_inner),
-            "identity_error": *self.identity_error.lock().unwrap_or_else(PoisonError::into_inner),
-            "errors": *self.errors.lock().unwrap_or_else(PoisonError::into_inner),
-            "resolver": self.resolver.status(),
-        })
+    fn health(&self) -> crate::enrich::ProviderHealth {
+        crate::enrich::ProviderHealth::Aws(Box::new(AwsStatus {
+            decision: self.decision.clone(),
+            identity: self.own.read().unwrap_or_else(PoisonError::into_inner).clone(),
+            identity_error: self.identity_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            errors: self.errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            resolver: self.resolver.status(),
+        }))
     }
 }
 

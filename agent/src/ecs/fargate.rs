@@ -101,8 +101,8 @@ impl Enricher for TaskMetadataResolver {
         }
     }
 
-    fn status(&self) -> serde_json::Value {
-        serde_json::to_value(TaskMetadataResolver::status(self)).unwrap_or_default()
+    fn health(&self) -> crate::enrich::ProviderHealth {
+        crate::enrich::ProviderHealth::Fargate(TaskMetadataResolver::status(self))
     }
 }
 

@@ -252,8 +252,8 @@ impl Enricher for LocalResolver {
         r.local.ecs = self.labels(r.cgroup_id, r.pid, r.netns).map(Box::new);
     }
 
-    fn status(&self) -> serde_json::Value {
-        serde_json::to_value(LocalResolver::status(self)).unwrap_or_default()
+    fn health(&self) -> crate::enrich::ProviderHealth {
+        crate::enrich::ProviderHealth::Ecs(Box::new(LocalResolver::status(self)))
     }
 }
 

@@ -148,8 +148,8 @@ impl Enricher for RemoteResolver {
         }
     }
 
-    fn status(&self) -> serde_json::Value {
-        serde_json::to_value(RemoteResolver::status(self)).unwrap_or_default()
+    fn health(&self) -> crate::enrich::ProviderHealth {
+        crate::enrich::ProviderHealth::EcsApi(RemoteResolver::status(self))
     }
 }
 

@@ -106,10 +106,16 @@ fn openmetrics_names_families_without_total_and_ends_with_eof() {
 #[test]
 fn enrichment_errors_and_freshness_per_provider() {
     let mut st = status();
-    st.ecs =
-        Some(serde_json::json!({"errors": {"ecs_agent_unreachable": 3}, "last_refresh_age_seconds": 1.5}));
-    st.ecs_api =
-        Some(serde_json::json!({"errors": {"ecs_api_throttled": 2}, "last_refresh_age_seconds": null}));
+    st.ecs = Some(ProviderHealth::Ecs(Box::new(crate::ecs::local::EcsStatus {
+        errors: BTreeMap::from([("ecs_agent_unreachable", 3)]),
+        last_refresh_age_seconds: Some(1.5),
+        ..Default::default()
+    })));
+    st.ecs_api = Some(ProviderHealth::EcsApi(crate::ecs::remote::RemoteStatus {
+        errors: BTreeMap::from([("ecs_api_throttled", 2)]),
+        last_refresh_age_seconds: None,
+        ..Default::default()
+    }));
     let out =
         render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &st, dns: &[] }, false);
     assert!(

@@ -1,0 +1,123 @@
+//! The `/status` document: one typed snapshot of the agent's state, read by the API (as JSON)
+//! and by `/metrics` (field by field), so neither reads the other.
+
+use std::collections::BTreeMap;
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::aggregate::AggregateStats;
+use crate::collector::{HookStatus, MapStatus};
+use crate::enrich::ProviderHealth;
+use crate::otlp::OtlpCounts;
+use crate::pipeline::Shared;
+use crate::preflight::KernelInfo;
+use crate::table::TableStats;
+use crate::tags::Tags;
+
+/// The `/status` document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub collector: &'static str,
+    /// Why `collector = auto` did not run eBPF (absent when it did, or when configured).
+    pub collector_reason: Option<String>,
+    /// What the running collector cannot see (absent for eBPF: see the hooks).
+    pub collector_limits: Option<&'static str>,
+    pub ready: bool,
+    pub collecting: bool,
+    /// What `/healthz` answers, with the last poll's age and the stall threshold.
+    pub liveness: crate::liveness::Health,
+    pub uptime_seconds: f64,
+    pub last_scan_age_seconds: Option<f64>,
+    pub kernel: KernelInfo,
+    pub hooks: Vec<HookStatus>,
+    pub maps: Vec<MapStatus>,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub counters: BTreeMap<&'static str, u64>,
+    pub flows: TableStats,
+    /// Closed flows waiting for their peer's labels, and what the labeller's bounds cost.
+    pub labels: crate::pipeline::labeller::LabelCounts,
+    pub aggregation: AggregateStats,
+    /// OTLP exporter counters (absent when OTLP is off).
+    pub otlp: Option<OtlpCounts>,
+    /// ECS provider freshness and errors (absent when no ECS environment is detected).
+    pub ecs: Option<ProviderHealth>,
+    /// ECS API provider (remote ends) freshness and errors (absent when off).
+    pub ecs_api: Option<ProviderHealth>,
+    /// Enhanced resolution (AWS context of remote ends): decision, identity, resolver counters.
+    pub aws: Option<ProviderHealth>,
+    /// Static tags carried by every record.
+    pub tags: Tags,
+    /// FIPS mode (absent when off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fips: Option<crate::fips::FipsStatus>,
+    /// DNS monitoring counters (absent when off).
+    pub dns: Option<crate::dns::DnsCounters>,
+    /// NAT attribution through conntrack (absent when off).
+    pub conntrack: Option<ProviderHealth>,
+    /// Capabilities kept after start-up (name, what for), those dropped, `no_new_privs`.
+    pub privileges: Option<crate::privileges::PrivilegeStatus>,
+    /// API connections: active, cap, accepted, refused, timeouts, foreign `Host`.
+    pub api: crate::api::server::ApiCounts,
+}
+
+impl Status {
+    pub fn of(shared: &Shared) -> Status {
+        let source = shared.source.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let flows = shared.table().stats();
+        let mut drops = source.drops;
+        drops.insert("output_dropped_records", shared.output_dropped.load(Ordering::Relaxed));
+        drops.insert("output_write_errors", shared.output_errors.load(Ordering::Relaxed));
+        drops.insert("poll_errors", shared.poll_errors.load(Ordering::Relaxed));
+        drops.insert("export_overflow", flows.export_overflow);
+        let labels = *shared.labels.lock().unwrap_or_else(PoisonError::into_inner);
+        drops.insert("labels_not_held_full", labels.not_held_full);
+        drops.insert("peer_labels_evicted", labels.peer_labels_evicted);
+        let mut counters = source.counters;
+        if let Some(o) = &shared.otlp {
+            let c = o.counts();
+            drops.insert("otlp_batches_dropped", c.batches_dropped);
+            drops.insert("otlp_batches_rejected", c.batches_rejected);
+            counters.insert("otlp_batches_sent", c.batches_sent);
+            counters.insert("otlp_attempts_failed", c.attempts_failed);
+        }
+        let api = shared.api.counts();
+        drops.insert("api_connections_refused", api.connections_refused);
+        drops.insert("api_header_timeouts", api.header_timeouts);
+        drops.insert("api_request_timeouts", api.request_timeouts);
+        drops.insert("api_host_rejected", api.host_rejected);
+        counters.insert("api_connections_accepted", api.connections_accepted);
+        let last_scan = *shared.last_scan.lock().unwrap_or_else(PoisonError::into_inner);
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            collector: shared.collector,
+            collector_reason: shared.collector_reason.clone(),
+            collector_limits: shared.collector_limits,
+            ready: shared.ready.load(Ordering::SeqCst),
+            collecting: shared.collecting.load(Ordering::SeqCst),
+            liveness: shared.heartbeat.health(shared.collecting.load(Ordering::SeqCst)),
+            uptime_seconds: shared.started.elapsed().as_secs_f64(),
+            last_scan_age_seconds: last_scan.map(|t| t.elapsed().as_secs_f64()),
+            kernel: shared.kernel.clone(),
+            hooks: source.hooks,
+            maps: source.maps,
+            drops,
+            counters,
+            flows,
+            labels,
+            aggregation: shared.series.lock().unwrap_or_else(PoisonError::into_inner).1,
+            otlp: shared.otlp.as_ref().map(|o| o.counts()),
+            ecs: shared.ecs.as_ref().map(|e| e.health()),
+            ecs_api: shared.remote.as_ref().map(|e| e.health()),
+            aws: shared.aws.as_ref().map(|e| e.health()),
+            tags: shared.tags.clone(),
+            fips: shared.fips.clone(),
+            dns: shared.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).counters()),
+            conntrack: shared.conntrack.as_ref().map(|c| c.health()),
+            privileges: shared.privileges.clone(),
+            api,
+        }
+    }
+}
