@@ -34,6 +34,7 @@ pub mod introspection;
 pub mod local;
 pub mod peers;
 pub mod procs;
+pub mod refresh;
 pub mod remote;
 pub mod task_metadata;
 

@@ -2,52 +2,40 @@
 //! `GET /healthz` to the configured `listen` address (an unspecified address
 //! such as 0.0.0.0 is checked on loopback).
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use eddy_common::probe::{self, ProbeError};
 
 /// Why the agent is not healthy.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("cannot reach the agent at {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
-    #[error("talking to the agent at {addr}: {source}")]
-    Io { addr: SocketAddr, source: std::io::Error },
+    #[error("the agent's API: {0}")]
+    Probe(#[from] ProbeError),
     #[error("the agent at {addr} answered {status_line:?}: {reason}")]
     Unhealthy { addr: SocketAddr, status_line: String, reason: String },
 }
 
 /// Succeeds if `GET /healthz` answers 200 within `timeout`.
 pub fn check(listen: SocketAddr, timeout: Duration) -> Result<(), HealthError> {
-    let addr = match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port()),
-        _ => listen,
-    };
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|source| HealthError::Connect { addr, source })?;
-    let io = |source| HealthError::Io { addr, source };
-    s.set_read_timeout(Some(timeout)).map_err(io)?;
-    s.set_write_timeout(Some(timeout)).map_err(io)?;
-    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(io)?;
     // The answer is short (`ok`, or one line saying why not); read at most 1 KiB of it.
-    let mut head = Vec::with_capacity(1024);
-    s.take(1024).read_to_end(&mut head).map_err(io)?;
-    let text = String::from_utf8_lossy(&head);
-    let status_line = text.lines().next().unwrap_or("").to_string();
-    if status_line.split_whitespace().nth(1) == Some("200") {
+    let a = probe::get(listen, "/healthz", timeout, 1024)?;
+    if a.ok() {
         Ok(())
     } else {
-        let reason = text.split_once("\r\n\r\n").map_or("", |(_, body)| body.trim()).to_string();
-        Err(HealthError::Unhealthy { addr, status_line, reason })
+        Err(HealthError::Unhealthy {
+            addr: a.addr,
+            status_line: a.status_line,
+            reason: a.body.trim().to_string(),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpListener};
 
     fn serve_once(answer: &'static str) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -71,7 +59,10 @@ mod tests {
         let e = check(bad, Duration::from_secs(2)).expect_err("503");
         assert!(e.to_string().contains("503") && e.to_string().ends_with(": collector stopped"), "{e}");
         let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-        assert!(matches!(check(closed, Duration::from_secs(1)), Err(HealthError::Connect { .. })));
+        assert!(matches!(
+            check(closed, Duration::from_secs(1)),
+            Err(HealthError::Probe(ProbeError::Connect { .. }))
+        ));
     }
 
     #[test]

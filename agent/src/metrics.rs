@@ -27,9 +27,6 @@ pub struct Snapshot<'a> {
     pub dns: &'a [crate::dns::DnsRow],
 }
 
-/// Name, help and value of one counter family over the series.
-type CounterFamily = (&'static str, &'static str, fn(&SeriesValues) -> u64);
-
 #[derive(Clone, Copy)]
 enum Kind {
     Counter,
@@ -118,42 +115,27 @@ pub fn render(s: &Snapshot<'_>, openmetrics: bool) -> String {
     let labelled: Vec<([(&str, String); 10], &SeriesValues)> =
         s.series.iter().map(|(k, v)| (series_labels(k), v)).collect();
 
-    let counters: [CounterFamily; 7] = [
-        ("eddy_flow_sent_bytes", "Payload bytes sent by the local end.", |v| v.bytes_sent),
-        ("eddy_flow_received_bytes", "Payload bytes received by the local end.", |v| v.bytes_received),
-        ("eddy_flow_sent_packets", "Packets (TCP segments, UDP datagrams) sent.", |v| v.packets_sent),
-        ("eddy_flow_received_packets", "Packets (TCP segments, UDP datagrams) received.", |v| {
-            v.packets_received
-        }),
-        ("eddy_tcp_retransmits", "TCP segments retransmitted.", |v| v.retransmits),
-        ("eddy_connections_opened", "Flows seen opening (TCP connections, UDP socket-peer pairs).", |v| {
-            v.connections_opened
-        }),
-        ("eddy_connections_closed", "Flows seen closing.", |v| v.connections_closed),
-    ];
-    for (name, help, get) in counters {
-        w.family(name, Kind::Counter, help);
+    for part in crate::catalog::SERIES_COUNTERS.iter().flat_map(|q| q.parts) {
+        w.family(part.prometheus, Kind::Counter, part.help);
         for (labels, v) in &labelled {
             let refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            w.sample(&format!("{name}_total"), &refs, get(v));
+            w.sample(&format!("{}_total", part.prometheus), &refs, (part.value)(v));
         }
     }
 
-    w.family("eddy_connections_failed", Kind::Counter, "TCP connections that failed, by reason.");
+    let failed = crate::catalog::CONNECTIONS_FAILED;
+    w.family(failed.prometheus, Kind::Counter, failed.help);
     for (labels, v) in &labelled {
         for (failure, n) in &v.connections_failed {
             let reason = erased::Label::label(failure);
             let mut refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
             refs.push(("reason", reason.as_str()));
-            w.sample("eddy_connections_failed_total", &refs, n);
+            w.sample(&format!("{}_total", failed.prometheus), &refs, n);
         }
     }
 
-    w.family(
-        "eddy_tcp_rtt_seconds",
-        Kind::Histogram,
-        "Smoothed TCP round-trip time of active flows, per interval.",
-    );
+    let rtt = crate::catalog::TCP_RTT;
+    w.family(rtt.prometheus, Kind::Histogram, rtt.help);
     for (labels, v) in &labelled {
         if v.rtt.count == 0 {
             continue;
@@ -166,10 +148,10 @@ pub fn render(s: &Snapshot<'_>, openmetrics: bool) -> String {
             cumulative += v.rtt.counts[i];
             let mut refs = base.clone();
             refs.push(("le", bound.as_str()));
-            w.sample("eddy_tcp_rtt_seconds_bucket", &refs, cumulative);
+            w.sample(&format!("{}_bucket", rtt.prometheus), &refs, cumulative);
         }
-        w.sample("eddy_tcp_rtt_seconds_sum", &base, v.rtt.sum_us as f64 / 1e6);
-        w.sample("eddy_tcp_rtt_seconds_count", &base, v.rtt.count);
+        w.sample(&format!("{}_sum", rtt.prometheus), &base, v.rtt.sum_us as f64 / 1e6);
+        w.sample(&format!("{}_count", rtt.prometheus), &base, v.rtt.count);
     }
 
     dns::render(&mut w, s.dns, s.status.dns.as_ref());

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub mod redact;
+pub use eddy_common::redact;
 pub mod routes;
 
 pub use routes::{RouteKind, RouteSpec, Upstream};

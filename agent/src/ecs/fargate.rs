@@ -126,21 +126,16 @@ pub async fn refresh_loop(resolver: Arc<TaskMetadataResolver>, s: RefreshSetting
             return;
         }
     };
-    let mut wait = s.interval;
-    loop {
-        match task_metadata::fetch(&client, &s.metadata_uri).await {
-            Ok(snap) => {
-                resolver.set(snap);
-                wait = s.interval;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "task metadata refresh failed; keeping the last snapshot");
-                resolver.record_error(&e);
-                wait = (wait * 2).min(s.max_backoff);
-            }
-        }
-        tokio::time::sleep(wait).await;
-    }
+    super::refresh::forever(
+        super::refresh::Backoff::new(s.interval, s.max_backoff),
+        || task_metadata::fetch(&client, &s.metadata_uri),
+        |snap| resolver.set(snap),
+        |e| {
+            tracing::warn!(error = %e, "task metadata refresh failed; keeping the last snapshot");
+            resolver.record_error(e);
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -293,21 +293,16 @@ pub async fn refresh_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
             return;
         }
     };
-    let mut wait = s.interval;
-    loop {
-        match introspection::fetch(&client, &s.agent_uri).await {
-            Ok(snap) => {
-                resolver.set_ecs(snap);
-                wait = s.interval;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "ECS provider: introspection refresh failed; keeping the last snapshot");
-                resolver.record_error(&e);
-                wait = (wait * 2).min(s.max_backoff);
-            }
-        }
-        tokio::time::sleep(wait).await;
-    }
+    super::refresh::forever(
+        super::refresh::Backoff::new(s.interval, s.max_backoff),
+        || introspection::fetch(&client, &s.agent_uri),
+        |snap| resolver.set_ecs(snap),
+        |e| {
+            tracing::warn!(error = %e, "ECS provider: introspection refresh failed; keeping the last snapshot");
+            resolver.record_error(e);
+        },
+    )
+    .await;
 }
 
 /// Shortest time between two walks of the cgroup tree.

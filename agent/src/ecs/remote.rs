@@ -214,15 +214,15 @@ pub async fn refresh_loop(resolver: Arc<RemoteResolver>, target: Arc<dyn Target>
     let (clients, region) = clients(hint, s.timeout, s.fips).await;
     tracing::info!(%cluster, region = region.as_deref().unwrap_or("none"), "ECS API provider on: remote ends get ECS labels");
     resolver.set_target(&cluster, region);
-    let mut wait = s.interval;
+    let mut backoff = super::refresh::Backoff::new(s.interval, s.max_backoff);
     let mut denied_logged = false;
     loop {
         let started = Instant::now();
-        match api::discover(&clients, &cluster).await {
+        let wait = match api::discover(&clients, &cluster).await {
             Ok(d) => {
                 resolver.set_index(RemoteIndex::build(d), started.elapsed());
-                wait = s.interval;
                 denied_logged = false;
+                backoff.succeeded()
             }
             Err(e) => {
                 resolver.record_error(&e);
@@ -231,13 +231,13 @@ pub async fn refresh_loop(resolver: Arc<RemoteResolver>, target: Arc<dyn Target>
                         tracing::error!(error = %e, "ECS API provider");
                         denied_logged = true;
                     }
-                    wait = s.max_backoff;
+                    backoff.longest()
                 } else {
                     tracing::warn!(error = %e, "ECS API provider: refresh failed; keeping the last index");
-                    wait = (wait * 2).min(s.max_backoff);
+                    backoff.failed()
                 }
             }
-        }
+        };
         tokio::time::sleep(wait).await;
     }
 }

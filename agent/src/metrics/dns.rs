@@ -58,21 +58,22 @@ pub(super) fn render(w: &mut Writer, rows: &[DnsRow], counters: Option<&DnsCount
     if rows.is_empty() {
         return;
     }
-    w.family("eddy_dns_queries", Kind::Counter, "DNS queries sent by the client.");
+    use crate::catalog::{DNS_QUERIES, DNS_RESPONSES, DNS_TIMEOUTS};
+    w.family(DNS_QUERIES.prometheus, Kind::Counter, DNS_QUERIES.help);
     for r in rows {
-        w.sample("eddy_dns_queries_total", &labels(r), r.queries);
+        w.sample(&format!("{}_total", DNS_QUERIES.prometheus), &labels(r), r.queries);
     }
-    w.family("eddy_dns_responses", Kind::Counter, "DNS responses received, by response code.");
+    w.family(DNS_RESPONSES.prometheus, Kind::Counter, DNS_RESPONSES.help);
     for r in rows {
         for (rcode, n) in &r.rcodes {
             let mut l = labels(r);
             l.push(("rcode", rcode));
-            w.sample("eddy_dns_responses_total", &l, n);
+            w.sample(&format!("{}_total", DNS_RESPONSES.prometheus), &l, n);
         }
     }
-    w.family("eddy_dns_timeouts", Kind::Counter, "DNS queries without an answer within dns_timeout.");
+    w.family(DNS_TIMEOUTS.prometheus, Kind::Counter, DNS_TIMEOUTS.help);
     for r in rows {
-        w.sample("eddy_dns_timeouts_total", &labels(r), r.timeouts);
+        w.sample(&format!("{}_total", DNS_TIMEOUTS.prometheus), &labels(r), r.timeouts);
     }
     let quantiles: [Quantile; 3] = [
         ("eddy_dns_latency_p50_seconds", "Median DNS response time since the agent started.", |r| {

@@ -14,6 +14,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use prost::Message;
 
 use crate::aggregate::{OTHER, RTT_BUCKETS_US, SeriesKey, SeriesValues};
+use crate::catalog::{
+    CONNECTIONS_FAILED, DNS_QUERIES, DNS_RESPONSES, DNS_TIMEOUTS, SERIES_COUNTERS, TCP_RTT,
+};
 
 /// Resource attributes of every batch.
 #[derive(Clone, Debug, Default)]
@@ -156,9 +159,9 @@ fn dns_metrics(p: &Points<'_>, rows: &[crate::dns::DnsRow]) -> Vec<Metric> {
         .collect();
     let timeouts = rows.iter().map(|r| p.point(attrs(r), r.timeouts)).collect();
     vec![
-        p.sum("eddy.dns.queries", "{query}", "DNS queries sent by the client.", queries),
-        p.sum("eddy.dns.responses", "{response}", "DNS responses received, by response code.", responses),
-        p.sum("eddy.dns.timeouts", "{query}", "DNS queries without an answer within dns_timeout.", timeouts),
+        p.sum(DNS_QUERIES.otlp, DNS_QUERIES.unit, DNS_QUERIES.description, queries),
+        p.sum(DNS_RESPONSES.otlp, DNS_RESPONSES.unit, DNS_RESPONSES.description, responses),
+        p.sum(DNS_TIMEOUTS.otlp, DNS_TIMEOUTS.unit, DNS_TIMEOUTS.description, timeouts),
     ]
 }
 
@@ -175,46 +178,26 @@ pub fn encode(
     time: SystemTime,
 ) -> Vec<u8> {
     let p = Points { series, start: nanos(start), time: nanos(time) };
-    let mut metrics = vec![
-        p.sum(
-            "eddy.network.io",
-            "By",
-            "Payload bytes transmitted and received by the local end.",
-            p.per_series(|v| vec![(dir("transmit"), v.bytes_sent), (dir("receive"), v.bytes_received)]),
-        ),
-        p.sum(
-            "eddy.network.packets",
-            "{packet}",
-            "TCP segments and UDP datagrams transmitted and received.",
-            p.per_series(|v| vec![(dir("transmit"), v.packets_sent), (dir("receive"), v.packets_received)]),
-        ),
-        p.sum(
-            "eddy.tcp.retransmits",
-            "{segment}",
-            "TCP segments retransmitted.",
-            p.per_series(|v| vec![(vec![], v.retransmits)]),
-        ),
-        p.sum(
-            "eddy.connections.opened",
-            "{connection}",
-            "Flows seen opening.",
-            p.per_series(|v| vec![(vec![], v.connections_opened)]),
-        ),
-        p.sum(
-            "eddy.connections.closed",
-            "{connection}",
-            "Flows seen closing.",
-            p.per_series(|v| vec![(vec![], v.connections_closed)]),
-        ),
-        p.sum(
-            "eddy.connections.failed",
-            "{connection}",
-            "Failed TCP connections, by reason (error.type).",
-            p.per_series(|v| {
-                v.connections_failed.iter().map(|(f, n)| (vec![s("error.type", &label(f))], *n)).collect()
-            }),
-        ),
-    ];
+    let mut metrics: Vec<Metric> = SERIES_COUNTERS
+        .iter()
+        .map(|q| {
+            let points = p.per_series(|v| {
+                q.parts
+                    .iter()
+                    .map(|part| (part.direction.map(dir).unwrap_or_default(), (part.value)(v)))
+                    .collect()
+            });
+            p.sum(q.otlp, q.unit, q.description, points)
+        })
+        .collect();
+    metrics.push(p.sum(
+        CONNECTIONS_FAILED.otlp,
+        CONNECTIONS_FAILED.unit,
+        CONNECTIONS_FAILED.description,
+        p.per_series(|v| {
+            v.connections_failed.iter().map(|(f, n)| (vec![s("error.type", &label(f))], *n)).collect()
+        }),
+    ));
     let rtt_points: Vec<HistogramDataPoint> = series
         .iter()
         .filter(|(_, v)| v.rtt.count > 0)
@@ -237,9 +220,9 @@ pub fn encode(
         })
         .collect();
     metrics.push(Metric {
-        name: "eddy.tcp.rtt".into(),
-        description: "Smoothed TCP round-trip time of active flows, per interval.".into(),
-        unit: "s".into(),
+        name: TCP_RTT.otlp.into(),
+        description: TCP_RTT.description.into(),
+        unit: TCP_RTT.unit.into(),
         metadata: vec![],
         data: Some(metric::Data::Histogram(Histogram {
             data_points: rtt_points,

@@ -3,17 +3,16 @@
 //! is 200 with `"fips_mode": true`. Upstream health does not count: an unreachable collector must
 //! not restart the sidecar (the status JSON shows it).
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use eddy_common::probe::{self, ProbeError};
 
 /// Why the proxy is not healthy.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("cannot reach the proxy's status port {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
-    #[error("talking to the proxy at {addr}: {source}")]
-    Io { addr: SocketAddr, source: std::io::Error },
+    #[error("the proxy's status port: {0}")]
+    Probe(#[from] ProbeError),
     #[error("the proxy at {addr} answered {status_line:?}")]
     Unhealthy { addr: SocketAddr, status_line: String },
     #[error("the proxy at {addr} does not report FIPS mode")]
@@ -22,36 +21,21 @@ pub enum HealthError {
 
 /// Succeeds if the status port answers 200 with FIPS mode on, within `timeout`.
 pub fn check(status: SocketAddr, timeout: Duration) -> Result<(), HealthError> {
-    let addr = match status.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), status.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), status.port()),
-        _ => status,
-    };
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|source| HealthError::Connect { addr, source })?;
-    let io = |source| HealthError::Io { addr, source };
-    s.set_read_timeout(Some(timeout)).map_err(io)?;
-    s.set_write_timeout(Some(timeout)).map_err(io)?;
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(io)?;
-    let mut text = Vec::new();
-    s.take(1 << 20).read_to_end(&mut text).map_err(io)?;
-    let text = String::from_utf8_lossy(&text);
-    let status_line = text.lines().next().unwrap_or("").to_string();
-    if status_line.split_whitespace().nth(1) != Some("200") {
-        return Err(HealthError::Unhealthy { addr, status_line });
+    let a = probe::get(status, "/", timeout, 1 << 20)?;
+    if !a.ok() {
+        return Err(HealthError::Unhealthy { addr: a.addr, status_line: a.status_line });
     }
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let fips = serde_json::from_str::<serde_json::Value>(body)
+    let fips = serde_json::from_str::<serde_json::Value>(&a.body)
         .ok()
         .and_then(|v| v.get("fips_mode").and_then(serde_json::Value::as_bool))
         .unwrap_or(false);
-    if fips { Ok(()) } else { Err(HealthError::NotFips { addr }) }
+    if fips { Ok(()) } else { Err(HealthError::NotFips { addr: a.addr }) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     fn serve_once(answer: &'static str) -> SocketAddr {
@@ -77,6 +61,9 @@ mod tests {
         let e = check(bad, Duration::from_secs(2)).expect_err("503");
         assert!(e.to_string().contains("503"), "{e}");
         let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-        assert!(matches!(check(closed, Duration::from_secs(1)), Err(HealthError::Connect { .. })));
+        assert!(matches!(
+            check(closed, Duration::from_secs(1)),
+            Err(HealthError::Probe(ProbeError::Connect { .. }))
+        ));
     }
 }

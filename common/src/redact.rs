@@ -7,8 +7,8 @@
 //! `#***`. Scheme, host, port and path stay, so the URL still says where traffic goes:
 //! `https://user:secret@host/v1?api_key=k` → `https://user:***@host/v1?api_key=***`.
 //!
-//! Limits: a secret in the path itself (`/hooks/<token>`) is not recognised; the agent's
-//! own endpoints do not carry one there.
+//! Limits: a secret in the path itself (`/hooks/<token>`) is not recognised; neither the
+//! agent's nor the proxy's own endpoints carry one there.
 
 const MASK: &str = "***";
 
