@@ -4,14 +4,20 @@
  * kernel programs (eddy.bpf.c) and the agent (agent-ebpf/src/lib.rs).
  *
  * Rules: fixed-width types only, no bool, no implicit padding (every gap is an
- * explicit _pad field), 8-byte aligned sizes. build.rs compiles this header
- * for the host and checks every size and offset against the Rust mirror at
- * compile time, so a change here that is not mirrored fails the build.
+ * explicit _pad field), 8-byte aligned sizes. build.rs parses this header
+ * (agent-ebpf/build/header.rs: a strict parser that accepts only the constructs
+ * used here, and fails the build naming the line of anything else) and
+ * generates from it the Rust constants and #[repr(C)] mirrors, with these
+ * comments as their docs, plus compile-time checks of every size, alignment
+ * and offset against the host C compiler's layout of this file. A comment
+ * just above a struct documents it; a comment at the end of a line documents
+ * that field or constant; a comment above a group of constants is added to
+ * each one's doc.
  */
 #ifndef EDDY_H
 #define EDDY_H
 
-/* Map names, shared with Rust (agent-ebpf/src/lib.rs: map names). */
+/* Map names, shared with Rust (`eddy_ebpf::shared::MAP_*`). */
 #define EDDY_MAP_TCP_FLOWS "TCP_FLOWS"
 #define EDDY_MAP_UDP_FLOWS "UDP_FLOWS"
 #define EDDY_MAP_CLOSED "CLOSED"
