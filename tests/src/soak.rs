@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 
 pub use report::{Report, Row};
 
@@ -49,6 +49,8 @@ pub struct Options {
     pub agent: PathBuf,
     /// `eddy-loadgen` (for the worker processes).
     pub loadgen: PathBuf,
+    /// Environment for the agent on top of the task definition's (e.g. another `EDDY_*` value).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -70,6 +72,7 @@ impl Options {
                 .join("../task-definitions/eddy-daemon.json"),
             agent: dir.join("eddy-agent"),
             loadgen: dir.join("eddy-loadgen"),
+            agent_env: Vec::new(),
         }
     }
 
@@ -86,6 +89,7 @@ pub fn run(o: &Options) -> Result<Report> {
     let mut env = agent::task_environment(&o.task_definition, Some("eddy-agent"))?;
     env.retain(|(k, _)| k != "EDDY_LISTEN");
     env.push(("EDDY_FLOW_MAP_ENTRIES".into(), o.flow_map_entries().to_string()));
+    env.extend(o.agent_env.iter().cloned());
     let poll = env
         .iter()
         .find(|(k, _)| k == "EDDY_POLL_INTERVAL")
@@ -154,7 +158,11 @@ pub fn run(o: &Options) -> Result<Report> {
         };
         note(t0, &row.line());
         rows.push(row);
-        if Instant::now() >= end || !agent.running() {
+        if Instant::now() >= end {
+            break;
+        }
+        if !agent.running() {
+            note(t0, &format!("eddy-agent exited; last stderr lines:\n{}", agent.stderr_tail(5)));
             break;
         }
         std::thread::sleep(o.sample_every.min(end.saturating_duration_since(Instant::now())));
@@ -170,32 +178,43 @@ pub fn run(o: &Options) -> Result<Report> {
     let mut known = known.stop()?;
     note(t0, &format!("load stopped; {} DNS queries, {} answered", flood.queries, flood.answers));
     std::thread::sleep(poll * 3);
+    let (addr, alive_after_load) = (agent.addr, agent.running());
     let http = |path: &str| {
-        crate::http::http_get(agent.addr, path, Duration::from_secs(60))
-            .map_err(|e| anyhow!("GET {path}: {e}"))
-            .and_then(|r| if r.status == 200 { Ok(r) } else { Err(anyhow!("GET {path}: {}", r.status)) })
+        crate::http::http_get(addr, path, Duration::from_secs(60))
+            .map_err(|e| format!("GET {path}: {e}"))
+            .and_then(|r| if r.status == 200 { Ok(r) } else { Err(format!("GET {path}: {}", r.status)) })
     };
-    let status: serde_json::Value = serde_json::from_slice(&http("/status")?.body).context("/status")?;
-    let metrics = http("/metrics")?.text();
-    let live = http("/flows?limit=100000")?;
-    let known_live = match (flows_of(&live.body), live.header("x-eddy-flows-total")) {
-        (Ok(mut f), total) => {
-            f.reverse();
-            known.check(&f).map_err(|e| format!("{e} (among {} of {} flows)", f.len(), total.unwrap_or("?")))
-        }
-        (Err(e), _) => Err(e),
-    };
+    let patience = |d: Duration| if alive_after_load { d } else { Duration::ZERO };
+    // When the agent died (OOM kill), what it can no longer answer is recorded, not fatal.
+    let status: serde_json::Value = http("/status")
+        .and_then(|r| serde_json::from_slice(&r.body).map_err(|e| format!("/status: {e}")))
+        .unwrap_or_else(|e| serde_json::json!({ "error": e }));
+    let metrics = http("/metrics").map(|r| r.text()).unwrap_or_else(|e| format!("# {e}"));
+    let known_live = http("/flows?limit=100000").and_then(|live| {
+        let mut f = flows_of(&live.body)?;
+        f.reverse();
+        let total = live.header("x-eddy-flows-total").unwrap_or("?").to_string();
+        known.check(&f).map_err(|e| format!("{e} (among {} of {total} flows)", f.len()))
+    });
     holders.release();
     note(t0, "held connections closed");
+    // Until the agent has taken the closes in (the known connection must close after them, or it
+    // is not among the newest closed flows), at most a minute.
+    let _ = wait_for(patience(Duration::from_secs(60)), || {
+        let r = http("/status")?;
+        let s: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+        let live = s["flows"]["live_flows"].as_u64().unwrap_or(u64::MAX);
+        if live < 1_000 { Ok(String::new()) } else { Err(format!("{live} flows still open")) }
+    });
     std::thread::sleep(poll * 3);
     known.close()?;
-    let known_closed = wait_for(Duration::from_secs(15), || {
-        let r = http("/flows?limit=1000").map_err(|e| e.to_string())?;
+    let known_closed = wait_for(patience(Duration::from_secs(15)), || {
+        let r = http("/flows?limit=1000")?;
         let mut f = flows_of(&r.body)?;
         f.reverse();
         known.check(&f)
     });
-    let known_jsonl = wait_for(Duration::from_secs(30), || {
+    let known_jsonl = wait_for(patience(Duration::from_secs(30)), || {
         let watched = agent.stdout.lock().map(|s| s.watched.clone()).unwrap_or_default();
         let f: Vec<crate::FlowRecord> = watched.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
         known.check(&f)

@@ -13,7 +13,7 @@ a DNS flood and a hammered API (needs root; see scripts/soak.sh)
 USAGE:
     eddy-loadgen soak [--duration 10m] [--connections 100000] [--dns-rate 2000] [--dns-servers 64]
                       [--hammer 2] [--sample-every 10s] [--task-definition FILE]
-                      [--agent PATH] [--json FILE]
+                      [--agent PATH] [--agent-env NAME=VALUE]... [--json FILE]
 
     --duration D         how long the load runs once the connections are open (s, m, ms)
     --connections N      concurrent TCP connections held (both ends on this host)
@@ -24,6 +24,7 @@ USAGE:
     --task-definition F  where `memory`, `memoryReservation` and EDDY_* come from
                          (default: task-definitions/eddy-daemon.json of the source tree)
     --agent PATH         eddy-agent binary (default: next to eddy-loadgen)
+    --agent-env N=V      an environment variable for the agent on top of the task definition's
     --json FILE          also write the table rows and criteria as JSON
 
 Prints RSS over time, the drop counters and PASS/FAIL per criterion; exit status 0 when all pass,
@@ -76,6 +77,11 @@ pub fn parse(args: &[String]) -> Result<(super::Options, Option<PathBuf>)> {
             "--task-definition" => o.task_definition = PathBuf::from(value()?),
             "--agent" => o.agent = PathBuf::from(value()?),
             "--json" => json = Some(PathBuf::from(value()?)),
+            "--agent-env" => {
+                let v = value()?;
+                let (k, v) = v.split_once('=').ok_or_else(|| anyhow!("--agent-env: expected NAME=VALUE"))?;
+                o.agent_env.push((k.to_string(), v.to_string()));
+            }
             other => bail!("unknown option `{other}`"),
         }
     }

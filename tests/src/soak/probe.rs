@@ -97,6 +97,10 @@ impl Probes {
                         let begun = Instant::now();
                         let r = http_get(addr, path, Duration::from_secs(60));
                         let took = begun.elapsed();
+                        if r.is_err() {
+                            // The agent is gone or refusing: don't spin.
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
                         with(&o, |o| {
                             o.hammer_requests += 1;
                             o.hammer_max = o.hammer_max.max(took);

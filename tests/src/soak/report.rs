@@ -205,13 +205,14 @@ impl Report {
                 "memory",
                 hwm < self.limit && self.usage.oom_kills == 0 && self.alive_at_end,
                 format!(
-                    "VmHWM {:.1} MiB < limit {:.0} MiB; cgroup peak {:.1} MiB, OOM kills {}, limit hits {}, alive {}",
+                    "VmHWM {:.1} MiB < limit {:.0} MiB; cgroup peak {:.1} MiB, OOM kills {}, limit hits {}, alive {} (exit: {})",
                     hwm as f64 / MIB,
                     self.limit as f64 / MIB,
                     self.usage.peak as f64 / MIB,
                     self.usage.oom_kills,
                     self.usage.limit_hits,
-                    self.alive_at_end
+                    self.alive_at_end,
+                    self.exit
                 ),
             ),
             c(
