@@ -15,7 +15,7 @@ Usage: scripts/soak.sh [--duration 10m] [--connections 100000] [--no-build] [EDD
   --connections N    concurrent TCP connections held, both ends on this host (default 100000)
   --no-build         use the existing target/x86_64-unknown-linux-gnu/release binaries
   other options go to `eddy-loadgen soak` (--dns-rate, --dns-servers, --hammer, --sample-every,
-  --task-definition; see `eddy-loadgen soak --help`)
+  --task-definition, --agent-env NAME=VALUE; see `eddy-loadgen soak --help`)
 
 What it does: the agent runs in a memory cgroup (v2 memory.max, or the v1 memory controller on
 hybrid hosts) limited to the `memory` of task-definitions/eddy-daemon.json, with that task
