@@ -16,6 +16,8 @@
 //!   nginx) with throwaway certificates, for `tests/fips_proxy.rs`;
 //! - [`soak`]: the soak (agent under its memory limit, many connections, DNS flood, hammered API),
 //!   run by `eddy-loadgen soak` and `tests/soak_small.rs`;
+//! - [`bench`]: the overhead benchmark (agent vs baseline over loopback, churn exactness), run by
+//!   `eddy-loadgen bench` and `scripts/bench-overhead.sh`;
 //! - [`sock`]: socket options the tests need (cookie, `tcp_info`, linger, SYN count, bound connect).
 //!
 //! Limits: tests must only send traffic to loopback or to addresses inside namespaces they created
@@ -24,6 +26,7 @@
 
 pub mod agent;
 pub mod aws;
+pub mod bench;
 pub mod ecs_fixture;
 pub mod fault_proxy;
 pub mod fips_proxy;

@@ -1,5 +1,6 @@
 //! `eddy-loadgen`: loopback TCP load generator for Eddy's overhead benchmark
-//! (`scripts/bench-overhead.sh`).
+//! (`eddy-loadgen bench`, run by `scripts/bench-overhead.sh`; the benchmark itself is
+//! `eddy_tests::bench`, the soak `eddy_tests::soak`).
 //!
 //! What: three client modes, each with its own in-process server threads, so a
 //! run needs nothing else and never leaves loopback:
@@ -59,6 +60,7 @@ USAGE:
     eddy-loadgen churn      [--count 40000] [--threads 2] [--dests 4] [--sources 4]
                             [--out FILE] [--max-duration 120s]
     eddy-loadgen soak       [--duration 10m] [--connections 100000] ... (see `soak --help`)
+    eddy-loadgen bench      [--quick] [--rounds N] [--agent PATH] (see `bench --help`)
 
 MODES:
     conn-rate   connect / send 100 B / receive 200 B / close, in a loop for --duration
@@ -99,9 +101,10 @@ fn main() -> ExitCode {
         eprint!("{USAGE}");
         return ExitCode::from(2);
     }
-    // The soak has its own options and module (eddy_tests::soak).
+    // The soak and the benchmark have their own options and modules (eddy_tests::soak, ::bench).
     match args[0].as_str() {
         "soak" => return eddy_tests::soak::cli::soak_main(&args[1..]),
+        "bench" => return eddy_tests::bench::bench_main(&args[1..]),
         "soak-hold" => return eddy_tests::soak::cli::hold_main(&args[1..]),
         _ => {}
     }

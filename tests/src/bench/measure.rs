@@ -1,0 +1,276 @@
+//! Steps 1–4 of the benchmark: the loopback measurements, without the agent (baseline) and with
+//! `eddy-agent run`, alternating over the rounds; the agent's CPU per measured window and its memory
+//! after each agent round.
+//!
+//! Each measurement is one `eddy-loadgen conn-rate|throughput` process (its exchange servers live
+//! until their process exits), its JSON summary kept in the work directory. A measurement during
+//! which another `eddy-agent` ran is taken again (up to 20 times). Raw rows also go to
+//! `results.tsv`, `cpu.tsv` and `mem.tsv` in the work directory.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use super::procs::{self, Proc, RunningAgent, note, pid_list};
+use super::{Bench, DRAIN, SETTLE};
+
+/// The three measurements, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Test {
+    ConnRate,
+    SmallWrite,
+    LargeWrite,
+}
+
+impl Test {
+    pub const ALL: [Test; 3] = [Test::ConnRate, Test::SmallWrite, Test::LargeWrite];
+
+    /// Short name (file names, raw rows).
+    pub fn key(self) -> &'static str {
+        match self {
+            Test::ConnRate => "conn-rate",
+            Test::SmallWrite => "small-write",
+            Test::LargeWrite => "large-write",
+        }
+    }
+
+    /// Row label of the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Test::ConnRate => "connection rate",
+            Test::SmallWrite => "small-write (1 KiB)",
+            Test::LargeWrite => "large-write (128 KiB)",
+        }
+    }
+
+    /// The lowest acceptable agent/baseline ratio.
+    pub fn target(self) -> f64 {
+        match self {
+            Test::ConnRate | Test::SmallWrite => 0.95,
+            Test::LargeWrite => 0.99,
+        }
+    }
+
+    /// Connections per second (conn-rate) rather than bytes per second.
+    pub fn is_rate(self) -> bool {
+        self == Test::ConnRate
+    }
+
+    fn loadgen_args(self, duration_secs: u64) -> Vec<String> {
+        let d = format!("{duration_secs}s");
+        let v: Vec<&str> = match self {
+            Test::ConnRate => vec!["conn-rate", "--duration", &d],
+            Test::SmallWrite => vec!["throughput", "--write-size", "1024", "--duration", &d],
+            Test::LargeWrite => vec!["throughput", "--write-size", "131072", "--duration", &d],
+        };
+        v.into_iter().map(String::from).collect()
+    }
+}
+
+/// Without or with the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Baseline,
+    Agent,
+}
+
+impl Variant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Baseline => "baseline",
+            Variant::Agent => "agent",
+        }
+    }
+}
+
+/// One measurement: connections or bytes per second, and the loadgen's error count.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub test: Test,
+    pub variant: Variant,
+    pub round: u32,
+    pub value: f64,
+    pub errors: u64,
+}
+
+/// The agent's CPU ticks over one measured window (the load plus the drain).
+#[derive(Clone, Debug)]
+pub struct CpuWindow {
+    pub test: Test,
+    pub ticks: u64,
+    pub seconds: f64,
+}
+
+/// `VmRSS` and `VmHWM` (KiB; 0 when unreadable) after an agent round.
+#[derive(Clone, Copy, Debug)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+/// Everything steps 1–4 measured.
+#[derive(Debug, Default)]
+pub struct Results {
+    pub samples: Vec<Sample>,
+    pub cpu: Vec<CpuWindow>,
+    pub memory: Vec<Memory>,
+}
+
+/// The fields of a loadgen summary that the benchmark reads.
+#[derive(Deserialize)]
+struct LoadSummary {
+    #[serde(default)]
+    per_second: f64,
+    #[serde(default)]
+    bytes_per_second: f64,
+    errors: u64,
+    server_errors: u64,
+}
+
+fn append_row(path: &Path, row: &str) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{row}").with_context(|| format!("writing {}", path.display()))
+}
+
+impl Bench {
+    /// All rounds; odd rounds run the baseline first, even rounds the agent first.
+    pub fn measure_rounds(&self) -> Result<Results> {
+        let mut results = Results::default();
+        for round in 1..=self.rounds {
+            let order = if round % 2 == 1 {
+                [Variant::Baseline, Variant::Agent]
+            } else {
+                [Variant::Agent, Variant::Baseline]
+            };
+            for variant in order {
+                self.run_variant(variant, round, &mut results)?;
+            }
+        }
+        Ok(results)
+    }
+
+    fn run_variant(&self, variant: Variant, round: u32, results: &mut Results) -> Result<()> {
+        let agent = match variant {
+            Variant::Agent => {
+                let log = self.work.join(format!("agent-run-{round}.log"));
+                // Includes the settle time.
+                Some(RunningAgent::start(&self.agent, super::LISTEN, super::POLL, &log, SETTLE)?)
+            }
+            Variant::Baseline => {
+                // The same idle time before the first measurement.
+                thread::sleep(SETTLE);
+                None
+            }
+        };
+        for test in Test::ALL {
+            self.measure(test, variant, round, agent.as_ref(), results)?;
+        }
+        if let Some(agent) = agent {
+            let pid = agent.pid();
+            let rss = procs::status_kib(pid, "VmRSS");
+            let hwm = procs::status_kib(pid, "VmHWM");
+            let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+            append_row(&self.work.join("mem.tsv"), &format!("{round}\t{}\t{}", opt(rss), opt(hwm)))?;
+            results.memory.push(Memory { rss_kib: rss.unwrap_or(0), hwm_kib: hwm.unwrap_or(0) });
+            agent.stop();
+        }
+        Ok(())
+    }
+
+    /// One loadgen run (again while another eddy-agent ran), then the drain; records the sample.
+    fn measure(
+        &self,
+        test: Test,
+        variant: Variant,
+        round: u32,
+        agent: Option<&RunningAgent>,
+        results: &mut Results,
+    ) -> Result<()> {
+        let name = format!("{}-{}-{round}", test.key(), variant.name());
+        let out = self.work.join(format!("{name}.json"));
+        let err = self.work.join(format!("{name}.err"));
+        let args = test.loadgen_args(self.duration_secs);
+        let own: Vec<u32> = agent.map(RunningAgent::pid).into_iter().collect();
+        let mut attempt = 1;
+        let (c0, t0) = loop {
+            procs::wait_quiet(&own)?;
+            let c0 = match agent {
+                Some(a) => Some(
+                    procs::cpu_ticks(a.pid())
+                        .with_context(|| format!("eddy-agent (pid {}) is gone", a.pid()))?,
+                ),
+                None => None,
+            };
+            let t0 = Instant::now();
+            let mut cmd = Command::new(&self.loadgen);
+            cmd.args(&args).stdout(procs::output_file(&out)?).stderr(procs::output_file(&err)?);
+            let mut lg = Proc::spawn(cmd)?;
+            // Watch for other eddy-agents while it runs.
+            let mut seen = Vec::new();
+            while lg.running() {
+                let others = procs::foreign_agents(&own);
+                if !others.is_empty() {
+                    seen = others;
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+            if !lg.wait()?.success() {
+                bail!(
+                    "eddy-loadgen {} failed: {}",
+                    args.join(" "),
+                    std::fs::read_to_string(&err).unwrap_or_default().trim_end()
+                );
+            }
+            if seen.is_empty() {
+                break (c0, t0);
+            }
+            if attempt >= 20 {
+                bail!("another eddy-agent (pid {}) kept running during the measurements", pid_list(&seen));
+            }
+            note(&format!(
+                "  another eddy-agent (pid {}) ran during {} {}: measuring again",
+                pid_list(&seen),
+                variant.name(),
+                test.key()
+            ));
+            attempt += 1;
+        };
+        thread::sleep(DRAIN);
+        if let (Some(agent), Some(c0)) = (agent, c0) {
+            let c1 = procs::cpu_ticks(agent.pid())
+                .with_context(|| format!("eddy-agent (pid {}) died during {}", agent.pid(), test.key()))?;
+            let seconds = t0.elapsed().as_secs_f64();
+            let ticks = c1.saturating_sub(c0);
+            append_row(&self.work.join("cpu.tsv"), &format!("{}\t{round}\t{ticks}\t{seconds}", test.key()))?;
+            results.cpu.push(CpuWindow { test, ticks, seconds });
+        }
+        let text = std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+        let summary: LoadSummary = serde_json::from_str(text.trim())
+            .with_context(|| format!("{}: not an eddy-loadgen summary: {}", out.display(), text.trim()))?;
+        let value = if test.is_rate() { summary.per_second } else { summary.bytes_per_second };
+        let errors = summary.errors + summary.server_errors;
+        append_row(
+            &self.work.join("results.tsv"),
+            &format!("{}\t{}\t{round}\t{value}\t{errors}", test.key(), variant.name()),
+        )?;
+        let shown = if test.is_rate() {
+            format!("{value:.0} conn/s")
+        } else {
+            format!("{:.0} MiB/s", value / 1_048_576.0)
+        };
+        let errs = if errors == 0 { String::new() } else { format!(" (errors: {errors})") };
+        note(&format!("  round {round} {} {}: {shown}{errs}", variant.name(), test.key()));
+        results.samples.push(Sample { test, variant, round, value, errors });
+        Ok(())
+    }
+}

@@ -1,0 +1,389 @@
+//! The benchmark's report: the table of medians and ratios, the one-line summaries with their
+//! targets, the churn's exact share, the agent's CPU and memory, the churn details and the verdict.
+//!
+//! Ratios are the median of the per-round agent/baseline ratios (rounds with a zero baseline are left
+//! out), the spread is their min–max; a measurement without any ratio misses its target. Numbers are
+//! formatted as the shell script with its Python report did (`nan` for a missing value, thousands
+//! separated by commas).
+
+use std::fmt::Write as _;
+
+use super::churn::{ChurnMatch, ChurnRun};
+use super::measure::{Results, Test, Variant};
+
+/// Median (mean of the two middle values for an even count); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `x` with `decimals` decimals, `nan`/`inf` as Python prints them.
+pub fn fixed(x: f64, decimals: usize) -> String {
+    if x.is_nan() {
+        "nan".to_string()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf".to_string() } else { "-inf".to_string() }
+    } else {
+        format!("{x:.decimals$}")
+    }
+}
+
+/// `x` rounded to an integer with thousands separated by commas (`12,345`).
+pub fn grouped(x: f64) -> String {
+    let s = fixed(x, 0);
+    let (sign, digits) = match s.strip_prefix('-') {
+        Some(d) => ("-", d),
+        None => ("", s.as_str()),
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return s;
+    }
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+/// A string as Python's `repr` writes it.
+fn py_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let mut out = String::from(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+fn format_value(test: Test, v: f64) -> String {
+    if test.is_rate() {
+        format!("{} conn/s", grouped(v))
+    } else {
+        format!("{} MiB/s", grouped(v / 1_048_576.0))
+    }
+}
+
+/// One measurement's verdict.
+struct Verdict {
+    row: [String; 8],
+    summary: String,
+    ok: bool,
+}
+
+fn verdict(results: &Results, test: Test) -> Verdict {
+    let values = |variant: Variant| -> Vec<(u32, f64)> {
+        results
+            .samples
+            .iter()
+            .filter(|s| s.test == test && s.variant == variant)
+            .map(|s| (s.round, s.value))
+            .collect()
+    };
+    let (base, agent) = (values(Variant::Baseline), values(Variant::Agent));
+    let mut rounds: Vec<u32> =
+        agent.iter().map(|(r, _)| *r).filter(|r| base.iter().any(|b| b.0 == *r)).collect();
+    rounds.sort_unstable();
+    rounds.dedup();
+    // The last sample of a round counts (as a later line overrides an earlier one).
+    let of = |v: &[(u32, f64)], r: u32| v.iter().rev().find(|s| s.0 == r).map_or(f64::NAN, |s| s.1);
+    let ratios: Vec<f64> =
+        rounds.iter().filter(|r| of(&base, **r) > 0.0).map(|r| of(&agent, *r) / of(&base, *r)).collect();
+    let ratio = median(&ratios);
+    let target = test.target();
+    let ok = !ratios.is_empty() && ratio >= target;
+    let spread = if ratios.is_empty() {
+        "-".to_string()
+    } else {
+        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{}-{}", fixed(min, 3), fixed(max, 3))
+    };
+    let errors: u64 = results.samples.iter().filter(|s| s.test == test).map(|s| s.errors).sum();
+    let medians = |v: &[(u32, f64)]| median(&v.iter().map(|s| s.1).collect::<Vec<_>>());
+    let label = test.label();
+    Verdict {
+        row: [
+            label.to_string(),
+            format_value(test, medians(&base)),
+            format_value(test, medians(&agent)),
+            format!("{}x", fixed(ratio, 3)),
+            spread,
+            format!(">= {target:.2}x"),
+            if ok { "ok" } else { "MISSED" }.to_string(),
+            errors.to_string(),
+        ],
+        summary: format!(
+            "{}: agent/baseline = {}x (target >= {target:.2}x){}",
+            label.split(" (").next().unwrap_or(label),
+            fixed(ratio, 2),
+            if ok { "" } else { "  <-- MISSED" }
+        ),
+        ok,
+    }
+}
+
+/// What the report shows besides the measurements.
+pub struct Context<'a> {
+    pub rounds: u32,
+    pub duration_secs: u64,
+    pub count: u64,
+    pub clk_tck: u64,
+    pub churn: &'a ChurnRun,
+    pub matched: &'a ChurnMatch,
+}
+
+/// The report (stdout) and whether every target was met.
+pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
+    let mut out = String::new();
+    let verdicts: Vec<Verdict> = Test::ALL.iter().map(|t| verdict(results, *t)).collect();
+    let m = c.matched;
+    let churn_ok = m.exact == c.count;
+    let passed = verdicts.iter().all(|v| v.ok) && churn_ok;
+
+    let pct = |ticks: u64, secs: f64| {
+        if secs > 0.0 { 100.0 * ticks as f64 / c.clk_tck as f64 / secs } else { f64::NAN }
+    };
+    let cpu_of = |test: Option<Test>| {
+        let windows = results.cpu.iter().filter(|w| test.is_none_or(|t| w.test == t));
+        let (ticks, secs) = windows.fold((0, 0.0), |(t, s), w| (t + w.ticks, s + w.seconds));
+        fixed(pct(ticks, secs), 1)
+    };
+    let rss: Vec<f64> = results.memory.iter().map(|m| m.rss_kib as f64).collect();
+    let rss_now = median(&rss) / 1024.0;
+    let rss_hwm = results.memory.iter().map(|m| m.hwm_kib).max().map_or(f64::NAN, |h| h as f64 / 1024.0);
+
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Eddy overhead benchmark: {} round(s) x {} s per measurement, loopback, agent = eddy-agent run --poll-interval {}",
+        c.rounds,
+        c.duration_secs,
+        super::POLL
+    );
+    let _ = writeln!(
+        out,
+        "(medians; ratio = median of the per-round agent/baseline ratios, spread = their min-max)"
+    );
+    let _ = writeln!(out);
+    let header =
+        ["measurement", "baseline", "agent", "ratio", "spread", "target", "", "errors"].map(String::from);
+    let rows: Vec<&[String; 8]> = std::iter::once(&header).chain(verdicts.iter().map(|v| &v.row)).collect();
+    let widths: Vec<usize> =
+        (0..header.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    let _ = writeln!(out);
+    for v in &verdicts {
+        let _ = writeln!(out, "{}", v.summary);
+    }
+    let share = 100.0 * m.exact as f64 / c.count as f64;
+    let _ = writeln!(
+        out,
+        "churn exact share: {}% ({}/{} connections with bytes_sent=100, bytes_received=200) (target 100%){}",
+        fixed(share, 2),
+        m.exact,
+        c.count,
+        if churn_ok { "" } else { "  <-- MISSED" }
+    );
+    let _ = writeln!(
+        out,
+        "agent CPU: {}% of one core over the measured windows (conn-rate {}%, small-write {}%, large-write {}%; \
+         user-space only, eBPF time is charged to the traffic)",
+        cpu_of(None),
+        cpu_of(Some(Test::ConnRate)),
+        cpu_of(Some(Test::SmallWrite)),
+        cpu_of(Some(Test::LargeWrite))
+    );
+    let _ = writeln!(
+        out,
+        "agent RSS: {} MiB VmRSS after the measurements (median of rounds), {} MiB VmHWM peak",
+        fixed(rss_now, 1),
+        fixed(rss_hwm, 1)
+    );
+    let _ = writeln!(out);
+    render_churn(&mut out, c);
+    let _ = writeln!(out);
+    let _ =
+        writeln!(out, "{}", if passed { "RESULT: all targets met" } else { "RESULT: some targets MISSED" });
+    (out, passed)
+}
+
+fn render_churn(out: &mut String, c: &Context<'_>) {
+    let (s, m, run) = (&c.churn.summary, c.matched, c.churn);
+    let _ = writeln!(
+        out,
+        "churn details: loadgen {}/{} connections in {:?} s ({}/s), loadgen errors {}+{}, repeated 4-tuples {}; \
+         done {:.1} s into a {} s capture",
+        s.connections,
+        s.requested,
+        s.seconds,
+        grouped(s.per_second),
+        s.errors,
+        s.server_errors,
+        s.repeated_tuples,
+        run.elapsed,
+        run.capture_secs
+    );
+    let _ = writeln!(
+        out,
+        "  capture: {} records ({} tcp outgoing, {} unparsable), exit status {}, CPU during churn {:.2} s, VmHWM {:.1} MiB",
+        m.lines,
+        m.tcp_outgoing,
+        m.unparsable,
+        run.capture_status,
+        run.capture_ticks as f64 / c.clk_tck as f64,
+        run.capture_hwm_kib as f64 / 1024.0
+    );
+    let _ = writeln!(
+        out,
+        "  of {}: exact {}, wrong byte counts {}, no record {}",
+        c.count,
+        m.exact,
+        m.wrong,
+        c.count.saturating_sub(m.exact + m.wrong)
+    );
+    if !m.wrong_kinds.is_empty() {
+        let mut kinds = m.wrong_kinds.clone();
+        // Most common first; ties in order of first occurrence (a stable sort).
+        kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+        let shown: Vec<String> =
+            kinds.iter().take(5).map(|((sent, received), n)| format!("({sent}, {received}) x{n}")).collect();
+        let _ = writeln!(out, "  wrong (bytes_sent, bytes_received), most common: {}", shown.join(", "));
+    }
+    if m.exact == 0
+        && let Some(first) = &m.first_record
+    {
+        let cut: String = first.chars().take(300).collect();
+        let _ = writeln!(out, "  no match at all; first capture line for reference: {cut}");
+    }
+    if s.errors > 0 || s.server_errors > 0 || s.truncated {
+        let samples: Vec<String> = s.error_samples.iter().map(|e| py_repr(e)).collect();
+        let _ = writeln!(
+            out,
+            "  note: loadgen did not complete every connection: [{}]{}",
+            samples.join(", "),
+            if s.truncated { " (truncated by --max-duration)" } else { "" }
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::churn::ChurnSummary;
+    use super::super::measure::{CpuWindow, Memory, Sample};
+    use super::*;
+
+    fn sample(test: Test, variant: Variant, round: u32, value: f64) -> Sample {
+        Sample { test, variant, round, value, errors: 0 }
+    }
+
+    #[test]
+    fn report_shape() {
+        let mut results = Results::default();
+        for (round, agent) in [(1, 0.9), (2, 1.0), (3, 0.96)] {
+            for test in Test::ALL {
+                let base = if test.is_rate() { 20_000.0 } else { 1_000.0 * 1_048_576.0 };
+                results.samples.push(sample(test, Variant::Baseline, round, base));
+                results.samples.push(sample(test, Variant::Agent, round, base * agent));
+                results.cpu.push(CpuWindow { test, ticks: 10, seconds: 10.0 });
+            }
+            results.memory.push(Memory { rss_kib: 40 * 1024, hwm_kib: 50 * 1024 });
+        }
+        let churn = ChurnRun {
+            summary: ChurnSummary {
+                connections: 10,
+                requested: 10,
+                seconds: 1.0,
+                per_second: 10.0,
+                errors: 0,
+                server_errors: 0,
+                repeated_tuples: 0,
+                truncated: false,
+                error_samples: Vec::new(),
+            },
+            elapsed: 1.5,
+            capture_secs: 20,
+            capture_ticks: 50,
+            capture_hwm_kib: 2048,
+            capture_status: 0,
+        };
+        let matched = ChurnMatch { lines: 20, tcp_outgoing: 10, exact: 10, ..ChurnMatch::default() };
+        let c = Context {
+            rounds: 3,
+            duration_secs: 2,
+            count: 10,
+            clk_tck: 100,
+            churn: &churn,
+            matched: &matched,
+        };
+        let (text, passed) = render(&results, &c);
+        assert!(!passed, "0.96x misses the large-write target:\n{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[4],
+            "measurement            baseline       agent          ratio   spread       target            errors"
+        );
+        assert_eq!(
+            lines[5],
+            "connection rate        20,000 conn/s  19,200 conn/s  0.960x  0.900-1.000  >= 0.95x  ok      0"
+        );
+        assert_eq!(
+            lines[7],
+            "large-write (128 KiB)  1,000 MiB/s    960 MiB/s      0.960x  0.900-1.000  >= 0.99x  MISSED  0"
+        );
+        assert_eq!(lines[11], "large-write: agent/baseline = 0.96x (target >= 0.99x)  <-- MISSED");
+        assert!(text.contains("churn exact share: 100.00% (10/10 connections"), "{text}");
+        assert!(
+            text.contains("agent CPU: 1.0% of one core over the measured windows (conn-rate 1.0%"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agent RSS: 40.0 MiB VmRSS after the measurements (median of rounds), 50.0 MiB"),
+            "{text}"
+        );
+        assert!(text.contains("loadgen 10/10 connections in 1.0 s (10/s)"), "{text}");
+        assert!(text.ends_with("\nRESULT: some targets MISSED\n"), "{text}");
+    }
+
+    #[test]
+    fn medians() {
+        assert!(median(&[]).is_nan());
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn numbers_as_python_prints_them() {
+        assert_eq!(grouped(0.4), "0");
+        assert_eq!(grouped(999.0), "999");
+        assert_eq!(grouped(1234.6), "1,235");
+        assert_eq!(grouped(12_345_678.0), "12,345,678");
+        assert_eq!(grouped(-1234.0), "-1,234");
+        assert_eq!(grouped(f64::NAN), "nan");
+        assert_eq!(fixed(f64::NAN, 3), "nan");
+        assert_eq!(fixed(0.98765, 3), "0.988");
+        assert_eq!(py_repr("connect: refused"), "'connect: refused'");
+        assert_eq!(py_repr("it's"), "\"it's\"");
+    }
+}
