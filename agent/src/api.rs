@@ -64,8 +64,9 @@ async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     let body = blocking(&s, move |s| {
         let status = Status::of(s);
-        let (series, aggregate) = s.series.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let (series, aggregate) = s.export.series.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let dns = s
+            .export
             .dns
             .as_ref()
             .map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).rows_unsorted())
@@ -88,13 +89,13 @@ async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
 /// 200 `ok` while the collector completes polls; 503 with the reason when it is stalled
 /// (no poll for [`crate::liveness::stall_after`]) or stopped. Takes no lock.
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    let health = s.heartbeat.health(s.collecting.load(Ordering::SeqCst));
+    let health = s.collector.heartbeat.health(s.collector.collecting.load(Ordering::SeqCst));
     let code = if health.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, format!("{}\n", health.reason())).into_response()
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    if s.ready.load(Ordering::SeqCst) {
+    if s.collector.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
@@ -103,11 +104,14 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 
 /// DNS statistics per client, server, name and type; 404 when DNS monitoring is off.
 async fn dns(State(s): State<Arc<Shared>>) -> Response {
-    match &s.dns {
+    match &s.export.dns {
         Some(_) => {
             let body = blocking(&s, |s| {
-                let rows =
-                    s.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).rows_unsorted());
+                let rows = s
+                    .export
+                    .dns
+                    .as_ref()
+                    .map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).rows_unsorted());
                 serde_json::to_vec(&crate::dns::sort_rows(rows.unwrap_or_default()))
             })
             .await;
@@ -142,7 +146,8 @@ async fn flows(State(s): State<Arc<Shared>>, Query(pairs): Query<Vec<(String, St
     let limit = q.limit;
     let answer = blocking(&s, move |s| {
         let (flows, total) = s.table().select(|r| q.matches(r), limit);
-        let tagged: Vec<Tagged<'_, _>> = flows.iter().map(|f| Tagged { record: f, tags: &s.tags }).collect();
+        let tagged: Vec<Tagged<'_, _>> =
+            flows.iter().map(|f| Tagged { record: f, tags: &s.export.tags }).collect();
         (serde_json::to_vec(&tagged), total, flows.len())
     })
     .await;

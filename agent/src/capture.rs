@@ -1,24 +1,26 @@
-//! `eddy-agent capture`: every flow seen during a time window, including the
-//! ones that opened and closed inside it.
+//! `eddy-agent capture`: every flow seen during a time window, including the ones that
+//! opened and closed inside it, labelled by the same pipeline as `run` ([`crate::pipeline`]:
+//! conntrack, ECS identity of both ends, AWS context); [`WindowSink`] is its sink.
 //!
-//! A first scan takes a baseline of the flows already open; the window's
-//! records carry counters relative to it (flows opened inside the window carry
-//! whole-connection totals). Flows with no activity in the window are left out.
+//! The first scan takes a baseline of the flows already open; the window's records carry
+//! counters relative to it (flows opened inside the window carry whole-connection totals).
+//! Flows with no activity in the window are left out. When the window ends, every record goes
+//! through the enrichers once more, so that answers that arrived during the window (AWS
+//! lookups queued by the window's first connections) label all of them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
-use crate::collector::{CollectorError, FlowSource, Observed};
+use crate::collector::{Batch, Observed};
 use crate::flow::FlowRecord;
-use crate::pipeline::DRAIN_INTERVAL;
+use crate::pipeline::{Enrichers, Shared, Sink};
 use crate::table::FlowKey;
 
 /// Window settings.
 pub struct CaptureSettings {
     pub duration: Duration,
-    pub poll_interval: Duration,
     /// Flows kept for printing; beyond it new flows are counted, not kept (bounded memory).
     pub max_flows: usize,
 }
@@ -30,38 +32,81 @@ pub struct Captured {
     pub dropped: u64,
 }
 
-/// Collects for `duration` (or until `stop`), then returns the window's flows.
-/// `started` is called once the baseline is taken.
-pub fn capture(
-    source: &mut dyn FlowSource,
-    settings: &CaptureSettings,
-    clock: &dyn Clock,
-    stop: &AtomicBool,
-    started: impl FnOnce(),
-) -> Result<Captured, CollectorError> {
-    let first = source.poll(true)?;
-    let baseline: HashMap<FlowKey, FlowRecord> =
-        first.live.unwrap_or_default().into_iter().map(|o| (FlowKey::of(&o.record), o.record)).collect();
-    let start_ns = clock.mono_now_ns();
-    started();
+/// The sink of `capture`: a baseline at the first scan, then the window's flows until
+/// `duration` has passed.
+pub struct WindowSink {
+    settings: CaptureSettings,
+    clock: Arc<dyn Clock>,
+    /// Open flows at the first scan (`None` until then).
+    baseline: Option<HashMap<FlowKey, FlowRecord>>,
+    start_ns: u64,
+    deadline: Option<Instant>,
+    /// Open flows as of the latest scan (the last one is read once the window ends).
+    live: Vec<Observed>,
+    window: Window,
+    started: Option<Box<dyn FnOnce() + Send>>,
+}
 
-    let mut window = Window { max: settings.max_flows, ..Window::default() };
-    let deadline = Instant::now() + settings.duration;
-    let mut next_scan = Instant::now() + settings.poll_interval;
-    while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(DRAIN_INTERVAL.min(deadline.saturating_duration_since(Instant::now())));
-        let scan = Instant::now() >= next_scan;
-        if scan {
-            next_scan += settings.poll_interval;
+impl WindowSink {
+    /// `started` is called once the baseline is taken.
+    pub fn new(
+        settings: CaptureSettings,
+        clock: Arc<dyn Clock>,
+        started: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        let window = Window { max: settings.max_flows, ..Window::default() };
+        WindowSink {
+            settings,
+            clock,
+            baseline: None,
+            start_ns: 0,
+            deadline: None,
+            live: Vec::new(),
+            window,
+            started: Some(Box::new(started)),
         }
-        let batch = source.poll(scan)?;
-        window.closed(batch.closed);
     }
-    let last = source.poll(true)?;
-    window.closed(last.closed);
-    window.live(last.live.unwrap_or_default(), start_ns);
-    let dropped = window.dropped;
-    Ok(Captured { flows: window.finish(&baseline), dropped })
+
+    /// The window's flows, relabelled by `enrichers` (see the module docs).
+    pub fn finish(self, enrichers: &Enrichers) -> Captured {
+        let WindowSink { baseline, start_ns, live, mut window, .. } = self;
+        window.live(live, start_ns);
+        let dropped = window.dropped;
+        let mut flows = window.finish(&baseline.unwrap_or_default());
+        for e in enrichers.all() {
+            for f in &mut flows {
+                e.enrich(f);
+            }
+        }
+        Captured { flows, dropped }
+    }
+}
+
+impl Sink for WindowSink {
+    fn accept(&mut self, _shared: &Shared, batch: Batch, scan: bool) {
+        if self.baseline.is_none() {
+            // The first scan: what is open now is the baseline; what closed before is not ours.
+            if !scan {
+                return;
+            }
+            let live = batch.live.unwrap_or_default();
+            self.baseline = Some(live.into_iter().map(|o| (FlowKey::of(&o.record), o.record)).collect());
+            self.start_ns = self.clock.mono_now_ns();
+            self.deadline = Some(Instant::now() + self.settings.duration);
+            if let Some(started) = self.started.take() {
+                started();
+            }
+            return;
+        }
+        self.window.closed(batch.closed);
+        if let Some(live) = batch.live {
+            self.live = live;
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 /// Flows of the window, in the order they were first seen.
@@ -139,9 +184,9 @@ fn add(into: &mut FlowRecord, more: &FlowRecord) {
 mod tests {
     use super::*;
     use crate::clock::FakeClock;
-    use crate::collector::Batch;
     use crate::collector::fake::FakeSource;
     use crate::flow::Protocol;
+    use crate::pipeline::{LoopSettings, collect};
 
     fn obs(protocol: Protocol, cookie: u64, sent: u64, last_ns: u64, closed: bool) -> Observed {
         let mut record = FlowRecord::test(protocol, cookie, closed);
@@ -151,17 +196,22 @@ mod tests {
     }
 
     fn run(batches: Vec<Batch>, clock_ns: u64) -> Vec<FlowRecord> {
-        let mut source = FakeSource::new(batches);
-        let settings = CaptureSettings {
-            duration: Duration::from_millis(30),
+        let source = FakeSource::new(batches);
+        let settings = CaptureSettings { duration: Duration::from_millis(30), max_flows: 100 };
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = started.clone();
+        let mut sink = WindowSink::new(settings, Arc::new(FakeClock::at(clock_ns)), move || {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst)
+        });
+        let shared = Arc::new(crate::pipeline::tests::shared());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let timing = LoopSettings {
             poll_interval: Duration::from_millis(10),
-            max_flows: 100,
+            export_interval: Duration::from_secs(60),
         };
-        let clock = FakeClock::at(clock_ns);
-        let stop = AtomicBool::new(false);
-        let mut started = false;
-        let out = capture(&mut source, &settings, &clock, &stop, || started = true).expect("capture");
-        assert!(started);
+        collect(Box::new(source), shared.clone(), &mut sink, timing, stop);
+        assert!(started.load(std::sync::atomic::Ordering::SeqCst));
+        let out = sink.finish(&shared.enrichers);
         assert_eq!(out.dropped, 0);
         out.flows
     }

@@ -33,10 +33,30 @@ pub struct Batch {
     pub live: Option<Vec<Observed>>,
 }
 
+/// Which collector turns kernel state into flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectorKind {
+    Ebpf,
+    SockDiag,
+    /// The test fake.
+    Fake,
+}
+
+impl CollectorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CollectorKind::Ebpf => "ebpf",
+            CollectorKind::SockDiag => "sock_diag",
+            CollectorKind::Fake => "fake",
+        }
+    }
+}
+
 /// A source of flows.
 pub trait FlowSource: Send {
-    /// Collector kind for `/status` (`ebpf`, `sock_diag`, `fake`).
-    fn kind(&self) -> &'static str;
+    /// Collector kind for `/status`.
+    fn kind(&self) -> CollectorKind;
     /// Drains flows closed since the last call; with `scan_live`, also reads every
     /// open flow, evicts idle ones and refreshes map fill and drop counters.
     fn poll(&mut self, scan_live: bool) -> Result<Batch, CollectorError>;

@@ -12,8 +12,9 @@ use crate::aws::ec2::Ec2Source;
 use crate::aws::enricher::AwsEnricher;
 use crate::aws::identity::{self, ImdsDecision};
 use crate::aws::resolver::{AwsResolver, ResolverSettings};
-use crate::capture::{CaptureSettings, capture};
+use crate::capture::{CaptureSettings, WindowSink};
 use crate::collector::CollectorError;
+use crate::collector::CollectorKind;
 use crate::config::{AwsResolution, Config, Output};
 use crate::ecs::environment::{self, Environment};
 use crate::ecs::fargate::{self, TaskMetadataResolver};
@@ -21,7 +22,11 @@ use crate::ecs::local::{LocalResolver, RefreshSettings, refresh_loop};
 use crate::ecs::remote::{self, ConfiguredCluster, RemoteResolver, RemoteSettings};
 use crate::enrich::Enricher;
 use crate::otlp::{self, OtlpError, OtlpSettings, OtlpStats, Resource};
-use crate::pipeline::{LoopSettings, OUTPUT_QUEUE_BATCHES, Shared, collect, write_jsonl};
+use crate::pipeline::publish::Outputs;
+use crate::pipeline::{
+    CollectorState, Enrichers, ExportState, LoopSettings, OUTPUT_QUEUE_BATCHES, Publish, Shared, collect,
+    write_jsonl,
+};
 use crate::preflight::PreflightError;
 use crate::privileges::{PrivilegeStatus, Uses};
 use crate::table::FlowTable;
@@ -216,6 +221,46 @@ async fn shutdown_signal() {
     }
 }
 
+/// The labelling chain (see [`Enrichers`]): conntrack (when on), the ECS providers of the
+/// detected environment, enhanced resolution; their refreshers run on `rt`.
+fn start_enrichers(
+    cfg: &Config,
+    env: Environment,
+    cgroup_root: Option<std::path::PathBuf>,
+    rt: &tokio::runtime::Runtime,
+) -> Enrichers {
+    let conntrack = cfg.conntrack.enabled.then(|| {
+        let settings = crate::conntrack::ConntrackSettings {
+            max_entries: cfg.conntrack.max_entries,
+            netns: cfg.conntrack.netns.clone(),
+        };
+        match crate::conntrack::start(settings) {
+            Ok(ct) => Some(Arc::new(crate::conntrack::ConntrackEnricher(ct)) as Arc<dyn Enricher>),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the conntrack thread; flows are not translated");
+                None
+            }
+        }
+    });
+    let ecs = start_ecs(cfg, env, cgroup_root, rt);
+    Enrichers {
+        conntrack: conntrack.flatten(),
+        local: ecs.local,
+        ecs_api: ecs.remote,
+        aws: start_aws(cfg, rt),
+    }
+}
+
+/// The collector's shared state for a started source.
+fn collector_state(cfg: &Config, selected: &Selected, privileges: PrivilegeStatus) -> CollectorState {
+    let heartbeat = crate::liveness::Heartbeat::new(crate::liveness::stall_after(cfg.poll_interval));
+    let mut c = CollectorState::new(selected.source.kind(), selected.kernel.clone(), heartbeat);
+    c.reason = selected.reason.clone();
+    c.limits = selected.limits;
+    c.privileges = Some(privileges);
+    c
+}
+
 /// Keeps only the capabilities the running parts use (see [`crate::privileges`]) and logs them.
 /// `conntrack`: whether this command runs conntrack (`capture` does not).
 fn drop_privileges(
@@ -226,7 +271,8 @@ fn drop_privileges(
 ) -> Result<PrivilegeStatus, CommandError> {
     let conntrack = conntrack && cfg.conntrack.enabled;
     let all_namespaces = selected.limits == Some(SOCK_DIAG_LIMITS);
-    let bpf_needs_capability = (selected.kind == "ebpf").then(crate::privileges::bpf_needs_capability);
+    let bpf_needs_capability =
+        (selected.source.kind() == CollectorKind::Ebpf).then(crate::privileges::bpf_needs_capability);
     let uses = Uses {
         ebpf: bpf_needs_capability == Some(true),
         conntrack,
@@ -275,13 +321,8 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         tokio::net::TcpListener::from_std(listener)
             .map_err(|source| CommandError::Listen { addr: cfg.listen, source })?
     };
-    let source = selected.source;
-    let table = FlowTable::new(cfg.closed_flow_retention, cfg.output == Output::Jsonl);
-    let mut shared = Shared::new(table, selected.kind, selected.kernel);
-    shared.collector_reason = selected.reason;
-    shared.collector_limits = selected.limits;
-    shared.privileges = Some(privileges);
-    shared.heartbeat = crate::liveness::Heartbeat::new(crate::liveness::stall_after(cfg.poll_interval));
+    let collector = collector_state(&cfg, &selected, privileges);
+    let mut export = ExportState::new(FlowTable::new(cfg.closed_flow_retention, cfg.output == Output::Jsonl));
     // In FIPS mode the proxy's route (the status shows it redacted; this is the real URL).
     let otlp_target = match (&fips, &cfg.otlp.endpoint) {
         (Some(_), Some(e)) => Some(crate::fips::otlp_via_proxy(&cfg, e)?),
@@ -300,34 +341,20 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
             };
             let (queue, task) = otlp::start(settings, stats.clone())?;
             rt.spawn(task);
-            shared.otlp = Some(stats);
+            export.otlp = Some(stats);
             tracing::info!(endpoint = %crate::redact::url(endpoint), "OTLP metrics export on");
             Some(queue)
         }
         None => None,
     };
-    shared.tags = cfg.tag_set();
-    shared.fips = fips;
-    if cfg.conntrack.enabled {
-        let settings = crate::conntrack::ConntrackSettings {
-            max_entries: cfg.conntrack.max_entries,
-            netns: cfg.conntrack.netns.clone(),
-        };
-        match crate::conntrack::start(settings) {
-            Ok(ct) => shared.conntrack = Some(Arc::new(crate::conntrack::ConntrackEnricher(ct))),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the conntrack thread; flows are not translated")
-            }
-        }
-    }
-    if cfg.dns.enabled && shared.collector == "ebpf" {
+    export.tags = cfg.tag_set();
+    export.fips = fips;
+    if cfg.dns.enabled && collector.kind == CollectorKind::Ebpf {
         let settings = crate::dns::DnsSettings { timeout: cfg.dns.timeout, max_names: cfg.dns.max_names };
-        shared.dns = Some(std::sync::Mutex::new(crate::dns::DnsTracker::new(settings)));
+        export.dns = Some(std::sync::Mutex::new(crate::dns::DnsTracker::new(settings)));
     }
-    let ecs = start_ecs(&cfg, env, shared.kernel.cgroup2.clone(), &rt);
-    (shared.ecs, shared.remote) = (ecs.local, ecs.remote);
-    shared.aws = start_aws(&cfg, &rt);
-    let shared = Arc::new(shared);
+    let enrichers = start_enrichers(&cfg, env, collector.kernel.cgroup2.clone(), &rt);
+    let shared = Arc::new(Shared::new(collector, enrichers, export));
     let stop = Arc::new(AtomicBool::new(false));
 
     let (output, writer) = if cfg.output == Output::Jsonl {
@@ -341,9 +368,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     } else {
         (None, None)
     };
-    let settings = LoopSettings {
-        poll_interval: cfg.poll_interval,
-        export_interval: cfg.export_interval,
+    let outputs = Outputs {
         output,
         aggregate: AggregateSettings {
             max_series: cfg.max_series,
@@ -351,16 +376,36 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         },
         otlp,
     };
+    let timing = LoopSettings { poll_interval: cfg.poll_interval, export_interval: cfg.export_interval };
     let collector = {
-        let (sh, st) = (shared.clone(), stop.clone());
+        let (sh, st, source) = (shared.clone(), stop.clone(), selected.source);
         std::thread::Builder::new()
             .name("collector".into())
-            .spawn(move || collect(source, sh, settings, st))
+            .spawn(move || collect(source, sh, &mut Publish::new(outputs), timing, st))
             .map_err(|source| CommandError::Thread { name: "collector", source })?
     };
     tracing::info!(listen = %cfg.listen, "serving /healthz /readyz /status /flows");
     crate::api::server::warn_if_exposed(cfg.listen);
+    serve(&cfg, &rt, listener, &shared);
+    stop.store(true, Ordering::SeqCst);
+    if collector.join().is_err() {
+        tracing::error!("collector thread panicked");
+    }
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    rt.shutdown_timeout(Duration::from_millis(100));
+    tracing::info!("stopped");
+    Ok(())
+}
 
+/// Serves the API until SIGTERM/SIGINT, then gives requests in flight [`SHUTDOWN_GRACE`].
+fn serve(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+    listener: tokio::net::TcpListener,
+    shared: &Arc<Shared>,
+) {
     rt.block_on(async {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let allowed = crate::api::host::AllowedHosts::new(cfg.listen, &cfg.api.allowed_hosts);
@@ -386,24 +431,14 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
             tracing::warn!("API connections still open after the grace period; closing them");
         }
     });
-    stop.store(true, Ordering::SeqCst);
-    if collector.join().is_err() {
-        tracing::error!("collector thread panicked");
-    }
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    rt.shutdown_timeout(Duration::from_millis(100));
-    tracing::info!("stopped");
-    Ok(())
 }
 
-/// `eddy-agent capture`.
+/// `eddy-agent capture`: the same collector and labelling chain as `run` (conntrack, ECS, AWS),
+/// into a [`WindowSink`] instead of the table and exporters.
 pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Result<(), CommandError> {
     let env = detect_environment(&cfg);
     let selected = start_source(&cfg, &env)?;
-    drop_privileges(&cfg, &env, &selected, false)?;
-    let Selected { mut source, kernel, clock, .. } = selected;
+    let privileges = drop_privileges(&cfg, &env, &selected, true)?;
     let stop = Arc::new(AtomicBool::new(false));
     let rt = runtime()?;
     {
@@ -413,25 +448,24 @@ pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Resu
             stop.store(true, Ordering::SeqCst);
         });
     }
-    let ecs = start_ecs(&cfg, env, kernel.cgroup2.clone(), &rt);
-    let settings = CaptureSettings { duration, poll_interval: cfg.poll_interval, max_flows };
-    let captured = capture(source.as_mut(), &settings, clock.as_ref(), &stop, || {
-        tracing::info!(duration = %humantime::format_duration(duration), "capture started");
-    })?;
-    let mut flows = captured.flows;
-    let aws = start_aws(&cfg, &rt);
-    for e in ecs.local.iter().chain(&ecs.remote).chain(&aws) {
-        for f in &mut flows {
-            e.enrich(f);
-        }
-    }
+    let collector = collector_state(&cfg, &selected, privileges);
+    let enrichers = start_enrichers(&cfg, env, collector.kernel.cgroup2.clone(), &rt);
+    let shared = Arc::new(Shared::new(collector, enrichers, ExportState::new(FlowTable::new(0, false))));
+    let mut window =
+        WindowSink::new(CaptureSettings { duration, max_flows }, selected.clock.clone(), move || {
+            tracing::info!(duration = %humantime::format_duration(duration), "capture started");
+        });
+    // No interval exports: the window is the only one.
+    let timing =
+        LoopSettings { poll_interval: cfg.poll_interval, export_interval: duration + Duration::from_secs(1) };
+    collect(selected.source, shared.clone(), &mut window, timing, stop);
+    let captured = window.finish(&shared.enrichers);
     if captured.dropped > 0 {
         tracing::warn!(dropped = captured.dropped, max_flows, "flows beyond --max-flows were not kept");
     }
-    tracing::info!(flows = flows.len(), "capture finished");
-    drop(source);
+    tracing::info!(flows = captured.flows.len(), "capture finished");
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for f in &flows {
+    for f in &captured.flows {
         serde_json::to_writer(&mut out, f).map_err(|e| CommandError::Stdout(e.into()))?;
         out.write_all(b"\n").map_err(CommandError::Stdout)?;
     }

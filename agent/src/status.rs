@@ -11,7 +11,7 @@ use crate::aggregate::AggregateStats;
 use crate::collector::{HookStatus, MapStatus};
 use crate::enrich::ProviderHealth;
 use crate::otlp::OtlpCounts;
-use crate::pipeline::Shared;
+use crate::pipeline::{Enrichers, Shared};
 use crate::preflight::KernelInfo;
 use crate::table::TableStats;
 use crate::tags::Tags;
@@ -65,18 +65,19 @@ pub struct Status {
 
 impl Status {
     pub fn of(shared: &Shared) -> Status {
-        let source = shared.source.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let (c, e) = (&shared.collector, &shared.enrichers);
+        let source = c.source.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let flows = shared.table().stats();
         let mut drops = source.drops;
-        drops.insert("output_dropped_records", shared.output_dropped.load(Ordering::Relaxed));
-        drops.insert("output_write_errors", shared.output_errors.load(Ordering::Relaxed));
-        drops.insert("poll_errors", shared.poll_errors.load(Ordering::Relaxed));
+        drops.insert("output_dropped_records", shared.export.output_dropped.load(Ordering::Relaxed));
+        drops.insert("output_write_errors", shared.export.output_errors.load(Ordering::Relaxed));
+        drops.insert("poll_errors", c.poll_errors.load(Ordering::Relaxed));
         drops.insert("export_overflow", flows.export_overflow);
-        let labels = *shared.labels.lock().unwrap_or_else(PoisonError::into_inner);
+        let labels = *c.labels.lock().unwrap_or_else(PoisonError::into_inner);
         drops.insert("labels_not_held_full", labels.not_held_full);
         drops.insert("peer_labels_evicted", labels.peer_labels_evicted);
         let mut counters = source.counters;
-        if let Some(o) = &shared.otlp {
+        if let Some(o) = &shared.export.otlp {
             let c = o.counts();
             drops.insert("otlp_batches_dropped", c.batches_dropped);
             drops.insert("otlp_batches_rejected", c.batches_rejected);
@@ -89,34 +90,38 @@ impl Status {
         drops.insert("api_request_timeouts", api.request_timeouts);
         drops.insert("api_host_rejected", api.host_rejected);
         counters.insert("api_connections_accepted", api.connections_accepted);
-        let last_scan = *shared.last_scan.lock().unwrap_or_else(PoisonError::into_inner);
+        let last_scan = *c.last_scan.lock().unwrap_or_else(PoisonError::into_inner);
         Status {
             version: env!("CARGO_PKG_VERSION"),
-            collector: shared.collector,
-            collector_reason: shared.collector_reason.clone(),
-            collector_limits: shared.collector_limits,
-            ready: shared.ready.load(Ordering::SeqCst),
-            collecting: shared.collecting.load(Ordering::SeqCst),
-            liveness: shared.heartbeat.health(shared.collecting.load(Ordering::SeqCst)),
-            uptime_seconds: shared.started.elapsed().as_secs_f64(),
+            collector: c.kind.name(),
+            collector_reason: c.reason.clone(),
+            collector_limits: c.limits,
+            ready: c.ready.load(Ordering::SeqCst),
+            collecting: c.collecting.load(Ordering::SeqCst),
+            liveness: c.heartbeat.health(c.collecting.load(Ordering::SeqCst)),
+            uptime_seconds: c.started.elapsed().as_secs_f64(),
             last_scan_age_seconds: last_scan.map(|t| t.elapsed().as_secs_f64()),
-            kernel: shared.kernel.clone(),
+            kernel: c.kernel.clone(),
             hooks: source.hooks,
             maps: source.maps,
             drops,
             counters,
             flows,
             labels,
-            aggregation: shared.series.lock().unwrap_or_else(PoisonError::into_inner).1,
-            otlp: shared.otlp.as_ref().map(|o| o.counts()),
-            ecs: shared.ecs.as_ref().map(|e| e.health()),
-            ecs_api: shared.remote.as_ref().map(|e| e.health()),
-            aws: shared.aws.as_ref().map(|e| e.health()),
-            tags: shared.tags.clone(),
-            fips: shared.fips.clone(),
-            dns: shared.dns.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).counters()),
-            conntrack: shared.conntrack.as_ref().map(|c| c.health()),
-            privileges: shared.privileges.clone(),
+            aggregation: shared.export.series.lock().unwrap_or_else(PoisonError::into_inner).1,
+            otlp: shared.export.otlp.as_ref().map(|o| o.counts()),
+            ecs: Enrichers::health(&e.local),
+            ecs_api: Enrichers::health(&e.ecs_api),
+            aws: Enrichers::health(&e.aws),
+            tags: shared.export.tags.clone(),
+            fips: shared.export.fips.clone(),
+            dns: shared
+                .export
+                .dns
+                .as_ref()
+                .map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).counters()),
+            conntrack: Enrichers::health(&e.conntrack),
+            privileges: c.privileges.clone(),
             api,
         }
     }

@@ -167,6 +167,8 @@ pub struct CaptureOptions {
     pub log_level: Option<String>,
     /// Further flags, e.g. `--disabled-hooks X` to exercise a fallback hook.
     pub extra_args: Vec<String>,
+    /// Extra environment variables (e.g. `AWS_ENDPOINT_URL` of a moto server).
+    pub env: Vec<(String, String)>,
 }
 
 impl CaptureOptions {
@@ -177,6 +179,7 @@ impl CaptureOptions {
             poll_interval: None,
             log_level: Some("info".to_string()),
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -226,6 +229,7 @@ impl Capture {
         let args = opts.args();
         let spawned_at = Instant::now();
         let mut child = agent_command(&args)
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {} {}: {e}", agent_bin().display(), args.join(" ")));
         let pid = child.id();
@@ -311,7 +315,18 @@ impl Capture {
     }
 
     /// Waits for the end of the window and the exit (status 0), and parses stdout's JSON lines.
-    pub fn finish(mut self) -> Vec<FlowRecord> {
+    pub fn finish(self) -> Vec<FlowRecord> {
+        let records: Vec<FlowRecord> = self.finish_lines();
+        eprintln!("capture finished: {} flow records", records.len());
+        records
+    }
+
+    /// [`Capture::finish`] as JSON values (every field the agent prints).
+    pub fn finish_json(self) -> Vec<serde_json::Value> {
+        self.finish_lines()
+    }
+
+    fn finish_lines<T: serde::de::DeserializeOwned>(mut self) -> Vec<T> {
         let deadline = self.started + self.opts.duration + Duration::from_secs(30);
         let status: ExitStatus = loop {
             if let Some(status) = self.child.try_wait().expect("wait for eddy-agent") {
@@ -337,16 +352,13 @@ impl Capture {
             .expect("read agent stdout");
         assert!(status.success(), "eddy-agent capture exited with {status}; stderr:\n{}", self.log.tail(60));
         let text = String::from_utf8_lossy(&stdout);
-        let records: Vec<FlowRecord> = text
-            .lines()
+        text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
                 serde_json::from_str(l)
                     .unwrap_or_else(|e| panic!("agent printed a line that is not a flow record ({e}): {l}"))
             })
-            .collect();
-        eprintln!("capture finished: {} flow records", records.len());
-        records
+            .collect()
     }
 }
 

@@ -102,33 +102,105 @@ fn serve_once(ns: &NetNs, addr: SocketAddr) -> std::thread::JoinHandle<usize> {
     h
 }
 
+/// moto with the cases' ENIs (behind a fault proxy), an IMDS fixture for this host, and two
+/// namespaces: `client` routes the cases' addresses to `vpc_ns`, which holds them.
+struct World {
+    _moto: MotoServer,
+    proxy: FaultProxy,
+    imds: Imds,
+    vpc: String,
+    client: NetNs,
+    vpc_ns: NetNs,
+}
+
+impl World {
+    /// `None` (after printing why) when the AWS tools are missing.
+    fn build() -> Option<World> {
+        let tools = match Tools::find() {
+            Ok(t) => t,
+            Err(reason) => {
+                skip(&reason);
+                return None;
+            }
+        };
+        let moto = MotoServer::start(&tools).expect("moto");
+        let vpc = populate(&tools, &moto.endpoint);
+        let proxy =
+            FaultProxy::start(moto.endpoint.trim_start_matches("http://").parse().expect("moto addr"));
+        let imds = Imds::start(Imds::instance("us-east-1a", &vpc, "subnet-host", &["10.0.0.0/16"]));
+        let (client, vpc_ns) = (NetNs::new("aws-client"), NetNs::new("aws-vpc"));
+        let link = veth_link(&client, &vpc_ns);
+        let via = link.b_v4.to_string();
+        for (ip, ..) in CASES {
+            vpc_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", &link.b_if]);
+            client.ip(&["route", "add", &format!("{ip}/32"), "via", &via]);
+        }
+        // A public address (documentation range), and a block for the burst: both only inside these namespaces.
+        vpc_ns.ip(&["addr", "add", "203.0.113.10/32", "dev", &link.b_if]);
+        client.ip(&["route", "add", "203.0.113.10/32", "via", &via]);
+        client.ip(&["route", "add", "10.0.128.0/17", "via", &via]);
+        Some(World { _moto: moto, proxy, imds, vpc, client, vpc_ns })
+    }
+
+    /// The agent's AWS environment: the API through the fault proxy, IMDS at the fixture.
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.proxy.endpoint()),
+            ("AWS_REGION", REGION.to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "false".to_string()),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", self.imds.endpoint.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// One connection from `client` to `addr` in `vpc_ns`: 100 bytes up, 1 back.
+    fn connect(&self, addr: SocketAddr) {
+        let server = serve_once(&self.vpc_ns, addr);
+        self.client.run(move || {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+            s.write_all(&[1u8; 100]).expect("send");
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            let mut one = [0u8; 1];
+            s.read_exact(&mut one).expect("reply");
+        });
+        assert_eq!(server.join().expect("server"), 100);
+    }
+}
+
+/// The cases' targets and the public address.
+fn targets() -> Vec<(SocketAddr, &'static Case)> {
+    const PUBLIC: Case = ("203.0.113.10", 443, "-", None, None, "internet");
+    CASES
+        .iter()
+        .chain(std::iter::once(&PUBLIC))
+        .map(|c| (SocketAddr::new(c.0.parse().expect("ip"), c.1), c))
+        .collect()
+}
+
+/// Checks a flow record against its case.
+fn check_case(f: &Value, (_, _, kind, name, az, scope): &Case) {
+    assert_eq!(f["scope"], *scope, "{f}");
+    if *kind == "-" {
+        assert!(f["remote"].get("aws").is_none(), "no API call for a public address: {f}");
+        return;
+    }
+    let a = &f["remote"]["aws"];
+    assert_eq!(a["kind"], *kind, "{f}");
+    assert_eq!(a["name"].as_str(), *name, "{f}");
+    assert_eq!(a["availability_zone"].as_str(), *az, "{f}");
+}
+
 #[test]
 fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
     if !require_privileges() {
         return;
     }
-    let tools = match Tools::find() {
-        Ok(t) => t,
-        Err(reason) => return skip(&reason),
-    };
-    let moto = MotoServer::start(&tools).expect("moto");
-    let vpc = populate(&tools, &moto.endpoint);
-    let proxy = FaultProxy::start(moto.endpoint.trim_start_matches("http://").parse().expect("moto addr"));
-    let imds = Imds::start(Imds::instance("us-east-1a", &vpc, "subnet-host", &["10.0.0.0/16"]));
-
-    let (client, vpc_ns) = (NetNs::new("aws-client"), NetNs::new("aws-vpc"));
-    let link = veth_link(&client, &vpc_ns);
-    let via = link.b_v4.to_string();
-    for (ip, ..) in CASES {
-        vpc_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", &link.b_if]);
-        client.ip(&["route", "add", &format!("{ip}/32"), "via", &via]);
-    }
-    // A public address (documentation range), and a block for the burst: both only inside these namespaces.
-    vpc_ns.ip(&["addr", "add", "203.0.113.10/32", "dev", &link.b_if]);
-    client.ip(&["route", "add", "203.0.113.10/32", "via", &via]);
-    client.ip(&["route", "add", "10.0.128.0/17", "via", &via]);
-
-    let endpoint = proxy.endpoint();
+    let Some(w) = World::build() else { return };
+    let (proxy, imds, vpc, client) = (&w.proxy, &w.imds, &w.vpc, &w.client);
+    let env = w.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let agent = RunAgent::start_with_env(
         &[
             "--poll-interval",
@@ -138,12 +210,7 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
             "--closed-flow-retention",
             "100000",
         ],
-        &[
-            ("AWS_ENDPOINT_URL", endpoint.as_str()),
-            ("AWS_REGION", REGION),
-            ("AWS_EC2_METADATA_DISABLED", "false"),
-            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint.as_str()),
-        ],
+        &env,
     );
     let status =
         poll_until(Duration::from_secs(10), Duration::from_millis(200), "the identity from IMDS", || {
@@ -153,28 +220,12 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
     assert_eq!(status["identity"]["availability_zone"], "us-east-1a", "{status}");
     assert_eq!(imds.refused(), 0, "IMDSv2: every GET carried the session token");
 
-    let targets: Vec<(SocketAddr, &Case)> = CASES
-        .iter()
-        .map(|c| (SocketAddr::new(c.0.parse().expect("ip"), c.1), c))
-        .chain(std::iter::once((
-            SocketAddr::from(([203, 0, 113, 10], 443)),
-            &("203.0.113.10", 443, "-", None, None, "internet"),
-        )))
-        .collect();
+    let targets = targets();
     // First contact queues the address; the flows come out labelled once it is resolved (the second
     // connection to each address at the latest).
     for round in 0..2 {
         for (addr, _) in &targets {
-            let server = serve_once(&vpc_ns, *addr);
-            let a = *addr;
-            client.run(move || {
-                let mut s = TcpStream::connect_timeout(&a, Duration::from_secs(5)).expect("connect");
-                s.write_all(&[1u8; 100]).expect("send");
-                s.shutdown(std::net::Shutdown::Write).expect("shutdown");
-                let mut one = [0u8; 1];
-                s.read_exact(&mut one).expect("reply");
-            });
-            assert_eq!(server.join().expect("server"), 100);
+            w.connect(*addr);
         }
         if round == 0 {
             poll_until(Duration::from_secs(10), Duration::from_millis(200), "first lookups answered", || {
@@ -185,7 +236,8 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
             });
         }
     }
-    for (addr, (_, _, kind, name, az, scope)) in &targets {
+    for (addr, case) in &targets {
+        let kind = case.2;
         // The later connection carries the answer (the first one only queued the address).
         let f = poll_until(Duration::from_secs(10), Duration::from_millis(200), "a labelled flow", || {
             let flows: Vec<Value> =
@@ -196,19 +248,11 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
                     f["remote"]["addr"] == addr.ip().to_string()
                         && f["remote"]["port"] == addr.port()
                         && f["direction"] == "outgoing"
-                        && if *kind == "-" { !f["scope"].is_null() } else { f["remote"].get("aws").is_some() }
+                        && if kind == "-" { !f["scope"].is_null() } else { f["remote"].get("aws").is_some() }
                 })
                 .ok_or_else(|| format!("no flow to {addr} with a scope yet; {}", agent.status()["aws"]))
         });
-        assert_eq!(f["scope"], *scope, "{f}");
-        if *kind == "-" {
-            assert!(f["remote"].get("aws").is_none(), "no API call for a public address: {f}");
-            continue;
-        }
-        let a = &f["remote"]["aws"];
-        assert_eq!(a["kind"], *kind, "{f}");
-        assert_eq!(a["name"].as_str(), *name, "{f}");
-        assert_eq!(a["availability_zone"].as_str(), *az, "{f}");
+        check_case(&f, case);
     }
     let calls_before = proxy.total();
     assert!(calls_before >= 1, "{:?}", proxy.counts());
@@ -276,4 +320,38 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
         flows.iter().any(|f| f["remote"]["addr"] == "10.0.203.50" && f["bytes_sent"] == 1),
         "flows are unaffected by the resolver's state"
     );
+}
+
+/// `capture` runs the same pipeline as `run`: enhanced resolution starts before the window, the
+/// window's first connections queue their addresses, and the records printed at the end carry
+/// `remote.aws` and `scope` (before, resolution started after the window: none had them).
+#[test]
+fn capture_output_carries_remote_aws_and_scope() {
+    if !require_privileges() {
+        return;
+    }
+    let Some(w) = World::build() else { return };
+    let mut opts = CaptureOptions::new(Duration::from_secs(8));
+    opts.poll_interval = Some(Duration::from_millis(200));
+    opts.extra_args = vec!["--aws-api-calls-per-second".into(), "50".into()];
+    opts.env = w.env();
+    let capture = Capture::start_with(opts);
+    let targets = targets();
+    for (addr, _) in &targets {
+        w.connect(*addr);
+    }
+    capture.assert_window_open("the connections");
+    let records = capture.finish_json();
+    for (addr, case) in &targets {
+        let f = records
+            .iter()
+            .find(|f| {
+                f["remote"]["addr"] == addr.ip().to_string()
+                    && f["remote"]["port"] == addr.port()
+                    && f["direction"] == "outgoing"
+            })
+            .unwrap_or_else(|| panic!("no record of the connection to {addr} in {} records", records.len()));
+        assert_eq!((f["bytes_sent"].as_u64(), f["bytes_received"].as_u64()), (Some(100), Some(1)), "{f}");
+        check_case(f, case);
+    }
 }

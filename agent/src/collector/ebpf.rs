@@ -352,8 +352,8 @@ impl EbpfSource {
 }
 
 impl FlowSource for EbpfSource {
-    fn kind(&self) -> &'static str {
-        "ebpf"
+    fn kind(&self) -> super::CollectorKind {
+        super::CollectorKind::Ebpf
     }
 
     fn poll(&mut self, scan_live: bool) -> Result<Batch, CollectorError> {

@@ -20,8 +20,8 @@ impl FakeSource {
 }
 
 impl FlowSource for FakeSource {
-    fn kind(&self) -> &'static str {
-        "fake"
+    fn kind(&self) -> super::CollectorKind {
+        super::CollectorKind::Fake
     }
 
     fn poll(&mut self, scan_live: bool) -> Result<Batch, CollectorError> {

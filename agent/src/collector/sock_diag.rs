@@ -51,8 +51,6 @@ pub mod netlink;
 pub mod sockstat;
 pub mod track;
 
-/// Collector kind, as `/status` shows it.
-pub const KIND: &str = "sock_diag";
 /// What `/status` shows as the chosen TCP hook.
 pub const TCP_HOOK: &str = "netlink sock_diag (INET_DIAG, tcp_info)";
 /// What the collector cannot see.
@@ -418,8 +416,8 @@ impl SockDiagSource {
 }
 
 impl FlowSource for SockDiagSource {
-    fn kind(&self) -> &'static str {
-        KIND
+    fn kind(&self) -> super::CollectorKind {
+        super::CollectorKind::SockDiag
     }
 
     fn poll(&mut self, scan_live: bool) -> Result<Batch, CollectorError> {

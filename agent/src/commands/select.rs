@@ -36,7 +36,6 @@ pub struct Selected {
     pub source: Box<dyn FlowSource>,
     pub kernel: KernelInfo,
     pub clock: Arc<dyn Clock>,
-    pub kind: &'static str,
     /// Why `auto` did not run eBPF (`None`: it did, or the collector was configured).
     pub reason: Option<String>,
     /// What the collector cannot see (`None`: see the README's hook matrix).
@@ -83,7 +82,7 @@ fn start_ebpf(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Selected, CommandEr
         disabled_hooks: cfg.disabled_hooks.clone(),
     };
     let source = EbpfSource::start(settings, clock.clone())?;
-    Ok(Selected { source: Box::new(source), kernel, clock, kind: "ebpf", reason: None, limits: None })
+    Ok(Selected { source: Box::new(source), kernel, clock, reason: None, limits: None })
 }
 
 fn start_sock_diag(
@@ -96,14 +95,7 @@ fn start_sock_diag(
         SockDiagSource::start(SockDiagSettings { max_sockets: cfg.flow_map_entries }, clock.clone())?;
     let limits = if source.sees_all_namespaces() { SOCK_DIAG_LIMITS } else { SOCK_DIAG_LIMITS_OWN_NAMESPACE };
     tracing::info!(limits, "collector: {}", sock_diag::TCP_HOOK);
-    Ok(Selected {
-        source: Box::new(source),
-        kernel,
-        clock,
-        kind: sock_diag::KIND,
-        reason,
-        limits: Some(limits),
-    })
+    Ok(Selected { source: Box::new(source), kernel, clock, reason, limits: Some(limits) })
 }
 
 /// A multi-line error paragraph as one log line.

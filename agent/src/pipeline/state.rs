@@ -1,0 +1,153 @@
+//! What the collection thread shares with the API, in three parts built once at start:
+//! [`CollectorState`] (what the collector is and how it is doing), [`Enrichers`] (the ordered
+//! chain that labels flows) and [`ExportState`] (where records and series go).
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use super::labeller::LabelCounts;
+use crate::aggregate::{AggregateStats, SeriesSnapshot};
+pub use crate::collector::CollectorKind;
+use crate::collector::SourceStatus;
+use crate::enrich::{Enricher, ProviderHealth};
+use crate::liveness::Heartbeat;
+use crate::otlp::OtlpStats;
+use crate::preflight::KernelInfo;
+use crate::table::FlowTable;
+use crate::tags::Tags;
+
+/// The collector and its health.
+#[derive(Debug)]
+pub struct CollectorState {
+    pub kind: CollectorKind,
+    /// Why `collector = auto` chose this collector instead of eBPF (fallback reason).
+    pub reason: Option<String>,
+    /// What the running collector cannot see.
+    pub limits: Option<&'static str>,
+    pub kernel: KernelInfo,
+    /// Capabilities kept after start-up and `no_new_privs` (see [`crate::privileges`]).
+    pub privileges: Option<crate::privileges::PrivilegeStatus>,
+    pub started: Instant,
+    /// Hooks, maps and drop counters as of the last scan.
+    pub source: Mutex<SourceStatus>,
+    /// Set after the first complete scan.
+    pub ready: AtomicBool,
+    /// Cleared when the collection thread ends (normally or by a panic).
+    pub collecting: AtomicBool,
+    /// Beaten by the collection thread after every completed poll (`/healthz`).
+    pub heartbeat: Heartbeat,
+    pub poll_errors: AtomicU64,
+    pub last_scan: Mutex<Option<Instant>>,
+    /// Held flows and peer labels (see [`super::labeller`]), as of the last poll.
+    pub labels: Mutex<LabelCounts>,
+}
+
+impl CollectorState {
+    pub fn new(kind: CollectorKind, kernel: KernelInfo, heartbeat: Heartbeat) -> Self {
+        CollectorState {
+            kind,
+            reason: None,
+            limits: None,
+            kernel,
+            privileges: None,
+            started: Instant::now(),
+            source: Mutex::new(SourceStatus::default()),
+            ready: AtomicBool::new(false),
+            collecting: AtomicBool::new(true),
+            heartbeat,
+            poll_errors: AtomicU64::new(0),
+            last_scan: Mutex::new(None),
+            labels: Mutex::new(LabelCounts::default()),
+        }
+    }
+}
+
+/// The labelling chain, in the order it runs on every poll: `conntrack` (NAT translations),
+/// then `local` (the local end's ECS identity, and through it intra-host peers), then each of
+/// `remote` in order (ECS API, then AWS).
+#[derive(Debug, Default)]
+pub struct Enrichers {
+    pub conntrack: Option<Arc<dyn Enricher>>,
+    pub local: Option<Arc<dyn Enricher>>,
+    /// ECS identity of remote ends through the ECS API (`/status` → `ecs_api`).
+    pub ecs_api: Option<Arc<dyn Enricher>>,
+    /// AWS context of remote ends (enhanced resolution; `/status` → `aws`).
+    pub aws: Option<Arc<dyn Enricher>>,
+}
+
+impl Enrichers {
+    /// The remote-end enrichers, in order.
+    pub fn remote(&self) -> Vec<&dyn Enricher> {
+        self.ecs_api.iter().chain(&self.aws).map(|e| e.as_ref()).collect()
+    }
+
+    /// Every enricher in chain order (for a last pass over records kept aside).
+    pub fn all(&self) -> Vec<&dyn Enricher> {
+        self.conntrack
+            .iter()
+            .chain(&self.local)
+            .chain(&self.ecs_api)
+            .chain(&self.aws)
+            .map(|e| e.as_ref())
+            .collect()
+    }
+
+    pub fn health(e: &Option<Arc<dyn Enricher>>) -> Option<ProviderHealth> {
+        e.as_ref().map(|e| e.health())
+    }
+}
+
+/// Where records and series go, and what that costs.
+#[derive(Debug)]
+pub struct ExportState {
+    /// Open and recently closed flows (`/flows`, JSON lines).
+    pub table: Mutex<FlowTable>,
+    /// Aggregated series as of the last interval, for `/metrics`.
+    pub series: Mutex<(SeriesSnapshot, AggregateStats)>,
+    /// OTLP exporter counters, when OTLP is on.
+    pub otlp: Option<Arc<OtlpStats>>,
+    pub output_dropped: AtomicU64,
+    pub output_errors: AtomicU64,
+    /// DNS statistics, when DNS monitoring is on.
+    pub dns: Option<Mutex<crate::dns::DnsTracker>>,
+    /// Static tags carried by every record.
+    pub tags: Tags,
+    /// FIPS mode: where exports go and how AWS API calls are made (absent when off).
+    pub fips: Option<crate::fips::FipsStatus>,
+}
+
+impl ExportState {
+    pub fn new(table: FlowTable) -> Self {
+        ExportState {
+            table: Mutex::new(table),
+            series: Mutex::new((Arc::new(Vec::new()), AggregateStats::default())),
+            otlp: None,
+            output_dropped: AtomicU64::new(0),
+            output_errors: AtomicU64::new(0),
+            dns: None,
+            tags: Tags::default(),
+            fips: None,
+        }
+    }
+}
+
+/// State shared by the collection thread and the API.
+#[derive(Debug)]
+pub struct Shared {
+    pub collector: CollectorState,
+    pub enrichers: Enrichers,
+    pub export: ExportState,
+    /// API connection counters.
+    pub api: crate::api::server::ApiStats,
+}
+
+impl Shared {
+    pub fn new(collector: CollectorState, enrichers: Enrichers, export: ExportState) -> Self {
+        Shared { collector, enrichers, export, api: crate::api::server::ApiStats::default() }
+    }
+
+    pub fn table(&self) -> MutexGuard<'_, FlowTable> {
+        self.export.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
