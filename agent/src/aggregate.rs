@@ -68,10 +68,10 @@ pub struct SeriesKey {
 }
 
 /// `family:revision` and container name from ECS labels ("" when absent).
-fn workload(l: Option<&crate::ecs::EcsLabels>) -> (String, String) {
+fn workload(l: Option<&crate::flow::EcsLabels>) -> (String, String) {
     let Some(l) = l else { return (String::new(), String::new()) };
     let task = match (&l.task_family, &l.task_revision) {
-        (Some(f), Some(r)) if f != crate::ecs::UNKNOWN => format!("{f}:{r}"),
+        (Some(f), Some(r)) if f != crate::flow::labels::UNKNOWN => format!("{f}:{r}"),
         (Some(f), _) => f.clone(),
         (None, _) => l.container_name.clone().unwrap_or_default(),
     };

@@ -17,3 +17,4 @@ pub mod enricher;
 pub mod error;
 pub mod identity;
 pub mod resolver;
+pub mod sdk;

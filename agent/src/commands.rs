@@ -182,8 +182,8 @@ fn start_aws(cfg: &Config, rt: &tokio::runtime::Runtime) -> Option<Arc<dyn Enric
                 }
             }
         }
-        let (clients, _region) = remote::clients(e.identity().region, Duration::from_secs(20), fips).await;
-        resolver.run(Arc::new(Ec2Source { client: clients.ec2 })).await;
+        let conf = crate::aws::sdk::config(e.identity().region, Duration::from_secs(20), fips).await;
+        resolver.run(Arc::new(Ec2Source { client: aws_sdk_ec2::Client::new(&conf) })).await;
     });
     Some(enricher)
 }

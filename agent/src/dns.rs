@@ -343,18 +343,18 @@ impl DnsRecord {
 /// `host` for host processes) when an ECS provider runs, else its process name, else `unknown`.
 pub fn client_label(ecs: Option<&dyn crate::enrich::Enricher>, p: &DnsPacket) -> String {
     if let Some(e) = ecs {
-        let mut r = crate::flow::FlowRecord::probe(p.local, p.remote, p.tcp);
-        (r.cgroup_id, r.pid, r.netns) = (p.cgroup_id, p.pid, p.netns);
-        e.enrich(&mut r);
-        if let Some(l) = r.local.ecs {
-            let u = |v: &Option<String>| v.clone().unwrap_or_else(|| crate::ecs::UNKNOWN.to_string());
+        let socket =
+            crate::enrich::LocalSocket { addr: p.local, cgroup_id: p.cgroup_id, pid: p.pid, netns: p.netns };
+        if let Some(l) = e.local_labels(&socket) {
+            let u =
+                |v: &Option<String>| v.clone().unwrap_or_else(|| crate::flow::labels::UNKNOWN.to_string());
             return match l.container_name.as_deref() {
                 Some("host") => "host".to_string(),
                 _ => format!("{}:{}/{}", u(&l.task_family), u(&l.task_revision), u(&l.container_name)),
             };
         }
     }
-    p.comm.clone().unwrap_or_else(|| crate::ecs::UNKNOWN.to_string())
+    p.comm.clone().unwrap_or_else(|| crate::flow::labels::UNKNOWN.to_string())
 }
 
 /// The DNS message of a TCP segment that starts with one (2-byte length prefix).

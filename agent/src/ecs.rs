@@ -24,8 +24,6 @@
 //! metadata v4 ([`task_metadata`]); the sock_diag collector sees only that task's
 //! network namespace.
 
-use serde::{Deserialize, Serialize};
-
 pub mod cgroup;
 pub mod environment;
 pub mod fargate;
@@ -37,43 +35,3 @@ pub mod procs;
 pub mod refresh;
 pub mod remote;
 pub mod task_metadata;
-
-/// Label value for what could not be resolved.
-pub const UNKNOWN: &str = "unknown";
-
-/// ECS labels of one end of a flow.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EcsLabels {
-    pub cluster: Option<String>,
-    pub task_arn: Option<String>,
-    pub task_family: Option<String>,
-    pub task_revision: Option<String>,
-    pub service: Option<String>,
-    pub container_name: Option<String>,
-    pub container_id: Option<String>,
-    pub image: Option<String>,
-    pub launch_type: Option<String>,
-    pub availability_zone: Option<String>,
-    pub network_mode: Option<String>,
-}
-
-impl EcsLabels {
-    /// A process outside any container.
-    pub fn host(cluster: Option<String>) -> Self {
-        EcsLabels { cluster, container_name: Some("host".into()), ..Default::default() }
-    }
-
-    /// A container the ECS agent does not (yet) know.
-    pub fn unknown_container(cluster: Option<String>, container_id: &str) -> Self {
-        let u = || Some(UNKNOWN.to_string());
-        EcsLabels {
-            cluster,
-            task_arn: u(),
-            task_family: u(),
-            task_revision: u(),
-            container_name: u(),
-            container_id: Some(container_id.to_string()),
-            ..Default::default()
-        }
-    }
-}

@@ -10,17 +10,30 @@ use serde::Serialize;
 
 use crate::aws::enricher::AwsStatus;
 use crate::conntrack::ConntrackStatus;
-#[cfg(test)]
-use crate::ecs::EcsLabels;
 use crate::ecs::fargate::TaskMetadataStatus;
 use crate::ecs::local::EcsStatus;
 use crate::ecs::remote::RemoteStatus;
+#[cfg(test)]
+use crate::flow::EcsLabels;
 use crate::flow::FlowRecord;
+
+/// What is known of a local socket outside any flow record (the sender of a DNS packet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalSocket {
+    pub addr: std::net::SocketAddr,
+    pub cgroup_id: Option<u64>,
+    pub pid: Option<u32>,
+    pub netns: Option<u32>,
+}
 
 /// Labels the ends of flows.
 pub trait Enricher: Send + Sync + std::fmt::Debug {
     /// Sets what this enricher knows on the record (never blocks).
     fn enrich(&self, r: &mut FlowRecord);
+    /// The local ECS identity of a socket (`None`: this enricher does not name local ends).
+    fn local_labels(&self, _socket: &LocalSocket) -> Option<crate::flow::EcsLabels> {
+        None
+    }
     /// Freshness and error counters, for `/status` and `/metrics`.
     fn health(&self) -> ProviderHealth;
 }
@@ -76,6 +89,10 @@ pub struct FixedLabels(pub EcsLabels);
 impl Enricher for FixedLabels {
     fn enrich(&self, r: &mut FlowRecord) {
         r.local.ecs = Some(Box::new(self.0.clone()));
+    }
+
+    fn local_labels(&self, _socket: &LocalSocket) -> Option<EcsLabels> {
+        Some(self.0.clone())
     }
 
     fn health(&self) -> ProviderHealth {

@@ -10,8 +10,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::aws::resolver::RemoteAws;
-use crate::ecs::EcsLabels;
+pub mod labels;
+
+pub use labels::{EcsLabels, OwnerKind, RemoteAws};
 
 /// Transport protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

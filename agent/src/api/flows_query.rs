@@ -68,7 +68,7 @@ impl FlowQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ecs::EcsLabels;
+    use crate::flow::EcsLabels;
 
     fn q(s: &[(&str, &str)]) -> Result<FlowQuery, String> {
         FlowQuery::parse(&s.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>())

@@ -5,46 +5,7 @@
 //! Real ENIs are what this is written against; an emulator that fakes the interface type
 //! and requester id (moto) still classifies right from the descriptions.
 
-use serde::Serialize;
-
-/// The kinds of ENI owner Eddy names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OwnerKind {
-    Alb,
-    Nlb,
-    Gwlb,
-    Clb,
-    NatGateway,
-    VpcEndpoint,
-    Lambda,
-    Efs,
-    Rds,
-    EcsTask,
-    Ec2Instance,
-    TransitGateway,
-    Other,
-}
-
-impl OwnerKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OwnerKind::Alb => "alb",
-            OwnerKind::Nlb => "nlb",
-            OwnerKind::Gwlb => "gwlb",
-            OwnerKind::Clb => "clb",
-            OwnerKind::NatGateway => "nat_gateway",
-            OwnerKind::VpcEndpoint => "vpc_endpoint",
-            OwnerKind::Lambda => "lambda",
-            OwnerKind::Efs => "efs",
-            OwnerKind::Rds => "rds",
-            OwnerKind::EcsTask => "ecs_task",
-            OwnerKind::Ec2Instance => "ec2_instance",
-            OwnerKind::TransitGateway => "transit_gateway",
-            OwnerKind::Other => "other",
-        }
-    }
-}
+use crate::flow::OwnerKind;
 
 /// What an ENI carries that tells its owner.
 #[derive(Clone, Debug, Default)]

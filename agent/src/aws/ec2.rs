@@ -7,9 +7,10 @@ use std::net::IpAddr;
 
 use aws_sdk_ec2::types::{Filter, NetworkInterface};
 
-use super::classify::{EniFacts, OwnerKind, classify};
+use super::classify::{EniFacts, classify};
 use super::error::{ApiError, classify as classify_error};
 use super::resolver::{EniFuture, EniRecord, EniSource};
+use crate::flow::OwnerKind;
 
 /// The real source.
 #[derive(Clone, Debug)]

@@ -8,8 +8,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::identity::{Identity, IdentityError};
-use super::resolver::{AwsResolver, RemoteAws, ResolverStatus};
+use super::resolver::{AwsResolver, ResolverStatus};
 use crate::enrich::Enricher;
+use crate::flow::RemoteAws;
 use crate::flow::{FlowRecord, Scope};
 
 /// `/status` → `aws`: why resolution runs, this host's identity, and the resolver's counters.
@@ -163,8 +164,8 @@ impl Enricher for AwsEnricher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::classify::OwnerKind;
     use crate::aws::resolver::ResolverSettings;
+    use crate::flow::OwnerKind;
     use crate::flow::{Endpoint, Protocol};
 
     fn own() -> Identity {
@@ -224,8 +225,9 @@ mod tests {
 #[cfg(test)]
 mod lookup_tests {
     use super::*;
-    use crate::aws::classify::{Owner, OwnerKind};
+    use crate::aws::classify::Owner;
     use crate::aws::resolver::{EniRecord, ResolverSettings};
+    use crate::flow::OwnerKind;
     use crate::flow::{Endpoint, Protocol};
 
     #[test]

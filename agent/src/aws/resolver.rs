@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::classify::{Owner, OwnerKind};
+use super::classify::Owner;
 use super::error::ApiError as DiscoveryError;
 
 /// Addresses per API call (well within the EC2 filter-value limit).
@@ -35,16 +35,7 @@ pub struct EniRecord {
     pub availability_zone: Option<String>,
 }
 
-/// What a remote address is, for `remote.aws`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct RemoteAws {
-    pub kind: OwnerKind,
-    pub name: Option<String>,
-    pub id: Option<String>,
-    pub vpc: Option<String>,
-    pub subnet: Option<String>,
-    pub availability_zone: Option<String>,
-}
+use crate::flow::RemoteAws;
 
 impl From<&EniRecord> for RemoteAws {
     fn from(e: &EniRecord) -> Self {

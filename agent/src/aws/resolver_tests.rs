@@ -1,7 +1,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
-use crate::aws::classify::OwnerKind;
+use crate::flow::OwnerKind;
 
 /// A fake EC2: knows the addresses of `known`, records every call, fails the first `throttle` calls,
 /// or denies access.

@@ -101,6 +101,10 @@ impl Enricher for TaskMetadataResolver {
         }
     }
 
+    fn local_labels(&self, s: &crate::enrich::LocalSocket) -> Option<crate::flow::EcsLabels> {
+        Some(self.snapshot().labels_for_port(s.addr.port()))
+    }
+
     fn health(&self) -> crate::enrich::ProviderHealth {
         crate::enrich::ProviderHealth::Fargate(TaskMetadataResolver::status(self))
     }
@@ -141,9 +145,9 @@ pub async fn refresh_loop(resolver: Arc<TaskMetadataResolver>, s: RefreshSetting
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ecs::UNKNOWN;
     use crate::ecs::task_metadata::TaskDocument;
     use crate::flow::Protocol;
+    use crate::flow::labels::UNKNOWN;
 
     fn resolver_with_fixture() -> TaskMetadataResolver {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

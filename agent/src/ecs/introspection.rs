@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::EcsLabels;
 use super::fetch::{FetchError, get_json};
+use crate::flow::EcsLabels;
 
 /// `GET /v1/metadata`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

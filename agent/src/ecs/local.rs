@@ -14,9 +14,10 @@ use serde::Serialize;
 use super::cgroup::{CgroupOwner, parse};
 use super::introspection::{self, Snapshot};
 use super::procs::{ProcIndex, own_netns};
-use super::{EcsLabels, UNKNOWN};
 use crate::enrich::Enricher;
+use crate::flow::EcsLabels;
 use crate::flow::FlowRecord;
+use crate::flow::labels::UNKNOWN;
 
 mod misses;
 
@@ -250,6 +251,10 @@ impl Enricher for LocalResolver {
     /// Sets `local.ecs`.
     fn enrich(&self, r: &mut FlowRecord) {
         r.local.ecs = self.labels(r.cgroup_id, r.pid, r.netns).map(Box::new);
+    }
+
+    fn local_labels(&self, s: &crate::enrich::LocalSocket) -> Option<EcsLabels> {
+        self.labels(s.cgroup_id, s.pid, s.netns)
     }
 
     fn health(&self) -> crate::enrich::ProviderHealth {

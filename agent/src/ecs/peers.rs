@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
-use super::EcsLabels;
+use crate::flow::EcsLabels;
 use crate::flow::{FlowRecord, Protocol, Scope};
 
 type Key = (Protocol, SocketAddr, SocketAddr);

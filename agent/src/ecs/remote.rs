@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::UNKNOWN;
 use crate::enrich::Enricher;
 use crate::flow::FlowRecord;
+use crate::flow::labels::UNKNOWN;
 
 pub mod api;
 pub mod index;
@@ -172,27 +172,9 @@ pub struct RemoteSettings {
     pub fips: bool,
 }
 
-/// Builds the SDK clients from the standard AWS environment; `region_hint` is used
-/// only when the environment names no region.
-pub async fn clients(
-    region_hint: Option<String>,
-    timeout: Duration,
-    fips: bool,
-) -> (Clients, Option<String>) {
-    let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
-        aws_config::timeout::TimeoutConfig::builder()
-            .operation_timeout(timeout)
-            .connect_timeout(Duration::from_secs(3))
-            .build(),
-    );
-    let region = env_region.or(region_hint);
-    if let Some(r) = &region {
-        loader = loader.region(aws_config::Region::new(r.clone()));
-    }
-    let conf = crate::fips::sdk_loader(loader, fips).load().await;
+/// The ECS and EC2 clients of the ECS API provider, and the region they use.
+async fn clients(region_hint: Option<String>, timeout: Duration, fips: bool) -> (Clients, Option<String>) {
+    let conf = crate::aws::sdk::config(region_hint, timeout, fips).await;
     let region = conf.region().map(|r| r.to_string());
     (Clients { ecs: aws_sdk_ecs::Client::new(&conf), ec2: aws_sdk_ec2::Client::new(&conf) }, region)
 }
@@ -262,7 +244,7 @@ impl Target for ConfiguredCluster {
 mod tests {
     use super::index::{ContainerInfo, Discovered, TaskInfo};
     use super::*;
-    use crate::ecs::EcsLabels;
+    use crate::flow::EcsLabels;
     use crate::flow::{Endpoint, Protocol};
 
     fn resolver() -> RemoteResolver {

@@ -11,7 +11,8 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use super::fetch::{FetchError, get_json};
-use super::{EcsLabels, UNKNOWN};
+use crate::flow::EcsLabels;
+use crate::flow::labels::UNKNOWN;
 
 /// `GET ${ECS_CONTAINER_METADATA_URI_V4}/task`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

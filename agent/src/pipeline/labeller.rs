@@ -127,8 +127,8 @@ impl Labeller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ecs::EcsLabels;
     use crate::enrich::FixedLabels;
+    use crate::flow::EcsLabels;
     use crate::flow::{Endpoint, Protocol};
 
     fn closed(local: u16, remote: u16) -> Observed {

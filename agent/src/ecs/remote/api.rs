@@ -11,7 +11,7 @@ use aws_sdk_ecs::types::{Task, TransportProtocol};
 pub use crate::aws::error::{ApiError as DiscoveryError, classify};
 
 use super::index::{ContainerInfo, Discovered, InstanceInfo, TaskInfo, family_revision, service_of};
-use crate::ecs::EcsLabels;
+use crate::flow::EcsLabels;
 use crate::flow::Protocol;
 
 /// Items per Describe* call (the APIs' limit for DescribeTasks/DescribeContainerInstances).

@@ -10,8 +10,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::ecs::{EcsLabels, UNKNOWN};
+use crate::flow::EcsLabels;
 use crate::flow::Protocol;
+use crate::flow::labels::UNKNOWN;
 
 /// Tasks kept per snapshot, at most (the rest are counted as truncated).
 pub const MAX_TASKS: usize = 100_000;
