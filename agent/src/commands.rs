@@ -323,30 +323,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     };
     let collector = collector_state(&cfg, &selected, privileges);
     let mut export = ExportState::new(FlowTable::new(cfg.closed_flow_retention, cfg.output == Output::Jsonl));
-    // In FIPS mode the proxy's route (the status shows it redacted; this is the real URL).
-    let otlp_target = match (&fips, &cfg.otlp.endpoint) {
-        (Some(_), Some(e)) => Some(crate::fips::otlp_via_proxy(&cfg, e)?),
-        (_, e) => e.clone(),
-    };
-    let otlp = match &otlp_target {
-        Some(endpoint) => {
-            let stats = Arc::new(OtlpStats::default());
-            let settings = OtlpSettings {
-                endpoint: endpoint.clone(),
-                headers: cfg.otlp_header_pairs(),
-                timeout: cfg.otlp.timeout,
-                max_backoff: cfg.otlp.max_backoff,
-                queue_batches: cfg.otlp.queue_batches,
-                resource: Resource::agent(&hostname()).with_tags(&cfg.tag_set()),
-            };
-            let (queue, task) = otlp::start(settings, stats.clone())?;
-            rt.spawn(task);
-            export.otlp = Some(stats);
-            tracing::info!(endpoint = %crate::redact::url(endpoint), "OTLP metrics export on");
-            Some(queue)
-        }
-        None => None,
-    };
+    let otlp = start_otlp(&cfg, fips.is_some(), &rt, &mut export)?;
     export.tags = cfg.tag_set();
     export.fips = fips;
     if cfg.dns.enabled && collector.kind == CollectorKind::Ebpf {
@@ -357,17 +334,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     let shared = Arc::new(Shared::new(collector, enrichers, export));
     let stop = Arc::new(AtomicBool::new(false));
 
-    let (output, writer) = if cfg.output == Output::Jsonl {
-        let (tx, rx) = std::sync::mpsc::sync_channel(OUTPUT_QUEUE_BATCHES);
-        let sh = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("jsonl".into())
-            .spawn(move || write_jsonl(rx, std::io::stdout().lock(), sh))
-            .map_err(|source| CommandError::Thread { name: "jsonl", source })?;
-        (Some(tx), Some(handle))
-    } else {
-        (None, None)
-    };
+    let (output, writer) = start_jsonl(&cfg, &shared)?;
     let outputs = Outputs {
         output,
         aggregate: AggregateSettings {
@@ -397,6 +364,51 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     rt.shutdown_timeout(Duration::from_millis(100));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The OTLP exporter when `otlp.endpoint` is set (through the FIPS proxy's route in FIPS mode):
+/// its task on `rt`, its counters in `export`, and the queue the collector feeds.
+fn start_otlp(
+    cfg: &Config,
+    fips: bool,
+    rt: &tokio::runtime::Runtime,
+    export: &mut ExportState,
+) -> Result<Option<otlp::OtlpQueue>, CommandError> {
+    let Some(intake) = &cfg.otlp.endpoint else { return Ok(None) };
+    // In FIPS mode the proxy's route (the status shows it redacted; this is the real URL).
+    let endpoint = if fips { crate::fips::otlp_via_proxy(cfg, intake)? } else { intake.clone() };
+    let stats = Arc::new(OtlpStats::default());
+    let settings = OtlpSettings {
+        endpoint: endpoint.clone(),
+        headers: cfg.otlp_header_pairs(),
+        timeout: cfg.otlp.timeout,
+        max_backoff: cfg.otlp.max_backoff,
+        queue_batches: cfg.otlp.queue_batches,
+        resource: Resource::agent(&hostname()).with_tags(&cfg.tag_set()),
+    };
+    let (queue, task) = otlp::start(settings, stats.clone())?;
+    rt.spawn(task);
+    export.otlp = Some(stats);
+    tracing::info!(endpoint = %crate::redact::url(&endpoint), "OTLP metrics export on");
+    Ok(Some(queue))
+}
+
+/// The JSON-lines writer thread when `output = jsonl`: the channel the collector feeds, and the
+/// thread to join at the end.
+type JsonlWriter =
+    (Option<std::sync::mpsc::SyncSender<Vec<crate::pipeline::Line>>>, Option<std::thread::JoinHandle<()>>);
+
+fn start_jsonl(cfg: &Config, shared: &Arc<Shared>) -> Result<JsonlWriter, CommandError> {
+    if cfg.output != Output::Jsonl {
+        return Ok((None, None));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(OUTPUT_QUEUE_BATCHES);
+    let sh = shared.clone();
+    let handle = std::thread::Builder::new()
+        .name("jsonl".into())
+        .spawn(move || write_jsonl(rx, std::io::stdout().lock(), sh))
+        .map_err(|source| CommandError::Thread { name: "jsonl", source })?;
+    Ok((Some(tx), Some(handle)))
 }
 
 /// Serves the API until SIGTERM/SIGINT, then gives requests in flight [`SHUTDOWN_GRACE`].

@@ -10,10 +10,21 @@ use eddy_common::probe::{self, ProbeError};
 /// Why the agent is not healthy.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("the agent's API: {0}")]
-    Probe(#[from] ProbeError),
+    #[error("cannot reach the agent at {addr}: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("talking to the agent at {addr}: {source}")]
+    Io { addr: SocketAddr, source: std::io::Error },
     #[error("the agent at {addr} answered {status_line:?}: {reason}")]
     Unhealthy { addr: SocketAddr, status_line: String, reason: String },
+}
+
+impl From<ProbeError> for HealthError {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Connect { addr, source } => HealthError::Connect { addr, source },
+            ProbeError::Io { addr, source } => HealthError::Io { addr, source },
+        }
+    }
 }
 
 /// Succeeds if `GET /healthz` answers 200 within `timeout`.
@@ -59,10 +70,7 @@ mod tests {
         let e = check(bad, Duration::from_secs(2)).expect_err("503");
         assert!(e.to_string().contains("503") && e.to_string().ends_with(": collector stopped"), "{e}");
         let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-        assert!(matches!(
-            check(closed, Duration::from_secs(1)),
-            Err(HealthError::Probe(ProbeError::Connect { .. }))
-        ));
+        assert!(matches!(check(closed, Duration::from_secs(1)), Err(HealthError::Connect { .. })));
     }
 
     #[test]

@@ -235,36 +235,7 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
         w.sample("eddy_agent_events_total", &[("event", event)], n);
     }
     if let Some(o) = &st.otlp {
-        w.family(
-            "eddy_agent_otlp_batches",
-            Kind::Counter,
-            "OTLP batches by outcome (sent, rejected, dropped).",
-        );
-        for (result, n) in
-            [("sent", o.batches_sent), ("rejected", o.batches_rejected), ("dropped", o.batches_dropped)]
-        {
-            w.sample("eddy_agent_otlp_batches_total", &[("result", result)], n);
-        }
-        w.family(
-            "eddy_agent_otlp_failed_attempts",
-            Kind::Counter,
-            "OTLP requests that failed and were retried.",
-        );
-        w.sample("eddy_agent_otlp_failed_attempts_total", &[], o.attempts_failed);
-        w.family(
-            "eddy_agent_otlp_redirects_refused",
-            Kind::Counter,
-            "OTLP answers that were redirects (never followed; the batch is rejected).",
-        );
-        w.sample("eddy_agent_otlp_redirects_refused_total", &[], o.redirects_refused);
-        w.family(
-            "eddy_agent_otlp_responses_oversized",
-            Kind::Counter,
-            "OTLP answers whose body exceeded the cap (not read).",
-        );
-        w.sample("eddy_agent_otlp_responses_oversized_total", &[], o.responses_oversized);
-        w.family("eddy_agent_otlp_queue_batches", Kind::Gauge, "OTLP batches waiting to be sent.");
-        w.sample("eddy_agent_otlp_queue_batches", &[], o.queued);
+        otlp(w, o);
     }
     enrichment(w, st);
     if let Some(ProviderHealth::Conntrack(ct)) = &st.conntrack {
@@ -290,6 +261,32 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
     w.sample("eddy_agent_series_folded_total", &[], s.aggregate.series_folded);
     w.family("eddy_agent_series_expired", Kind::Counter, "Series dropped after being idle.");
     w.sample("eddy_agent_series_expired_total", &[], s.aggregate.series_expired);
+}
+
+/// The OTLP exporter's batches, retries, refusals and queue, from `/status` → `otlp`.
+fn otlp(w: &mut Writer, o: &crate::otlp::OtlpCounts) {
+    w.family("eddy_agent_otlp_batches", Kind::Counter, "OTLP batches by outcome (sent, rejected, dropped).");
+    for (result, n) in
+        [("sent", o.batches_sent), ("rejected", o.batches_rejected), ("dropped", o.batches_dropped)]
+    {
+        w.sample("eddy_agent_otlp_batches_total", &[("result", result)], n);
+    }
+    w.family("eddy_agent_otlp_failed_attempts", Kind::Counter, "OTLP requests that failed and were retried.");
+    w.sample("eddy_agent_otlp_failed_attempts_total", &[], o.attempts_failed);
+    w.family(
+        "eddy_agent_otlp_redirects_refused",
+        Kind::Counter,
+        "OTLP answers that were redirects (never followed; the batch is rejected).",
+    );
+    w.sample("eddy_agent_otlp_redirects_refused_total", &[], o.redirects_refused);
+    w.family(
+        "eddy_agent_otlp_responses_oversized",
+        Kind::Counter,
+        "OTLP answers whose body exceeded the cap (not read).",
+    );
+    w.sample("eddy_agent_otlp_responses_oversized_total", &[], o.responses_oversized);
+    w.family("eddy_agent_otlp_queue_batches", Kind::Gauge, "OTLP batches waiting to be sent.");
+    w.sample("eddy_agent_otlp_queue_batches", &[], o.queued);
 }
 
 /// Freshness and errors of the enrichment providers (`ecs`: ECS agent or task metadata;

@@ -314,8 +314,10 @@ fn remote_ends_are_named_from_the_ecs_api_and_api_faults_degrade_gracefully() {
         if n > 0 { Ok(()) } else { Err(format!("status {}", agent.status()["ecs_api"])) }
     });
     let log = agent.log_tail(200);
+    // The fault may land between two calls of one refresh: the line names whichever action was
+    // refused first (ListTasks when it lands between refreshes).
     assert!(
-        log.contains("Grant the agent's task role the IAM action ecs:ListTasks"),
+        log.contains("Grant the agent's task role the IAM action ecs:"),
         "no clear access-denied line: {log}"
     );
     assert_eq!(agent.status()["ecs_api"]["tasks"], 2, "the last good index stays");

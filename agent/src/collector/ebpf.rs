@@ -17,14 +17,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::Iter;
 use aya::{Btf, Ebpf, EbpfLoader};
 use eddy_ebpf::{DnsEvent, Flow, UdpKey, shared as k};
 
-use super::{Batch, CollectorError, FlowSource, HookStatus, MapStatus, Observed, Rejected, SourceStatus};
+use super::{Batch, CollectorError, FlowSource, HookStatus, MapStatus, Observed, SourceStatus};
 use crate::clock::Clock;
 
+mod attach;
 mod choice;
 pub mod convert;
 pub mod hooks;
@@ -51,6 +52,37 @@ pub struct EbpfSettings {
     pub disabled_hooks: Vec<String>,
 }
 
+/// Entries in the bounded kernel maps as of the last scan.
+#[derive(Clone, Copy, Debug)]
+struct MapFill {
+    tcp_flows: u64,
+    udp_flows: u64,
+    tcp_capacity: u64,
+    udp_capacity: u64,
+    ring_buffer_bytes: u64,
+}
+
+impl MapFill {
+    fn new(s: &EbpfSettings) -> Self {
+        MapFill {
+            tcp_flows: 0,
+            udp_flows: 0,
+            tcp_capacity: s.flow_map_entries.into(),
+            udp_capacity: s.udp_map_entries.into(),
+            ring_buffer_bytes: s.ring_buffer_bytes.into(),
+        }
+    }
+
+    /// `/status` → `maps`.
+    fn status(&self) -> Vec<MapStatus> {
+        vec![
+            MapStatus { name: "tcp_flows", capacity: self.tcp_capacity, entries: Some(self.tcp_flows) },
+            MapStatus { name: "udp_flows", capacity: self.udp_capacity, entries: Some(self.udp_flows) },
+            MapStatus { name: "closed_ring_buffer_bytes", capacity: self.ring_buffer_bytes, entries: None },
+        ]
+    }
+}
+
 /// Reads Eddy's kernel programs.
 pub struct EbpfSource {
     // Keeps programs and their links alive; maps below were taken out of it.
@@ -74,7 +106,7 @@ pub struct EbpfSource {
     settings: EbpfSettings,
     clock: Arc<dyn Clock>,
     hooks: Vec<HookStatus>,
-    maps: Vec<MapStatus>,
+    maps: MapFill,
     kernel_counters: [u64; k::CTR_MAX as usize],
     /// Userspace-side drops (malformed ring buffer records, map read errors).
     malformed_records: u64,
@@ -82,7 +114,7 @@ pub struct EbpfSource {
 }
 
 impl EbpfSource {
-    /// Loads and attaches. Fails if the TCP lifecycle hooks cannot attach.
+    /// Loads and attaches (see [`attach`]). Fails if the TCP lifecycle hooks cannot attach.
     pub fn start(settings: EbpfSettings, clock: Arc<dyn Clock>) -> Result<Self, CollectorError> {
         raise_memlock();
         let btf = Btf::from_sys_fs()
@@ -95,7 +127,6 @@ impl EbpfSource {
             .map_max_entries(k::MAP_CLOSED, settings.ring_buffer_bytes)
             .load(eddy_ebpf::object())
             .map_err(|e| CollectorError::Load(hooks::describe_any(&e)))?;
-
         let cgroup = match &settings.cgroup_path {
             Some(p) => Some(
                 File::open(p)
@@ -105,149 +136,31 @@ impl EbpfSource {
         };
         let targets =
             hooks::Targets { btf: &btf, cgroup: cgroup.as_ref(), disabled: &settings.disabled_hooks };
-
-        let lifecycle = hooks::attach_first(&mut ebpf, &targets, "tcp_lifecycle", hooks::TCP_LIFECYCLE, None);
-        if lifecycle.chosen.is_none() {
-            let reasons = lifecycle
-                .rejected
-                .iter()
-                .map(|r| format!("{}: {}", r.hook, r.reason))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(CollectorError::NoHook { capability: "tcp_lifecycle", reasons });
-        }
-        let retransmits =
-            hooks::attach_first(&mut ebpf, &targets, "tcp_retransmits", hooks::TCP_RETRANSMITS, None);
-        let live = hooks::attach_first(&mut ebpf, &targets, "tcp_live_counters", hooks::TCP_LIVE, None);
-        let counters = hooks::TCP_BYTES_COUNTERS;
-        let counters_off = if live.chosen.is_none() {
-            Some("no iterator refreshes live counters (see tcp_live_counters)")
-        } else if settings.disabled_hooks.iter().any(|d| d == counters) {
-            Some("disabled by config (disabled_hooks)")
-        } else {
-            None
+        let tcp = attach::tcp(&mut ebpf, &targets, &settings)?;
+        let udp = attach::udp_and_dns(&mut ebpf, &targets, &settings);
+        attach::write_config(&mut ebpf, tcp.config_bits | udp.config_bits)?;
+        let comms =
+            (udp.udp.chosen.as_deref() == Some(hooks::UDP_OWNER_PID)).then(proc_comm::ProcComms::default);
+        let senders = match udp.senders {
+            true => Some(senders::Senders::new(take(&mut ebpf, k::MAP_UDP_OWNERS)?)),
+            false => None,
         };
-        let preset = counters_off.is_none().then_some(counters);
-        let mut bytes = hooks::attach_first(&mut ebpf, &targets, "tcp_bytes", hooks::TCP_BYTES, preset);
-        if let Some(reason) = counters_off {
-            bytes.rejected.insert(0, Rejected { hook: counters.into(), reason: reason.into() });
-        }
-        if bytes.chosen.is_none() {
-            bytes.chosen = Some(hooks::TCP_BYTES_AT_CLOSE.to_string());
-        }
-        let mut config_bits = 0;
-        if matches!(bytes.chosen.as_deref(), Some(c) if c == counters || c == hooks::TCP_BYTES_AT_CLOSE) {
-            config_bits |= k::CFG_BYTES_FROM_TCP_SOCK;
-        }
-        // kretprobes miss returns when more calls wait at once than they have instances for.
-        if bytes.chosen.as_deref().is_some_and(|c| c.starts_with("kprobe/")) {
-            config_bits |= k::CFG_BYTES_MAX_AT_CLOSE;
-        }
-        let live_iter = choice::program_of(hooks::TCP_LIVE, live.chosen.as_deref());
-        let mut cookie_sweep = None;
-        if live_iter == Some(hooks::ITER_PROBE_READS) {
-            // That iterator keys sockets by existing cookies: give one to every older socket.
-            let sweep = crate::collector::sock_diag::cookies::sweep(std::path::Path::new("/proc"));
-            tracing::info!(
-                namespaces = sweep.namespaces,
-                sockets = sweep.sockets,
-                failed = sweep.failed,
-                "socket cookies generated for connections opened before the agent"
-            );
-            cookie_sweep = Some(sweep);
-        }
-        if choice::recvmsg_has_nonblock_arg() {
-            config_bits |= k::CFG_RECVMSG_NONBLOCK_ARG;
-        }
-        let udp = if settings.udp || settings.dns {
-            // The same cgroup_skb programs carry UDP counting and DNS capture.
-            let mut h = hooks::attach_first(&mut ebpf, &targets, "udp", hooks::UDP, None);
-            if !settings.udp {
-                config_bits |= k::CFG_NO_UDP_FLOWS;
-                h.rejected.push(Rejected {
-                    hook: "udp flows".into(),
-                    reason: "disabled by config (udp = false): attached for DNS only".into(),
-                });
-            }
-            h
-        } else {
-            HookStatus {
-                capability: "udp",
-                chosen: None,
-                rejected: vec![Rejected {
-                    hook: hooks::UDP[0].hook.into(),
-                    reason: "disabled by config (udp = false)".into(),
-                }],
-            }
-        };
-        let udp_process = choice::udp_process(&mut ebpf, &targets, &udp, settings.udp);
-        let dns_on = settings.dns && udp.chosen.is_some();
-        if dns_on {
-            config_bits |= k::CFG_DNS;
-        }
-        let dns_hook = HookStatus {
-            capability: "dns",
-            chosen: dns_on.then(|| "cgroup_skb (port 53, UDP and TCP)".to_string()),
-            rejected: if dns_on {
-                Vec::new()
-            } else if !settings.dns {
-                vec![Rejected {
-                    hook: "cgroup_skb".into(),
-                    reason: "disabled by config (dns = false)".into(),
-                }]
-            } else {
-                vec![Rejected {
-                    hook: "cgroup_skb".into(),
-                    reason: "the cgroup_skb programs did not attach (see udp)".into(),
-                }]
-            },
-        };
-        if config_bits != 0 {
-            let mut config: Array<_, u32> = take(&mut ebpf, k::MAP_CONFIG)?;
-            config
-                .set(0, config_bits, 0)
-                .map_err(|e| CollectorError::Map { map: "CONFIG", reason: e.to_string() })?;
-        }
-        let comms = (udp.chosen.as_deref() == Some(hooks::UDP_OWNER_PID)).then(proc_comm::ProcComms::default);
-        let senders = if udp_process
-            .chosen
-            .as_deref()
-            .is_some_and(|c| hooks::UDP_SENDERS.iter().any(|s| s.hook == c))
-        {
-            Some(senders::Senders::new(take(&mut ebpf, k::MAP_UDP_OWNERS)?))
-        } else {
-            None
-        };
-        let hooks = vec![lifecycle, retransmits, live, bytes, udp, udp_process, dns_hook];
-        for h in &hooks {
-            tracing::info!(capability = h.capability, chosen = h.chosen.as_deref().unwrap_or("none"), "hook");
-            for r in &h.rejected {
-                tracing::info!(capability = h.capability, hook = %r.hook, reason = %r.reason, "hook not used");
-            }
-        }
-
+        let hooks = vec![tcp.lifecycle, tcp.retransmits, tcp.live, tcp.bytes, udp.udp, udp.process, udp.dns];
+        attach::log(&hooks);
         Ok(EbpfSource {
             closed: take(&mut ebpf, k::MAP_CLOSED)?,
-            dns: if dns_on { Some(take(&mut ebpf, k::MAP_DNS)?) } else { None },
+            dns: if udp.dns_on { Some(take(&mut ebpf, k::MAP_DNS)?) } else { None },
             dns_malformed_records: 0,
             tcp: take(&mut ebpf, k::MAP_TCP_FLOWS)?,
             udp: take(&mut ebpf, k::MAP_UDP_FLOWS)?,
             counters: take(&mut ebpf, k::MAP_COUNTERS)?,
             ebpf,
-            live_iter,
+            live_iter: tcp.live_iter,
             comms,
             senders,
-            cookie_sweep,
+            cookie_sweep: tcp.cookie_sweep,
             iter_errors: 0,
-            maps: vec![
-                MapStatus { name: "tcp_flows", capacity: settings.flow_map_entries.into(), entries: Some(0) },
-                MapStatus { name: "udp_flows", capacity: settings.udp_map_entries.into(), entries: Some(0) },
-                MapStatus {
-                    name: "closed_ring_buffer_bytes",
-                    capacity: settings.ring_buffer_bytes.into(),
-                    entries: None,
-                },
-            ],
+            maps: MapFill::new(&settings),
             settings,
             clock,
             hooks,
@@ -290,7 +203,7 @@ impl EbpfSource {
     fn scan_tcp(&mut self, closed: &mut Vec<Observed>) -> Vec<Observed> {
         let limit = 2 * self.settings.flow_map_entries as usize;
         let seen = read_map(&self.tcp, limit, &mut self.map_read_errors);
-        self.maps[0].entries = Some(seen.len() as u64);
+        self.maps.tcp_flows = seen.len() as u64;
         let now = self.clock.mono_now_ns();
         let mut live = Vec::with_capacity(seen.len());
         for (cookie, mut f) in seen {
@@ -316,7 +229,7 @@ impl EbpfSource {
         let now = self.clock.mono_now_ns();
         let idle = self.settings.udp_idle_timeout.as_nanos() as u64;
         let seen = read_map(&self.udp, limit, &mut self.map_read_errors);
-        self.maps[1].entries = Some(seen.len() as u64);
+        self.maps.udp_flows = seen.len() as u64;
         let mut live = Vec::with_capacity(seen.len());
         for (key, mut f) in seen {
             if now.saturating_sub(f.last_ns) > idle {
@@ -396,7 +309,7 @@ impl FlowSource for EbpfSource {
             ("cookie_sweep_namespaces", self.cookie_sweep.map_or(0, |s| s.namespaces)),
             ("dns_packets_captured", c(k::CTR_DNS_CAPTURED)),
         ]);
-        SourceStatus { hooks: self.hooks.clone(), maps: self.maps.clone(), drops, counters }
+        SourceStatus { hooks: self.hooks.clone(), maps: self.maps.status(), drops, counters }
     }
 
     fn take_dns(&mut self) -> Vec<crate::dns::DnsPacket> {

@@ -197,21 +197,21 @@ pub async fn refresh_loop(resolver: Arc<RemoteResolver>, target: Arc<dyn Target>
     tracing::info!(%cluster, region = region.as_deref().unwrap_or("none"), "ECS API provider on: remote ends get ECS labels");
     resolver.set_target(&cluster, region);
     let mut backoff = super::refresh::Backoff::new(s.interval, s.max_backoff);
-    let mut denied_logged = false;
+    // The IAM actions found denied: each is named once (until a refresh succeeds again).
+    let mut denied_logged: std::collections::BTreeSet<&'static str> = Default::default();
     loop {
         let started = Instant::now();
         let wait = match api::discover(&clients, &cluster).await {
             Ok(d) => {
                 resolver.set_index(RemoteIndex::build(d), started.elapsed());
-                denied_logged = false;
+                denied_logged.clear();
                 backoff.succeeded()
             }
             Err(e) => {
                 resolver.record_error(&e);
-                if matches!(e, DiscoveryError::AccessDenied { .. }) {
-                    if !denied_logged {
+                if let DiscoveryError::AccessDenied { action, .. } = &e {
+                    if denied_logged.insert(action) {
                         tracing::error!(error = %e, "ECS API provider");
-                        denied_logged = true;
                     }
                     backoff.longest()
                 } else {

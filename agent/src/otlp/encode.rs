@@ -169,6 +169,42 @@ fn dir(d: &str) -> Vec<KeyValue> {
     vec![s("network.io.direction", d)]
 }
 
+/// `eddy.tcp.rtt`: the per-series RTT histograms (series without samples left out).
+fn rtt_histogram(p: &Points<'_>) -> Metric {
+    let rtt_points: Vec<HistogramDataPoint> = p
+        .series
+        .iter()
+        .filter(|(_, v)| v.rtt.count > 0)
+        .map(|(k, v)| {
+            let mut a = attributes(k);
+            a.sort_by(|x, y| x.key.cmp(&y.key));
+            HistogramDataPoint {
+                attributes: a,
+                start_time_unix_nano: p.start,
+                time_unix_nano: p.time,
+                count: v.rtt.count,
+                sum: Some(v.rtt.sum_us as f64 / 1e6),
+                bucket_counts: v.rtt.counts.to_vec(),
+                explicit_bounds: RTT_BUCKETS_US.iter().map(|b| *b as f64 / 1e6).collect(),
+                exemplars: vec![],
+                flags: 0,
+                min: None,
+                max: None,
+            }
+        })
+        .collect();
+    Metric {
+        name: TCP_RTT.otlp.into(),
+        description: TCP_RTT.description.into(),
+        unit: TCP_RTT.unit.into(),
+        metadata: vec![],
+        data: Some(metric::Data::Histogram(Histogram {
+            data_points: rtt_points,
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+        })),
+    }
+}
+
 /// Encodes the series totals at `time` (since `start`) as a protobuf request.
 pub fn encode(
     series: &[(SeriesKey, SeriesValues)],
@@ -198,37 +234,7 @@ pub fn encode(
             v.connections_failed.iter().map(|(f, n)| (vec![s("error.type", &label(f))], *n)).collect()
         }),
     ));
-    let rtt_points: Vec<HistogramDataPoint> = series
-        .iter()
-        .filter(|(_, v)| v.rtt.count > 0)
-        .map(|(k, v)| {
-            let mut a = attributes(k);
-            a.sort_by(|x, y| x.key.cmp(&y.key));
-            HistogramDataPoint {
-                attributes: a,
-                start_time_unix_nano: p.start,
-                time_unix_nano: p.time,
-                count: v.rtt.count,
-                sum: Some(v.rtt.sum_us as f64 / 1e6),
-                bucket_counts: v.rtt.counts.to_vec(),
-                explicit_bounds: RTT_BUCKETS_US.iter().map(|b| *b as f64 / 1e6).collect(),
-                exemplars: vec![],
-                flags: 0,
-                min: None,
-                max: None,
-            }
-        })
-        .collect();
-    metrics.push(Metric {
-        name: TCP_RTT.otlp.into(),
-        description: TCP_RTT.description.into(),
-        unit: TCP_RTT.unit.into(),
-        metadata: vec![],
-        data: Some(metric::Data::Histogram(Histogram {
-            data_points: rtt_points,
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-        })),
-    });
+    metrics.push(rtt_histogram(&p));
     if !dns.is_empty() {
         metrics.extend(dns_metrics(&p, dns));
     }

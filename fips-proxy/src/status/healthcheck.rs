@@ -11,12 +11,23 @@ use eddy_common::probe::{self, ProbeError};
 /// Why the proxy is not healthy.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("the proxy's status port: {0}")]
-    Probe(#[from] ProbeError),
+    #[error("cannot reach the proxy's status port {addr}: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("talking to the proxy at {addr}: {source}")]
+    Io { addr: SocketAddr, source: std::io::Error },
     #[error("the proxy at {addr} answered {status_line:?}")]
     Unhealthy { addr: SocketAddr, status_line: String },
     #[error("the proxy at {addr} does not report FIPS mode")]
     NotFips { addr: SocketAddr },
+}
+
+impl From<ProbeError> for HealthError {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Connect { addr, source } => HealthError::Connect { addr, source },
+            ProbeError::Io { addr, source } => HealthError::Io { addr, source },
+        }
+    }
 }
 
 /// Succeeds if the status port answers 200 with FIPS mode on, within `timeout`.
@@ -61,9 +72,6 @@ mod tests {
         let e = check(bad, Duration::from_secs(2)).expect_err("503");
         assert!(e.to_string().contains("503"), "{e}");
         let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-        assert!(matches!(
-            check(closed, Duration::from_secs(1)),
-            Err(HealthError::Probe(ProbeError::Connect { .. }))
-        ));
+        assert!(matches!(check(closed, Duration::from_secs(1)), Err(HealthError::Connect { .. })));
     }
 }

@@ -36,6 +36,30 @@ struct Tracked {
     ipv6_socket: bool,
 }
 
+impl Tracked {
+    /// Takes one sample's counters: they only grow while a socket lives; `last_ns` moves when
+    /// any of them did.
+    fn update(&mut self, state: u8, info: &TcpCounters, now_ns: u64) {
+        let (sent, received) = payload_bytes(state, info, self.raw_received_before_fin);
+        if !fin_received(state) && state != TCP_CLOSE {
+            self.raw_received_before_fin = Some(info.bytes_received);
+        }
+        let r = &mut self.record;
+        let before = (r.bytes_sent, r.bytes_received, r.packets_sent, r.packets_received, r.retransmits);
+        // Counters only grow while a socket lives (tcp_disconnect() zeroes them): keep the largest.
+        r.bytes_sent = r.bytes_sent.max(sent);
+        r.bytes_received = r.bytes_received.max(received);
+        r.packets_sent = r.packets_sent.max(info.segs_out.into());
+        r.packets_received = r.packets_received.max(info.segs_in.into());
+        r.retransmits = r.retransmits.max(info.total_retrans);
+        r.rtt_us = Some(info.rtt_us);
+        r.rtt_var_us = Some(info.rttvar_us);
+        if before != (r.bytes_sent, r.bytes_received, r.packets_sent, r.packets_received, r.retransmits) {
+            self.last_ns = now_ns;
+        }
+    }
+}
+
 /// What one scan produced.
 #[derive(Debug, Default)]
 pub struct ScanResult {
@@ -131,23 +155,7 @@ impl Tracker {
             if t.reported_closed {
                 continue;
             }
-            let (sent, received) = payload_bytes(s.state, &info, t.raw_received_before_fin);
-            if !fin_received(s.state) && s.state != TCP_CLOSE {
-                t.raw_received_before_fin = Some(info.bytes_received);
-            }
-            let r = &mut t.record;
-            let before = (r.bytes_sent, r.bytes_received, r.packets_sent, r.packets_received, r.retransmits);
-            // Counters only grow while a socket lives (tcp_disconnect() zeroes them): keep the largest.
-            r.bytes_sent = r.bytes_sent.max(sent);
-            r.bytes_received = r.bytes_received.max(received);
-            r.packets_sent = r.packets_sent.max(info.segs_out.into());
-            r.packets_received = r.packets_received.max(info.segs_in.into());
-            r.retransmits = r.retransmits.max(info.total_retrans);
-            r.rtt_us = Some(info.rtt_us);
-            r.rtt_var_us = Some(info.rttvar_us);
-            if before != (r.bytes_sent, r.bytes_received, r.packets_sent, r.packets_received, r.retransmits) {
-                t.last_ns = now_ns;
-            }
+            t.update(s.state, &info, now_ns);
             if s.state == TCP_CLOSE {
                 // Ended; the application has not closed the descriptor yet.
                 t.reported_closed = true;

@@ -1,0 +1,175 @@
+//! Which programs [`super::EbpfSource::start`] attaches, capability by capability, and the
+//! configuration bits the kernel programs read from `CONFIG` as a result: TCP (lifecycle,
+//! retransmits, live counters, bytes) in [`tcp`], UDP and DNS (the shared `cgroup_skb`
+//! programs and the sender's process) in [`udp_and_dns`]. Every choice and every rejected
+//! candidate ends up in `/status` → `hooks` and one log line each ([`log`]).
+
+use aya::Ebpf;
+use aya::maps::Array;
+use eddy_ebpf::shared as k;
+
+use super::{EbpfSettings, choice, hooks, take};
+use crate::collector::sock_diag::cookies;
+use crate::collector::{CollectorError, HookStatus, Rejected};
+
+/// The TCP hooks that attached, and what they need.
+pub struct Tcp {
+    pub lifecycle: HookStatus,
+    pub retransmits: HookStatus,
+    pub live: HookStatus,
+    pub bytes: HookStatus,
+    /// The socket iterator program to run before every scan.
+    pub live_iter: Option<&'static str>,
+    /// The start-up sweep that gave older sockets a cookie (probe-read iterator only).
+    pub cookie_sweep: Option<cookies::Sweep>,
+    pub config_bits: u32,
+}
+
+/// The UDP/DNS hooks that attached, and what they need.
+pub struct Udp {
+    pub udp: HookStatus,
+    pub process: HookStatus,
+    pub dns: HookStatus,
+    pub dns_on: bool,
+    /// The sender comes from `udp_sendmsg` hooks through `UDP_OWNERS`.
+    pub senders: bool,
+    pub config_bits: u32,
+}
+
+/// Attaches the TCP programs; fails if no lifecycle hook attaches.
+pub fn tcp(
+    ebpf: &mut Ebpf,
+    targets: &hooks::Targets<'_>,
+    settings: &EbpfSettings,
+) -> Result<Tcp, CollectorError> {
+    let lifecycle = hooks::attach_first(ebpf, targets, "tcp_lifecycle", hooks::TCP_LIFECYCLE, None);
+    if lifecycle.chosen.is_none() {
+        let reasons = lifecycle
+            .rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.hook, r.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(CollectorError::NoHook { capability: "tcp_lifecycle", reasons });
+    }
+    let retransmits = hooks::attach_first(ebpf, targets, "tcp_retransmits", hooks::TCP_RETRANSMITS, None);
+    let live = hooks::attach_first(ebpf, targets, "tcp_live_counters", hooks::TCP_LIVE, None);
+    let bytes = tcp_bytes(ebpf, targets, settings, &live);
+    let mut config_bits = 0;
+    if matches!(bytes.chosen.as_deref(), Some(c) if c == hooks::TCP_BYTES_COUNTERS || c == hooks::TCP_BYTES_AT_CLOSE)
+    {
+        config_bits |= k::CFG_BYTES_FROM_TCP_SOCK;
+    }
+    // kretprobes miss returns when more calls wait at once than they have instances for.
+    if bytes.chosen.as_deref().is_some_and(|c| c.starts_with("kprobe/")) {
+        config_bits |= k::CFG_BYTES_MAX_AT_CLOSE;
+    }
+    if choice::recvmsg_has_nonblock_arg() {
+        config_bits |= k::CFG_RECVMSG_NONBLOCK_ARG;
+    }
+    let live_iter = choice::program_of(hooks::TCP_LIVE, live.chosen.as_deref());
+    // The probe-read iterator keys sockets by existing cookies: give one to every older socket.
+    let cookie_sweep = (live_iter == Some(hooks::ITER_PROBE_READS)).then(|| {
+        let sweep = cookies::sweep(std::path::Path::new("/proc"));
+        tracing::info!(
+            namespaces = sweep.namespaces,
+            sockets = sweep.sockets,
+            failed = sweep.failed,
+            "socket cookies generated for connections opened before the agent"
+        );
+        sweep
+    });
+    Ok(Tcp { lifecycle, retransmits, live, bytes, live_iter, cookie_sweep, config_bits })
+}
+
+/// The byte counters: the `tcp_sock` counters when an iterator refreshes live flows, else the
+/// first per-call hook that attaches, else the counters at close only.
+fn tcp_bytes(
+    ebpf: &mut Ebpf,
+    targets: &hooks::Targets<'_>,
+    settings: &EbpfSettings,
+    live: &HookStatus,
+) -> HookStatus {
+    let counters = hooks::TCP_BYTES_COUNTERS;
+    let counters_off = if live.chosen.is_none() {
+        Some("no iterator refreshes live counters (see tcp_live_counters)")
+    } else if settings.disabled_hooks.iter().any(|d| d == counters) {
+        Some("disabled by config (disabled_hooks)")
+    } else {
+        None
+    };
+    let preset = counters_off.is_none().then_some(counters);
+    let mut bytes = hooks::attach_first(ebpf, targets, "tcp_bytes", hooks::TCP_BYTES, preset);
+    if let Some(reason) = counters_off {
+        bytes.rejected.insert(0, Rejected { hook: counters.into(), reason: reason.into() });
+    }
+    if bytes.chosen.is_none() {
+        bytes.chosen = Some(hooks::TCP_BYTES_AT_CLOSE.to_string());
+    }
+    bytes
+}
+
+/// Attaches the `cgroup_skb` programs (UDP counting and DNS capture share them) and the
+/// sender's process hooks they need on this kernel.
+pub fn udp_and_dns(ebpf: &mut Ebpf, targets: &hooks::Targets<'_>, settings: &EbpfSettings) -> Udp {
+    let mut config_bits = 0;
+    let udp = if settings.udp || settings.dns {
+        let mut h = hooks::attach_first(ebpf, targets, "udp", hooks::UDP, None);
+        if !settings.udp {
+            config_bits |= k::CFG_NO_UDP_FLOWS;
+            h.rejected.push(Rejected {
+                hook: "udp flows".into(),
+                reason: "disabled by config (udp = false): attached for DNS only".into(),
+            });
+        }
+        h
+    } else {
+        off("udp", hooks::UDP[0].hook, "disabled by config (udp = false)")
+    };
+    let process = choice::udp_process(ebpf, targets, &udp, settings.udp);
+    let dns_on = settings.dns && udp.chosen.is_some();
+    if dns_on {
+        config_bits |= k::CFG_DNS;
+    }
+    let dns = if dns_on {
+        HookStatus {
+            capability: "dns",
+            chosen: Some("cgroup_skb (port 53, UDP and TCP)".into()),
+            rejected: vec![],
+        }
+    } else if !settings.dns {
+        off("dns", "cgroup_skb", "disabled by config (dns = false)")
+    } else {
+        off("dns", "cgroup_skb", "the cgroup_skb programs did not attach (see udp)")
+    };
+    let senders = process.chosen.as_deref().is_some_and(|c| hooks::UDP_SENDERS.iter().any(|s| s.hook == c));
+    Udp { udp, process, dns, dns_on, senders, config_bits }
+}
+
+/// A capability with nothing attached, and why.
+fn off(capability: &'static str, hook: &str, reason: &str) -> HookStatus {
+    HookStatus {
+        capability,
+        chosen: None,
+        rejected: vec![Rejected { hook: hook.into(), reason: reason.into() }],
+    }
+}
+
+/// Tells the kernel programs what was chosen (`CONFIG[0]`; nothing to write for 0).
+pub fn write_config(ebpf: &mut Ebpf, bits: u32) -> Result<(), CollectorError> {
+    if bits == 0 {
+        return Ok(());
+    }
+    let mut config: Array<_, u32> = take(ebpf, k::MAP_CONFIG)?;
+    config.set(0, bits, 0).map_err(|e| CollectorError::Map { map: "CONFIG", reason: e.to_string() })
+}
+
+/// One line per capability, one per rejected candidate.
+pub fn log(hooks: &[HookStatus]) {
+    for h in hooks {
+        tracing::info!(capability = h.capability, chosen = h.chosen.as_deref().unwrap_or("none"), "hook");
+        for r in &h.rejected {
+            tracing::info!(capability = h.capability, hook = %r.hook, reason = %r.reason, "hook not used");
+        }
+    }
+}
