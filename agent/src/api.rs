@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
 use crate::metrics;
-use crate::pipeline::Shared;
+use crate::state::Shared;
 use crate::status::Status;
 use crate::tags::Tagged;
 

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::clock::Clock;
 use crate::collector::{Batch, Observed};
 use crate::flow::FlowRecord;
-use crate::pipeline::{Enrichers, Shared, Sink};
+use crate::pipeline::Sink;
+use crate::state::{Enrichers, Shared};
 use crate::table::FlowKey;
 
 /// Window settings.

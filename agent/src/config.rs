@@ -215,7 +215,7 @@ impl Config {
         crate::tags::Tags::parse(&self.tags)?;
         self.fips.check_rules()?;
         for h in &self.api.allowed_hosts {
-            crate::api::host::check_entry(h).map_err(|e| format!("api_allowed_hosts: {e}"))?;
+            crate::allowed_hosts::check_entry(h).map_err(|e| format!("api_allowed_hosts: {e}"))?;
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(format!("log_level {:?}: {e}", self.log_level));

@@ -197,7 +197,7 @@ impl Enricher for ConntrackEnricher {
     }
 
     fn health(&self) -> crate::enrich::ProviderHealth {
-        crate::enrich::ProviderHealth::Conntrack(self.0.status())
+        crate::enrich::ProviderHealth::new(self.0.status())
     }
 }
 
@@ -265,6 +265,12 @@ fn follow(c: &Conntrack) -> Result<(), ConntrackError> {
             }
             Err(source) => return Err(ConntrackError::Io { op: "recv events", source }),
         }
+    }
+}
+
+impl crate::enrich::Health for ConntrackStatus {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 

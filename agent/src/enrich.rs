@@ -5,14 +5,10 @@
 //! never blocks on I/O, and what it cannot resolve it labels `unknown`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::aws::enricher::AwsStatus;
-use crate::conntrack::ConntrackStatus;
-use crate::ecs::fargate::TaskMetadataStatus;
-use crate::ecs::local::EcsStatus;
-use crate::ecs::remote::RemoteStatus;
 #[cfg(test)]
 use crate::flow::EcsLabels;
 use crate::flow::FlowRecord;
@@ -38,45 +34,61 @@ pub trait Enricher: Send + Sync + std::fmt::Debug {
     fn health(&self) -> ProviderHealth;
 }
 
-/// What an enricher reports: its own typed status (serialized as is in `/status`), read by
-/// `/metrics` through [`ProviderHealth::errors`] and [`ProviderHealth::last_refresh_age_seconds`].
-#[derive(Clone, Debug, Serialize)]
-#[serde(untagged)]
-pub enum ProviderHealth {
-    /// ECS on EC2: the ECS agent and the cgroup tree.
-    Ecs(Box<EcsStatus>),
-    /// Fargate: task metadata v4.
-    Fargate(TaskMetadataStatus),
-    /// Remote ends through the ECS API.
-    EcsApi(RemoteStatus),
-    /// Enhanced resolution.
-    Aws(Box<AwsStatus>),
-    /// NAT translations.
-    Conntrack(ConntrackStatus),
-    /// The test fake.
-    Fixed { fixed: bool },
+/// What an enricher reports about itself: its own typed status, shown as it serializes in
+/// `/status`; `/metrics` reads the common numbers through this trait and provider-specific ones
+/// by downcasting to the provider's status type ([`ProviderHealth::get`]), never by JSON key.
+pub trait Health: std::fmt::Debug + Send + Sync + std::any::Any {
+    /// Failed refreshes by cause.
+    fn errors(&self) -> BTreeMap<&'static str, u64> {
+        BTreeMap::new()
+    }
+    /// Seconds since the last successful refresh (`None`: none yet, or no refresh).
+    fn last_refresh_age_seconds(&self) -> Option<f64> {
+        None
+    }
+    /// The `/status` object.
+    fn to_json(&self) -> serde_json::Value;
 }
 
+/// One provider's health, as `/status` and `/metrics` read it.
+#[derive(Clone, Debug)]
+pub struct ProviderHealth(pub Arc<dyn Health>);
+
 impl ProviderHealth {
-    /// Failed refreshes by cause.
-    pub fn errors(&self) -> BTreeMap<&'static str, u64> {
-        match self {
-            ProviderHealth::Ecs(s) => s.errors.clone(),
-            ProviderHealth::Fargate(s) => s.errors.clone(),
-            ProviderHealth::EcsApi(s) => s.errors.clone(),
-            ProviderHealth::Aws(s) => s.errors.clone(),
-            ProviderHealth::Conntrack(_) | ProviderHealth::Fixed { .. } => BTreeMap::new(),
-        }
+    pub fn new(h: impl Health) -> Self {
+        ProviderHealth(Arc::new(h))
     }
 
-    /// Seconds since the last successful refresh (`None`: none yet, or no refresh).
+    pub fn errors(&self) -> BTreeMap<&'static str, u64> {
+        self.0.errors()
+    }
+
     pub fn last_refresh_age_seconds(&self) -> Option<f64> {
-        match self {
-            ProviderHealth::Ecs(s) => s.last_refresh_age_seconds,
-            ProviderHealth::Fargate(s) => s.last_refresh_age_seconds,
-            ProviderHealth::EcsApi(s) => s.last_refresh_age_seconds,
-            ProviderHealth::Aws(_) | ProviderHealth::Conntrack(_) | ProviderHealth::Fixed { .. } => None,
-        }
+        self.0.last_refresh_age_seconds()
+    }
+
+    /// The provider's own status type, when it is `T`.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        let any: &dyn std::any::Any = self.0.as_ref();
+        any.downcast_ref::<T>()
+    }
+}
+
+impl Serialize for ProviderHealth {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.to_json().serialize(s)
+    }
+}
+
+/// The test fake's status.
+#[cfg(test)]
+#[derive(Debug)]
+struct Fixed;
+
+#[cfg(test)]
+impl Health for Fixed {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "fixed": true })
     }
 }
 
@@ -96,6 +108,6 @@ impl Enricher for FixedLabels {
     }
 
     fn health(&self) -> ProviderHealth {
-        ProviderHealth::Fixed { fixed: true }
+        ProviderHealth::new(Fixed)
     }
 }

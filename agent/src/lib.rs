@@ -18,6 +18,7 @@
 //! Limits: see the README (kernel support matrix; what each hook misses).
 
 pub mod aggregate;
+pub mod allowed_hosts;
 pub mod api;
 pub mod aws;
 pub mod body;
@@ -45,6 +46,7 @@ pub mod plain_http;
 pub mod preflight;
 pub mod privileges;
 pub use eddy_common::redact;
+pub mod state;
 pub mod status;
 pub mod table;
 pub mod tags;

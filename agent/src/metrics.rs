@@ -238,7 +238,8 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
         otlp(w, o);
     }
     enrichment(w, st);
-    if let Some(ProviderHealth::Conntrack(ct)) = &st.conntrack {
+    if let Some(ct) = st.conntrack.as_ref().and_then(ProviderHealth::get::<crate::conntrack::ConntrackStatus>)
+    {
         conntrack(w, ct);
     }
     w.family("eddy_agent_live_flows", Kind::Gauge, "Open flows at the last scan.");
@@ -317,7 +318,7 @@ fn enrichment(w: &mut Writer, st: &Status) {
             w.sample("eddy_agent_enrichment_age_seconds", &[("provider", name)], format!("{age:.3}"));
         }
     }
-    if let Some(ProviderHealth::Ecs(ecs)) = &st.ecs {
+    if let Some(ecs) = st.ecs.as_ref().and_then(ProviderHealth::get::<crate::ecs::local::EcsStatus>) {
         cgroup_walks(w, ecs);
     }
 }

@@ -15,11 +15,10 @@ use crate::faults::PanicSite;
 
 pub mod labeller;
 pub mod publish;
-pub mod state;
 
+pub use crate::state::{CollectorKind, CollectorState, Enrichers, ExportState, Shared};
 use labeller::Labeller;
 pub use publish::{Line, OUTPUT_QUEUE_BATCHES, Publish, write_jsonl};
-pub use state::{CollectorKind, CollectorState, Enrichers, ExportState, Shared};
 
 /// How often the closed-connection ring buffer is drained.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);

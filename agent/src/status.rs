@@ -11,8 +11,8 @@ use crate::aggregate::AggregateStats;
 use crate::collector::{HookStatus, MapStatus};
 use crate::enrich::ProviderHealth;
 use crate::otlp::OtlpCounts;
-use crate::pipeline::{Enrichers, Shared};
 use crate::preflight::KernelInfo;
+use crate::state::{Enrichers, Shared};
 use crate::table::TableStats;
 use crate::tags::Tags;
 
@@ -38,7 +38,7 @@ pub struct Status {
     pub counters: BTreeMap<&'static str, u64>,
     pub flows: TableStats,
     /// Closed flows waiting for their peer's labels, and what the labeller's bounds cost.
-    pub labels: crate::pipeline::labeller::LabelCounts,
+    pub labels: crate::state::LabelCounts,
     pub aggregation: AggregateStats,
     /// OTLP exporter counters (absent when OTLP is off).
     pub otlp: Option<OtlpCounts>,
@@ -60,7 +60,7 @@ pub struct Status {
     /// Capabilities kept after start-up (name, what for), those dropped, `no_new_privs`.
     pub privileges: Option<crate::privileges::PrivilegeStatus>,
     /// API connections: active, cap, accepted, refused, timeouts, foreign `Host`.
-    pub api: crate::api::server::ApiCounts,
+    pub api: crate::state::ApiCounts,
 }
 
 impl Status {

@@ -15,17 +15,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::pipeline::Shared;
+use crate::state::Shared;
 
 /// Limits of the API server (from the `api_*` configuration keys).
 #[derive(Clone, Debug)]
@@ -33,45 +32,6 @@ pub struct ServerSettings {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub request_timeout: Duration,
-}
-
-/// Connection counters, for `/status` (`api`, `drops`, `counters`) and `/metrics`.
-#[derive(Debug, Default)]
-pub struct ApiStats {
-    pub accepted: AtomicU64,
-    pub active: AtomicU64,
-    pub refused: AtomicU64,
-    pub header_timeouts: AtomicU64,
-    pub request_timeouts: AtomicU64,
-    pub host_rejected: AtomicU64,
-    pub max_connections: AtomicU64,
-}
-
-/// `/status` → `api`.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct ApiCounts {
-    pub connections_active: u64,
-    pub max_connections: u64,
-    pub connections_accepted: u64,
-    pub connections_refused: u64,
-    pub header_timeouts: u64,
-    pub request_timeouts: u64,
-    pub host_rejected: u64,
-}
-
-impl ApiStats {
-    pub fn counts(&self) -> ApiCounts {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        ApiCounts {
-            connections_active: g(&self.active),
-            max_connections: g(&self.max_connections),
-            connections_accepted: g(&self.accepted),
-            connections_refused: g(&self.refused),
-            header_timeouts: g(&self.header_timeouts),
-            request_timeouts: g(&self.request_timeouts),
-            host_rejected: g(&self.host_rejected),
-        }
-    }
 }
 
 /// What an over-cap connection gets (written without waiting; the client may not read it).

@@ -151,13 +151,22 @@ impl Enricher for AwsEnricher {
     }
 
     fn health(&self) -> crate::enrich::ProviderHealth {
-        crate::enrich::ProviderHealth::Aws(Box::new(AwsStatus {
+        crate::enrich::ProviderHealth::new(AwsStatus {
             decision: self.decision.clone(),
             identity: self.own.read().unwrap_or_else(PoisonError::into_inner).clone(),
             identity_error: self.identity_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
             errors: self.errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
             resolver: self.resolver.status(),
-        }))
+        })
+    }
+}
+
+impl crate::enrich::Health for AwsStatus {
+    fn errors(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.errors.clone()
+    }
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 

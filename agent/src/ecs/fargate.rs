@@ -106,7 +106,7 @@ impl Enricher for TaskMetadataResolver {
     }
 
     fn health(&self) -> crate::enrich::ProviderHealth {
-        crate::enrich::ProviderHealth::Fargate(TaskMetadataResolver::status(self))
+        crate::enrich::ProviderHealth::new(TaskMetadataResolver::status(self))
     }
 }
 
@@ -140,6 +140,18 @@ pub async fn refresh_loop(resolver: Arc<TaskMetadataResolver>, s: RefreshSetting
         },
     )
     .await;
+}
+
+impl crate::enrich::Health for TaskMetadataStatus {
+    fn errors(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.errors.clone()
+    }
+    fn last_refresh_age_seconds(&self) -> Option<f64> {
+        self.last_refresh_age_seconds
+    }
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

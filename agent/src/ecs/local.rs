@@ -258,7 +258,7 @@ impl Enricher for LocalResolver {
     }
 
     fn health(&self) -> crate::enrich::ProviderHealth {
-        crate::enrich::ProviderHealth::Ecs(Box::new(LocalResolver::status(self)))
+        crate::enrich::ProviderHealth::new(LocalResolver::status(self))
     }
 }
 
@@ -345,6 +345,18 @@ async fn walk_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
         on_miss = tokio::time::timeout(s.interval.saturating_sub(MIN_WALK_GAP), resolver.misses.wait())
             .await
             .is_ok();
+    }
+}
+
+impl crate::enrich::Health for EcsStatus {
+    fn errors(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.errors.clone()
+    }
+    fn last_refresh_age_seconds(&self) -> Option<f64> {
+        self.last_refresh_age_seconds
+    }
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 

@@ -149,7 +149,7 @@ impl Enricher for RemoteResolver {
     }
 
     fn health(&self) -> crate::enrich::ProviderHealth {
-        crate::enrich::ProviderHealth::EcsApi(RemoteResolver::status(self))
+        crate::enrich::ProviderHealth::new(RemoteResolver::status(self))
     }
 }
 
@@ -237,6 +237,18 @@ impl Target for ConfiguredCluster {
 
     fn arn(&self) -> Option<String> {
         self.inner.arn()
+    }
+}
+
+impl crate::enrich::Health for RemoteStatus {
+    fn errors(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.errors.clone()
+    }
+    fn last_refresh_age_seconds(&self) -> Option<f64> {
+        self.last_refresh_age_seconds
+    }
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 

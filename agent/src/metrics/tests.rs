@@ -40,7 +40,7 @@ fn status() -> Status {
         dns: None,
         conntrack: None,
         privileges: None,
-        api: crate::api::server::ApiStats::default().counts(),
+        api: crate::state::ApiStats::default().counts(),
     }
 }
 
@@ -106,12 +106,12 @@ fn openmetrics_names_families_without_total_and_ends_with_eof() {
 #[test]
 fn enrichment_errors_and_freshness_per_provider() {
     let mut st = status();
-    st.ecs = Some(ProviderHealth::Ecs(Box::new(crate::ecs::local::EcsStatus {
+    st.ecs = Some(ProviderHealth::new(crate::ecs::local::EcsStatus {
         errors: BTreeMap::from([("ecs_agent_unreachable", 3)]),
         last_refresh_age_seconds: Some(1.5),
         ..Default::default()
-    })));
-    st.ecs_api = Some(ProviderHealth::EcsApi(crate::ecs::remote::RemoteStatus {
+    }));
+    st.ecs_api = Some(ProviderHealth::new(crate::ecs::remote::RemoteStatus {
         errors: BTreeMap::from([("ecs_api_throttled", 2)]),
         last_refresh_age_seconds: None,
         ..Default::default()

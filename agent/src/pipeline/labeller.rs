@@ -14,6 +14,7 @@ use crate::collector::{Batch, Observed};
 use crate::ecs::peers::Peers;
 use crate::enrich::Enricher;
 use crate::flow::FlowRecord;
+pub use crate::state::LabelCounts;
 
 /// Longest a closed flow waits for its peer.
 pub const HOLD: Duration = Duration::from_millis(250);
@@ -28,17 +29,6 @@ pub struct Labeller {
     held: VecDeque<(Instant, Observed)>,
     max_held: usize,
     not_held: u64,
-}
-
-/// What the labeller holds and what its bounds cost, for `/status`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LabelCounts {
-    /// Closed flows waiting for their peer now.
-    pub held: u64,
-    /// Closed flows sent on without waiting because [`MAX_HELD`] were already held.
-    pub not_held_full: u64,
-    /// Peer labels forgotten to stay within their bound (oldest first).
-    pub peer_labels_evicted: u64,
 }
 
 impl Default for Labeller {

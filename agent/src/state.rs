@@ -1,12 +1,12 @@
-//! What the collection thread shares with the API, in three parts built once at start:
+//! What the collection thread shares with the API, in three parts built once at start (plus
+//! the API's own connection counters):
 //! [`CollectorState`] (what the collector is and how it is doing), [`Enrichers`] (the ordered
 //! chain that labels flows) and [`ExportState`] (where records and series go).
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use super::labeller::LabelCounts;
 use crate::aggregate::{AggregateStats, SeriesSnapshot};
 pub use crate::collector::CollectorKind;
 use crate::collector::SourceStatus;
@@ -16,6 +16,57 @@ use crate::otlp::OtlpStats;
 use crate::preflight::KernelInfo;
 use crate::table::FlowTable;
 use crate::tags::Tags;
+use serde::Serialize;
+
+/// What the labeller holds and what its bounds cost, for `/status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LabelCounts {
+    /// Closed flows waiting for their peer now.
+    pub held: u64,
+    /// Closed flows sent on without waiting because [`MAX_HELD`] were already held.
+    pub not_held_full: u64,
+    /// Peer labels forgotten to stay within their bound (oldest first).
+    pub peer_labels_evicted: u64,
+}
+
+/// Connection counters, for `/status` (`api`, `drops`, `counters`) and `/metrics`.
+#[derive(Debug, Default)]
+pub struct ApiStats {
+    pub accepted: AtomicU64,
+    pub active: AtomicU64,
+    pub refused: AtomicU64,
+    pub header_timeouts: AtomicU64,
+    pub request_timeouts: AtomicU64,
+    pub host_rejected: AtomicU64,
+    pub max_connections: AtomicU64,
+}
+
+/// `/status` → `api`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ApiCounts {
+    pub connections_active: u64,
+    pub max_connections: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub header_timeouts: u64,
+    pub request_timeouts: u64,
+    pub host_rejected: u64,
+}
+
+impl ApiStats {
+    pub fn counts(&self) -> ApiCounts {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ApiCounts {
+            connections_active: g(&self.active),
+            max_connections: g(&self.max_connections),
+            connections_accepted: g(&self.accepted),
+            connections_refused: g(&self.refused),
+            header_timeouts: g(&self.header_timeouts),
+            request_timeouts: g(&self.request_timeouts),
+            host_rejected: g(&self.host_rejected),
+        }
+    }
+}
 
 /// The collector and its health.
 #[derive(Debug)]
@@ -139,12 +190,12 @@ pub struct Shared {
     pub enrichers: Enrichers,
     pub export: ExportState,
     /// API connection counters.
-    pub api: crate::api::server::ApiStats,
+    pub api: ApiStats,
 }
 
 impl Shared {
     pub fn new(collector: CollectorState, enrichers: Enrichers, export: ExportState) -> Self {
-        Shared { collector, enrichers, export, api: crate::api::server::ApiStats::default() }
+        Shared { collector, enrichers, export, api: ApiStats::default() }
     }
 
     pub fn table(&self) -> MutexGuard<'_, FlowTable> {
