@@ -50,6 +50,26 @@ pub trait Health: std::fmt::Debug + Send + Sync + std::any::Any {
     fn to_json(&self) -> serde_json::Value;
 }
 
+/// [`Health`] for a serializable status type with `errors` and `last_refresh_age_seconds`
+/// fields (the ECS providers).
+macro_rules! refreshed_health {
+    ($t:ty) => {
+        impl $crate::enrich::Health for $t {
+            fn errors(&self) -> std::collections::BTreeMap<&'static str, u64> {
+                self.errors.clone()
+            }
+            fn last_refresh_age_seconds(&self) -> Option<f64> {
+                self.last_refresh_age_seconds
+            }
+            fn to_json(&self) -> serde_json::Value {
+                serde_json::to_value(self).unwrap_or_default()
+            }
+        }
+    };
+}
+
+pub(crate) use refreshed_health;
+
 /// One provider's health, as `/status` and `/metrics` read it.
 #[derive(Clone, Debug)]
 pub struct ProviderHealth(pub Arc<dyn Health>);

@@ -10,27 +10,16 @@ use eddy_common::probe::{self, ProbeError};
 /// Why the agent is not healthy.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("cannot reach the agent at {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
-    #[error("talking to the agent at {addr}: {source}")]
-    Io { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
     #[error("the agent at {addr} answered {status_line:?}: {reason}")]
     Unhealthy { addr: SocketAddr, status_line: String, reason: String },
-}
-
-impl From<ProbeError> for HealthError {
-    fn from(e: ProbeError) -> Self {
-        match e {
-            ProbeError::Connect { addr, source } => HealthError::Connect { addr, source },
-            ProbeError::Io { addr, source } => HealthError::Io { addr, source },
-        }
-    }
 }
 
 /// Succeeds if `GET /healthz` answers 200 within `timeout`.
 pub fn check(listen: SocketAddr, timeout: Duration) -> Result<(), HealthError> {
     // The answer is short (`ok`, or one line saying why not); read at most 1 KiB of it.
-    let a = probe::get(listen, "/healthz", timeout, 1024)?;
+    let a = probe::get("the agent", listen, "/healthz", timeout, 1024)?;
     if a.ok() {
         Ok(())
     } else {
@@ -45,21 +34,8 @@ pub fn check(listen: SocketAddr, timeout: Duration) -> Result<(), HealthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use eddy_common::probe::test_server::serve_once;
     use std::net::{Ipv4Addr, TcpListener};
-
-    fn serve_once(answer: &'static str) -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let mut buf = [0u8; 512];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(answer.as_bytes());
-            }
-        });
-        addr
-    }
 
     #[test]
     fn healthy_unhealthy_and_down() {
@@ -70,7 +46,10 @@ mod tests {
         let e = check(bad, Duration::from_secs(2)).expect_err("503");
         assert!(e.to_string().contains("503") && e.to_string().ends_with(": collector stopped"), "{e}");
         let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-        assert!(matches!(check(closed, Duration::from_secs(1)), Err(HealthError::Connect { .. })));
+        assert!(matches!(
+            check(closed, Duration::from_secs(1)),
+            Err(HealthError::Probe(ProbeError::Connect { .. }))
+        ));
     }
 
     #[test]

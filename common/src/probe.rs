@@ -9,10 +9,10 @@ use std::time::Duration;
 /// Why there is no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("cannot reach {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
-    #[error("talking to {addr}: {source}")]
-    Io { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot reach {who} at {addr}: {source}")]
+    Connect { who: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("talking to {who} at {addr}: {source}")]
+    Io { who: &'static str, addr: SocketAddr, source: std::io::Error },
 }
 
 /// What came back.
@@ -43,12 +43,21 @@ pub fn target(listen: SocketAddr) -> SocketAddr {
 }
 
 /// `GET path` to `listen` (see [`target`]) within `timeout` per step, reading at most
-/// `max_bytes` of the answer.
-pub fn get(listen: SocketAddr, path: &str, timeout: Duration, max_bytes: u64) -> Result<Answer, ProbeError> {
+/// `max_bytes` of the answer; `who` names the peer in errors (`the agent`).
+pub fn get(
+    who: &'static str,
+    listen: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    max_bytes: u64,
+) -> Result<Answer, ProbeError> {
     let addr = target(listen);
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|source| ProbeError::Connect { addr, source })?;
-    let io = |source| ProbeError::Io { addr, source };
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|source| ProbeError::Connect {
+        who,
+        addr,
+        source,
+    })?;
+    let io = |source| ProbeError::Io { who, addr, source };
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
@@ -61,12 +70,14 @@ pub fn get(listen: SocketAddr, path: &str, timeout: Duration, max_bytes: u64) ->
     Ok(Answer { addr, status_line, body })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::TcpListener;
+/// A one-shot server for the health checks' tests.
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_server {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener};
 
-    fn serve_once(answer: &'static str) -> SocketAddr {
+    /// Answers one connection on loopback with `answer` (after reading the request).
+    pub fn serve_once(answer: &'static str) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
         std::thread::spawn(move || {
@@ -78,26 +89,41 @@ mod tests {
         });
         addr
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_server::serve_once;
+    use super::*;
+    use std::net::TcpListener;
 
     #[test]
     fn status_line_and_body_bounded() {
-        let a =
-            get(serve_once("HTTP/1.1 200 OK\r\nx: y\r\n\r\nok\n"), "/healthz", Duration::from_secs(2), 1024)
-                .expect("answer");
+        let a = get(
+            "it",
+            serve_once("HTTP/1.1 200 OK\r\nx: y\r\n\r\nok\n"),
+            "/healthz",
+            Duration::from_secs(2),
+            1024,
+        )
+        .expect("answer");
         assert!(a.ok());
         assert_eq!((a.status_line.as_str(), a.body.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
-        let a = get(serve_once("HTTP/1.1 503 Busy\r\n\r\n0123456789"), "/", Duration::from_secs(2), 24)
+        let a = get("it", serve_once("HTTP/1.1 503 Busy\r\n\r\n0123456789"), "/", Duration::from_secs(2), 24)
             .expect("answer");
         assert!(!a.ok());
         assert_eq!(a.body, "012");
         let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-        assert!(matches!(get(closed, "/", Duration::from_secs(1), 64), Err(ProbeError::Connect { .. })));
+        assert!(matches!(
+            get("it", closed, "/", Duration::from_secs(1), 64),
+            Err(ProbeError::Connect { .. })
+        ));
     }
 
     #[test]
     fn an_unspecified_address_is_probed_on_loopback() {
         let ok = serve_once("HTTP/1.1 200 OK\r\n\r\n");
         let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), ok.port());
-        assert_eq!(get(any, "/", Duration::from_secs(2), 64).expect("answer").addr, ok);
+        assert_eq!(get("it", any, "/", Duration::from_secs(2), 64).expect("answer").addr, ok);
     }
 }

@@ -123,36 +123,19 @@ pub struct RefreshSettings {
 /// Refreshes the snapshot until the runtime shuts down. Errors are counted, the
 /// previous snapshot stays, and the wait doubles up to `max_backoff`.
 pub async fn refresh_loop(resolver: Arc<TaskMetadataResolver>, s: RefreshSettings) {
-    let client = match crate::plain_http::client(s.timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "task metadata: cannot build an HTTP client; ECS labels stay unknown");
-            return;
-        }
-    };
-    super::refresh::forever(
+    let uri = s.metadata_uri.as_str();
+    super::refresh::over_http(
+        "task metadata",
         super::refresh::Backoff::new(s.interval, s.max_backoff),
-        || task_metadata::fetch(&client, &s.metadata_uri),
+        s.timeout,
+        |c| async move { task_metadata::fetch(&c, uri).await },
         |snap| resolver.set(snap),
-        |e| {
-            tracing::warn!(error = %e, "task metadata refresh failed; keeping the last snapshot");
-            resolver.record_error(e);
-        },
+        |e| resolver.record_error(e),
     )
     .await;
 }
 
-impl crate::enrich::Health for TaskMetadataStatus {
-    fn errors(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        self.errors.clone()
-    }
-    fn last_refresh_age_seconds(&self) -> Option<f64> {
-        self.last_refresh_age_seconds
-    }
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
-    }
-}
+crate::enrich::refreshed_health!(TaskMetadataStatus);
 
 #[cfg(test)]
 mod tests {

@@ -291,21 +291,14 @@ pub struct RefreshSettings {
 /// the ECS agent's health.
 pub async fn refresh_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
     tokio::spawn(walk_loop(resolver.clone(), s.clone()));
-    let client = match crate::plain_http::client(s.timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "ECS provider: cannot build an HTTP client; ECS labels disabled");
-            return;
-        }
-    };
-    super::refresh::forever(
+    let uri = s.agent_uri.as_str();
+    super::refresh::over_http(
+        "ECS agent introspection",
         super::refresh::Backoff::new(s.interval, s.max_backoff),
-        || introspection::fetch(&client, &s.agent_uri),
+        s.timeout,
+        |c| async move { introspection::fetch(&c, uri).await },
         |snap| resolver.set_ecs(snap),
-        |e| {
-            tracing::warn!(error = %e, "ECS provider: introspection refresh failed; keeping the last snapshot");
-            resolver.record_error(e);
-        },
+        |e| resolver.record_error(e),
     )
     .await;
 }
@@ -348,17 +341,7 @@ async fn walk_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
     }
 }
 
-impl crate::enrich::Health for EcsStatus {
-    fn errors(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        self.errors.clone()
-    }
-    fn last_refresh_age_seconds(&self) -> Option<f64> {
-        self.last_refresh_age_seconds
-    }
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
-    }
-}
+crate::enrich::refreshed_health!(EcsStatus);
 
 #[cfg(test)]
 mod tests;

@@ -63,6 +63,33 @@ pub async fn forever<T, E, F, Fut>(
     }
 }
 
+/// [`forever`] for a metadata endpoint over plain HTTP (the ECS agent, task metadata): builds
+/// the client once (`provider` names it in logs), then fetches through it.
+pub async fn over_http<T, E, Fut>(
+    provider: &'static str,
+    backoff: Backoff,
+    timeout: Duration,
+    mut fetch: impl FnMut(reqwest::Client) -> Fut,
+    ok: impl FnMut(T),
+    mut failed: impl FnMut(&E),
+) where
+    E: std::fmt::Display,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let client = match crate::plain_http::client(timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(provider, error = %e, "cannot build an HTTP client; ECS labels stay unknown");
+            return;
+        }
+    };
+    let failed = |e: &E| {
+        tracing::warn!(provider, error = %e, "refresh failed; keeping the last snapshot");
+        failed(e);
+    };
+    forever(backoff, || fetch(client.clone()), ok, failed).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -240,17 +240,7 @@ impl Target for ConfiguredCluster {
     }
 }
 
-impl crate::enrich::Health for RemoteStatus {
-    fn errors(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        self.errors.clone()
-    }
-    fn last_refresh_age_seconds(&self) -> Option<f64> {
-        self.last_refresh_age_seconds
-    }
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
-    }
-}
+crate::enrich::refreshed_health!(RemoteStatus);
 
 #[cfg(test)]
 mod tests {

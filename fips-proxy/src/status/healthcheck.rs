@@ -11,28 +11,17 @@ use eddy_common::probe::{self, ProbeError};
 /// Why the proxy is not healthy.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("cannot reach the proxy's status port {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
-    #[error("talking to the proxy at {addr}: {source}")]
-    Io { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
     #[error("the proxy at {addr} answered {status_line:?}")]
     Unhealthy { addr: SocketAddr, status_line: String },
     #[error("the proxy at {addr} does not report FIPS mode")]
     NotFips { addr: SocketAddr },
 }
 
-impl From<ProbeError> for HealthError {
-    fn from(e: ProbeError) -> Self {
-        match e {
-            ProbeError::Connect { addr, source } => HealthError::Connect { addr, source },
-            ProbeError::Io { addr, source } => HealthError::Io { addr, source },
-        }
-    }
-}
-
 /// Succeeds if the status port answers 200 with FIPS mode on, within `timeout`.
 pub fn check(status: SocketAddr, timeout: Duration) -> Result<(), HealthError> {
-    let a = probe::get(status, "/", timeout, 1 << 20)?;
+    let a = probe::get("the proxy's status port", status, "/", timeout, 1 << 20)?;
     if !a.ok() {
         return Err(HealthError::Unhealthy { addr: a.addr, status_line: a.status_line });
     }
@@ -46,21 +35,8 @@ pub fn check(status: SocketAddr, timeout: Duration) -> Result<(), HealthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use eddy_common::probe::test_server::serve_once;
     use std::net::TcpListener;
-
-    fn serve_once(answer: &'static str) -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let mut buf = [0u8; 512];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(answer.as_bytes());
-            }
-        });
-        addr
-    }
 
     #[test]
     fn healthy_not_fips_unhealthy_and_down() {
@@ -72,6 +48,9 @@ mod tests {
         let e = check(bad, Duration::from_secs(2)).expect_err("503");
         assert!(e.to_string().contains("503"), "{e}");
         let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-        assert!(matches!(check(closed, Duration::from_secs(1)), Err(HealthError::Connect { .. })));
+        assert!(matches!(
+            check(closed, Duration::from_secs(1)),
+            Err(HealthError::Probe(ProbeError::Connect { .. }))
+        ));
     }
 }
