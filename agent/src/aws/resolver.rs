@@ -288,5 +288,4 @@ impl AwsResolver {
 }
 
 #[cfg(test)]
-#[path = "resolver_tests.rs"]
 mod tests;

@@ -202,5 +202,4 @@ pub fn region_of(arn: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-#[path = "index_tests.rs"]
 mod tests;
