@@ -18,6 +18,7 @@
 //! Limits: see the README (kernel support matrix; what each hook misses).
 
 pub mod aggregate;
+pub mod alloc;
 pub mod allowed_hosts;
 pub mod api;
 pub mod aws;

@@ -7,6 +7,8 @@ use eddy_agent::cli::{Cli, Command};
 use eddy_agent::{commands, config::Config};
 
 fn main() -> ExitCode {
+    // Before any thread: one malloc arena (see eddy_agent::alloc).
+    let arenas = eddy_agent::alloc::limit_arenas();
     let cli = Cli::parse();
     let (overrides, duration) = match &cli.command {
         Command::Run(o) | Command::Healthcheck(o) => (o, None),
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     eddy_agent::panic_hook::install();
     eddy_agent::faults::announce();
     tracing::info!(config = %serde_json::to_string(&cfg.redacted()).unwrap_or_default(), "effective configuration");
+    tracing::info!(malloc_arenas = ?arenas, "allocator: malloc arenas limited (None: MALLOC_ARENA_MAX set, or not glibc)");
     let result = match duration {
         None => commands::run(cfg),
         Some((d, max)) => commands::capture_window(cfg, d, max),
