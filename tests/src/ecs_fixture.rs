@@ -146,6 +146,23 @@ impl Drop for EcsCgroups {
     }
 }
 
+/// What the tests that put python3 "container" processes in cgroups need: root, a cgroup2 mount
+/// (returned) and python3. `None` after printing why the test skips.
+pub fn container_test_prerequisites() -> Option<PathBuf> {
+    if !crate::require_privileges() {
+        return None;
+    }
+    let Some(root) = cgroup2_root() else {
+        crate::skip("no cgroup2 mount");
+        return None;
+    };
+    if std::process::Command::new("python3").arg("-V").output().is_err() {
+        crate::skip("python3 is needed for the container processes (scripts/install-deps.sh installs it)");
+        return None;
+    }
+    Some(root)
+}
+
 /// The cgroup2 mount point (`/sys/fs/cgroup` or, on hybrid hosts, `/sys/fs/cgroup/unified`).
 pub fn cgroup2_root() -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;

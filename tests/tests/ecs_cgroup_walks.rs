@@ -69,17 +69,7 @@ fn live_flow(agent: &RunAgent, port: u16) -> Result<Value, String> {
 
 #[test]
 fn an_id_no_walk_can_find_does_not_make_the_agent_walk_again_and_again() {
-    if !require_privileges() {
-        return;
-    }
-    let Some(root) = cgroup2_root() else {
-        skip("no cgroup2 mount");
-        return;
-    };
-    if Command::new("python3").arg("-V").output().is_err() {
-        skip("python3 is needed for the client in a cgroup (scripts/install-deps.sh installs it)");
-        return;
-    }
+    let Some(root) = container_test_prerequisites() else { return };
     let fixture = introspection_fixture(Arc::new(AtomicU8::new(GOOD)));
     let agent = RunAgent::start(&[
         "--poll-interval",

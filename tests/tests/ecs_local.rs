@@ -92,17 +92,7 @@ fn flow_from_port(agent: &RunAgent, port: u16) -> Result<Value, String> {
 #[test]
 fn containers_are_labelled_from_the_ecs_agent_and_bad_answers_degrade_to_unknown() {
     let _serial = CGROUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !require_privileges() {
-        return;
-    }
-    let Some(root) = cgroup2_root() else {
-        skip("no cgroup2 mount");
-        return;
-    };
-    if Command::new("python3").arg("-V").output().is_err() {
-        skip("python3 is needed for the containerised client (scripts/install-deps.sh installs it)");
-        return;
-    }
+    let Some(root) = container_test_prerequisites() else { return };
     let mode = Arc::new(AtomicU8::new(MALFORMED));
     let fixture = introspection_fixture(mode.clone());
     let cg = ContainerCgroup::create(&root);
@@ -221,17 +211,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[test]
 fn oversized_task_lists_are_counted_and_the_last_good_labels_stay() {
     let _serial = CGROUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !require_privileges() {
-        return;
-    }
-    let Some(root) = cgroup2_root() else {
-        skip("no cgroup2 mount");
-        return;
-    };
-    if Command::new("python3").arg("-V").output().is_err() {
-        skip("python3 is needed for the containerised client (scripts/install-deps.sh installs it)");
-        return;
-    }
+    let Some(root) = container_test_prerequisites() else { return };
     let mode = Arc::new(AtomicU8::new(GOOD));
     let fixture = introspection_fixture(mode.clone());
     let cg = ContainerCgroup::create(&root);
