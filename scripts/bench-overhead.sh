@@ -12,34 +12,21 @@ usage() {
     cat <<'EOF'
 Usage: scripts/bench-overhead.sh [--quick] [--rounds N] [--no-build]
 
-Measures eddy-agent's overhead in one run, as root, over loopback only:
-  1. short-lived connection rate  (eddy-loadgen conn-rate)
-  2. small-write throughput, 1 KiB writes   (eddy-loadgen throughput)
-  3. large-write throughput, 128 KiB writes (eddy-loadgen throughput)
-     each without the agent (baseline) and with
-     `eddy-agent run --listen 127.0.0.1:19780 --poll-interval 1s` running,
-     alternating baseline/agent over N rounds (the order flips every round);
-     figures are medians, ratios the median of the per-round agent/baseline ratios
-  4. the agent's CPU (utime+stime from /proc/PID/stat over the measured windows,
-     as % of one core) and memory (VmRSS, VmHWM from /proc/PID/status)
-  5. churn: `eddy-agent capture` while `eddy-loadgen churn` opens COUNT short
-     connections (client sends 100 B, server answers 200 B); the share of them
-     whose client-side record (tcp, outgoing) has bytes_sent=100, bytes_received=200
+Builds the release binaries (unless --no-build) and runs `eddy-loadgen bench`, as root, over loopback
+only: eddy-agent's cost on loopback TCP (short-lived connection rate, 1 KiB and 128 KiB writes, each as a
+ratio against a baseline measured in the same run), its CPU and memory, and the share of 40,000 short
+connections it reports with exact bytes. What is measured, how, and the targets: `eddy-loadgen bench --help`
+(tests/src/bench.rs).
 
 Options:
-  --quick       2 s per measurement, 3 rounds, churn --count 5000
-                (default: 5 s, 5 rounds, 40000; about 5 minutes)
+  --quick       short run (2 s per measurement, 3 rounds, 5,000 churn connections)
   --rounds N    baseline/agent rounds per measurement (default 5, --quick 3)
   --no-build    use the existing target/x86_64-unknown-linux-gnu/release binaries
   -h, --help    this text
 
-Targets: connection rate >= 0.95x, small-write >= 0.95x, large-write >= 0.99x,
-churn exact share 100%.
 Exit status: 0 all targets met, 1 a target missed, 2 usage or setup error.
 Needs: root, cargo (unless --no-build).
 Environment: EDDY_AGENT, EDDY_LOADGEN override the binaries' paths.
-Logs and raw results are kept in a /tmp/eddy-bench.* directory (printed at the end).
-The measuring is `eddy-loadgen bench` (tests/src/bench.rs).
 EOF
 }
 
