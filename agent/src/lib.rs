@@ -9,11 +9,14 @@
 //! maps into domain records ([`flow::FlowRecord`]); where eBPF cannot run (Fargate,
 //! no privileges) [`collector::sock_diag::SockDiagSource`] polls the socket table over
 //! netlink instead (selection: `commands::select`); [`pipeline`] polls it on its
-//! own thread and labels flows through [`enrich::Enricher`]s — ECS identity of both
-//! ends ([`ecs`]) and AWS context of remote addresses ([`aws`]) — read from snapshots
-//! refreshed in the background; [`aggregate`] rolls flows into series for [`metrics`],
-//! [`otlp`] and JSON lines; [`commands`] wires `run` and `capture`; configuration comes
-//! from [`config`] (defaults → file → `EDDY_*` → flags).
+//! own thread, labels flows through the [`state::Enrichers`] chain of
+//! [`enrich::Enricher`]s — NAT translations ([`conntrack`]), ECS identity of both ends
+//! ([`ecs`]) and AWS context of remote addresses ([`aws`]) — read from snapshots
+//! refreshed in the background, and hands them to a sink: the table and the exporters for
+//! `run` ([`aggregate`] rolls flows into series for [`metrics`], [`otlp`] and JSON lines),
+//! the window of [`capture`]; [`state`] is what the API ([`status`]) reads; [`commands`]
+//! wires `run` and `capture`; configuration comes from [`config`] (one definition per
+//! key; defaults → file → `EDDY_*` → flags).
 //!
 //! Limits: see the README (kernel support matrix; what each hook misses).
 
