@@ -27,7 +27,7 @@ pub trait Enricher: Send + Sync + std::fmt::Debug {
     /// Sets what this enricher knows on the record (never blocks).
     fn enrich(&self, r: &mut FlowRecord);
     /// The local ECS identity of a socket (`None`: this enricher does not name local ends).
-    fn local_labels(&self, _socket: &LocalSocket) -> Option<crate::flow::EcsLabels> {
+    fn local_labels(&self, _socket: &LocalSocket) -> Option<Arc<crate::flow::EcsLabels>> {
         None
     }
     /// Freshness and error counters, for `/status` and `/metrics`.
@@ -120,11 +120,11 @@ pub struct FixedLabels(pub EcsLabels);
 #[cfg(test)]
 impl Enricher for FixedLabels {
     fn enrich(&self, r: &mut FlowRecord) {
-        r.local.ecs = Some(Box::new(self.0.clone()));
+        r.local.ecs = Some(Arc::new(self.0.clone()));
     }
 
-    fn local_labels(&self, _socket: &LocalSocket) -> Option<EcsLabels> {
-        Some(self.0.clone())
+    fn local_labels(&self, _socket: &LocalSocket) -> Option<Arc<EcsLabels>> {
+        Some(Arc::new(self.0.clone()))
     }
 
     fn health(&self) -> ProviderHealth {

@@ -6,6 +6,7 @@
 //! before the agent started: since the agent started, and `opened_at` is null).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -90,12 +91,14 @@ impl Translation {
 pub struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,
-    /// ECS identity of this end, when an ECS provider runs (see [`crate::ecs`]).
+    /// ECS identity of this end, when an ECS provider runs (see [`crate::ecs`]); shared by
+    /// every flow of the same container (see [`labels::Interner`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ecs: Option<Box<EcsLabels>>,
-    /// What owns this address in AWS, when enhanced resolution runs (see [`crate::aws`]).
+    pub ecs: Option<Arc<EcsLabels>>,
+    /// What owns this address in AWS, when enhanced resolution runs (see [`crate::aws`]);
+    /// shared with the resolver's cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aws: Option<Box<RemoteAws>>,
+    pub aws: Option<Arc<RemoteAws>>,
 }
 
 impl Endpoint {
@@ -122,7 +125,9 @@ pub struct FlowRecord {
     pub cgroup_id: Option<u64>,
     /// Process (tgid) that opened or first used the socket, when the kernel says so reliably.
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    /// The process's command (shared by the records of one command, see
+    /// [`crate::collector::ebpf::convert::Comms`]).
+    pub comm: Option<Arc<str>>,
     /// Kernel socket cookie: unique per socket for the life of the boot.
     pub cookie: u64,
     /// Payload bytes written by the local end.

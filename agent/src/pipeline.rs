@@ -50,7 +50,7 @@ pub fn collect(
     settings: LoopSettings,
     stop: Arc<AtomicBool>,
 ) {
-    let mut labeller = Labeller::default();
+    let mut labeller = Labeller::new(settings.poll_interval);
     let mut next_scan = Instant::now();
     let mut next_export = Instant::now() + settings.export_interval;
     let c = &shared.collector;

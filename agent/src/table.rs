@@ -5,7 +5,11 @@
 //! Bounded: closed flows beyond `closed_flow_retention` are evicted from
 //! memory (counted; they were already delivered to the outputs), and flows
 //! waiting for the next JSON-lines export are capped (overflow counted).
+//!
+//! A scan updates open flows in place (no second copy of the table while a scan is
+//! applied), and the table's memory shrinks again after a peak.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
@@ -66,20 +70,29 @@ pub struct TableStats {
     pub export_overflow: u64,
 }
 
+/// An open flow as of the last scan.
+#[derive(Debug)]
+struct Live {
+    flow: Observed,
+    /// The scan that last saw it.
+    scan: u64,
+    /// `last_ns` when it was last exported: a flow is exported again when its scanned
+    /// state changed (comparing with the export time instead would miss events that
+    /// happened before an export but were scanned after it).
+    exported_ns: Option<u64>,
+}
+
 /// Live and recently closed flows.
 #[derive(Debug)]
 pub struct FlowTable {
-    live: HashMap<FlowKey, Observed>,
+    live: HashMap<FlowKey, Live>,
+    scans: u64,
     closed: VecDeque<Observed>,
     closed_tcp: HashSet<u64>,
     retention: usize,
     /// Closed since the last export; `None` when nothing exports.
     pending: Option<Vec<Observed>>,
     pending_cap: usize,
-    /// Per open flow, the `last_ns` it had when last exported: a flow is exported again
-    /// when its scanned state changed (comparing with the export time instead would miss
-    /// events that happened before an export but were scanned after it).
-    exported: HashMap<FlowKey, u64>,
     stats: TableStats,
 }
 
@@ -88,12 +101,12 @@ impl FlowTable {
     pub fn new(retention: usize, export: bool) -> Self {
         FlowTable {
             live: HashMap::new(),
+            scans: 0,
             closed: VecDeque::new(),
             closed_tcp: HashSet::new(),
             retention,
             pending: export.then(Vec::new),
             pending_cap: retention.max(100_000),
-            exported: HashMap::new(),
             stats: TableStats::default(),
         }
     }
@@ -128,11 +141,29 @@ impl FlowTable {
             }
         }
         if let Some(live) = batch.live {
-            self.live = live
-                .into_iter()
-                .map(|o| (FlowKey::of(&o.record), o))
-                .filter(|(k, _)| !matches!(k, FlowKey::Tcp(c) if self.closed_tcp.contains(c)))
-                .collect();
+            self.scans += 1;
+            let scan = self.scans;
+            for flow in live {
+                let key = FlowKey::of(&flow.record);
+                if matches!(key, FlowKey::Tcp(c) if self.closed_tcp.contains(&c)) {
+                    continue;
+                }
+                match self.live.entry(key) {
+                    Entry::Occupied(mut e) => {
+                        let e = e.get_mut();
+                        e.flow = flow;
+                        e.scan = scan;
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(Live { flow, scan, exported_ns: None });
+                    }
+                }
+            }
+            self.live.retain(|_, e| e.scan == scan);
+            // After a peak (a burst of connections), give the memory back.
+            if self.live.capacity() > 4 * self.live.len().max(1024) {
+                self.live.shrink_to(2 * self.live.len());
+            }
         }
         self.stats.live_flows = self.live.len() as u64;
         self.stats.closed_retained = self.closed.len() as u64;
@@ -140,7 +171,7 @@ impl FlowTable {
 
     /// Open flows, then recently closed ones (oldest first).
     pub fn flows(&self) -> Vec<FlowRecord> {
-        self.live.values().chain(self.closed.iter()).map(|o| o.record.clone()).collect()
+        self.live.values().map(|e| &e.flow).chain(self.closed.iter()).map(|o| o.record.clone()).collect()
     }
 
     /// Up to `limit` flows for which `keep` holds (open ones first, then closed ones newest
@@ -148,7 +179,7 @@ impl FlowTable {
     pub fn select(&self, keep: impl Fn(&FlowRecord) -> bool, limit: usize) -> (Vec<FlowRecord>, usize) {
         let mut out = Vec::with_capacity(limit.min(1024));
         let mut total = 0;
-        for o in self.live.values().chain(self.closed.iter().rev()) {
+        for o in self.live.values().map(|e| &e.flow).chain(self.closed.iter().rev()) {
             if keep(&o.record) {
                 total += 1;
                 if out.len() < limit {
@@ -171,14 +202,12 @@ impl FlowTable {
             .map(|o| o.record)
             .collect();
         let mut live = Vec::new();
-        let mut exported = HashMap::with_capacity(self.live.len());
-        for (k, o) in &self.live {
-            if self.exported.get(k) != Some(&o.last_ns) {
-                live.push(o.record.clone());
+        for e in self.live.values_mut() {
+            if e.exported_ns != Some(e.flow.last_ns) {
+                live.push(e.flow.record.clone());
+                e.exported_ns = Some(e.flow.last_ns);
             }
-            exported.insert(*k, o.last_ns);
         }
-        self.exported = exported;
         Export { closed, live }
     }
 

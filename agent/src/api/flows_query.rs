@@ -98,7 +98,8 @@ mod tests {
     fn task_matches_arn_or_id_on_either_end() {
         let arn = "arn:aws:ecs:us-east-1:123456789012:task/prod/0123abcd";
         let mut r = FlowRecord::test(Protocol::Tcp, 1, false);
-        r.remote.ecs = Some(Box::new(EcsLabels { task_arn: Some(arn.into()), ..Default::default() }));
+        r.remote.ecs =
+            Some(std::sync::Arc::new(EcsLabels { task_arn: Some(arn.into()), ..Default::default() }));
         for t in [arn, "0123abcd"] {
             assert!(q(&[("task", t)]).expect("q").matches(&r), "{t}");
         }

@@ -143,7 +143,7 @@ impl Enricher for AwsEnricher {
         match self.resolver.lookup(ip) {
             Some(a) => {
                 r.scope = scope_of(&a, &own);
-                r.remote.aws = Some(Box::new((*a).clone()));
+                r.remote.aws = Some(a);
             }
             None if !own.vpc_cidrs.is_empty() && !in_vpc => r.scope = Some(Scope::CrossVpc),
             None => {}

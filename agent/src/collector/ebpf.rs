@@ -11,7 +11,7 @@
 //! while the kernel deletes entries may restart, so live scans are de-duplicated
 //! and bounded by twice the map capacity.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,6 +91,8 @@ pub struct EbpfSource {
     live_iter: Option<&'static str>,
     /// The UDP programs cannot name the sender's command: read it from `/proc/<pid>/comm`.
     comms: Option<proc_comm::ProcComms>,
+    /// Command names of the kernel records, shared.
+    names: convert::Comms,
     /// The start-up sweep that gave older sockets a cookie (probe-read iterator only).
     cookie_sweep: Option<crate::collector::sock_diag::cookies::Sweep>,
     /// The UDP programs cannot name the sender at all: `UDP_OWNERS`, filled at `udp_sendmsg`.
@@ -157,6 +159,7 @@ impl EbpfSource {
             ebpf,
             live_iter: tcp.live_iter,
             comms,
+            names: convert::Comms::default(),
             senders,
             cookie_sweep: tcp.cookie_sweep,
             iter_errors: 0,
@@ -181,7 +184,7 @@ impl EbpfSource {
             // (checked at compile time); `Flow` is plain data valid for any bits, and
             // read_unaligned copes with the ring buffer's 8-byte alignment.
             let f: Flow = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Flow>()) };
-            out.push(convert::to_record(&f, self.clock.as_ref()));
+            out.push(convert::to_record(&f, self.clock.as_ref(), &mut self.names));
         }
     }
 
@@ -200,58 +203,66 @@ impl EbpfSource {
         }
     }
 
-    fn scan_tcp(&mut self, closed: &mut Vec<Observed>) -> Vec<Observed> {
+    /// Open TCP flows into `live`; closed ones left in the map (the ring buffer was full
+    /// when they closed, or they are stale) into `closed`, and out of the map.
+    fn scan_tcp(&mut self, closed: &mut Vec<Observed>, live: &mut Vec<Observed>) {
         let limit = 2 * self.settings.flow_map_entries as usize;
-        let seen = read_map(&self.tcp, limit, &mut self.map_read_errors);
-        self.maps.tcp_flows = seen.len() as u64;
         let now = self.clock.mono_now_ns();
-        let mut live = Vec::with_capacity(seen.len());
-        for (cookie, mut f) in seen {
+        let (clock, names) = (self.clock.as_ref(), &mut self.names);
+        let mut gone = Vec::new();
+        self.maps.tcp_flows = each_entry(&self.tcp, limit, &mut self.map_read_errors, |cookie, mut f| {
             let stale = f.closed_ns != 0 && now.saturating_sub(f.last_ns) > STALE_CLOSED_NS;
             if stale {
                 f.flags |= k::FLAG_CLOSED as u8;
             }
             if f.flags as u32 & k::FLAG_CLOSED != 0 {
-                // The ring buffer was full when it closed, or it is stale: collect it from the map.
-                closed.push(convert::to_record(&f, self.clock.as_ref()));
-                if self.tcp.remove(&cookie).is_err() {
-                    self.map_read_errors += 1;
-                }
+                closed.push(convert::to_record(&f, clock, names));
+                gone.push(cookie);
             } else {
-                live.push(convert::to_record(&f, self.clock.as_ref()));
+                live.push(convert::to_record(&f, clock, names));
+            }
+        });
+        for cookie in gone {
+            if self.tcp.remove(&cookie).is_err() {
+                self.map_read_errors += 1;
             }
         }
-        live
     }
 
-    fn scan_udp(&mut self, closed: &mut Vec<Observed>) -> Vec<Observed> {
+    /// Open UDP flows into `live`; flows idle for `udp_idle_timeout` out of the map and into
+    /// `closed` (closed at their last packet).
+    fn scan_udp(&mut self, closed: &mut Vec<Observed>, live: &mut Vec<Observed>) {
         let limit = 2 * self.settings.udp_map_entries as usize;
         let now = self.clock.mono_now_ns();
         let idle = self.settings.udp_idle_timeout.as_nanos() as u64;
-        let seen = read_map(&self.udp, limit, &mut self.map_read_errors);
-        self.maps.udp_flows = seen.len() as u64;
-        let mut live = Vec::with_capacity(seen.len());
-        for (key, mut f) in seen {
+        let (clock, names) = (self.clock.as_ref(), &mut self.names);
+        let (first_live, first_closed) = (live.len(), closed.len());
+        let mut idle_flows = Vec::new();
+        self.maps.udp_flows = each_entry(&self.udp, limit, &mut self.map_read_errors, |key, f| {
             if now.saturating_sub(f.last_ns) > idle {
-                if self.udp.remove(&key).is_err() {
-                    self.map_read_errors += 1;
-                    continue;
-                }
-                // Re-read is impossible after removal; the copy above is final.
-                f.closed_ns = f.last_ns;
-                f.flags |= k::FLAG_CLOSED as u8;
-                closed.push(convert::to_record(&f, self.clock.as_ref()));
+                idle_flows.push((key, f));
             } else {
-                live.push(convert::to_record(&f, self.clock.as_ref()));
+                live.push(convert::to_record(&f, clock, names));
             }
+        });
+        for (key, mut f) in idle_flows {
+            if self.udp.remove(&key).is_err() {
+                self.map_read_errors += 1;
+                continue;
+            }
+            // A packet between the read and the removal is lost (see the module's limits).
+            f.closed_ns = f.last_ns;
+            f.flags |= k::FLAG_CLOSED as u8;
+            closed.push(convert::to_record(&f, self.clock.as_ref(), &mut self.names));
         }
         if let Some(comms) = self.comms.as_mut() {
-            comms.fill(live.iter_mut().chain(closed.iter_mut()).map(|o| &mut o.record));
+            let records = live[first_live..].iter_mut().chain(closed[first_closed..].iter_mut());
+            comms.fill(records.map(|o| &mut o.record));
         }
         if let Some(senders) = self.senders.as_mut() {
-            senders.fill(live.iter_mut().chain(closed.iter_mut()).map(|o| &mut o.record));
+            let records = live[first_live..].iter_mut().chain(closed[first_closed..].iter_mut());
+            senders.fill(records.map(|o| &mut o.record));
         }
-        live
     }
 
     fn read_counters(&mut self) {
@@ -276,8 +287,10 @@ impl FlowSource for EbpfSource {
             return Ok(Batch { closed, live: None });
         }
         self.refresh();
-        let mut live = self.scan_tcp(&mut closed);
-        live.extend(self.scan_udp(&mut closed));
+        let open = self.maps.tcp_flows + self.maps.udp_flows;
+        let mut live = Vec::with_capacity(usize::try_from(open).unwrap_or(0) + 64);
+        self.scan_tcp(&mut closed, &mut live);
+        self.scan_udp(&mut closed, &mut live);
         self.read_counters();
         // Records that closed while we scanned: drain again so they are not lost.
         self.drain_closed(&mut closed);
@@ -329,7 +342,7 @@ impl FlowSource for EbpfSource {
         if let Some(comms) = self.comms.as_mut() {
             for p in &mut out {
                 if p.comm.is_none() {
-                    p.comm = p.pid.and_then(|pid| comms.get(pid));
+                    p.comm = p.pid.and_then(|pid| comms.get(pid)).map(|c| c.to_string());
                 }
             }
         }
@@ -337,22 +350,30 @@ impl FlowSource for EbpfSource {
     }
 }
 
-/// Every entry of a flow map, de-duplicated (iteration restarts when the kernel deletes
-/// the entry it is at) and bounded by `limit` steps; read errors are counted.
-fn read_map<K>(map: &BpfHashMap<MapData, K, Flow>, limit: usize, errors: &mut u64) -> HashMap<K, Flow>
+/// Calls `visit` once for every entry of a flow map (iteration restarts when the kernel
+/// deletes the entry it is at: entries seen before are skipped), in at most `limit` steps;
+/// read errors are counted. Returns how many distinct entries it saw.
+fn each_entry<K>(
+    map: &BpfHashMap<MapData, K, Flow>,
+    limit: usize,
+    errors: &mut u64,
+    mut visit: impl FnMut(K, Flow),
+) -> u64
 where
     K: aya::Pod + Eq + std::hash::Hash,
 {
-    let mut seen = HashMap::new();
+    let mut seen = HashSet::new();
     for item in map.iter().take(limit) {
         match item {
             Ok((key, f)) => {
-                seen.insert(key, f);
+                if seen.insert(key) {
+                    visit(key, f);
+                }
             }
             Err(_) => *errors += 1,
         }
     }
-    seen
+    seen.len() as u64
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CollectorError>

@@ -95,14 +95,14 @@ impl Enricher for TaskMetadataResolver {
     /// Sets `local.ecs`, and `remote.ecs` when the remote address is the task's own.
     fn enrich(&self, r: &mut FlowRecord) {
         let snap = self.snapshot();
-        r.local.ecs = Some(Box::new(snap.labels_for_port(r.local.port)));
+        r.local.ecs = Some(Arc::new(snap.labels_for_port(r.local.port)));
         if snap.is_own(r.remote.addr) {
-            r.remote.ecs = Some(Box::new(snap.labels_for_port(r.remote.port)));
+            r.remote.ecs = Some(Arc::new(snap.labels_for_port(r.remote.port)));
         }
     }
 
-    fn local_labels(&self, s: &crate::enrich::LocalSocket) -> Option<crate::flow::EcsLabels> {
-        Some(self.snapshot().labels_for_port(s.addr.port()))
+    fn local_labels(&self, s: &crate::enrich::LocalSocket) -> Option<Arc<crate::flow::EcsLabels>> {
+        Some(Arc::new(self.snapshot().labels_for_port(s.addr.port())))
     }
 
     fn health(&self) -> crate::enrich::ProviderHealth {

@@ -57,11 +57,25 @@ pub struct Network {
 }
 
 /// Labels of every container the ECS agent reports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub cluster: Option<String>,
     pub container_instance_arn: Option<String>,
-    pub containers: HashMap<String, EcsLabels>,
+    /// Docker id → labels, one shared copy each (every flow of the container points at it).
+    pub containers: HashMap<String, std::sync::Arc<EcsLabels>>,
+    /// Labels of processes outside any container (shared likewise).
+    pub host: std::sync::Arc<EcsLabels>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            cluster: None,
+            container_instance_arn: None,
+            containers: HashMap::new(),
+            host: std::sync::Arc::new(EcsLabels::host(None)),
+        }
+    }
 }
 
 impl Snapshot {
@@ -73,7 +87,7 @@ impl Snapshot {
             for c in &t.containers {
                 containers.insert(
                     c.docker_id.clone(),
-                    EcsLabels {
+                    std::sync::Arc::new(EcsLabels {
                         cluster: meta.cluster.clone(),
                         task_arn: Some(t.arn.clone()),
                         task_family: t.family.clone(),
@@ -85,7 +99,7 @@ impl Snapshot {
                         launch_type: Some("EC2".into()),
                         availability_zone: None,
                         network_mode: network_mode.clone().or_else(|| Some("bridge".into())),
-                    },
+                    }),
                 );
             }
         }
@@ -93,6 +107,7 @@ impl Snapshot {
             cluster: meta.cluster.clone(),
             container_instance_arn: meta.container_instance_arn.clone(),
             containers,
+            host: std::sync::Arc::new(EcsLabels::host(meta.cluster.clone())),
         }
     }
 }

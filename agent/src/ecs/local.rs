@@ -110,18 +110,20 @@ struct Snapshots {
 }
 
 impl Snapshots {
-    /// Labels of a container id (`unknown` task when the ECS agent does not list it).
-    fn container(&self, id: &str) -> EcsLabels {
+    /// Labels of a container id (`unknown` task when the ECS agent does not list it): the
+    /// snapshot's own copy, shared.
+    fn container(&self, id: &str) -> Arc<EcsLabels> {
         match self.ecs.containers.get(id) {
             Some(l) => l.clone(),
-            None => EcsLabels::unknown_container(self.ecs.cluster.clone(), id),
+            None => Arc::new(EcsLabels::unknown_container(self.ecs.cluster.clone(), id)),
         }
     }
 
     /// Labels of a network namespace shared by `ids` (an awsvpc task's containers and its
     /// pause container, or one bridge-mode container).
     fn netns_labels(&self, ids: &BTreeSet<String>) -> EcsLabels {
-        let known: Vec<&EcsLabels> = ids.iter().filter_map(|c| self.ecs.containers.get(c)).collect();
+        let known: Vec<&EcsLabels> =
+            ids.iter().filter_map(|c| self.ecs.containers.get(c)).map(|l| l.as_ref()).collect();
         let apps: Vec<&&EcsLabels> =
             known.iter().filter(|l| l.container_name.as_deref() != Some(PAUSE_CONTAINER)).collect();
         if let [one] = apps.as_slice() {
@@ -172,7 +174,12 @@ impl LocalResolver {
 
     /// Labels for the local end of a flow: its socket's cgroup v2 id first, then the
     /// owning process's cgroup file, then its network namespace (see [`super::procs`]).
-    pub fn labels(&self, cgroup_id: Option<u64>, pid: Option<u32>, netns: Option<u32>) -> Option<EcsLabels> {
+    pub fn labels(
+        &self,
+        cgroup_id: Option<u64>,
+        pid: Option<u32>,
+        netns: Option<u32>,
+    ) -> Option<Arc<EcsLabels>> {
         let s = self.snapshots.read().unwrap_or_else(PoisonError::into_inner);
         let cluster = s.ecs.cluster.clone();
         let by_cgroup = cgroup_id.map(|id| s.cgroups.owners.get(&id));
@@ -183,16 +190,20 @@ impl LocalResolver {
             return Some(s.container(&owner.container_id));
         }
         if let Some(ids) = netns.and_then(|n| s.procs.by_netns.get(&u64::from(n))) {
-            return Some(s.netns_labels(ids));
+            return Some(Arc::new(s.netns_labels(ids)));
         }
         match by_cgroup {
-            Some(Some(_)) => Some(EcsLabels::host(cluster)),
+            Some(Some(_)) => Some(s.ecs.host.clone()),
             // A cgroup created since the last walk: walk again soon (once per id).
             Some(None) => {
                 if let Some(id) = cgroup_id {
                     self.misses.miss(id);
                 }
-                Some(EcsLabels { cluster, container_name: Some(UNKNOWN.into()), ..Default::default() })
+                Some(Arc::new(EcsLabels {
+                    cluster,
+                    container_name: Some(UNKNOWN.into()),
+                    ..Default::default()
+                }))
             }
             None => None,
         }
@@ -250,10 +261,10 @@ impl LocalResolver {
 impl Enricher for LocalResolver {
     /// Sets `local.ecs`.
     fn enrich(&self, r: &mut FlowRecord) {
-        r.local.ecs = self.labels(r.cgroup_id, r.pid, r.netns).map(Box::new);
+        r.local.ecs = self.labels(r.cgroup_id, r.pid, r.netns);
     }
 
-    fn local_labels(&self, s: &crate::enrich::LocalSocket) -> Option<EcsLabels> {
+    fn local_labels(&self, s: &crate::enrich::LocalSocket) -> Option<Arc<EcsLabels>> {
         self.labels(s.cgroup_id, s.pid, s.netns)
     }
 

@@ -1,13 +1,18 @@
 //! Intra-host remote identity without any API call: when both ends of a connection
 //! are on this host, the remote end's labels are the local labels of the peer
-//! flow (the same 4-tuple seen from the other side). Holds the local labels of
-//! recently seen flows, bounded (oldest forgotten first).
+//! flow (the same 4-tuple seen from the other side). Holds the (shared) local labels of
+//! the flows seen in the last one to two `ttl`s, in two generations: every `ttl`, or when
+//! the current one reaches `capacity`, it becomes the previous one and the previous one is
+//! forgotten. Open flows are seen on every scan, so their labels stay; closed ones are
+//! forgotten after at most two `ttl`s.
 //!
-//! Limits: translated connections (bridge-mode DNAT, masquerade) do not match
-//! their peer until conntrack is read (not done yet).
+//! Limits: translated connections (bridge-mode DNAT, masquerade) match their peer only
+//! through conntrack's translation.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::flow::EcsLabels;
 use crate::flow::{FlowRecord, Protocol, Scope};
@@ -17,10 +22,13 @@ type Key = (Protocol, SocketAddr, SocketAddr);
 /// Local labels by (protocol, local, remote).
 #[derive(Debug)]
 pub struct Peers {
-    labels: HashMap<Key, Box<EcsLabels>>,
-    order: VecDeque<Key>,
+    current: HashMap<Key, Arc<EcsLabels>>,
+    previous: HashMap<Key, Arc<EcsLabels>>,
+    /// When the current generation began (set by the first link).
+    since: Option<Instant>,
+    ttl: Duration,
     capacity: usize,
-    /// Labels forgotten to stay within `capacity`, in all.
+    /// Labels forgotten before their `ttl` to stay within `capacity`, in all.
     evicted: u64,
 }
 
@@ -30,50 +38,69 @@ fn effective_remote(r: &FlowRecord) -> std::net::SocketAddr {
 }
 
 impl Peers {
-    pub fn new(capacity: usize) -> Self {
-        Peers { labels: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), evicted: 0 }
+    /// At most `capacity` labels per generation (so 2 × `capacity` in all); a generation
+    /// lasts `ttl`.
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        Peers {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            since: None,
+            ttl,
+            capacity: capacity.max(1),
+            evicted: 0,
+        }
     }
 
-    /// Labels forgotten (oldest first) to stay within the capacity, in all: a peer that
-    /// closes after its label was forgotten keeps an unlabelled remote end.
+    /// Labels forgotten early to stay within the capacity, in all: a peer that closes after
+    /// its label was forgotten keeps an unlabelled remote end.
     pub fn evicted(&self) -> u64 {
         self.evicted
     }
 
+    fn rotate(&mut self, now: Instant, early: bool) {
+        if early {
+            self.evicted += self.previous.keys().filter(|k| !self.current.contains_key(*k)).count() as u64;
+        }
+        self.previous = std::mem::take(&mut self.current);
+        self.since = Some(now);
+    }
+
     /// Remembers the local labels of `records`, then sets `remote.ecs` on each record
     /// whose peer is known.
-    pub fn link(&mut self, records: &mut [&mut FlowRecord]) {
+    pub fn link(&mut self, records: &mut [&mut FlowRecord], now: Instant) {
+        let age = now.duration_since(*self.since.get_or_insert(now));
+        if age >= 2 * self.ttl {
+            self.previous.clear();
+            self.current.clear();
+            self.since = Some(now);
+        } else if age >= self.ttl {
+            self.rotate(now, false);
+        }
         for r in records.iter() {
             if let Some(l) = &r.local.ecs {
                 let key = (r.protocol, r.local.socket_addr(), effective_remote(r));
-                if self.labels.insert(key, l.clone()).is_none() {
-                    self.order.push_back(key);
+                if self.current.len() >= self.capacity && !self.current.contains_key(&key) {
+                    self.rotate(now, true);
                 }
-            }
-        }
-        while self.labels.len() > self.capacity {
-            match self.order.pop_front() {
-                Some(k) => {
-                    self.evicted += u64::from(self.labels.remove(&k).is_some());
-                }
-                None => break,
+                self.current.insert(key, l.clone());
             }
         }
         for r in records.iter_mut() {
             let peer = (r.protocol, effective_remote(r), r.local.socket_addr());
-            if let Some(l) = self.labels.get(&peer) {
+            if let Some(l) = self.current.get(&peer).or_else(|| self.previous.get(&peer)) {
                 r.remote.ecs = Some(l.clone());
                 r.scope = Some(Scope::SameHost);
             }
         }
     }
 
+    /// Labels held (both generations).
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.current.len() + self.previous.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
     }
 }
 
@@ -86,24 +113,52 @@ mod tests {
         let mut r = FlowRecord::test(Protocol::Tcp, u64::from(local), false);
         r.local = Endpoint::new("10.0.0.1".parse().expect("ip"), local);
         r.remote = Endpoint::new("10.0.0.1".parse().expect("ip"), remote);
-        r.local.ecs = Some(Box::new(EcsLabels { container_name: Some(who.into()), ..Default::default() }));
+        r.local.ecs = Some(Arc::new(EcsLabels { container_name: Some(who.into()), ..Default::default() }));
         r
+    }
+
+    fn remote_of(r: &FlowRecord) -> Option<&str> {
+        r.remote.ecs.as_ref().and_then(|l| l.container_name.as_deref())
     }
 
     #[test]
     fn both_ends_get_each_others_labels_and_memory_is_bounded() {
-        let mut p = Peers::new(2);
+        let t0 = Instant::now();
+        let mut p = Peers::new(2, Duration::from_secs(60));
         let mut a = [rec(40000, 80, "client"), rec(80, 40000, "server")];
-        p.link(&mut a.iter_mut().collect::<Vec<_>>());
-        assert_eq!(a[0].remote.ecs.as_ref().and_then(|l| l.container_name.as_deref()), Some("server"));
-        assert_eq!(a[1].remote.ecs.as_ref().and_then(|l| l.container_name.as_deref()), Some("client"));
-        let mut later = [rec(40001, 81, "x"), rec(40002, 82, "y")];
-        p.link(&mut later.iter_mut().collect::<Vec<_>>());
-        assert_eq!(p.len(), 2, "bounded");
+        p.link(&mut a.iter_mut().collect::<Vec<_>>(), t0);
+        assert_eq!(remote_of(&a[0]), Some("server"));
+        assert_eq!(remote_of(&a[1]), Some("client"));
+        // Two generations of 2: the first pair is forgotten (early, counted) by the third.
+        for (i, who) in ["x", "y"].iter().enumerate() {
+            let port = 41000 + 10 * i as u16;
+            let mut later = [rec(port, 81, who), rec(port + 1, 82, who)];
+            p.link(&mut later.iter_mut().collect::<Vec<_>>(), t0);
+        }
+        assert_eq!((p.len(), p.evicted()), (4, 2), "bounded");
         let mut lone = [rec(40000, 80, "client")];
         lone[0].remote.ecs = None;
-        p.link(&mut lone.iter_mut().collect::<Vec<_>>());
-        assert!(lone[0].remote.ecs.is_none(), "the server's labels were forgotten");
+        p.link(&mut lone.iter_mut().collect::<Vec<_>>(), t0);
+        assert_eq!(remote_of(&lone[0]), None, "the server's labels were forgotten");
+    }
+
+    #[test]
+    fn labels_of_flows_not_seen_for_two_ttls_are_forgotten() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(5);
+        let mut p = Peers::new(100, ttl);
+        let mut server = [rec(80, 40000, "server")];
+        p.link(&mut server.iter_mut().collect::<Vec<_>>(), t0);
+        // Seen again within a ttl: kept across a rotation.
+        let mut client = [rec(40000, 80, "client")];
+        p.link(&mut client.iter_mut().collect::<Vec<_>>(), t0 + ttl);
+        assert_eq!(remote_of(&client[0]), Some("server"));
+        // The server not seen since t0, the client since t0 + ttl: both forgotten by t0 + 3 ttl.
+        let mut client = [rec(40000, 80, "client")];
+        client[0].local.ecs = None;
+        p.link(&mut client.iter_mut().collect::<Vec<_>>(), t0 + 3 * ttl);
+        assert_eq!(remote_of(&client[0]), None, "not seen since t0: forgotten");
+        assert_eq!(p.evicted(), 0, "expiry is not eviction");
     }
 
     /// Through a NAT on this host: the ends meet on the translated address.
@@ -114,12 +169,12 @@ mod tests {
             let mut x = rec(l.1, r.1, who);
             x.local = Endpoint::new(ip(l.0), l.1);
             x.local.ecs =
-                Some(Box::new(EcsLabels { container_name: Some(who.into()), ..Default::default() }));
+                Some(Arc::new(EcsLabels { container_name: Some(who.into()), ..Default::default() }));
             x.remote = Endpoint::new(ip(r.0), r.1);
             x.translation = t.map(|(a, p)| crate::flow::Translation { addr: ip(a), port: p });
             x
         };
-        let mut p = Peers::new(16);
+        let mut p = Peers::new(16, Duration::from_secs(60));
         // DNAT: the peer dialled the host port 10.0.0.1:8080, which is the container's 172.17.0.2:80.
         // MASQUERADE: the container 172.17.0.2:50000 reached the peer's 10.0.0.2:9000 as 10.0.0.1:61000.
         let mut v = [
@@ -128,7 +183,7 @@ mod tests {
             end(("10.0.0.2", 9000), ("10.0.0.1", 61000), "peer-server", Some(("172.17.0.2", 50000))),
             end(("172.17.0.2", 50000), ("10.0.0.2", 9000), "web-client", None),
         ];
-        p.link(&mut v.iter_mut().collect::<Vec<_>>());
+        p.link(&mut v.iter_mut().collect::<Vec<_>>(), Instant::now());
         let remote = |r: &FlowRecord| r.remote.ecs.as_ref().and_then(|l| l.container_name.clone());
         let got: Vec<Option<String>> = v.iter().map(remote).collect();
         let want = ["web", "peer", "web-client", "peer-server"].map(|s| Some(s.to_string()));

@@ -136,12 +136,12 @@ impl Enricher for RemoteResolver {
                 (None, _) => {}
                 // Both say "no task" (e.g. a container instance itself): keep the peer's, add the zone.
                 (Some(l), Some(cur)) if l.task_arn.is_none() => {
-                    if cur.availability_zone.is_none() {
-                        cur.availability_zone = l.availability_zone;
+                    if cur.availability_zone.is_none() && l.availability_zone.is_some() {
+                        std::sync::Arc::make_mut(cur).availability_zone = l.availability_zone;
                     }
                 }
                 (Some(l), _) => {
-                    r.remote.ecs = Some(Box::new(l));
+                    r.remote.ecs = Some(std::sync::Arc::new(l));
                     self.labelled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             },
@@ -270,9 +270,11 @@ mod tests {
     fn flow_to(addr: &str, remote: Option<EcsLabels>) -> FlowRecord {
         let mut f = FlowRecord::test(Protocol::Tcp, 1, false);
         f.remote = Endpoint::new(addr.parse().expect("ip"), 9000);
-        f.remote.ecs = remote.map(Box::new);
-        f.local.ecs =
-            Some(Box::new(EcsLabels { task_arn: Some("arn:task/api".into()), ..Default::default() }));
+        f.remote.ecs = remote.map(std::sync::Arc::new);
+        f.local.ecs = Some(std::sync::Arc::new(EcsLabels {
+            task_arn: Some("arn:task/api".into()),
+            ..Default::default()
+        }));
         f
     }
 

@@ -3,13 +3,16 @@
 //! owner of the remote address, from [`crate::aws`]). They live here, beside the record, because
 //! they are part of its contract; the enrichers only fill them.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// Label value for what could not be resolved.
 pub const UNKNOWN: &str = "unknown";
 
 /// ECS labels of one end of a flow.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct EcsLabels {
     pub cluster: Option<String>,
     pub task_arn: Option<String>,
@@ -42,6 +45,52 @@ impl EcsLabels {
             container_id: Some(container_id.to_string()),
             ..Default::default()
         }
+    }
+}
+
+/// One shared copy of each distinct [`EcsLabels`] value: flow records of the same container
+/// point at the same labels instead of carrying eleven strings each (a host with 100,000
+/// open connections holds a few hundred distinct label sets).
+///
+/// Labels that are already shared (an enricher's snapshot handed out its own `Arc`) are
+/// kept as they are; only freshly built ones (reference count 1) are looked up. Bounded:
+/// [`Interner::prune`] forgets labels no record uses any more, and beyond [`MAX_INTERNED`]
+/// distinct values new ones are left unshared (correct, only larger).
+#[derive(Debug, Default)]
+pub struct Interner {
+    labels: HashSet<Arc<EcsLabels>>,
+}
+
+/// Distinct label sets the [`Interner`] keeps at most.
+pub const MAX_INTERNED: usize = 65_536;
+
+impl Interner {
+    /// Replaces a freshly built label set by the shared copy of an equal one.
+    pub fn intern(&mut self, labels: &mut Option<Arc<EcsLabels>>) {
+        let Some(l) = labels else { return };
+        if Arc::strong_count(l) > 1 {
+            return;
+        }
+        match self.labels.get(l) {
+            Some(shared) => *l = shared.clone(),
+            None if self.labels.len() < MAX_INTERNED => {
+                self.labels.insert(l.clone());
+            }
+            None => {}
+        }
+    }
+
+    /// Forgets label sets that only the interner still holds.
+    pub fn prune(&mut self) {
+        self.labels.retain(|l| Arc::strong_count(l) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
     }
 }
 
@@ -92,5 +141,31 @@ impl OwnerKind {
             OwnerKind::TransitGateway => "transit_gateway",
             OwnerKind::Other => "other",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_fresh_labels_share_one_copy_and_unused_ones_are_forgotten() {
+        let web = || EcsLabels { task_family: Some("web".into()), ..Default::default() };
+        let mut i = Interner::default();
+        let mut a = Some(Arc::new(web()));
+        let mut b = Some(Arc::new(web()));
+        i.intern(&mut a);
+        i.intern(&mut b);
+        let (a, b) = (a.expect("a"), b.expect("b"));
+        assert!(Arc::ptr_eq(&a, &b), "the second is the first's copy");
+        assert_eq!(Arc::strong_count(&a), 3, "a, b and the interner");
+        // Already shared labels (from a snapshot) are left as they are.
+        let snapshot = Arc::new(web());
+        let mut c = Some(snapshot.clone());
+        i.intern(&mut c);
+        assert!(Arc::ptr_eq(c.as_ref().expect("c"), &snapshot));
+        drop((a, b));
+        i.prune();
+        assert!(i.is_empty(), "no record uses the interned copy any more");
     }
 }

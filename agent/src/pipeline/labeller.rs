@@ -6,6 +6,10 @@
 //! end is still unlabelled is held back for up to [`HOLD`] (bounded by [`MAX_HELD`]),
 //! until its peer shows up; then it goes on, labelled or not. Nothing is dropped: with
 //! [`MAX_HELD`] flows waiting, new ones go on at once (counted in [`LabelCounts`]).
+//!
+//! Labels are shared, not copied: after enrichment every label set is replaced by the one
+//! shared copy of its value ([`Interner`]), so the flow table holds one copy per container,
+//! not one per flow.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -14,6 +18,7 @@ use crate::collector::{Batch, Observed};
 use crate::ecs::peers::Peers;
 use crate::enrich::Enricher;
 use crate::flow::FlowRecord;
+use crate::flow::labels::Interner;
 pub use crate::state::LabelCounts;
 
 /// Longest a closed flow waits for its peer.
@@ -21,25 +26,36 @@ pub const HOLD: Duration = Duration::from_millis(250);
 /// Closed flows waiting at most; beyond it they go on at once.
 pub const MAX_HELD: usize = 65_536;
 
-/// Flows whose local labels are kept to label the remote end of intra-host peers.
+/// Flows whose local labels are kept to label the remote end of intra-host peers, per
+/// generation (see [`Peers`]).
 const PEER_LABELS: usize = 200_000;
+
+/// Shortest life of a generation of peer labels: closed flows' labels stay at least this long.
+const PEER_TTL_MIN: Duration = Duration::from_secs(5);
 
 pub struct Labeller {
     peers: Peers,
+    interner: Interner,
     held: VecDeque<(Instant, Observed)>,
     max_held: usize,
     not_held: u64,
 }
 
-impl Default for Labeller {
-    fn default() -> Self {
-        Labeller::with_bounds(MAX_HELD, PEER_LABELS)
-    }
-}
-
 impl Labeller {
-    fn with_bounds(max_held: usize, peer_labels: usize) -> Self {
-        Labeller { peers: Peers::new(peer_labels), held: VecDeque::new(), max_held, not_held: 0 }
+    /// For a loop that scans open flows every `poll_interval` (their peer labels must last
+    /// from one scan to the next).
+    pub fn new(poll_interval: Duration) -> Self {
+        Labeller::with_bounds(MAX_HELD, PEER_LABELS, (2 * poll_interval).max(PEER_TTL_MIN))
+    }
+
+    fn with_bounds(max_held: usize, peer_labels: usize, peer_ttl: Duration) -> Self {
+        Labeller {
+            peers: Peers::new(peer_labels, peer_ttl),
+            interner: Interner::default(),
+            held: VecDeque::new(),
+            max_held,
+            not_held: 0,
+        }
     }
 
     /// Labels `batch` in place: `local` (with intra-host peers) first, then each of
@@ -69,13 +85,20 @@ impl Labeller {
                 .map(|o| &mut o.record)
                 .collect();
             if local.is_some() {
-                self.peers.link(&mut records);
+                self.peers.link(&mut records, now);
             }
             for e in remote {
                 for r in records.iter_mut() {
                     e.enrich(r);
                 }
             }
+            for r in records.iter_mut() {
+                self.interner.intern(&mut r.local.ecs);
+                self.interner.intern(&mut r.remote.ecs);
+            }
+        }
+        if batch.live.is_some() {
+            self.interner.prune();
         }
         let mut out = Vec::with_capacity(batch.closed.len());
         for o in batch.closed.drain(..) {
@@ -131,7 +154,7 @@ mod tests {
     #[test]
     fn the_first_end_to_close_waits_for_its_peer_then_both_are_labelled() {
         let local = FixedLabels(EcsLabels { task_family: Some("web".into()), ..Default::default() });
-        let mut l = Labeller::default();
+        let mut l = Labeller::new(Duration::from_secs(1));
         let t0 = Instant::now();
         let mut first = Batch { closed: vec![closed(80, 40000)], live: None };
         l.label(Some(&local), &[], &mut first, t0, false);
@@ -160,13 +183,14 @@ mod tests {
         let flows = || (0..5).map(|i| closed(100 + i, 50000 + i)).collect::<Vec<_>>();
         let t0 = Instant::now();
         // At most 2 held: the other 3 go on at once.
-        let mut l = Labeller::with_bounds(2, 1000);
+        let ttl = Duration::from_secs(60);
+        let mut l = Labeller::with_bounds(2, 1000, ttl);
         let mut b = Batch { closed: flows(), live: None };
         l.label(Some(&local), &[], &mut b, t0, false);
         assert_eq!(b.closed.len(), 3);
         assert_eq!(l.counts(), LabelCounts { held: 2, not_held_full: 3, peer_labels_evicted: 0 });
-        // 3 labels remembered: of 5 flows, 2 are forgotten; then their peers come.
-        let mut l = Labeller::with_bounds(MAX_HELD, 3);
+        // Two generations of 2 labels: of 5 flows, the first 2 are forgotten; then their peers come.
+        let mut l = Labeller::with_bounds(MAX_HELD, 2, ttl);
         let mut b = Batch { closed: flows(), live: None };
         l.label(Some(&local), &[], &mut b, t0, true);
         assert_eq!(l.counts().peer_labels_evicted, 2);

@@ -1,7 +1,9 @@
 //! Raw kernel records (`eddy_ebpf::Flow`) → domain [`FlowRecord`]s: the one
 //! place where addresses, times, directions and failures are decoded.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use eddy_ebpf::shared as k;
 use eddy_ebpf::{Flow, Tuple};
@@ -13,8 +15,32 @@ use crate::flow::{Direction, Endpoint, Failure, Family, FlowRecord, Protocol};
 const AF_INET6: u16 = 10;
 const IPPROTO_UDP: u8 = 17;
 
+/// Command names seen, one shared copy each (a host has a few hundred commands and up to
+/// hundreds of thousands of flows). Bounded: emptied when it holds [`Comms::MAX`] names.
+#[derive(Debug, Default)]
+pub struct Comms {
+    names: HashMap<[u8; 16], Arc<str>>,
+}
+
+impl Comms {
+    pub const MAX: usize = 4096;
+
+    /// The shared name of a kernel `comm` (NUL-terminated, 16 bytes; empty: `None`).
+    pub fn get(&mut self, raw: &[u8; 16]) -> Option<Arc<str>> {
+        if let Some(name) = self.names.get(raw) {
+            return Some(name.clone());
+        }
+        let name: Arc<str> = comm(raw)?.into();
+        if self.names.len() >= Self::MAX {
+            self.names.clear();
+        }
+        self.names.insert(*raw, name.clone());
+        Some(name)
+    }
+}
+
 /// Converts one raw record. Zero values mean "unknown" in the kernel struct.
-pub fn to_record(f: &Flow, clock: &dyn Clock) -> Observed {
+pub fn to_record(f: &Flow, clock: &dyn Clock, comms: &mut Comms) -> Observed {
     let protocol = if f.tuple.protocol == IPPROTO_UDP { Protocol::Udp } else { Protocol::Tcp };
     let (local, remote) = endpoints(&f.tuple);
     let family = if local.addr.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 };
@@ -30,7 +56,7 @@ pub fn to_record(f: &Flow, clock: &dyn Clock) -> Observed {
         netns: nonzero(f.netns_ino),
         cgroup_id: (f.cgroup_id != 0).then_some(f.cgroup_id),
         pid: nonzero(f.pid),
-        comm: comm(&f.comm),
+        comm: comms.get(&f.comm),
         cookie: f.cookie,
         bytes_sent: f.bytes_sent,
         bytes_received: f.bytes_received,
@@ -142,7 +168,7 @@ mod tests {
         let mut f = raw_v4();
         f.bytes_sent = 10;
         f.rtt_us = 99;
-        let o = to_record(&f, &clock);
+        let o = to_record(&f, &clock, &mut Comms::default());
         let r = o.record;
         assert_eq!(r.local.addr, "10.0.0.1".parse::<IpAddr>().expect("ip"));
         assert_eq!(r.remote.port, 80);
@@ -163,7 +189,7 @@ mod tests {
         f.tuple.family = AF_INET6;
         f.tuple.local_addr = "fd00::1".parse::<Ipv6Addr>().expect("ip").octets();
         f.tuple.remote_addr = "::ffff:10.1.2.3".parse::<Ipv6Addr>().expect("ip").octets();
-        let r = to_record(&f, &clock).record;
+        let r = to_record(&f, &clock, &mut Comms::default()).record;
         assert_eq!(r.local.addr, "fd00::1".parse::<IpAddr>().expect("ip"));
         assert_eq!(r.remote.addr, "10.1.2.3".parse::<IpAddr>().expect("ip"));
         assert_eq!(r.family, Family::Ipv6);
@@ -176,7 +202,7 @@ mod tests {
         f.tuple.protocol = IPPROTO_UDP;
         f.closed_ns = 5;
         f.sk_err = libc::ECONNREFUSED;
-        let r = to_record(&f, &clock).record;
+        let r = to_record(&f, &clock, &mut Comms::default()).record;
         assert_eq!(r.protocol, Protocol::Udp);
         assert_eq!(r.rtt_us, None);
         assert_eq!(r.failure, None);
@@ -201,6 +227,6 @@ mod tests {
         let mut f = raw_v4();
         f.flags = (k::FLAG_CLOSED | k::FLAG_SYN_SENT) as u8;
         f.sk_err = libc::ECONNREFUSED;
-        assert_eq!(to_record(&f, &clock).record.failure, Some(Failure::Refused));
+        assert_eq!(to_record(&f, &clock, &mut Comms::default()).record.failure, Some(Failure::Refused));
     }
 }

@@ -7,6 +7,7 @@
 //! is emptied when full or older than [`MAX_AGE`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::flow::{FlowRecord, Protocol};
@@ -16,7 +17,7 @@ const MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Bounded pid → comm cache.
 pub struct ProcComms {
-    names: HashMap<u32, Option<String>>,
+    names: HashMap<u32, Option<Arc<str>>>,
     since: Instant,
 }
 
@@ -28,7 +29,7 @@ impl Default for ProcComms {
 
 impl ProcComms {
     /// The comm of `pid`, if the process still exists (or did at its first lookup).
-    pub fn get(&mut self, pid: u32) -> Option<String> {
+    pub fn get(&mut self, pid: u32) -> Option<Arc<str>> {
         if self.names.len() >= MAX_ENTRIES || self.since.elapsed() > MAX_AGE {
             self.names.clear();
             self.since = Instant::now();
@@ -46,10 +47,10 @@ impl ProcComms {
     }
 }
 
-fn read_comm(pid: u32) -> Option<String> {
+fn read_comm(pid: u32) -> Option<Arc<str>> {
     let raw = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let name = raw.trim_end_matches('\n');
-    (!name.is_empty()).then(|| name.to_string())
+    (!name.is_empty()).then(|| name.into())
 }
 
 #[cfg(test)]

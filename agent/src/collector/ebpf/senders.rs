@@ -9,6 +9,7 @@
 //! [`hooks::UDP_SENDERS`]: super::hooks::UDP_SENDERS
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use eddy_ebpf::Owner;
@@ -21,7 +22,7 @@ const MAX_CACHED: usize = 65_536;
 /// The kernel map and a cache of what it said.
 pub struct Senders {
     map: BpfHashMap<MapData, u64, Owner>,
-    cache: HashMap<u64, (u32, Option<String>)>,
+    cache: HashMap<u64, (u32, Option<Arc<str>>)>,
 }
 
 impl Senders {
@@ -45,7 +46,7 @@ impl Senders {
         }
     }
 
-    fn lookup(&mut self, cookie: u64) -> Option<(u32, Option<String>)> {
+    fn lookup(&mut self, cookie: u64) -> Option<(u32, Option<Arc<str>>)> {
         if let Some(hit) = self.cache.get(&cookie) {
             return Some(hit.clone());
         }
@@ -56,7 +57,7 @@ impl Senders {
         if self.cache.len() >= MAX_CACHED {
             self.cache.clear();
         }
-        let found = (owner.pid, convert::comm(&owner.comm));
+        let found = (owner.pid, convert::comm(&owner.comm).map(Arc::from));
         self.cache.insert(cookie, found.clone());
         Some(found)
     }

@@ -14,18 +14,21 @@ fn host_container_unknown_and_missing() {
     let mut snap = Snapshot { cluster: Some("flows".into()), ..Default::default() };
     snap.containers.insert(
         C.into(),
-        EcsLabels {
+        Arc::new(EcsLabels {
             task_family: Some("web".into()),
             container_name: Some("web".into()),
             ..Default::default()
-        },
+        }),
     );
     r.set_ecs(snap);
-    assert_eq!(r.labels(Some(1), None, None).and_then(|l| l.container_name).as_deref(), Some("host"));
-    assert_eq!(r.labels(Some(2), None, None).and_then(|l| l.task_family).as_deref(), Some("web"));
+    assert_eq!(r.labels(Some(1), None, None).and_then(|l| l.container_name.clone()).as_deref(), Some("host"));
+    assert_eq!(r.labels(Some(2), None, None).and_then(|l| l.task_family.clone()).as_deref(), Some("web"));
     let unknown = r.labels(Some(3), None, None).expect("labels");
     assert_eq!((unknown.task_family.as_deref(), unknown.cluster.as_deref()), (Some(UNKNOWN), Some("flows")));
-    assert_eq!(r.labels(Some(4), None, None).and_then(|l| l.container_name).as_deref(), Some(UNKNOWN));
+    assert_eq!(
+        r.labels(Some(4), None, None).and_then(|l| l.container_name.clone()).as_deref(),
+        Some(UNKNOWN)
+    );
     assert_eq!(r.labels(None, None, None), None);
     let mut rec = FlowRecord::test(Protocol::Tcp, 1, false);
     rec.cgroup_id = Some(2);
@@ -52,16 +55,16 @@ fn process_and_namespace_fallbacks_when_the_cgroup_says_host() {
     for (id, name) in [(C, "web"), (web2.as_str(), "sidecar"), (pause.as_str(), PAUSE_CONTAINER)] {
         snap.containers.insert(
             id.into(),
-            EcsLabels {
+            Arc::new(EcsLabels {
                 task_arn: Some("arn:t".into()),
                 container_name: Some(name.into()),
                 container_id: Some(id.into()),
                 ..Default::default()
-            },
+            }),
         );
     }
     r.set_ecs(snap);
-    let name = |l: Option<EcsLabels>| l.and_then(|l| l.container_name);
+    let name = |l: Option<Arc<EcsLabels>>| l.and_then(|l| l.container_name.clone());
     assert_eq!(name(r.labels(Some(1), Some(42), Some(7))).as_deref(), Some("web"), "pid first");
     let task = r.labels(Some(1), Some(99), Some(7)).expect("labels");
     assert_eq!((task.task_arn.as_deref(), task.container_name.as_deref()), (Some("arn:t"), Some(UNKNOWN)));

@@ -159,13 +159,20 @@ impl RemoteIndex {
 
     /// Fills what only the ECS API knows (service, availability zone) into labels of a
     /// task it reports, e.g. the local labels from the ECS agent.
-    pub fn complete(&self, labels: &mut EcsLabels) {
+    /// Labels already complete stay shared; others are copied once and filled.
+    pub fn complete(&self, labels: &mut std::sync::Arc<EcsLabels>) {
         let Some(&t) = labels.task_arn.as_ref().and_then(|a| self.by_task_arn.get(a)) else { return };
         let known = &self.tasks[t].labels;
-        if labels.service.is_none() {
+        let service = labels.service.is_none() && known.service.is_some();
+        let zone = labels.availability_zone.is_none() && known.availability_zone.is_some();
+        if !(service || zone) {
+            return;
+        }
+        let labels = std::sync::Arc::make_mut(labels);
+        if service {
             labels.service = known.service.clone();
         }
-        if labels.availability_zone.is_none() {
+        if zone {
             labels.availability_zone = known.availability_zone.clone();
         }
     }

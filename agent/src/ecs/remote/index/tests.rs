@@ -98,14 +98,21 @@ fn host_ports_on_a_container_instance_and_the_instance_itself() {
 #[test]
 fn completes_local_labels_with_service_and_zone() {
     let idx = index();
-    let mut local =
-        EcsLabels { task_arn: Some("arn:aws:ecs:us-east-1:1:task/prod/web".into()), ..Default::default() };
+    let mut local = std::sync::Arc::new(EcsLabels {
+        task_arn: Some("arn:aws:ecs:us-east-1:1:task/prod/web".into()),
+        ..Default::default()
+    });
+    let shared = local.clone();
     idx.complete(&mut local);
+    assert_eq!(shared.service, None, "a copy was completed, not the shared labels");
     assert_eq!(
         (local.service.as_deref(), local.availability_zone.as_deref()),
         (Some("web-svc"), Some("us-east-1b"))
     );
-    let mut other = EcsLabels { task_arn: Some("nope".into()), ..Default::default() };
+    let mut done = local.clone();
+    idx.complete(&mut done);
+    assert!(std::sync::Arc::ptr_eq(&done, &local), "complete labels are not copied");
+    let mut other = std::sync::Arc::new(EcsLabels { task_arn: Some("nope".into()), ..Default::default() });
     idx.complete(&mut other);
     assert_eq!(other.service, None);
 }
