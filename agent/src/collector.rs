@@ -119,6 +119,8 @@ pub struct MapStatus {
 pub struct SourceStatus {
     pub hooks: Vec<HookStatus>,
     pub maps: Vec<MapStatus>,
+    /// Kernel memory of each eBPF map in bytes (`memlock`; empty for sock_diag).
+    pub kernel_memory: BTreeMap<String, u64>,
     /// Everything that was not counted or not delivered, by cause.
     pub drops: BTreeMap<&'static str, u64>,
     /// Throughput counters (connections tracked, records delivered).

@@ -218,6 +218,14 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
             w.sample("eddy_agent_map_entries", &[("map", m.name)], n);
         }
     }
+    w.family("eddy_agent_kernel_map_bytes", Kind::Gauge, "Kernel memory of each eBPF map (memlock).");
+    for (map, n) in &st.memory.kernel_maps {
+        w.sample("eddy_agent_kernel_map_bytes", &[("map", map)], n);
+    }
+    if let Some(rss) = st.memory.rss_bytes {
+        w.family("eddy_agent_resident_memory_bytes", Kind::Gauge, "Resident memory of the agent (VmRSS).");
+        w.sample("eddy_agent_resident_memory_bytes", &[], rss);
+    }
     w.family(
         "eddy_agent_dropped",
         Kind::Counter,

@@ -34,6 +34,8 @@ pub struct Status {
     pub kernel: KernelInfo,
     pub hooks: Vec<HookStatus>,
     pub maps: Vec<MapStatus>,
+    /// The agent's resident memory and the kernel memory of its eBPF maps.
+    pub memory: Memory,
     pub drops: BTreeMap<&'static str, u64>,
     pub counters: BTreeMap<&'static str, u64>,
     pub flows: TableStats,
@@ -104,6 +106,7 @@ impl Status {
             kernel: c.kernel.clone(),
             hooks: source.hooks,
             maps: source.maps,
+            memory: Memory::now(source.kernel_memory),
             drops,
             counters,
             flows,
@@ -124,5 +127,45 @@ impl Status {
             privileges: c.privileges.clone(),
             api,
         }
+    }
+}
+
+/// `/status` → `memory`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Memory {
+    /// Resident set (`VmRSS`) and its peak (`VmHWM`) of the agent process, in bytes.
+    pub rss_bytes: Option<u64>,
+    pub rss_peak_bytes: Option<u64>,
+    /// Kernel memory of all eBPF maps (`memlock`; charged to the memory cgroup on 5.11+,
+    /// not part of the resident set except ring buffer pages the agent has read).
+    pub kernel_maps_bytes: u64,
+    pub kernel_maps: BTreeMap<String, u64>,
+}
+
+impl Memory {
+    fn now(kernel_maps: BTreeMap<String, u64>) -> Memory {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        Memory {
+            rss_bytes: proc_status_kib(&status, "VmRSS:").map(|k| k * 1024),
+            rss_peak_bytes: proc_status_kib(&status, "VmHWM:").map(|k| k * 1024),
+            kernel_maps_bytes: kernel_maps.values().sum(),
+            kernel_maps,
+        }
+    }
+}
+
+/// A `kB` line of `/proc/<pid>/status`.
+fn proc_status_kib(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|l| l.strip_prefix(key))?.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_kib_lines_of_proc_status() {
+        let s = "Name:\teddy-agent\nVmHWM:\t   30720 kB\nVmRSS:\t   20480 kB\n";
+        assert_eq!(super::proc_status_kib(s, "VmRSS:"), Some(20480));
+        assert_eq!(super::proc_status_kib(s, "VmHWM:"), Some(30720));
+        assert_eq!(super::proc_status_kib(s, "VmSwap:"), None);
     }
 }

@@ -17,18 +17,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::Iter;
 use aya::{Btf, Ebpf, EbpfLoader};
-use eddy_ebpf::{DnsEvent, Flow, UdpKey, shared as k};
+use eddy_ebpf::{Flow, UdpKey, shared as k};
 
 use super::{Batch, CollectorError, FlowSource, HookStatus, MapStatus, Observed, SourceStatus};
 use crate::clock::Clock;
 
 mod attach;
+mod batch;
 mod choice;
 pub mod convert;
+mod dns_drain;
 pub mod hooks;
+mod memory;
 mod proc_comm;
 mod senders;
 
@@ -98,10 +101,13 @@ pub struct EbpfSource {
     /// The UDP programs cannot name the sender at all: `UDP_OWNERS`, filled at `udp_sendmsg`.
     senders: Option<senders::Senders>,
     iter_errors: u64,
+    /// Kernel memory of each map (see [`memory`]).
+    kernel_memory: BTreeMap<String, u64>,
+    /// Read the flow maps in batches (false once the kernel refused).
+    batches: bool,
     closed: RingBuf<MapData>,
     /// DNS packets (when DNS monitoring is on and the cgroup_skb programs attached).
-    dns: Option<RingBuf<MapData>>,
-    dns_malformed_records: u64,
+    dns: Option<dns_drain::DnsDrain>,
     tcp: BpfHashMap<MapData, u64, Flow>,
     udp: BpfHashMap<MapData, UdpKey, Flow>,
     counters: PerCpuArray<MapData, u64>,
@@ -147,12 +153,12 @@ impl EbpfSource {
             true => Some(senders::Senders::new(take(&mut ebpf, k::MAP_UDP_OWNERS)?)),
             false => None,
         };
+        let kernel_memory = memory::of_maps(&ebpf);
         let hooks = vec![tcp.lifecycle, tcp.retransmits, tcp.live, tcp.bytes, udp.udp, udp.process, udp.dns];
         attach::log(&hooks);
         Ok(EbpfSource {
             closed: take(&mut ebpf, k::MAP_CLOSED)?,
-            dns: if udp.dns_on { Some(take(&mut ebpf, k::MAP_DNS)?) } else { None },
-            dns_malformed_records: 0,
+            dns: if udp.dns_on { Some(dns_drain::DnsDrain::new(take(&mut ebpf, k::MAP_DNS)?)) } else { None },
             tcp: take(&mut ebpf, k::MAP_TCP_FLOWS)?,
             udp: take(&mut ebpf, k::MAP_UDP_FLOWS)?,
             counters: take(&mut ebpf, k::MAP_COUNTERS)?,
@@ -163,6 +169,8 @@ impl EbpfSource {
             senders,
             cookie_sweep: tcp.cookie_sweep,
             iter_errors: 0,
+            kernel_memory,
+            batches: true,
             maps: MapFill::new(&settings),
             settings,
             clock,
@@ -210,18 +218,19 @@ impl EbpfSource {
         let now = self.clock.mono_now_ns();
         let (clock, names) = (self.clock.as_ref(), &mut self.names);
         let mut gone = Vec::new();
-        self.maps.tcp_flows = each_entry(&self.tcp, limit, &mut self.map_read_errors, |cookie, mut f| {
-            let stale = f.closed_ns != 0 && now.saturating_sub(f.last_ns) > STALE_CLOSED_NS;
-            if stale {
-                f.flags |= k::FLAG_CLOSED as u8;
-            }
-            if f.flags as u32 & k::FLAG_CLOSED != 0 {
-                closed.push(convert::to_record(&f, clock, names));
-                gone.push(cookie);
-            } else {
-                live.push(convert::to_record(&f, clock, names));
-            }
-        });
+        self.maps.tcp_flows =
+            each_entry(&self.tcp, limit, &mut self.map_read_errors, &mut self.batches, |cookie, mut f| {
+                let stale = f.closed_ns != 0 && now.saturating_sub(f.last_ns) > STALE_CLOSED_NS;
+                if stale {
+                    f.flags |= k::FLAG_CLOSED as u8;
+                }
+                if f.flags as u32 & k::FLAG_CLOSED != 0 {
+                    closed.push(convert::to_record(&f, clock, names));
+                    gone.push(cookie);
+                } else {
+                    live.push(convert::to_record(&f, clock, names));
+                }
+            });
         for cookie in gone {
             if self.tcp.remove(&cookie).is_err() {
                 self.map_read_errors += 1;
@@ -238,13 +247,14 @@ impl EbpfSource {
         let (clock, names) = (self.clock.as_ref(), &mut self.names);
         let (first_live, first_closed) = (live.len(), closed.len());
         let mut idle_flows = Vec::new();
-        self.maps.udp_flows = each_entry(&self.udp, limit, &mut self.map_read_errors, |key, f| {
-            if now.saturating_sub(f.last_ns) > idle {
-                idle_flows.push((key, f));
-            } else {
-                live.push(convert::to_record(&f, clock, names));
-            }
-        });
+        self.maps.udp_flows =
+            each_entry(&self.udp, limit, &mut self.map_read_errors, &mut self.batches, |key, f| {
+                if now.saturating_sub(f.last_ns) > idle {
+                    idle_flows.push((key, f));
+                } else {
+                    live.push(convert::to_record(&f, clock, names));
+                }
+            });
         for (key, mut f) in idle_flows {
             if self.udp.remove(&key).is_err() {
                 self.map_read_errors += 1;
@@ -299,6 +309,7 @@ impl FlowSource for EbpfSource {
 
     fn status(&self) -> SourceStatus {
         let c = |i: u32| self.kernel_counters[i as usize];
+        let (dns_queue_full, dns_malformed) = self.dns.as_ref().map_or((0, 0), dns_drain::DnsDrain::counts);
         let drops = BTreeMap::from([
             ("tcp_map_full", c(k::CTR_TCP_MAP_FULL)),
             ("tcp_untracked_events", c(k::CTR_TCP_UNTRACKED)),
@@ -306,8 +317,9 @@ impl FlowSource for EbpfSource {
             ("udp_map_full", c(k::CTR_UDP_MAP_FULL)),
             ("udp_unparsed", c(k::CTR_UDP_UNPARSED)),
             ("ring_buffer_full", c(k::CTR_RINGBUF_FULL)),
-            ("malformed_ring_records", self.malformed_records + self.dns_malformed_records),
+            ("malformed_ring_records", self.malformed_records + dns_malformed),
             ("dns_ring_buffer_full", c(k::CTR_DNS_RINGBUF_FULL)),
+            ("dns_queue_full", dns_queue_full),
             ("dns_unparsed_packets", c(k::CTR_DNS_UNPARSED)),
             ("map_read_errors", self.map_read_errors),
             ("iterator_errors", self.iter_errors),
@@ -322,23 +334,18 @@ impl FlowSource for EbpfSource {
             ("cookie_sweep_namespaces", self.cookie_sweep.map_or(0, |s| s.namespaces)),
             ("dns_packets_captured", c(k::CTR_DNS_CAPTURED)),
         ]);
-        SourceStatus { hooks: self.hooks.clone(), maps: self.maps.status(), drops, counters }
+        SourceStatus {
+            hooks: self.hooks.clone(),
+            maps: self.maps.status(),
+            kernel_memory: self.kernel_memory.clone(),
+            drops,
+            counters,
+        }
     }
 
     fn take_dns(&mut self) -> Vec<crate::dns::DnsPacket> {
-        let Some(ring) = self.dns.as_mut() else { return Vec::new() };
-        let mut out = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<DnsEvent>() {
-                self.dns_malformed_records += 1;
-                continue;
-            }
-            // SAFETY: the item holds at least size_of::<DnsEvent>() bytes written by the kernel
-            // program from a `struct eddy_dns_event`, whose layout `DnsEvent` mirrors (checked at
-            // compile time); `DnsEvent` is plain data valid for any bits, read unaligned.
-            let ev: DnsEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DnsEvent>()) };
-            out.push(convert::dns_packet(&ev));
-        }
+        let Some(drain) = self.dns.as_mut() else { return Vec::new() };
+        let mut out = drain.take();
         if let Some(comms) = self.comms.as_mut() {
             for p in &mut out {
                 if p.comm.is_none() {
@@ -350,18 +357,36 @@ impl FlowSource for EbpfSource {
     }
 }
 
-/// Calls `visit` once for every entry of a flow map (iteration restarts when the kernel
-/// deletes the entry it is at: entries seen before are skipped), in at most `limit` steps;
-/// read errors are counted. Returns how many distinct entries it saw.
+/// Calls `visit` once for every entry of a flow map, and returns how many there were: in
+/// batches ([`batch`]) unless the kernel refused them before (`batches` false), else with
+/// aya's iterator (which restarts when the kernel deletes the entry it is at: entries seen
+/// before are skipped), in at most `limit` steps; also when a batch read fails midway.
+/// Read errors are counted.
 fn each_entry<K>(
     map: &BpfHashMap<MapData, K, Flow>,
     limit: usize,
     errors: &mut u64,
+    batches: &mut bool,
     mut visit: impl FnMut(K, Flow),
 ) -> u64
 where
     K: aya::Pod + Eq + std::hash::Hash,
 {
+    if *batches {
+        match batch::read_all(map.map().fd(), &mut visit) {
+            Ok(n) => return n,
+            Err(e @ batch::BatchError::Unsupported(_)) => {
+                tracing::info!(error = %e, "reading flow maps entry by entry");
+                *batches = false;
+            }
+            Err(e @ batch::BatchError::Failed { .. }) => {
+                // Read it all again entry by entry: entries visited twice are harmless
+                // (the flow table keys them; a second removal fails and is counted).
+                tracing::debug!(error = %e, "flow map batch read failed");
+                *errors += 1;
+            }
+        }
+    }
     let mut seen = HashSet::new();
     for item in map.iter().take(limit) {
         match item {

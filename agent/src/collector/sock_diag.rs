@@ -476,6 +476,7 @@ impl FlowSource for SockDiagSource {
                     entries: Some(self.sockets.len() as u64),
                 },
             ],
+            kernel_memory: BTreeMap::new(),
             drops,
             counters,
         }

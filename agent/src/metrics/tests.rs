@@ -26,6 +26,12 @@ fn status() -> Status {
         },
         hooks: vec![HookStatus { capability: "tcp_bytes", chosen: Some("x".into()), rejected: vec![] }],
         maps: vec![MapStatus { name: "tcp_flows", capacity: 64, entries: Some(3) }],
+        memory: crate::status::Memory {
+            rss_bytes: Some(20 << 20),
+            rss_peak_bytes: Some(30 << 20),
+            kernel_maps_bytes: 4096,
+            kernel_maps: [("TCP_FLOWS".to_string(), 4096)].into(),
+        },
         drops: BTreeMap::from([("tcp_map_full", 2)]),
         counters: BTreeMap::new(),
         flows: TableStats::default(),
