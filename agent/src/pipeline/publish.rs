@@ -91,7 +91,7 @@ impl Sink for Publish {
 #[serde(untagged)]
 pub enum Line {
     Flow(FlowRecord),
-    Aggregate(AggregateRecord),
+    Aggregate(Box<AggregateRecord>),
     Dns(crate::dns::DnsRecord),
 }
 
@@ -136,7 +136,7 @@ fn export(shared: &Shared, aggregator: &mut Aggregator, settings: &Outputs) {
         .into_iter()
         .chain(flows.live)
         .map(Line::Flow)
-        .chain(aggregates.into_iter().map(Line::Aggregate))
+        .chain(aggregates.into_iter().map(|a| Line::Aggregate(Box::new(a))))
         .chain(dns_changed.into_iter().map(|row| Line::Dns(crate::dns::DnsRecord::new(row, now))))
         .collect();
     if lines.is_empty() {
