@@ -1,10 +1,12 @@
 //! Aggregation: flow records rolled up per interval into bounded series.
 //!
-//! A series is one identity pair — local address and ECS workload (task
-//! `family:revision`, container) ↔ remote address and workload, the server's
-//! port (the remote port of outgoing flows, the local port of incoming ones; never
-//! an ephemeral client port), protocol, family and direction. No PIDs, cookies or
-//! client ports become labels. Each flow's counters are turned into deltas (the
+//! A series is one identity pair — the ECS workloads of both ends (cluster, service, task
+//! `family:revision`, container), the flow's scope, both ends' Availability Zones, the remote
+//! AWS resource, and the addresses of ends without a name (the groups in `series_labels`,
+//! see [`key`]) — with the server's port (the remote port of outgoing flows, the local port of
+//! incoming ones; never an ephemeral client port), protocol, family and direction. No PIDs,
+//! cookies or client ports become labels. Cross-AZ and NAT gateway bytes are also counted per
+//! workload pair, priced ([`transfer`]). Each flow's counters are turned into deltas (the
 //! aggregator remembers what it already counted per flow), so series counters are
 //! monotonic totals since the agent started, exactly the sum of the traffic.
 //!
@@ -28,12 +30,17 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::flow::{Direction, Failure, Family, FlowRecord, Protocol};
+use crate::flow::{Failure, FlowRecord};
 use crate::table::FlowKey;
 
+mod key;
 mod record;
+pub mod transfer;
 
+pub use key::{DEFAULT_GROUPS, LabelGroup, LabelGroups, SeriesKey};
 pub use record::AggregateRecord;
+use transfer::Transfers;
+pub use transfer::{Prices, TransferRow, TransferSnapshot, Usd};
 
 /// Upper bounds of the RTT histogram, in microseconds.
 pub const RTT_BUCKETS_US: [u64; 12] =
@@ -48,72 +55,6 @@ pub const OTHER_SLOTS: usize = 12;
 
 /// Every series with its totals, as published for `/metrics`.
 pub type SeriesSnapshot = std::sync::Arc<Vec<(SeriesKey, SeriesValues)>>;
-
-/// Series labels.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct SeriesKey {
-    pub protocol: Protocol,
-    pub family: Family,
-    pub direction: Direction,
-    pub local_addr: String,
-    pub remote_addr: String,
-    pub server_port: String,
-    /// ECS task `family:revision` of the local end (`host`, `unknown`; empty without ECS).
-    pub local_task: String,
-    /// ECS container name of the local end (empty without ECS).
-    pub local_container: String,
-    /// The same for the remote end, when it is known (intra-host peers).
-    pub remote_task: String,
-    pub remote_container: String,
-}
-
-/// `family:revision` and container name from ECS labels ("" when absent).
-fn workload(l: Option<&crate::flow::EcsLabels>) -> (String, String) {
-    let Some(l) = l else { return (String::new(), String::new()) };
-    let task = match (&l.task_family, &l.task_revision) {
-        (Some(f), Some(r)) if f != crate::flow::labels::UNKNOWN => format!("{f}:{r}"),
-        (Some(f), _) => f.clone(),
-        (None, _) => l.container_name.clone().unwrap_or_default(),
-    };
-    (task, l.container_name.clone().unwrap_or_default())
-}
-
-impl SeriesKey {
-    pub fn of(r: &FlowRecord) -> Self {
-        let server_port = match r.direction {
-            Direction::Outgoing => r.remote.port,
-            Direction::Incoming => r.local.port,
-            Direction::Unknown => r.local.port.min(r.remote.port),
-        };
-        let (local_task, local_container) = workload(r.local.ecs.as_deref());
-        let (remote_task, remote_container) = workload(r.remote.ecs.as_deref());
-        SeriesKey {
-            protocol: r.protocol,
-            family: r.family,
-            direction: r.direction,
-            local_addr: r.local.addr.to_string(),
-            remote_addr: r.remote.addr.to_string(),
-            server_port: server_port.to_string(),
-            local_task,
-            local_container,
-            remote_task,
-            remote_container,
-        }
-    }
-
-    fn other(&self) -> Self {
-        SeriesKey {
-            local_addr: OTHER.into(),
-            remote_addr: OTHER.into(),
-            server_port: OTHER.into(),
-            local_task: String::new(),
-            local_container: String::new(),
-            remote_task: String::new(),
-            remote_container: String::new(),
-            ..self.clone()
-        }
-    }
-}
 
 /// RTT distribution (one observation per TCP flow per interval in which it was active).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -153,6 +94,8 @@ pub struct SeriesValues {
     pub connections_closed: u64,
     pub connections_failed: BTreeMap<Failure, u64>,
     pub rtt: Histogram,
+    /// Cross-AZ and NAT gateway bytes (see [`transfer`]).
+    pub transfer: transfer::TransferValues,
 }
 
 impl SeriesValues {
@@ -168,6 +111,7 @@ impl SeriesValues {
             *self.connections_failed.entry(*f).or_default() += n;
         }
         self.rtt.add(&o.rtt);
+        self.transfer.add(&o.transfer);
     }
 
     fn bytes(&self) -> u64 {
@@ -201,6 +145,10 @@ pub struct AggregateStats {
     pub series_expired: u64,
     pub flows_tracked: u64,
     pub intervals: u64,
+    /// Workload pairs with cross-AZ or NAT gateway bytes (`eddy_cross_az_bytes_total`, ...).
+    pub transfer_pairs: u64,
+    /// New pairs folded into the `other` pair because `max_series` pairs existed.
+    pub transfer_folded: u64,
 }
 
 /// Aggregator settings.
@@ -208,6 +156,10 @@ pub struct AggregateStats {
 pub struct AggregateSettings {
     pub max_series: usize,
     pub series_idle_intervals: u64,
+    /// Which labels make a series (`series_labels`).
+    pub labels: LabelGroups,
+    /// Transfer prices (`[cost]`).
+    pub prices: Prices,
 }
 
 /// Series totals since start, and the current interval's deltas.
@@ -221,6 +173,9 @@ pub struct Aggregator {
     interval_no: u64,
     interval_start: SystemTime,
     stats: AggregateStats,
+    /// This host's Availability Zone, when known (the local zone of flows without ECS zones).
+    host_az: Option<String>,
+    transfers: Transfers,
 }
 
 impl Aggregator {
@@ -233,7 +188,18 @@ impl Aggregator {
             interval_no: 0,
             interval_start: now,
             stats: AggregateStats { max_series: settings.max_series as u64, ..Default::default() },
+            host_az: None,
+            transfers: Transfers::default(),
         }
+    }
+
+    /// Sets this host's Availability Zone (enhanced resolution's identity).
+    pub fn set_host_az(&mut self, az: Option<String>) {
+        self.host_az = az;
+    }
+
+    pub fn host_az(&self) -> Option<&str> {
+        self.host_az.as_deref()
     }
 
     /// Counts what is new in `r` since it was last observed. `closed` records are final.
@@ -251,8 +217,16 @@ impl Aggregator {
             connections_closed: u64::from(r.is_closed()),
             connections_failed: r.failure.map(|f| BTreeMap::from([(f, 1)])).unwrap_or_default(),
             rtt: Histogram::default(),
+            transfer: transfer::TransferValues::default(),
         };
         let mut d = d;
+        let host_az = self.host_az.as_deref();
+        if let Some((pair, t)) = transfer::classify(r, host_az, d.bytes_sent, d.bytes_received)
+            && !t.is_zero()
+        {
+            d.transfer = t;
+            self.transfers.add(pair, &t, self.settings.max_series, self.interval_no);
+        }
         if let Some(rtt) = r.rtt_us.filter(|&v| v > 0) {
             d.rtt.observe(u64::from(rtt));
         }
@@ -271,9 +245,9 @@ impl Aggregator {
                 },
             );
         }
-        let mut key = SeriesKey::of(r);
+        let mut key = SeriesKey::with(r, self.settings.labels, host_az);
         if self.interval.len() >= self.settings.max_series
-            && key.remote_addr != OTHER
+            && !key.is_other()
             && !self.interval.contains_key(&key)
             && !self.series.contains_key(&key)
         {
@@ -298,9 +272,9 @@ impl Aggregator {
         let mut moved: BTreeMap<SeriesKey, SeriesValues> = BTreeMap::new();
         // `other` series take at most OTHER_SLOTS of the cap: regular series get the rest.
         let room = self.settings.max_series.saturating_sub(OTHER_SLOTS);
-        let mut regular = self.series.keys().filter(|k| k.remote_addr != OTHER).count();
+        let mut regular = self.series.keys().filter(|k| !k.is_other()).count();
         for (key, d) in deltas {
-            let key = if self.series.contains_key(&key) || key.remote_addr == OTHER {
+            let key = if self.series.contains_key(&key) || key.is_other() {
                 key
             } else if regular < room {
                 regular += 1;
@@ -317,16 +291,22 @@ impl Aggregator {
         let idle = self.settings.series_idle_intervals;
         let no = self.interval_no;
         let before = self.series.len();
-        self.series.retain(|k, (_, last)| k.remote_addr == OTHER || no.saturating_sub(*last) < idle);
+        self.series.retain(|k, (_, last)| k.is_other() || no.saturating_sub(*last) < idle);
         self.stats.series_expired += (before - self.series.len()) as u64;
+        self.transfers.expire(no, idle);
 
-        let records =
-            moved.into_iter().map(|(k, v)| AggregateRecord::new(k, v, self.interval_start, now)).collect();
+        let prices = self.settings.prices;
+        let records = moved
+            .into_iter()
+            .map(|(k, v)| AggregateRecord::new(k, v, &prices, self.interval_start, now))
+            .collect();
         self.interval_start = now;
         self.interval_no += 1;
         self.stats.intervals += 1;
         self.stats.series = self.series.len() as u64;
         self.stats.flows_tracked = self.counted.len() as u64;
+        self.stats.transfer_pairs = self.transfers.len() as u64;
+        self.stats.transfer_folded = self.transfers.folded;
         records
     }
 
@@ -345,6 +325,11 @@ impl Aggregator {
         v
     }
 
+    /// Every workload pair with cross-AZ or NAT gateway bytes, its totals and costs.
+    pub fn transfers(&self) -> Vec<TransferRow> {
+        self.transfers.rows(&self.settings.prices)
+    }
+
     pub fn stats(&self) -> AggregateStats {
         self.stats
     }
@@ -352,3 +337,6 @@ impl Aggregator {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod identity_tests;

@@ -65,6 +65,7 @@ async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
     let body = blocking(&s, move |s| {
         let status = Status::of(s);
         let (series, aggregate) = s.export.series.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let transfers = s.export.transfers.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let dns = s
             .export
             .dns
@@ -73,7 +74,13 @@ async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
             .unwrap_or_default();
         let dns = crate::dns::sort_rows(dns);
         metrics::render(
-            &metrics::Snapshot { series: &series, aggregate, status: &status, dns: &dns },
+            &metrics::Snapshot {
+                series: &series,
+                transfers: &transfers,
+                aggregate,
+                status: &status,
+                dns: &dns,
+            },
             openmetrics,
         )
     })

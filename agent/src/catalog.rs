@@ -130,6 +130,30 @@ pub const TCP_RTT: Named = Named {
     description: "Smoothed TCP round-trip time of active flows, per interval.",
 };
 
+pub const CROSS_AZ_BYTES: Named = Named {
+    prometheus: "eddy_cross_az_bytes",
+    help: "Cross-AZ payload bytes counted once per workload pair: sent by the local end, or received from an AWS-managed peer (transfer).",
+    otlp: "eddy.cross_az.io",
+    unit: "By",
+    description: "Cross-AZ payload bytes counted once per workload pair (network.io.direction: transmit = sent by the local end, receive = from an AWS-managed peer).",
+};
+
+pub const NAT_GATEWAY_BYTES: Named = Named {
+    prometheus: "eddy_nat_gateway_bytes",
+    help: "Payload bytes both ways between the local end and a NAT gateway, per workload pair.",
+    otlp: "eddy.nat_gateway.io",
+    unit: "By",
+    description: "Payload bytes both ways between the local end and a NAT gateway, per workload pair.",
+};
+
+pub const TRANSFER_COST: Named = Named {
+    prometheus: "eddy_estimated_transfer_cost_usd",
+    help: "Estimated data transfer cost in USD per workload pair, by charge (cross_az, nat_gateway), from the configured prices.",
+    otlp: "eddy.transfer.cost",
+    unit: "{USD}",
+    description: "Estimated data transfer cost in USD per workload pair, by charge (eddy.transfer.charge: cross_az, nat_gateway).",
+};
+
 pub const DNS_QUERIES: Named = Named {
     prometheus: "eddy_dns_queries",
     help: "DNS queries sent by the client.",
@@ -162,7 +186,16 @@ mod tests {
     fn names_follow_each_exporters_conventions_and_are_unique() {
         let mut prom: Vec<&str> =
             SERIES_COUNTERS.iter().flat_map(|q| q.parts.iter().map(|p| p.prometheus)).collect();
-        let named = [CONNECTIONS_FAILED, TCP_RTT, DNS_QUERIES, DNS_RESPONSES, DNS_TIMEOUTS];
+        let named = [
+            CONNECTIONS_FAILED,
+            TCP_RTT,
+            CROSS_AZ_BYTES,
+            NAT_GATEWAY_BYTES,
+            TRANSFER_COST,
+            DNS_QUERIES,
+            DNS_RESPONSES,
+            DNS_TIMEOUTS,
+        ];
         prom.extend(named.iter().map(|n| n.prometheus));
         let mut otlp: Vec<&str> = SERIES_COUNTERS.iter().map(|q| q.otlp).collect();
         otlp.extend(named.iter().map(|n| n.otlp));
@@ -170,7 +203,8 @@ mod tests {
             assert!(p.starts_with("eddy_") && !p.ends_with("_total") && !p.contains('.'), "{p}");
         }
         for o in &otlp {
-            assert!(o.starts_with("eddy.") && !o.contains('_') || o.contains("rtt"), "{o}");
+            let ok = !o.contains('_') || o.contains("cross_az") || o.contains("nat_gateway");
+            assert!(o.starts_with("eddy.") && ok, "{o}");
         }
         let (n, m) = (prom.len(), otlp.len());
         prom.sort();

@@ -340,6 +340,8 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
         aggregate: AggregateSettings {
             max_series: cfg.max_series,
             series_idle_intervals: SERIES_IDLE_INTERVALS,
+            labels: cfg.label_groups(),
+            prices: cfg.prices(),
         },
         otlp,
     };

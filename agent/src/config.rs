@@ -23,7 +23,7 @@ pub mod sections;
 mod sizing;
 
 use schema::{duration_str, hours, ms, secs, section};
-pub use sections::{Api, Aws, AwsResolution, Conntrack, Dns, Ecs, Fips, Otlp, Udp};
+pub use sections::{Api, Aws, AwsResolution, Conntrack, Cost, Dns, Ecs, Fips, Otlp, Udp};
 pub use sizing::host_memory_bytes;
 
 /// Where raw flow records go besides the API.
@@ -87,6 +87,14 @@ section! {
         /// Most aggregated series kept (12 reserved for `other`); new series beyond it fold into
         /// an `other` series (largest admitted first).
         pub max_series: usize = 10_000, range 20, 1_000_000;
+        /// Label groups that make a series (comma-separated in the environment and flags):
+        /// `workloads` (local and remote ECS cluster, service, task, container), `scope`, `az`
+        /// (local and remote Availability Zone), `remote_resource` (remote AWS kind and name),
+        /// `addresses` (local and remote address, always) or `unnamed_addresses` (the address of
+        /// an end only when it has no ECS task or service, nor an AWS resource name). Protocol,
+        /// family, direction and server port are always labels.
+        pub series_labels: Vec<String> =
+            crate::aggregate::DEFAULT_GROUPS.iter().map(|g| g.to_string()).collect();
         /// Static tags for every record, `key:value` (comma-separated in the environment and
         /// flags; keys `[a-z_][a-z0-9_]*`, not a label Eddy uses), e.g. `env:prod,team:payments`: a
         /// `tags` object on JSON lines and `/flows`, labels on every `/metrics` sample, OTLP
@@ -117,6 +125,8 @@ section! {
         pub conntrack: Conntrack = Conntrack::default();
         /// API limits.
         pub api: Api = Api::default();
+        /// Data transfer prices.
+        pub cost: Cost = Cost::default();
     }
 }
 
@@ -188,6 +198,8 @@ impl Config {
         self.dns.check_ranges("dns")?;
         self.conntrack.check_ranges("conntrack")?;
         self.api.check_ranges("api")?;
+        self.cost.check_ranges("cost")?;
+        crate::aggregate::LabelGroups::parse(&self.series_labels)?;
         for (name, n) in
             [("flow_map_entries", self.flow_map_entries), ("udp_map_entries", self.udp.map_entries)]
         {
@@ -241,6 +253,19 @@ impl Config {
     /// `tags`, parsed (validated at startup; invalid entries make no tags here).
     pub fn tag_set(&self) -> crate::tags::Tags {
         crate::tags::Tags::parse(&self.tags).unwrap_or_default()
+    }
+
+    /// `series_labels`, parsed (validated at startup; the default groups otherwise).
+    pub fn label_groups(&self) -> crate::aggregate::LabelGroups {
+        crate::aggregate::LabelGroups::parse(&self.series_labels).unwrap_or_default()
+    }
+
+    /// `[cost]` as the aggregator's prices.
+    pub fn prices(&self) -> crate::aggregate::Prices {
+        crate::aggregate::Prices::from_usd_per_gb(
+            self.cost.inter_az_usd_per_gb,
+            self.cost.nat_gateway_usd_per_gb,
+        )
     }
 
     /// `otlp.headers` as (name, value) pairs.

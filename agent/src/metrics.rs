@@ -7,10 +7,11 @@
 //! interval); agent health is read at scrape time.
 
 mod dns;
+mod transfer;
 
 use std::fmt::Write as _;
 
-use crate::aggregate::{AggregateStats, RTT_BUCKETS_US, SeriesKey, SeriesValues};
+use crate::aggregate::{AggregateStats, RTT_BUCKETS_US, SeriesKey, SeriesValues, TransferRow};
 use crate::enrich::ProviderHealth;
 use crate::status::Status;
 
@@ -21,6 +22,8 @@ pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; versio
 /// What `/metrics` renders.
 pub struct Snapshot<'a> {
     pub series: &'a [(SeriesKey, SeriesValues)],
+    /// Cross-AZ and NAT gateway transfer per workload pair.
+    pub transfers: &'a [TransferRow],
     pub aggregate: AggregateStats,
     pub status: &'a Status,
     /// DNS statistics (empty when DNS monitoring is off).
@@ -75,23 +78,6 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-fn series_labels(k: &SeriesKey) -> [(&'static str, String); 10] {
-    let s = |v: &dyn erased::Label| v.label();
-    [
-        ("protocol", s(&k.protocol)),
-        ("family", s(&k.family)),
-        ("direction", s(&k.direction)),
-        ("local_addr", k.local_addr.clone()),
-        ("remote_addr", k.remote_addr.clone()),
-        ("server_port", k.server_port.clone()),
-        // Empty values (no ECS) are the same as absent labels to Prometheus.
-        ("local_task", k.local_task.clone()),
-        ("local_container", k.local_container.clone()),
-        ("remote_task", k.remote_task.clone()),
-        ("remote_container", k.remote_container.clone()),
-    ]
-}
-
 mod erased {
     /// Lower-case serde name of a label enum.
     pub trait Label {
@@ -112,8 +98,9 @@ pub fn render(s: &Snapshot<'_>, openmetrics: bool) -> String {
         openmetrics,
         extra: s.status.tags.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
-    let labelled: Vec<([(&str, String); 10], &SeriesValues)> =
-        s.series.iter().map(|(k, v)| (series_labels(k), v)).collect();
+    // Empty labels (a group not in `series_labels`, no ECS, ...) are left out.
+    let labelled: Vec<(Vec<(&str, String)>, &SeriesValues)> =
+        s.series.iter().map(|(k, v)| (k.labels(), v)).collect();
 
     for part in crate::catalog::SERIES_COUNTERS.iter().flat_map(|q| q.parts) {
         w.family(part.prometheus, Kind::Counter, part.help);
@@ -154,6 +141,7 @@ pub fn render(s: &Snapshot<'_>, openmetrics: bool) -> String {
         w.sample(&format!("{}_count", rtt.prometheus), &base, v.rtt.count);
     }
 
+    transfer::render(&mut w, s.transfers);
     dns::render(&mut w, s.dns, s.status.dns.as_ref());
     agent_health(&mut w, s);
     if openmetrics {
@@ -270,6 +258,14 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
     w.sample("eddy_agent_series_folded_total", &[], s.aggregate.series_folded);
     w.family("eddy_agent_series_expired", Kind::Counter, "Series dropped after being idle.");
     w.sample("eddy_agent_series_expired_total", &[], s.aggregate.series_expired);
+    w.family("eddy_agent_transfer_pairs", Kind::Gauge, "Workload pairs with cross-AZ or NAT gateway bytes.");
+    w.sample("eddy_agent_transfer_pairs", &[], s.aggregate.transfer_pairs);
+    w.family(
+        "eddy_agent_transfer_pairs_folded",
+        Kind::Counter,
+        "New workload pairs folded into the `other` pair by the cap (max_series).",
+    );
+    w.sample("eddy_agent_transfer_pairs_folded_total", &[], s.aggregate.transfer_folded);
 }
 
 /// The OTLP exporter's batches, retries, refusals and queue, from `/status` → `otlp`.

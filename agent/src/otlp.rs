@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::aggregate::SeriesSnapshot;
+use crate::aggregate::{SeriesSnapshot, TransferSnapshot};
 
 mod encode;
 
@@ -82,6 +82,8 @@ impl OtlpStats {
 #[derive(Clone, Debug)]
 pub struct Batch {
     pub series: SeriesSnapshot,
+    /// Cross-AZ and NAT gateway transfer per workload pair (totals since start).
+    pub transfers: TransferSnapshot,
     pub time: SystemTime,
     /// DNS rows (totals since the agent started), when DNS monitoring is on.
     pub dns: Arc<Vec<crate::dns::DnsRow>>,
@@ -179,8 +181,14 @@ async fn send_loop(
     let mut backoff = BACKOFF_START;
     while let Some(batch) = rx.recv().await {
         stats.queued.fetch_sub(1, Ordering::Relaxed);
-        let body = match gzip(&encode(&batch.series, &batch.dns, &settings.resource, start_time, batch.time))
-        {
+        let body = match gzip(&encode(
+            &batch.series,
+            &batch.transfers,
+            &batch.dns,
+            &settings.resource,
+            start_time,
+            batch.time,
+        )) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "OTLP: cannot compress a batch; dropped");
@@ -316,7 +324,12 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let q = OtlpQueue { tx, stats: stats.clone() };
         for _ in 0..3 {
-            q.offer(Batch { series: Arc::new(Vec::new()), time: SystemTime::now(), dns: Arc::default() });
+            q.offer(Batch {
+                series: Arc::new(Vec::new()),
+                transfers: Arc::default(),
+                time: SystemTime::now(),
+                dns: Arc::default(),
+            });
         }
         let c = stats.counts();
         assert_eq!((c.queued, c.batches_dropped), (1, 2));

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use crate::aggregate::{AggregateStats, SeriesSnapshot};
+use crate::aggregate::{AggregateStats, SeriesSnapshot, TransferSnapshot};
 pub use crate::collector::CollectorKind;
 use crate::collector::SourceStatus;
 use crate::enrich::{Enricher, ProviderHealth};
@@ -156,6 +156,8 @@ pub struct ExportState {
     pub table: Mutex<FlowTable>,
     /// Aggregated series as of the last interval, for `/metrics`.
     pub series: Mutex<(SeriesSnapshot, AggregateStats)>,
+    /// Cross-AZ and NAT gateway transfer per workload pair, as of the last interval.
+    pub transfers: Mutex<TransferSnapshot>,
     /// OTLP exporter counters, when OTLP is on.
     pub otlp: Option<Arc<OtlpStats>>,
     pub output_dropped: AtomicU64,
@@ -173,6 +175,7 @@ impl ExportState {
         ExportState {
             table: Mutex::new(table),
             series: Mutex::new((Arc::new(Vec::new()), AggregateStats::default())),
+            transfers: Mutex::new(Arc::new(Vec::new())),
             otlp: None,
             output_dropped: AtomicU64::new(0),
             output_errors: AtomicU64::new(0),

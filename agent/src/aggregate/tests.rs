@@ -2,7 +2,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::flow::Endpoint;
+use crate::flow::{Direction, Endpoint, Protocol};
 
 fn flow(cookie: u64, remote: &str, sent: u64, rcvd: u64, closed: bool) -> FlowRecord {
     let mut f = FlowRecord::test(Protocol::Tcp, cookie, closed);
@@ -16,7 +16,12 @@ fn flow(cookie: u64, remote: &str, sent: u64, rcvd: u64, closed: bool) -> FlowRe
 /// An aggregator with room for `regular` series besides the `other` ones.
 fn agg(regular: usize) -> Aggregator {
     Aggregator::new(
-        AggregateSettings { max_series: OTHER_SLOTS + regular, series_idle_intervals: 3 },
+        AggregateSettings {
+            max_series: OTHER_SLOTS + regular,
+            series_idle_intervals: 3,
+            labels: LabelGroups::default(),
+            prices: Prices::default(),
+        },
         SystemTime::UNIX_EPOCH,
     )
 }

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::layers::{ALIASES, KEYS};
 use super::schema::Field;
-use super::{Api, Aws, Config, Conntrack, Dns, Ecs, Fips, Otlp, Udp};
+use super::{Api, Aws, Config, Conntrack, Cost, Dns, Ecs, Fips, Otlp, Udp};
 
 /// Where the generated table sits in the README.
 pub const BEGIN: &str = "<!-- config-reference:begin (generated from agent/src/config; do not edit) -->";
@@ -22,6 +22,7 @@ pub fn fields(section: &str) -> &'static [Field] {
         "dns" => Dns::FIELDS,
         "conntrack" => Conntrack::FIELDS,
         "api" => Api::FIELDS,
+        "cost" => Cost::FIELDS,
         _ => Config::FIELDS,
     }
 }
@@ -30,6 +31,11 @@ fn shown_default(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => "unset".into(),
         Some(Value::Array(a)) if a.is_empty() => "none".into(),
+        Some(Value::Array(a)) => {
+            let items: Vec<String> =
+                a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), String::from)).collect();
+            format!("`{}`", items.join(","))
+        }
         Some(Value::Number(n)) if n.as_u64() == Some(0) => "auto".into(),
         Some(Value::String(s)) => format!("`{s}`"),
         Some(other) => format!("`{other}`"),

@@ -1,4 +1,4 @@
-//! The grouped sections of the configuration (`[udp]`, `[otlp]`, `[ecs]`, `[aws]`, `[fips]`,
+//! The grouped sections of the configuration (`[udp]`, `[otlp]`, `[ecs]`, `[aws]`, `[fips]`, `[cost]`,
 //! `[dns]`, `[conntrack]`, `[api]`), each key once: type, default, meaning, range.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -156,6 +156,20 @@ section! {
         /// address (DNS rebinding guard): `name` (no port or the `listen` port), `name:port`, or
         /// `*` (comma-separated in the environment and flags).
         pub allowed_hosts: Vec<String> = Vec::new();
+    }
+}
+
+section! {
+    /// Data transfer prices for the cost estimate (`eddy_estimated_transfer_cost_usd_total`).
+    /// Defaults: Amazon EC2 On-Demand pricing, "Data Transfer within the same AWS Region", as
+    /// of 2026-12 (us-east-1). GB = 10^9 bytes.
+    pub struct Cost {
+        /// USD per GB of inter-AZ transfer, charged in each direction: AWS bills the sender's
+        /// side (out) and the receiver's side (in), so a byte crossing zones costs twice this.
+        pub inter_az_usd_per_gb: f64 = 0.01, range 0.0, 10.0;
+        /// USD per GB processed by a NAT gateway (both directions), for flows whose remote end is
+        /// a NAT gateway.
+        pub nat_gateway_usd_per_gb: f64 = 0.045, range 0.0, 10.0;
     }
 }
 

@@ -61,6 +61,26 @@ fn rejects_bad_values_with_origin() {
 }
 
 #[test]
+fn series_labels_and_prices_are_validated_naming_the_key() {
+    let e = Config::load(None, env(&[("EDDY_SERIES_LABELS", "workloads,pods")]), &[]).expect_err("unknown");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("series_labels") && msg.contains("\"pods\"") && msg.contains("unnamed_addresses"),
+        "{msg}"
+    );
+    let c = Config::load(None, env(&[("EDDY_SERIES_LABELS", "addresses, scope")]), &[]).expect("groups");
+    assert_eq!(c.series_labels, ["addresses", "scope"]);
+    let g = c.label_groups();
+    assert!(g.addresses && g.scope && !g.workloads && !g.az);
+    let d = Config::load(None, env(&[]), &[]).expect("defaults");
+    assert_eq!(d.label_groups(), crate::aggregate::LabelGroups::default());
+    assert_eq!(d.prices(), crate::aggregate::Prices::default());
+    assert_eq!(d.prices().inter_az_nano_usd_per_gb, 10_000_000);
+    let e = Config::load(None, env(&[]), &[("cost_inter_az_usd_per_gb", "11".into())]).expect_err("range");
+    assert!(e.to_string().contains("cost_inter_az_usd_per_gb"), "{e}");
+}
+
+#[test]
 fn every_key_round_trips_through_the_file_format() {
     let c = Config::load(None, env(&[("EDDY_OTLP_ENDPOINT", "http://127.0.0.1:4318/v1/metrics")]), &[])
         .expect("load");

@@ -55,16 +55,9 @@ fn series() -> Vec<(SeriesKey, SeriesValues)> {
     rtt.observe(2_000);
     rtt.observe(300_000);
     let key = SeriesKey {
-        protocol: Protocol::Tcp,
-        family: Family::Ipv4,
-        direction: Direction::Outgoing,
         local_addr: "10.0.0.1".into(),
         remote_addr: r#"we"ird\"#.into(),
-        server_port: "443".into(),
-        local_task: String::new(),
-        local_container: String::new(),
-        remote_task: String::new(),
-        remote_container: String::new(),
+        ..SeriesKey::bare(Protocol::Tcp, Family::Ipv4, Direction::Outgoing, "443".into())
     };
     let values = SeriesValues {
         bytes_sent: 305,
@@ -80,13 +73,19 @@ fn text_format_has_total_suffixes_escaping_and_cumulative_buckets() {
     let st = status();
     let series = series();
     let out = render(
-        &Snapshot { series: &series, aggregate: AggregateStats::default(), status: &st, dns: &[] },
+        &Snapshot {
+            series: &series,
+            aggregate: AggregateStats::default(),
+            status: &st,
+            dns: &[],
+            transfers: &[],
+        },
         false,
     );
     assert!(out.contains("# TYPE eddy_flow_sent_bytes_total counter\n"), "{out}");
     let expected = concat!(
         r#"eddy_flow_sent_bytes_total{protocol="tcp",family="ipv4",direction="outgoing","#,
-        r#"local_addr="10.0.0.1",remote_addr="we\"ird\\",server_port="443","#,
+        r#"local_addr="10.0.0.1",remote_addr="we\"ird\\",server_port="443"}"#,
     );
     assert!(out.contains(expected), "{out}");
     assert!(out.contains(r#",reason="refused"} 1"#), "{out}");
@@ -102,8 +101,16 @@ fn text_format_has_total_suffixes_escaping_and_cumulative_buckets() {
 #[test]
 fn openmetrics_names_families_without_total_and_ends_with_eof() {
     let st = status();
-    let out =
-        render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &st, dns: &[] }, true);
+    let out = render(
+        &Snapshot {
+            series: &[],
+            aggregate: AggregateStats::default(),
+            status: &st,
+            dns: &[],
+            transfers: &[],
+        },
+        true,
+    );
     assert!(out.contains("# TYPE eddy_flow_sent_bytes counter\n"), "{out}");
     assert!(out.contains("# TYPE eddy_agent_dropped counter\n"), "{out}");
     assert!(out.ends_with("# EOF\n"));
@@ -122,8 +129,16 @@ fn enrichment_errors_and_freshness_per_provider() {
         last_refresh_age_seconds: None,
         ..Default::default()
     }));
-    let out =
-        render(&Snapshot { series: &[], aggregate: AggregateStats::default(), status: &st, dns: &[] }, false);
+    let out = render(
+        &Snapshot {
+            series: &[],
+            aggregate: AggregateStats::default(),
+            status: &st,
+            dns: &[],
+            transfers: &[],
+        },
+        false,
+    );
     assert!(
         out.contains(r#"eddy_agent_enrichment_errors_total{provider="ecs",cause="ecs_agent_unreachable"} 3"#),
         "{out}"
@@ -135,7 +150,13 @@ fn enrichment_errors_and_freshness_per_provider() {
     assert!(out.contains(r#"eddy_agent_enrichment_age_seconds{provider="ecs"} 1.500"#), "{out}");
     assert!(!out.contains(r#"eddy_agent_enrichment_age_seconds{provider="ecs_api"}"#), "{out}");
     let none = render(
-        &Snapshot { series: &[], aggregate: AggregateStats::default(), status: &status(), dns: &[] },
+        &Snapshot {
+            series: &[],
+            aggregate: AggregateStats::default(),
+            status: &status(),
+            dns: &[],
+            transfers: &[],
+        },
         false,
     );
     assert!(!none.contains("enrichment"), "no providers, no families");
@@ -147,7 +168,13 @@ fn static_tags_label_every_sample() {
     st.tags = crate::tags::Tags::parse(&["env:prod".to_string()]).expect("tags");
     let series = series();
     let out = render(
-        &Snapshot { series: &series, aggregate: AggregateStats::default(), status: &st, dns: &[] },
+        &Snapshot {
+            series: &series,
+            aggregate: AggregateStats::default(),
+            status: &st,
+            dns: &[],
+            transfers: &[],
+        },
         false,
     );
     let samples: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
@@ -155,4 +182,87 @@ fn static_tags_label_every_sample() {
     for l in &samples {
         assert!(l.contains(r#"env="prod"}"#), "untagged sample: {l}");
     }
+}
+
+/// Identity labels (empty ones left out) and the transfer families with exact values.
+#[test]
+fn identity_labels_and_cross_az_transfer_with_exact_costs() {
+    use crate::aggregate::transfer::{TransferKey, TransferValues};
+    use crate::aggregate::{Prices, TransferRow};
+    let st = status();
+    let key = SeriesKey {
+        local_addr: "10.0.1.5".into(),
+        scope: "cross-az".into(),
+        local_az: "us-east-1a".into(),
+        remote_az: "us-east-1b".into(),
+        remote_kind: "nat_gateway".into(),
+        remote_name: "nat-0a1b".into(),
+        ..SeriesKey::bare(Protocol::Tcp, Family::Ipv4, Direction::Outgoing, "443".into())
+    };
+    let series = vec![(key, SeriesValues { bytes_sent: 3_000_000_000, ..Default::default() })];
+    let p = Prices::default();
+    let row = |workload: &str, kind: &str, values: TransferValues| TransferRow {
+        key: TransferKey {
+            local_cluster: "prod".into(),
+            local_workload: "web".into(),
+            local_az: "us-east-1a".into(),
+            remote_cluster: String::new(),
+            remote_workload: workload.into(),
+            remote_kind: kind.into(),
+            remote_az: "us-east-1b".into(),
+        },
+        values,
+        cross_az_cost: p.cross_az(values.cross_az_billed),
+        nat_gateway_cost: p.nat_gateway(values.nat_gateway),
+    };
+    let transfers = vec![
+        row(
+            "nat-0a1b",
+            "nat_gateway",
+            TransferValues {
+                cross_az_sent: 3_000_000_000,
+                cross_az_received: 2_000_000_000,
+                cross_az_billed: 5_000_000_000,
+                nat_gateway: 5_000_000_000,
+            },
+        ),
+        row(
+            "public-alb",
+            "alb",
+            TransferValues {
+                cross_az_sent: 40_000,
+                cross_az_received: 60_000,
+                cross_az_billed: 0,
+                nat_gateway: 0,
+            },
+        ),
+    ];
+    let out = render(
+        &Snapshot {
+            series: &series,
+            transfers: &transfers,
+            aggregate: AggregateStats::default(),
+            status: &st,
+            dns: &[],
+        },
+        false,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let has = |l: &str| assert!(lines.contains(&l), "no line {l}:\n{out}");
+    has(concat!(
+        r#"eddy_flow_sent_bytes_total{protocol="tcp",family="ipv4",direction="outgoing",local_addr="10.0.1.5","#,
+        r#"server_port="443",scope="cross-az",local_az="us-east-1a",remote_az="us-east-1b","#,
+        r#"remote_kind="nat_gateway",remote_name="nat-0a1b"} 3000000000"#
+    ));
+    let pair = r#"local_cluster="prod",local_workload="web",local_az="us-east-1a",remote_workload="nat-0a1b",remote_kind="nat_gateway",remote_az="us-east-1b""#;
+    has(&format!(r#"eddy_cross_az_bytes_total{{{pair},transfer="sent",billed="true"}} 3000000000"#));
+    has(&format!(r#"eddy_cross_az_bytes_total{{{pair},transfer="received",billed="true"}} 2000000000"#));
+    has(&format!(r#"eddy_nat_gateway_bytes_total{{{pair}}} 5000000000"#));
+    has(&format!(r#"eddy_estimated_transfer_cost_usd_total{{{pair},charge="cross_az"}} 0.1"#));
+    has(&format!(r#"eddy_estimated_transfer_cost_usd_total{{{pair},charge="nat_gateway"}} 0.225"#));
+    let alb = r#"local_cluster="prod",local_workload="web",local_az="us-east-1a",remote_workload="public-alb",remote_kind="alb",remote_az="us-east-1b""#;
+    has(&format!(r#"eddy_cross_az_bytes_total{{{alb},transfer="sent",billed="false"}} 40000"#));
+    has(&format!(r#"eddy_estimated_transfer_cost_usd_total{{{alb},charge="cross_az"}} 0"#));
+    assert!(!out.contains(&format!("eddy_nat_gateway_bytes_total{{{alb}")), "{out}");
+    assert!(out.contains("# TYPE eddy_cross_az_bytes_total counter\n"), "{out}");
 }

@@ -13,9 +13,10 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use prost::Message;
 
-use crate::aggregate::{OTHER, RTT_BUCKETS_US, SeriesKey, SeriesValues};
+use crate::aggregate::{RTT_BUCKETS_US, SeriesKey, SeriesValues, TransferRow};
 use crate::catalog::{
-    CONNECTIONS_FAILED, DNS_QUERIES, DNS_RESPONSES, DNS_TIMEOUTS, SERIES_COUNTERS, TCP_RTT,
+    CONNECTIONS_FAILED, CROSS_AZ_BYTES, DNS_QUERIES, DNS_RESPONSES, DNS_TIMEOUTS, NAT_GATEWAY_BYTES,
+    SERIES_COUNTERS, TCP_RTT, TRANSFER_COST,
 };
 
 /// Resource attributes of every batch.
@@ -59,30 +60,61 @@ fn label<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
-/// Semantic-convention attributes of one series.
+/// OTLP attribute of each series label: semantic conventions where one exists
+/// (`network.*`, `aws.ecs.task.family`, `container.name`, `cloud.availability_zone`), `eddy.*`
+/// otherwise; the remote end's ECS and zone attributes are the local ones under `eddy.peer.`.
+pub const SERIES_ATTRIBUTES: &[(&str, &str)] = &[
+    ("local_addr", "network.local.address"),
+    ("remote_addr", "network.peer.address"),
+    ("scope", "eddy.flow.scope"),
+    ("local_cluster", "eddy.aws.ecs.cluster.name"),
+    ("local_service", "eddy.aws.ecs.service.name"),
+    ("local_task", "aws.ecs.task.family"),
+    ("local_container", "container.name"),
+    ("local_az", "cloud.availability_zone"),
+    ("remote_cluster", "eddy.peer.aws.ecs.cluster.name"),
+    ("remote_service", "eddy.peer.aws.ecs.service.name"),
+    ("remote_task", "eddy.peer.aws.ecs.task.family"),
+    ("remote_container", "eddy.peer.container.name"),
+    ("remote_az", "eddy.peer.cloud.availability_zone"),
+    ("remote_kind", "eddy.peer.aws.resource.kind"),
+    ("remote_name", "eddy.peer.aws.resource.name"),
+    // Transfer pairs.
+    ("local_workload", "eddy.workload"),
+    ("remote_workload", "eddy.peer.workload"),
+];
+
+/// The OTLP attribute of a label (the label itself, prefixed `eddy.`, if it has none).
+fn attribute_name(label: &str) -> String {
+    SERIES_ATTRIBUTES
+        .iter()
+        .find(|(l, _)| *l == label)
+        .map_or_else(|| format!("eddy.{label}"), |(_, a)| (*a).to_string())
+}
+
+/// Semantic-convention attributes of one series (empty labels left out).
 fn attributes(k: &SeriesKey) -> Vec<KeyValue> {
     let mut a = vec![
         s("network.transport", &label(&k.protocol)),
         s("network.type", &label(&k.family)),
         s("eddy.flow.direction", &label(&k.direction)),
-        s("network.local.address", &k.local_addr),
-        s("network.peer.address", &k.remote_addr),
     ];
-    for (key, v) in [
-        ("aws.ecs.task.family", &k.local_task),
-        ("container.name", &k.local_container),
-        ("eddy.peer.aws.ecs.task.family", &k.remote_task),
-        ("eddy.peer.container.name", &k.remote_container),
-    ] {
-        if !v.is_empty() {
-            a.push(s(key, v));
+    for (l, v) in k.labels() {
+        if matches!(l, "protocol" | "family" | "direction" | "server_port") {
+            continue;
         }
+        a.push(s(&attribute_name(l), &v));
     }
     match k.server_port.parse::<i64>() {
         Ok(p) => a.push(kv("server.port", any_value::Value::IntValue(p))),
-        Err(_) => a.push(kv("eddy.series.folded", any_value::Value::BoolValue(k.remote_addr == OTHER))),
+        Err(_) => a.push(kv("eddy.series.folded", any_value::Value::BoolValue(k.is_other()))),
     }
     a
+}
+
+/// Attributes of one transfer pair.
+fn pair_attributes(r: &TransferRow) -> Vec<KeyValue> {
+    r.key.labels().into_iter().map(|(l, v)| s(&attribute_name(l), &v)).collect()
 }
 
 struct Points<'a> {
@@ -115,6 +147,18 @@ impl Points<'_> {
             exemplars: vec![],
             flags: 0,
             value: Some(number_data_point::Value::AsInt(value as i64)),
+        }
+    }
+
+    fn double_point(&self, mut attributes: Vec<KeyValue>, value: f64) -> NumberDataPoint {
+        attributes.sort_by(|a, b| a.key.cmp(&b.key));
+        NumberDataPoint {
+            attributes,
+            start_time_unix_nano: self.start,
+            time_unix_nano: self.time,
+            exemplars: vec![],
+            flags: 0,
+            value: Some(number_data_point::Value::AsDouble(value)),
         }
     }
 
@@ -205,9 +249,45 @@ fn rtt_histogram(p: &Points<'_>) -> Metric {
     }
 }
 
+/// `eddy.cross_az.io`, `eddy.nat_gateway.io` and `eddy.transfer.cost` per workload pair.
+fn transfer_metrics(p: &Points<'_>, rows: &[TransferRow]) -> Vec<Metric> {
+    let mut cross = Vec::new();
+    let mut nat = Vec::new();
+    let mut cost = Vec::new();
+    for r in rows {
+        let billed = kv("eddy.transfer.billed", any_value::Value::BoolValue(r.key.billed()));
+        if r.values.cross_az() > 0 {
+            for (d, n) in [("transmit", r.values.cross_az_sent), ("receive", r.values.cross_az_received)] {
+                if d == "receive" && n == 0 {
+                    continue;
+                }
+                let mut a = pair_attributes(r);
+                a.push(s("network.io.direction", d));
+                a.push(billed.clone());
+                cross.push(p.point(a, n));
+            }
+            let mut a = pair_attributes(r);
+            a.push(s("eddy.transfer.charge", "cross_az"));
+            cost.push(p.double_point(a, r.cross_az_cost.as_f64()));
+        }
+        if r.values.nat_gateway > 0 {
+            nat.push(p.point(pair_attributes(r), r.values.nat_gateway));
+            let mut a = pair_attributes(r);
+            a.push(s("eddy.transfer.charge", "nat_gateway"));
+            cost.push(p.double_point(a, r.nat_gateway_cost.as_f64()));
+        }
+    }
+    vec![
+        p.sum(CROSS_AZ_BYTES.otlp, CROSS_AZ_BYTES.unit, CROSS_AZ_BYTES.description, cross),
+        p.sum(NAT_GATEWAY_BYTES.otlp, NAT_GATEWAY_BYTES.unit, NAT_GATEWAY_BYTES.description, nat),
+        p.sum(TRANSFER_COST.otlp, TRANSFER_COST.unit, TRANSFER_COST.description, cost),
+    ]
+}
+
 /// Encodes the series totals at `time` (since `start`) as a protobuf request.
 pub fn encode(
     series: &[(SeriesKey, SeriesValues)],
+    transfers: &[TransferRow],
     dns: &[crate::dns::DnsRow],
     resource: &Resource,
     start: SystemTime,
@@ -235,6 +315,9 @@ pub fn encode(
         }),
     ));
     metrics.push(rtt_histogram(&p));
+    if !transfers.is_empty() {
+        metrics.extend(transfer_metrics(&p, transfers));
+    }
     if !dns.is_empty() {
         metrics.extend(dns_metrics(&p, dns));
     }
@@ -262,60 +345,4 @@ pub fn encode(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::aggregate::Histogram as Hist;
-    use crate::flow::{Direction, Family, Protocol};
-
-    #[test]
-    fn encodes_semantic_attributes_and_exact_values() {
-        let key = SeriesKey {
-            protocol: Protocol::Tcp,
-            family: Family::Ipv4,
-            direction: Direction::Outgoing,
-            local_addr: "10.0.0.1".into(),
-            remote_addr: "10.0.0.2".into(),
-            server_port: "443".into(),
-            local_task: "web:7".into(),
-            local_container: "web".into(),
-            remote_task: String::new(),
-            remote_container: String::new(),
-        };
-        let mut rtt = Hist::default();
-        rtt.observe(1_500);
-        let values = SeriesValues { bytes_sent: 7, bytes_received: 9, rtt, ..Default::default() };
-        let bytes =
-            encode(&[(key, values)], &[], &Resource::agent("h"), SystemTime::UNIX_EPOCH, SystemTime::now());
-        let req = ExportMetricsServiceRequest::decode(&bytes[..]).expect("decode");
-        let rm = &req.resource_metrics[0];
-        let metrics = &rm.scope_metrics[0].metrics;
-        let io = metrics.iter().find(|m| m.name == "eddy.network.io").expect("io");
-        let Some(metric::Data::Sum(sum)) = &io.data else { panic!("sum") };
-        assert!(sum.is_monotonic);
-        assert_eq!(sum.aggregation_temporality, AggregationTemporality::Cumulative as i32);
-        let value = |d: &str| {
-            sum.data_points
-                .iter()
-                .find(|p| {
-                    p.attributes.iter().any(|a| {
-                        a.key == "network.io.direction"
-                            && a.value
-                                == Some(AnyValue { value: Some(any_value::Value::StringValue(d.into())) })
-                    })
-                })
-                .and_then(|p| p.value)
-        };
-        assert_eq!(value("transmit"), Some(number_data_point::Value::AsInt(7)));
-        assert_eq!(value("receive"), Some(number_data_point::Value::AsInt(9)));
-        let attrs = &sum.data_points[0].attributes;
-        assert!(attrs.iter().any(|a| a.key == "server.port"
-            && a.value == Some(AnyValue { value: Some(any_value::Value::IntValue(443)) })));
-        assert!(attrs.iter().any(|a| a.key == "network.transport"));
-        assert!(attrs.iter().any(|a| a.key == "aws.ecs.task.family"));
-        assert!(!attrs.iter().any(|a| a.key == "eddy.peer.container.name"), "empty attributes are left out");
-        let h = metrics.iter().find(|m| m.name == "eddy.tcp.rtt").expect("rtt");
-        let Some(metric::Data::Histogram(h)) = &h.data else { panic!("histogram") };
-        assert_eq!(h.data_points[0].count, 1);
-        assert_eq!(h.data_points[0].bucket_counts.len(), h.data_points[0].explicit_bounds.len() + 1);
-    }
-}
+mod tests;

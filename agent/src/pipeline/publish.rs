@@ -8,12 +8,12 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
 use super::{Shared, Sink};
-use crate::aggregate::{AggregateRecord, AggregateSettings, Aggregator, SeriesSnapshot};
+use crate::aggregate::{AggregateRecord, AggregateSettings, Aggregator, SeriesSnapshot, TransferSnapshot};
 use crate::collector::Batch;
 use crate::flow::FlowRecord;
 use crate::otlp::{Batch as OtlpBatch, OtlpQueue};
@@ -35,16 +35,45 @@ pub struct Outputs {
 pub struct Publish {
     aggregator: Aggregator,
     outputs: Outputs,
+    /// When this host's zone was last looked up (while it is unknown).
+    az_checked: Option<Instant>,
 }
+
+/// How often this host's zone is looked up while enhanced resolution has not found it.
+const AZ_RECHECK: Duration = Duration::from_secs(1);
 
 impl Publish {
     pub fn new(outputs: Outputs) -> Self {
-        Publish { aggregator: Aggregator::new(outputs.aggregate, SystemTime::now()), outputs }
+        Publish {
+            aggregator: Aggregator::new(outputs.aggregate, SystemTime::now()),
+            outputs,
+            az_checked: None,
+        }
+    }
+
+    /// Gives the aggregator this host's zone once enhanced resolution's identity has it (at most
+    /// one lookup per [`AZ_RECHECK`] until then; the zone of a host does not change).
+    fn host_az(&mut self, shared: &Shared) {
+        if self.aggregator.host_az().is_some() || shared.enrichers.aws.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        if self.az_checked.is_some_and(|t| now.duration_since(t) < AZ_RECHECK) {
+            return;
+        }
+        self.az_checked = Some(now);
+        let health = crate::state::Enrichers::health(&shared.enrichers.aws);
+        let az = health
+            .as_ref()
+            .and_then(|h| h.get::<crate::aws::enricher::AwsStatus>())
+            .and_then(|s| s.identity.availability_zone.clone());
+        self.aggregator.set_host_az(az);
     }
 }
 
 impl Sink for Publish {
     fn accept(&mut self, shared: &Shared, batch: Batch, _scan: bool) {
+        self.host_az(shared);
         // Every closed flow is counted as it arrives (final counters).
         for o in &batch.closed {
             self.aggregator.observe(&o.record);
@@ -62,7 +91,7 @@ impl Sink for Publish {
 #[serde(untagged)]
 pub enum Line {
     Flow(FlowRecord),
-    Aggregate(AggregateRecord),
+    Aggregate(Box<AggregateRecord>),
     Dns(crate::dns::DnsRecord),
 }
 
@@ -82,6 +111,7 @@ fn export(shared: &Shared, aggregator: &mut Aggregator, settings: &Outputs) {
     let now = SystemTime::now();
     let aggregates = aggregator.finish_interval(now);
     let series: SeriesSnapshot = Arc::new(aggregator.series());
+    let transfers: TransferSnapshot = Arc::new(aggregator.transfers());
     let (dns_rows, dns_changed) = match &shared.export.dns {
         Some(d) => {
             let mut t = d.lock().unwrap_or_else(PoisonError::into_inner);
@@ -91,16 +121,22 @@ fn export(shared: &Shared, aggregator: &mut Aggregator, settings: &Outputs) {
         None => (Vec::new(), Vec::new()),
     };
     if let Some(q) = &settings.otlp {
-        q.offer(OtlpBatch { series: series.clone(), time: now, dns: Arc::new(dns_rows) });
+        q.offer(OtlpBatch {
+            series: series.clone(),
+            transfers: transfers.clone(),
+            time: now,
+            dns: Arc::new(dns_rows),
+        });
     }
     *shared.export.series.lock().unwrap_or_else(PoisonError::into_inner) = (series, aggregator.stats());
+    *shared.export.transfers.lock().unwrap_or_else(PoisonError::into_inner) = transfers;
     let Some(tx) = &settings.output else { return };
     let lines: Vec<Line> = flows
         .closed
         .into_iter()
         .chain(flows.live)
         .map(Line::Flow)
-        .chain(aggregates.into_iter().map(Line::Aggregate))
+        .chain(aggregates.into_iter().map(|a| Line::Aggregate(Box::new(a))))
         .chain(dns_changed.into_iter().map(|row| Line::Dns(crate::dns::DnsRecord::new(row, now))))
         .collect();
     if lines.is_empty() {

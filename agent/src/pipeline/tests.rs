@@ -26,7 +26,12 @@ const TIMING: LoopSettings =
 fn publish(tx: std::sync::mpsc::SyncSender<Vec<Line>>) -> Publish {
     Publish::new(Outputs {
         output: Some(tx),
-        aggregate: AggregateSettings { max_series: 20, series_idle_intervals: 10 },
+        aggregate: AggregateSettings {
+            max_series: 20,
+            series_idle_intervals: 10,
+            labels: Default::default(),
+            prices: Default::default(),
+        },
         otlp: None,
     })
 }
