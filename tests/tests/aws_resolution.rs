@@ -209,6 +209,8 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
             "50",
             "--closed-flow-retention",
             "100000",
+            "--export-interval",
+            "1s",
         ],
         &env,
     );
@@ -254,6 +256,45 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
         });
         check_case(&f, case);
     }
+    // The labelled (second) connections to the NAT gateway and the endpoint in us-east-1b cross zones:
+    // 100 bytes sent, 1 received from an AWS-managed peer, each counted once, priced from the defaults
+    // (101 B × 2 × $0.01/GB; NAT processing 101 B × $0.045/GB). The first, unlabelled ones are not.
+    let pair = |name: &str, kind: &str| {
+        format!(
+            "local_az=\"us-east-1a\",remote_workload=\"{name}\",remote_kind=\"{kind}\",remote_az=\"us-east-1b\""
+        )
+    };
+    let (nat, vpce) =
+        (pair("nat-0a1b2c3d4e5f67890", "nat_gateway"), pair("vpce-0123456789abcdef0", "vpc_endpoint"));
+    let mut want = Vec::new();
+    for p in [&nat, &vpce] {
+        want.push(format!("eddy_cross_az_bytes_total{{{p},transfer=\"sent\",billed=\"true\"}} 100"));
+        want.push(format!("eddy_cross_az_bytes_total{{{p},transfer=\"received\",billed=\"true\"}} 1"));
+        want.push(format!("eddy_estimated_transfer_cost_usd_total{{{p},charge=\"cross_az\"}} 0.00000000202"));
+    }
+    want.push(format!("eddy_nat_gateway_bytes_total{{{nat}}} 101"));
+    want.push(format!(
+        "eddy_estimated_transfer_cost_usd_total{{{nat},charge=\"nat_gateway\"}} 0.000000004545"
+    ));
+    poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(300),
+        "priced cross-AZ transfer in /metrics",
+        || {
+            let text = agent.get("/metrics").text();
+            let missing: Vec<&String> =
+                want.iter().filter(|w| !text.lines().any(|l| l == w.as_str())).collect();
+            let transfer: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("eddy_cross_az")
+                        || l.starts_with("eddy_nat")
+                        || l.starts_with("eddy_estimated")
+                })
+                .collect();
+            if missing.is_empty() { Ok(()) } else { Err(format!("missing {missing:#?} in {transfer:#?}")) }
+        },
+    );
     let calls_before = proxy.total();
     assert!(calls_before >= 1, "{:?}", proxy.counts());
     let queued_before = agent.status()["aws"]["resolver"]["queued"].as_u64().unwrap_or(0);

@@ -184,16 +184,19 @@ fn containers_are_labelled_from_the_ecs_agent_and_bad_answers_degrade_to_unknown
     assert_eq!(f["local"]["ecs"]["cluster"], "flows", "{f}");
     assert_eq!(reader.join().expect("sink"), vec![1_000, 2_345, 4]);
 
-    // Series are keyed by workload: the labelled connection's bytes under local_task="web:7".
+    // Series are keyed by workload: the labelled connection's bytes under local_task="web:7", with
+    // its cluster and scope; the named local end carries no address, the unnamed remote one does.
     let want = format!(
         "eddy_flow_sent_bytes_total{{protocol=\"tcp\",family=\"ipv4\",direction=\"outgoing\",\
-         local_addr=\"127.0.0.1\",remote_addr=\"127.0.0.1\",server_port=\"{}\",local_task=\"web:7\",\
-         local_container=\"web\",remote_task=\"host\",remote_container=\"host\"}} 2345",
+         remote_addr=\"127.0.0.1\",server_port=\"{}\",scope=\"same-host\",local_cluster=\"flows\",\
+         local_task=\"web:7\",local_container=\"web\",remote_cluster=\"flows\",remote_task=\"host\",\
+         remote_container=\"host\"}} 2345",
         server.port()
     );
     poll_until(Duration::from_secs(10), Duration::from_millis(200), "the web:7 series in /metrics", || {
         let text = agent.get("/metrics").text();
-        if text.lines().any(|l| l == want) { Ok(()) } else { Err(format!("no line {want}")) }
+        let sent: Vec<&str> = text.lines().filter(|l| l.starts_with("eddy_flow_sent_bytes_total{")).collect();
+        if sent.contains(&want.as_str()) { Ok(()) } else { Err(format!("no line {want} in {sent:#?}")) }
     });
 }
 

@@ -7,8 +7,8 @@ use super::transfer::TransferValues;
 use super::*;
 use crate::flow::{EcsLabels, Endpoint, OwnerKind, Protocol, RemoteAws, Scope};
 
-fn ecs(service: &str, family: &str, container: &str, az: &str) -> Option<Box<EcsLabels>> {
-    Some(Box::new(EcsLabels {
+fn ecs(service: &str, family: &str, container: &str, az: &str) -> Option<std::sync::Arc<EcsLabels>> {
+    Some(std::sync::Arc::new(EcsLabels {
         cluster: Some("prod".into()),
         task_family: Some(family.into()),
         task_revision: Some("7".into()),
@@ -19,8 +19,8 @@ fn ecs(service: &str, family: &str, container: &str, az: &str) -> Option<Box<Ecs
     }))
 }
 
-fn aws(kind: OwnerKind, name: &str, az: &str) -> Option<Box<RemoteAws>> {
-    Some(Box::new(RemoteAws {
+fn aws(kind: OwnerKind, name: &str, az: &str) -> Option<std::sync::Arc<RemoteAws>> {
+    Some(std::sync::Arc::new(RemoteAws {
         kind,
         name: Some(name.into()),
         id: None,
