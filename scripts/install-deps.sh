@@ -6,7 +6,7 @@
 #          jq and python3-venv for the deploy-artifact tools, podman + runc + ca-certificates for the
 #          container image smoke test, openssl + nginx-light as TLS peers of the FIPS proxy tests,
 #          dnsmasq-base (the binary only, no service) as the DNS server of the DNS tests, nftables
-#          for the NAT test)
+#          for the NAT test, chromium + fonts-dejavu-core as the browser of the service map test)
 # The Rust toolchain is not installed here: Eddy needs cargo/rustc >= 1.95 (rustup).
 set -euo pipefail
 
@@ -19,7 +19,7 @@ esac
 
 pkgs=(clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 python3 cmake golang-go)
 if [ "$what" = test ]; then
-  pkgs+=(kmod prometheus jq python3-venv podman runc ca-certificates openssl nginx-light dnsmasq-base nftables)
+  pkgs+=(kmod prometheus jq python3-venv podman runc ca-certificates openssl nginx-light dnsmasq-base nftables chromium fonts-dejavu-core)
 fi
 
 missing=()

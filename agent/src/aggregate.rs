@@ -37,7 +37,7 @@ mod key;
 mod record;
 pub mod transfer;
 
-pub use key::{DEFAULT_GROUPS, LabelGroup, LabelGroups, SeriesKey};
+pub use key::{DEFAULT_GROUPS, LabelGroup, LabelGroups, SeriesKey, label};
 pub use record::AggregateRecord;
 use transfer::Transfers;
 pub use transfer::{Prices, TransferRow, TransferSnapshot, Usd};
@@ -99,7 +99,7 @@ pub struct SeriesValues {
 }
 
 impl SeriesValues {
-    fn add(&mut self, o: &SeriesValues) {
+    pub fn add(&mut self, o: &SeriesValues) {
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
         self.packets_sent += o.packets_sent;
@@ -128,6 +128,24 @@ struct Counted {
     packets_received: u64,
     retransmits: u64,
     interval: u64,
+}
+
+/// One closed aggregation interval: the deltas of every series that moved, sorted by key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interval {
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub deltas: Vec<(SeriesKey, SeriesValues)>,
+}
+
+impl Interval {
+    /// The interval's JSON-lines records.
+    pub fn records(&self, prices: &Prices) -> Vec<AggregateRecord> {
+        self.deltas
+            .iter()
+            .map(|(k, v)| AggregateRecord::new(k.clone(), v.clone(), prices, self.start, self.end))
+            .collect()
+    }
 }
 
 /// Counters of the aggregator itself.
@@ -258,10 +276,16 @@ impl Aggregator {
         self.interval.entry(key).or_default().add(&d);
     }
 
+    /// Closes the interval and returns its records (one per series that moved).
+    pub fn finish_interval(&mut self, now: SystemTime) -> Vec<AggregateRecord> {
+        let prices = self.settings.prices;
+        self.close_interval(now).records(&prices)
+    }
+
     /// Closes the interval: merges its deltas into the series (admitting new series
     /// largest first, folding the rest), expires idle series, and returns the
-    /// interval's records (one per series that moved).
-    pub fn finish_interval(&mut self, now: SystemTime) -> Vec<AggregateRecord> {
+    /// interval's deltas per series that moved.
+    pub fn close_interval(&mut self, now: SystemTime) -> Interval {
         let mut deltas: Vec<(SeriesKey, SeriesValues)> =
             std::mem::take(&mut self.interval).into_iter().collect();
         // Existing series first, then new ones by bytes, largest first.
@@ -295,11 +319,7 @@ impl Aggregator {
         self.stats.series_expired += (before - self.series.len()) as u64;
         self.transfers.expire(no, idle);
 
-        let prices = self.settings.prices;
-        let records = moved
-            .into_iter()
-            .map(|(k, v)| AggregateRecord::new(k, v, &prices, self.interval_start, now))
-            .collect();
+        let interval = Interval { start: self.interval_start, end: now, deltas: moved.into_iter().collect() };
         self.interval_start = now;
         self.interval_no += 1;
         self.stats.intervals += 1;
@@ -307,7 +327,7 @@ impl Aggregator {
         self.stats.flows_tracked = self.counted.len() as u64;
         self.stats.transfer_pairs = self.transfers.len() as u64;
         self.stats.transfer_folded = self.transfers.folded;
-        records
+        interval
     }
 
     /// Forgets flows that are neither open (`is_open`) nor new in this interval: their

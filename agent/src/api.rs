@@ -1,7 +1,8 @@
 //! The local HTTP API (axum, bound to 127.0.0.1:9780 by default):
 //! `/healthz` (liveness, for the ECS health check), `/readyz` (first scan done),
 //! `/status` (collector, hooks, kernel, map fill, drops, uptime) and `/flows`
-//! (open and recently closed flow records, [`flows_query`]), `/metrics` (see [`crate::metrics`]).
+//! (open and recently closed flow records, [`flows_query`]), `/metrics` (see [`crate::metrics`]),
+//! `/map` and `/api/map` (this host's service map, [`crate::map`]).
 //!
 //! Bounded: [`server`] caps connections and times out slow clients; [`host`] refuses foreign
 //! `Host` headers. Handlers that read state behind the collector's locks run on the blocking
@@ -32,13 +33,15 @@ use flows_query::FlowQuery;
 /// Routes over the shared state; `/metrics` only when `metrics` is on; every request goes
 /// through the `Host` guard.
 pub fn router(shared: Arc<Shared>, metrics: bool, allowed: host::AllowedHosts) -> Router {
-    let guard = host::HostGuard { allowed: Arc::new(allowed), shared: shared.clone() };
+    let guard = host::HostGuard { allowed: Arc::new(allowed), stats: shared.api.clone() };
     let r = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/flows", get(flows))
-        .route("/dns", get(dns));
+        .route("/dns", get(dns))
+        .route("/map", get(crate::map::page))
+        .route("/api/map", get(map));
     let r = if metrics { r.route("/metrics", get(metrics_handler)) } else { r };
     r.with_state(shared).layer(axum::middleware::from_fn_with_state(guard, host::guard))
 }
@@ -135,6 +138,20 @@ async fn dns(State(s): State<Arc<Shared>>) -> Response {
 async fn status(State(s): State<Arc<Shared>>) -> Response {
     match blocking(&s, Status::of).await {
         Ok(st) => Json(st).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// The map of this host's series over a window (see [`crate::map`]).
+async fn map(State(s): State<Arc<Shared>>, Query(pairs): Query<Vec<(String, String)>>) -> Response {
+    let q = match crate::map::MapQuery::parse(&pairs) {
+        Ok(q) => q,
+        Err(e) => return crate::map::bad_query(&e),
+    };
+    let model =
+        blocking(&s, move |s| crate::map::agent_model(&s.export.map, &q, std::time::SystemTime::now())).await;
+    match model {
+        Ok(m) => crate::map::json(&m),
         Err(r) => r,
     }
 }

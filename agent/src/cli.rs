@@ -43,6 +43,68 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Serve the cluster's service map (`/map`, `/api/map`) from a Prometheus-compatible query
+    /// API that scrapes the agents, until SIGTERM/SIGINT. Loads no eBPF and needs no privileges.
+    Map(MapArgs),
+}
+
+/// `eddy-agent map`.
+#[derive(Clone, Debug, Args)]
+pub struct MapArgs {
+    /// Base URL of the query API (`http://prometheus:9090`; for Amazon Managed Service for
+    /// Prometheus the workspace URL `https://aps-workspaces.REGION.amazonaws.com/workspaces/ID`).
+    #[arg(long)]
+    pub prometheus: String,
+    /// Where to serve the page (loopback by default; the page has no authentication).
+    #[arg(long, default_value = "127.0.0.1:9781")]
+    pub listen: std::net::SocketAddr,
+    /// Sign queries with SigV4 for Amazon Managed Service for Prometheus in this region
+    /// (credentials from the standard AWS chain).
+    #[arg(long)]
+    pub sigv4_region: Option<String>,
+    /// Timeout of each query (1s–5m).
+    #[arg(long, default_value = "30s", value_parser = query_timeout)]
+    pub query_timeout: Duration,
+    /// Inter-AZ price, USD per GB, charged on each side of the crossing (0–10).
+    #[arg(long, default_value_t = crate::aggregate::transfer::DEFAULT_INTER_AZ_USD_PER_GB, value_parser = price)]
+    pub inter_az_usd_per_gb: f64,
+    /// NAT gateway processing price, USD per GB (0–10).
+    #[arg(long, default_value_t = crate::aggregate::transfer::DEFAULT_NAT_GATEWAY_USD_PER_GB, value_parser = price)]
+    pub nat_gateway_usd_per_gb: f64,
+    /// More `Host` names the page may be reached by (DNS-rebinding guard; `name` or `name:port`).
+    #[arg(long = "allowed-host")]
+    pub allowed_hosts: Vec<String>,
+}
+
+impl MapArgs {
+    pub fn settings(&self) -> crate::map::ClusterSettings {
+        crate::map::ClusterSettings {
+            prometheus: self.prometheus.clone(),
+            listen: self.listen,
+            sigv4_region: self.sigv4_region.clone(),
+            query_timeout: self.query_timeout,
+            prices: crate::aggregate::Prices::from_usd_per_gb(
+                self.inter_az_usd_per_gb,
+                self.nat_gateway_usd_per_gb,
+            ),
+            allowed_hosts: self.allowed_hosts.clone(),
+        }
+    }
+}
+
+fn query_timeout(v: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(v.trim()).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&d) {
+        return Err(format!("{} is out of range: 1s–5m", humantime::format_duration(d)));
+    }
+    Ok(d)
+}
+
+fn price(v: &str) -> Result<f64, String> {
+    match v.trim().parse::<f64>() {
+        Ok(p) if (0.0..=10.0).contains(&p) => Ok(p),
+        _ => Err(format!("{v:?}: must be a number of USD per GB from 0 to 10")),
+    }
 }
 
 /// Configuration flags: one per key of the configuration (`--otlp-timeout` for `timeout` in
@@ -178,7 +240,33 @@ mod tests {
                 assert_eq!(duration, Duration::from_secs(2));
                 assert_eq!(overrides.pairs(), vec![("flow_map_entries", "64".to_string())]);
             }
-            Command::Run(_) | Command::Healthcheck(_) => panic!("wrong command"),
+            Command::Run(_) | Command::Healthcheck(_) | Command::Map(_) => panic!("wrong command"),
+        }
+    }
+
+    #[test]
+    fn parses_map_flags_and_checks_ranges() {
+        let cli = Cli::try_parse_from([
+            "eddy-agent",
+            "map",
+            "--prometheus",
+            "http://127.0.0.1:9090",
+            "--query-timeout",
+            "5s",
+        ])
+        .expect("parse");
+        let Command::Map(args) = cli.command else { panic!("wrong command") };
+        let s = args.settings();
+        assert_eq!(
+            (s.listen.to_string(), s.query_timeout),
+            ("127.0.0.1:9781".into(), Duration::from_secs(5))
+        );
+        assert_eq!(s.prices, crate::aggregate::Prices::default());
+        for bad in
+            [["--query-timeout", "10m"], ["--inter-az-usd-per-gb", "-1"], ["--nat-gateway-usd-per-gb", "x"]]
+        {
+            let args = ["eddy-agent", "map", "--prometheus", "http://p", bad[0], bad[1]];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
         }
     }
 }

@@ -203,7 +203,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -326,6 +326,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
     let otlp = start_otlp(&cfg, fips.is_some(), &rt, &mut export)?;
     export.tags = cfg.tag_set();
     export.fips = fips;
+    export.map = std::sync::Mutex::new(crate::map::History::new(std::time::SystemTime::now(), cfg.prices()));
     if cfg.dns.enabled && collector.kind == CollectorKind::Ebpf {
         let settings = crate::dns::DnsSettings { timeout: cfg.dns.timeout, max_names: cfg.dns.max_names };
         export.dns = Some(std::sync::Mutex::new(crate::dns::DnsTracker::new(settings)));
@@ -432,7 +433,7 @@ fn serve(
             listener,
             crate::api::router(shared.clone(), cfg.metrics, allowed),
             limits,
-            shared.clone(),
+            shared.api.clone(),
             async {
                 let _ = rx.await;
             },

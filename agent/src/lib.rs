@@ -42,6 +42,7 @@ pub mod fips;
 pub mod flow;
 pub mod healthcheck;
 pub mod liveness;
+pub mod map;
 pub mod metrics;
 pub mod otlp;
 pub mod panic_hook;

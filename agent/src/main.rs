@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let (overrides, duration) = match &cli.command {
         Command::Run(o) | Command::Healthcheck(o) => (o, None),
         Command::Capture { duration, overrides, max_flows } => (overrides, Some((*duration, *max_flows))),
+        Command::Map(args) => return map(args),
     };
     let cfg = match Config::load(overrides.config.as_deref(), std::env::vars(), &overrides.pairs()) {
         Ok(c) => c,
@@ -44,6 +45,24 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("\neddy-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `eddy-agent map`: no configuration file, no eBPF; exit 2 for a bad URL, 1 when it cannot serve.
+fn map(args: &eddy_agent::cli::MapArgs) -> ExitCode {
+    init_logging(&std::env::var("EDDY_LOG_LEVEL").unwrap_or_else(|_| "info".into()));
+    eddy_agent::panic_hook::install();
+    match eddy_agent::map::serve_cluster(args.settings()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ eddy_agent::map::MapError::Prometheus(eddy_agent::map::prometheus::PromError::Url(_))) => {
+            eprintln!("eddy-agent map: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("\neddy-agent map: {e}");
             ExitCode::FAILURE
         }
     }

@@ -168,6 +168,8 @@ pub struct ExportState {
     pub tags: Tags,
     /// FIPS mode: where exports go and how AWS API calls are made (absent when off).
     pub fips: Option<crate::fips::FipsStatus>,
+    /// Series deltas by minute for the map (`/map`, `/api/map`).
+    pub map: Mutex<crate::map::History>,
 }
 
 impl ExportState {
@@ -182,6 +184,7 @@ impl ExportState {
             dns: None,
             tags: Tags::default(),
             fips: None,
+            map: Mutex::new(crate::map::History::new(std::time::SystemTime::now(), Default::default())),
         }
     }
 }
@@ -193,12 +196,12 @@ pub struct Shared {
     pub enrichers: Enrichers,
     pub export: ExportState,
     /// API connection counters.
-    pub api: ApiStats,
+    pub api: Arc<ApiStats>,
 }
 
 impl Shared {
     pub fn new(collector: CollectorState, enrichers: Enrichers, export: ExportState) -> Self {
-        Shared { collector, enrichers, export, api: ApiStats::default() }
+        Shared { collector, enrichers, export, api: Arc::default() }
     }
 
     pub fn table(&self) -> MutexGuard<'_, FlowTable> {

@@ -63,6 +63,8 @@ pub struct Status {
     pub privileges: Option<crate::privileges::PrivilegeStatus>,
     /// API connections: active, cap, accepted, refused, timeouts, foreign `Host`.
     pub api: crate::state::ApiCounts,
+    /// The map's history of series deltas (buckets, rows, folded, trimmed).
+    pub map: crate::map::history::HistoryStats,
 }
 
 impl Status {
@@ -93,6 +95,9 @@ impl Status {
         drops.insert("api_host_rejected", api.host_rejected);
         counters.insert("api_connections_accepted", api.connections_accepted);
         let last_scan = *c.last_scan.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = shared.export.map.lock().unwrap_or_else(PoisonError::into_inner).stats();
+        drops.insert("map_rows_folded", map.folded);
+        drops.insert("map_buckets_trimmed", map.trimmed);
         Status {
             version: env!("CARGO_PKG_VERSION"),
             collector: c.kind.name(),
@@ -126,6 +131,7 @@ impl Status {
             conntrack: Enrichers::health(&e.conntrack),
             privileges: c.privileges.clone(),
             api,
+            map,
         }
     }
 }

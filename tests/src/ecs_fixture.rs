@@ -146,6 +146,30 @@ impl Drop for EcsCgroups {
     }
 }
 
+/// Starts `python3 -c script args...` inside the cgroup whose `cgroup.procs` is `procs`: the script
+/// must first read one line of stdin (the process is moved before it opens any socket). Its
+/// stdout is piped.
+pub fn python_in_cgroup(procs: &Path, script: &str, args: &[String]) -> std::process::Child {
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/install-deps.sh installs it)");
+    std::fs::write(procs, child.id().to_string()).expect("move the process into the container cgroup");
+    child.stdin.take().expect("stdin").write_all(b"go\n").expect("start");
+    child
+}
+
+/// The first line a child printed.
+pub fn first_line(child: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read a line");
+    line.trim().to_string()
+}
+
 /// What the tests that put python3 "container" processes in cgroups need: root, a cgroup2 mount
 /// (returned) and python3. `None` after printing why the test skips.
 pub fn container_test_prerequisites() -> Option<PathBuf> {

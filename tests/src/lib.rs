@@ -35,6 +35,7 @@ pub mod http;
 pub mod imds_fixture;
 pub mod netns;
 pub mod otlp_receiver;
+pub mod prometheus;
 pub mod soak;
 pub mod sock;
 pub mod tls_peer;

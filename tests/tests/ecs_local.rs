@@ -4,10 +4,9 @@
 //! the flow with the task and container; the test process itself is labelled as the host. Bad answers
 //! (malformed JSON, HTTP 500, a 5 s stall) leave flows flowing with `unknown` labels and counted errors.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -53,18 +52,11 @@ fn containerised_client(cg: &ContainerCgroup, server: SocketAddr, bytes: usize) 
     let script = "import socket,sys\nsys.stdin.readline()\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])))\n\
                   print(s.getsockname()[1],flush=True)\ns.sendall(b'x'*int(sys.argv[3]))\ns.shutdown(socket.SHUT_WR)\n\
                   s.recv(1)\ns.close()\n";
-    let mut child = Command::new("python3")
-        .args(["-c", script, &server.ip().to_string(), &server.port().to_string(), &bytes.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 (scripts/install-deps.sh installs it)");
-    std::fs::write(cg.procs(), child.id().to_string()).expect("move the process into the container cgroup");
-    child.stdin.take().expect("stdin").write_all(b"go\n").expect("start");
-    let mut port = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut port).expect("port");
+    let args = [server.ip().to_string(), server.port().to_string(), bytes.to_string()];
+    let mut child = python_in_cgroup(&cg.procs(), script, &args);
+    let port = first_line(&mut child);
     assert!(child.wait().expect("wait").success());
-    port.trim().parse().expect("local port")
+    port.parse().expect("local port")
 }
 
 /// Accepts `n` connections and reads each to EOF; returns the bytes read per connection.

@@ -18,13 +18,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 pub use crate::allowed_hosts::AllowedHosts;
-use crate::state::Shared;
+use crate::state::ApiStats;
 
 /// The guard state: the list and where to count refusals.
 #[derive(Clone)]
 pub struct HostGuard {
     pub allowed: Arc<AllowedHosts>,
-    pub shared: Arc<Shared>,
+    pub stats: Arc<ApiStats>,
 }
 
 /// Middleware: `421 Misdirected Request` for a `Host` that is not allowed.
@@ -32,7 +32,7 @@ pub async fn guard(State(g): State<HostGuard>, req: Request, next: Next) -> Resp
     let host = req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("\u{fffd}"));
     match host {
         Some(h) if !g.allowed.permits(h) => {
-            g.shared.api.host_rejected.fetch_add(1, Ordering::Relaxed);
+            g.stats.host_rejected.fetch_add(1, Ordering::Relaxed);
             (
                 StatusCode::MISDIRECTED_REQUEST,
                 "Host not allowed: use localhost/127.0.0.1/[::1] with the API port, or add the name to \

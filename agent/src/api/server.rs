@@ -24,7 +24,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::state::Shared;
+use crate::state::ApiStats;
 
 /// Limits of the API server (from the `api_*` configuration keys).
 #[derive(Clone, Debug)]
@@ -55,11 +55,11 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     settings: ServerSettings,
-    shared: Arc<Shared>,
+    stats: Arc<ApiStats>,
     shutdown: impl Future<Output = ()>,
 ) {
     let cap = settings.max_connections.max(1);
-    shared.api.max_connections.store(cap as u64, Ordering::Relaxed);
+    stats.max_connections.store(cap as u64, Ordering::Relaxed);
     let slots = Arc::new(Semaphore::new(cap));
     tokio::pin!(shutdown);
     loop {
@@ -76,14 +76,14 @@ pub async fn serve(
             },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            shared.api.refused.fetch_add(1, Ordering::Relaxed);
+            stats.refused.fetch_add(1, Ordering::Relaxed);
             let _ = stream.try_write(OVER_CAP);
             drop(stream);
             continue;
         };
-        shared.api.accepted.fetch_add(1, Ordering::Relaxed);
-        shared.api.active.fetch_add(1, Ordering::Relaxed);
-        let (router, settings, shared) = (router.clone(), settings.clone(), shared.clone());
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        let (router, settings, stats) = (router.clone(), settings.clone(), stats.clone());
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new()).header_read_timeout(settings.header_timeout).keep_alive(false);
@@ -91,14 +91,14 @@ pub async fn serve(
             match tokio::time::timeout(settings.request_timeout, conn).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) if e.is_timeout() => {
-                    shared.api.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                    stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Err(_)) => {} // the client went away, or sent garbage (hyper answered 400)
                 Err(_) => {
-                    shared.api.request_timeouts.fetch_add(1, Ordering::Relaxed);
+                    stats.request_timeouts.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            shared.api.active.fetch_sub(1, Ordering::Relaxed);
+            stats.active.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }

@@ -47,6 +47,7 @@ fn status() -> Status {
         conntrack: None,
         privileges: None,
         api: crate::state::ApiStats::default().counts(),
+        map: Default::default(),
     }
 }
 

@@ -52,13 +52,14 @@ impl Publish {
     }
 
     /// Gives the aggregator this host's zone once enhanced resolution's identity has it (at most
-    /// one lookup per [`AZ_RECHECK`] until then; the zone of a host does not change).
-    fn host_az(&mut self, shared: &Shared) {
+    /// one lookup per [`AZ_RECHECK`] until then, unless `now_known`: records that carry a scope
+    /// were labelled with the identity, so it is there; the zone of a host does not change).
+    fn host_az(&mut self, shared: &Shared, now_known: bool) {
         if self.aggregator.host_az().is_some() || shared.enrichers.aws.is_none() {
             return;
         }
         let now = Instant::now();
-        if self.az_checked.is_some_and(|t| now.duration_since(t) < AZ_RECHECK) {
+        if !now_known && self.az_checked.is_some_and(|t| now.duration_since(t) < AZ_RECHECK) {
             return;
         }
         self.az_checked = Some(now);
@@ -73,7 +74,8 @@ impl Publish {
 
 impl Sink for Publish {
     fn accept(&mut self, shared: &Shared, batch: Batch, _scan: bool) {
-        self.host_az(shared);
+        let scoped = batch.closed.iter().any(|o| o.record.scope.is_some());
+        self.host_az(shared, scoped);
         // Every closed flow is counted as it arrives (final counters).
         for o in &batch.closed {
             self.aggregator.observe(&o.record);
@@ -82,6 +84,8 @@ impl Sink for Publish {
     }
 
     fn export(&mut self, shared: &Shared) {
+        // Live flows are counted now: with the zone, if it is known by now.
+        self.host_az(shared, true);
         export(shared, &mut self.aggregator, &self.outputs);
     }
 }
@@ -109,7 +113,10 @@ fn export(shared: &Shared, aggregator: &mut Aggregator, settings: &Outputs) {
         flows
     };
     let now = SystemTime::now();
-    let aggregates = aggregator.finish_interval(now);
+    let interval = aggregator.close_interval(now);
+    let aggregates =
+        if settings.output.is_some() { interval.records(&settings.aggregate.prices) } else { Vec::new() };
+    shared.export.map.lock().unwrap_or_else(PoisonError::into_inner).add(&interval);
     let series: SeriesSnapshot = Arc::new(aggregator.series());
     let transfers: TransferSnapshot = Arc::new(aggregator.transfers());
     let (dns_rows, dns_changed) = match &shared.export.dns {
