@@ -295,6 +295,28 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
             if missing.is_empty() { Ok(()) } else { Err(format!("missing {missing:#?} in {transfer:#?}")) }
         },
     );
+    // The service map prices the same edges: NAT 101 B × 2 × $0.01/GB + 101 B × $0.045/GB, the
+    // endpoint 101 B × 2 × $0.01/GB; both cross-AZ, 100 B up and 1 B down on one connection.
+    let map: serde_json::Value = serde_json::from_str(&agent.get("/api/map?window=5m&scope=cross-az").text())
+        .expect("/api/map answers JSON");
+    for (server, cost) in [
+        ("aws:nat_gateway/nat-0a1b2c3d4e5f67890", 6.565e-9),
+        ("aws:vpc_endpoint/vpce-0123456789abcdef0", 2.02e-9),
+    ] {
+        let edges = map["edges"].as_array().expect("edges");
+        let e = edges
+            .iter()
+            .find(|e| e["server"] == server)
+            .unwrap_or_else(|| panic!("no edge to {server}: {map:#}"));
+        let got =
+            (&e["bytes_client_to_server"], &e["bytes_server_to_client"], &e["connections"], &e["cross_az"]);
+        assert_eq!(got, (&100.into(), &1.into(), &1.into(), &true.into()), "{e:#}");
+        assert_eq!(e["cost_usd"].as_f64(), Some(cost), "{e:#}");
+        assert!(
+            map["tables"]["top_cross_az_cost"].as_array().is_some_and(|t| t.contains(&e["id"])),
+            "{map:#}"
+        );
+    }
     let calls_before = proxy.total();
     assert!(calls_before >= 1, "{:?}", proxy.counts());
     let queued_before = agent.status()["aws"]["resolver"]["queued"].as_u64().unwrap_or(0);

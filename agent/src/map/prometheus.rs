@@ -345,6 +345,27 @@ mod tests {
     }
 
     #[test]
+    fn queries_are_signed_for_aps() {
+        let creds = aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
+        let s = Sigv4 {
+            region: "us-west-2".into(),
+            credentials: aws_credential_types::provider::SharedCredentialsProvider::new(creds),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let url = "https://aps-workspaces.us-west-2.amazonaws.com/workspaces/ws-1/api/v1/query";
+        let headers = rt.block_on(sign(&s, url, "query=up")).expect("signed");
+        let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+        let auth = get("authorization");
+        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), "{auth}");
+        assert!(
+            auth.contains("/us-west-2/aps/aws4_request, SignedHeaders=content-type;host;x-amz-date"),
+            "{auth}"
+        );
+        assert_eq!(auth.rsplit("Signature=").next().map(str::len), Some(64), "{auth}");
+        assert_eq!(get("x-amz-date").len(), 16, "{headers:?}");
+    }
+
+    #[test]
     fn urls_are_checked() {
         assert!(Prometheus::new("ftp://x", Duration::from_secs(1), None).is_err());
         assert_eq!(

@@ -75,10 +75,18 @@ pub fn edge(
             ),
         ),
     ]);
-    if e.cross_az {
-        let gb = format!("(sum(increase({c2s}{{{sel}}}[{w}])) + sum(increase({s2c}{{{sel}}}[{w}]))) / 1e9");
-        let per_gb = 2.0 * prices.inter_az_nano_usd_per_gb as f64 / 1e9;
-        out.insert("cost", format!("{gb} * {per_gb}"));
+    let gb = format!("(sum(increase({c2s}{{{sel}}}[{w}])) + sum(increase({s2c}{{{sel}}}[{w}]))) / 1e9");
+    let aws_kind = |e: &End| e.aws_kind.clone().unwrap_or_default();
+    let kinds = [aws_kind(client), aws_kind(server)];
+    let mut parts = Vec::new();
+    if e.cross_az && !kinds.iter().any(|k| k == "alb" || k == "clb") {
+        parts.push(format!("{gb} * {}", 2.0 * prices.inter_az_nano_usd_per_gb as f64 / 1e9));
+    }
+    if kinds.iter().any(|k| k == "nat_gateway") {
+        parts.push(format!("{gb} * {}", prices.nat_gateway_nano_usd_per_gb as f64 / 1e9));
+    }
+    if !parts.is_empty() {
+        out.insert("cost", parts.join(" + "));
     }
     out
 }

@@ -68,6 +68,9 @@ impl Publish {
             .as_ref()
             .and_then(|h| h.get::<crate::aws::enricher::AwsStatus>())
             .and_then(|s| s.identity.availability_zone.clone());
+        if let Some(az) = &az {
+            tracing::info!(availability_zone = %az, "series and transfers carry this host's zone from now on");
+        }
         self.aggregator.set_host_az(az);
     }
 }
