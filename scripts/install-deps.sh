@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Eddy needs on Debian 12 (root). Usage: install-deps.sh build|test
-#   build: clang-19 + libbpf headers (kernel programs), iproute2, cmake + golang-go (the AWS-LC FIPS
-#          module that aws-lc-fips-sys builds for fips-proxy/)
+#   build: clang-19 + libbpf headers (kernel programs), iproute2, binutils (objcopy: stripped images),
+#          cmake + golang-go (the AWS-LC FIPS module that aws-lc-fips-sys builds for fips-proxy/)
 #   test:  build + what the integration tests drive (iproute2 ip/tc, kmod, prometheus + promtool,
 #          jq and python3-venv for the deploy-artifact tools, podman + runc + ca-certificates for the
 #          container image smoke test, openssl + nginx-light as TLS peers of the FIPS proxy tests,
@@ -17,7 +17,7 @@ case "$what" in
   *) echo "install-deps.sh: unknown target '$what' (build|test)" >&2; exit 2 ;;
 esac
 
-pkgs=(clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 python3 cmake golang-go)
+pkgs=(clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 python3 cmake golang-go binutils)
 if [ "$what" = test ]; then
   pkgs+=(kmod prometheus jq python3-venv podman runc ca-certificates openssl nginx-light dnsmasq-base nftables chromium fonts-dejavu-core)
 fi

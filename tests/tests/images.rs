@@ -40,14 +40,27 @@ impl Podman {
     /// `scripts/build-images.sh --only IMAGE --prebuilt DIR`; returns the image reference.
     fn build(&self, image: &str, bin_dir: &std::path::Path) -> String {
         let tag = &self.tag;
+        let debug = std::env::temp_dir().join(format!("eddy-image-debug-{tag}-{image}"));
         let out = Command::new(repo_root().join("scripts/build-images.sh"))
             .args(["--engine", "podman", "--only", image, "--tag", tag, "--prebuilt"])
             .arg(bin_dir)
+            .arg("--debug-dir")
+            .arg(&debug)
             .env("CONTAINERS_CONF", &self.conf)
             .env("ENGINE_ARGS", "--runtime runc --cgroup-manager cgroupfs")
             .output()
             .expect("build-images.sh");
         assert!(out.status.success(), "build-images.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        // The binary goes in stripped, its debug info stays beside the build, and the size is printed.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let debug_file = debug.join(format!("{image}.debug"));
+        let debug_len = std::fs::metadata(&debug_file).map(|m| m.len()).unwrap_or(0);
+        let _ = std::fs::remove_dir_all(&debug);
+        assert!(debug_len > 0, "no debug info kept in {}: {stdout}", debug_file.display());
+        assert!(
+            stdout.contains(&format!("built {image}:{tag}: ")) && stdout.contains("stripped"),
+            "{stdout}"
+        );
         format!("localhost/{image}:{tag}")
     }
 
