@@ -27,6 +27,7 @@ use crate::tags::Tagged;
 pub mod flows_query;
 pub mod host;
 pub mod server;
+pub mod stream;
 
 use flows_query::FlowQuery;
 
@@ -168,19 +169,18 @@ async fn flows(State(s): State<Arc<Shared>>, Query(pairs): Query<Vec<(String, St
         Err(e) => return (StatusCode::BAD_REQUEST, format!("/flows: {e}\n")).into_response(),
     };
     let limit = q.limit;
-    let answer = blocking(&s, move |s| {
-        let (flows, total) = s.table().select(|r| q.matches(r), limit);
-        let tagged: Vec<Tagged<'_, _>> =
-            flows.iter().map(|f| Tagged { record: f, tags: &s.export.tags }).collect();
-        (serde_json::to_vec(&tagged), total, flows.len())
-    })
-    .await;
-    let (body, total, n) = match answer {
+    // Only the copy happens under the table's lock; the JSON is streamed (see [`stream`]).
+    let answer = blocking(&s, move |s| s.table().select(|r| q.matches(r), limit)).await;
+    let (flows, total) = match answer {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let truncated = if total > n { "true" } else { "false" };
-    let mut response = json_body(body);
+    let truncated = if total > flows.len() { "true" } else { "false" };
+    let shared = s.clone();
+    let body = stream::json_array(flows, move |buf, f| {
+        serde_json::to_writer(buf, &Tagged { record: f, tags: &shared.export.tags })
+    });
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     let headers = response.headers_mut();
     headers.insert(FLOWS_TOTAL_HEADER, header::HeaderValue::from(total));
     headers.insert(FLOWS_TRUNCATED_HEADER, header::HeaderValue::from_static(truncated));

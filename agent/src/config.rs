@@ -74,8 +74,11 @@ section! {
         pub export_interval: Duration = secs(10), range ms(100), hours(1);
         /// Capacity of the kernel map of open TCP connections (0 = RAM / 128 KiB, 16 Ki–256 Ki).
         pub flow_map_entries: u32 = 0;
-        /// Size of the ring buffer that carries closed connections (a power of two).
-        pub ring_buffer_bytes: u32 = 16 << 20, range 64 << 10, 1 << 30;
+        /// Size of the ring buffer that carries closed connections (a power of two). A closed
+        /// connection takes 160 bytes and the ring is drained every 20 ms: the default (2 MiB,
+        /// 13,107 records) absorbs a collector pause of 0.5 s at 26,000 closed connections/s;
+        /// records that find it full wait in the flow map instead (`ring_buffer_full`, not lost).
+        pub ring_buffer_bytes: u32 = 2 << 20, range 64 << 10, 1 << 30;
         /// Recently closed flows kept in memory for `/flows`.
         pub closed_flow_retention: usize = 10_000, range 0, 10_000_000;
         /// cgroup v2 mount to attach cgroup programs to (default: detected from /proc/self/mountinfo).
