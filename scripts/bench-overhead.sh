@@ -10,7 +10,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: scripts/bench-overhead.sh [--quick] [--rounds N] [--no-build]
+Usage: scripts/bench-overhead.sh [--quick] [--rounds N] [--disabled-hooks LIST] [--json PATH] [--no-build]
 
 Builds the release binaries (unless --no-build) and runs `eddy-loadgen bench`, as root, over loopback
 only: eddy-agent's cost on loopback TCP (short-lived connection rate, 1 KiB and 128 KiB writes, each as a
@@ -21,6 +21,11 @@ connections it reports with exact bytes. What is measured, how, and the targets:
 Options:
   --quick       short run (2 s per measurement, 3 rounds, 5,000 churn connections)
   --rounds N    baseline/agent rounds per measurement (default 5, --quick 3)
+  --disabled-hooks LIST
+                run the agent with another hook set: hook names as /status shows them, e.g.
+                'tcp_sock counters (live via iter/task_file)' for the per-call byte hooks;
+                the report names the kernel and the hook chosen per capability
+  --json PATH   also write the results as JSON
   --no-build    use the existing target/x86_64-unknown-linux-gnu/release binaries
   -h, --help    this text
 
@@ -43,6 +48,11 @@ while [[ $# -gt 0 ]]; do
         --quick) PASS+=("$1") ;;
         --rounds)
             [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]?$ ]] || die "--rounds needs a number from 1 to 99"
+            PASS+=("$1" "$2")
+            shift
+            ;;
+        --disabled-hooks | --json)
+            [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"
             PASS+=("$1" "$2")
             shift
             ;;

@@ -34,7 +34,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use procs::note;
 
 pub const USAGE: &str = "\
-Usage: eddy-loadgen bench [--quick] [--rounds N] [--agent PATH]
+Usage: eddy-loadgen bench [--quick] [--rounds N] [--agent PATH] [--disabled-hooks LIST] [--json PATH]
        (usually through scripts/bench-overhead.sh, which builds the release binaries first)
 
 Measures eddy-agent's overhead in one run, as root, over loopback only:
@@ -56,6 +56,11 @@ Options:
                 (default: 5 s, 5 rounds, 40000; about 5 minutes)
   --rounds N    baseline/agent rounds per measurement (default 5, --quick 3)
   --agent PATH  the eddy-agent binary (default: $EDDY_AGENT, else next to eddy-loadgen)
+  --disabled-hooks LIST
+                passed to the agent (run and capture): hook names as /status shows them,
+                comma-separated, e.g. 'tcp_sock counters (live via iter/task_file)' for the
+                per-call byte hooks; the report names the kernel and the hook set in use
+  --json PATH   also write the results as JSON (ratios, targets, hook set, kernel, CPU, RSS)
   -h, --help    this text
 
 Targets: connection rate >= 0.95x, small-write >= 0.95x, large-write >= 0.99x,
@@ -80,11 +85,15 @@ pub struct Options {
     pub quick: bool,
     pub rounds: Option<u32>,
     pub agent: Option<PathBuf>,
+    /// `--disabled-hooks` of the agent under test.
+    pub disabled_hooks: Option<String>,
+    /// Where the JSON results go.
+    pub json: Option<PathBuf>,
 }
 
 /// Parses the options of `bench`; `Ok(None)` for `--help`.
 pub fn parse(args: &[String]) -> Result<Option<Options>> {
-    let mut o = Options { quick: false, rounds: None, agent: None };
+    let mut o = Options { quick: false, rounds: None, agent: None, disabled_hooks: None, json: None };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let (name, inline) = match flag.split_once('=') {
@@ -106,6 +115,11 @@ pub fn parse(args: &[String]) -> Result<Option<Options>> {
             "--agent" => {
                 o.agent = Some(PathBuf::from(value().ok_or_else(|| anyhow!("--agent needs a path"))?))
             }
+            "--disabled-hooks" => {
+                let v = value().filter(|v| !v.trim().is_empty());
+                o.disabled_hooks = Some(v.ok_or_else(|| anyhow!("--disabled-hooks needs a list of hooks"))?);
+            }
+            "--json" => o.json = Some(PathBuf::from(value().ok_or_else(|| anyhow!("--json needs a path"))?)),
             "-h" | "--help" => return Ok(None),
             other => bail!("unknown argument: {other}"),
         }
@@ -122,6 +136,8 @@ pub struct Bench {
     pub agent: PathBuf,
     pub loadgen: PathBuf,
     pub work: PathBuf,
+    /// Extra arguments of every agent run (`--disabled-hooks LIST`).
+    pub agent_args: Vec<String>,
 }
 
 /// `eddy-loadgen bench …`.
@@ -180,7 +196,11 @@ pub fn run(opts: &Options) -> Result<(String, bool, PathBuf)> {
     procs::handle_interrupts()?;
     let work = nix::unistd::mkdtemp("/tmp/eddy-bench.XXXXXX").context("creating the work directory")?;
     let clk_tck = procs::clock_ticks()?;
-    let bench = Bench { rounds, duration_secs, count, agent, loadgen, work: work.clone() };
+    let agent_args = match &opts.disabled_hooks {
+        Some(list) => vec!["--disabled-hooks".to_string(), list.clone()],
+        None => Vec::new(),
+    };
+    let bench = Bench { rounds, duration_secs, count, agent, loadgen, work: work.clone(), agent_args };
 
     note(&format!("work directory: {}", work.display()));
     let others = procs::foreign_agents(&[]);
@@ -199,10 +219,14 @@ pub fn run(opts: &Options) -> Result<(String, bool, PathBuf)> {
     let expected = churn::read_tuples(&work.join("churn-tuples.txt"))?;
     let capture = std::fs::File::open(work.join("capture.jsonl")).context("opening capture.jsonl")?;
     let matched = churn::match_capture(std::io::BufReader::new(capture), &expected)?;
-    let (text, passed) = report::render(
-        &results,
-        &report::Context { rounds, duration_secs, count, clk_tck, churn: &churn_run, matched: &matched },
-    );
+    let context =
+        report::Context { rounds, duration_secs, count, clk_tck, churn: &churn_run, matched: &matched };
+    let (text, passed) = report::render(&results, &context);
+    if let Some(path) = &opts.json {
+        let json =
+            serde_json::to_vec_pretty(&report::json(&results, &context, opts.disabled_hooks.as_deref()))?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok((text, passed, work))
 }
 
@@ -217,11 +241,27 @@ mod tests {
     #[test]
     fn options() {
         let o = parse(&args(&["--quick", "--rounds", "7"])).expect("parse").expect("not help");
-        assert_eq!(o, Options { quick: true, rounds: Some(7), agent: None });
+        assert_eq!(
+            o,
+            Options { quick: true, rounds: Some(7), agent: None, disabled_hooks: None, json: None }
+        );
+        let o = parse(&args(&["--disabled-hooks", "tcp_iter", "--json=/tmp/x.json"]))
+            .expect("parse")
+            .expect("not help");
+        assert_eq!(
+            (o.disabled_hooks.as_deref(), o.json),
+            (Some("tcp_iter"), Some(PathBuf::from("/tmp/x.json")))
+        );
         assert_eq!(parse(&args(&["-h"])).expect("parse"), None);
-        for bad in
-            [&["--rounds", "0"][..], &["--rounds", "100"], &["--rounds"], &["--rounds", "07"], &["--x"]]
-        {
+        for bad in [
+            &["--rounds", "0"][..],
+            &["--rounds", "100"],
+            &["--rounds"],
+            &["--rounds", "07"],
+            &["--x"],
+            &["--disabled-hooks"],
+            &["--json"],
+        ] {
             assert!(parse(&args(bad)).is_err(), "{bad:?}");
         }
     }

@@ -102,7 +102,8 @@ impl Bench {
             self.count
         ));
         procs::wait_quiet(&[])?;
-        let args = ["capture".to_string(), "--duration".to_string(), format!("{capture_secs}s")];
+        let mut args = vec!["capture".to_string(), "--duration".to_string(), format!("{capture_secs}s")];
+        args.extend(self.agent_args.iter().cloned());
         let mut cmd = procs::agent_command(&self.agent, &args);
         cmd.stdout(procs::output_file(&cap_out)?).stderr(procs::output_file(&cap_err)?);
         let mut capture = Proc::spawn(cmd)?;

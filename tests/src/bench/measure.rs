@@ -120,6 +120,30 @@ pub struct Results {
     pub samples: Vec<Sample>,
     pub cpu: Vec<CpuWindow>,
     pub memory: Vec<Memory>,
+    /// The hook chosen per capability and the kernel, from the first agent's `/status`.
+    pub hooks: Option<HookSet>,
+}
+
+/// What the agent under test runs on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HookSet {
+    pub kernel: String,
+    /// `(capability, chosen hook)`.
+    pub chosen: Vec<(String, String)>,
+}
+
+impl HookSet {
+    /// From the agent's `/status` (`kernel.release`, `hooks[].capability/chosen`).
+    pub fn from_status(status: &serde_json::Value) -> HookSet {
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+        HookSet {
+            kernel: s(&status["kernel"]["release"]),
+            chosen: status["hooks"]
+                .as_array()
+                .map(|hs| hs.iter().map(|h| (s(&h["capability"]), s(&h["chosen"]))).collect())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// The fields of a loadgen summary that the benchmark reads.
@@ -164,7 +188,21 @@ impl Bench {
             Variant::Agent => {
                 let log = self.work.join(format!("agent-run-{round}.log"));
                 // Includes the settle time.
-                Some(RunningAgent::start(&self.agent, super::LISTEN, super::POLL, &log, SETTLE)?)
+                let agent = RunningAgent::start(
+                    &self.agent,
+                    &self.agent_args,
+                    super::LISTEN,
+                    super::POLL,
+                    &log,
+                    SETTLE,
+                )?;
+                if results.hooks.is_none() {
+                    let status = crate::http_get(super::LISTEN, "/status", Duration::from_secs(5))
+                        .ok()
+                        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.text()).ok());
+                    results.hooks = status.as_ref().map(HookSet::from_status);
+                }
+                Some(agent)
             }
             Variant::Baseline => {
                 // The same idle time before the first measurement.

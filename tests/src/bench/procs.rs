@@ -261,10 +261,19 @@ pub struct RunningAgent {
 }
 
 impl RunningAgent {
-    /// Starts the agent with its output in `log`, waits up to 60 s for `/readyz`, then `settle`.
-    pub fn start(bin: &Path, listen: SocketAddr, poll: &str, log: &Path, settle: Duration) -> Result<Self> {
-        let args: Vec<String> =
+    /// Starts the agent (plus `extra` arguments) with its output in `log`, waits up to 60 s for
+    /// `/readyz`, then `settle`.
+    pub fn start(
+        bin: &Path,
+        extra: &[String],
+        listen: SocketAddr,
+        poll: &str,
+        log: &Path,
+        settle: Duration,
+    ) -> Result<Self> {
+        let mut args: Vec<String> =
             ["run", "--listen", &listen.to_string(), "--poll-interval", poll].map(String::from).into();
+        args.extend(extra.iter().cloned());
         let mut cmd = agent_command(bin, &args);
         // Both streams into one log (one open file, as `>"$log" 2>&1`).
         let file = output_file(log)?;

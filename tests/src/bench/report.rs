@@ -84,9 +84,16 @@ fn format_value(test: Test, v: f64) -> String {
 
 /// One measurement's verdict.
 struct Verdict {
+    test: Test,
     row: [String; 8],
     summary: String,
     ok: bool,
+    baseline: f64,
+    agent: f64,
+    ratio: f64,
+    /// Min and max of the per-round ratios (NaN without any).
+    spread: (f64, f64),
+    errors: u64,
 }
 
 fn verdict(results: &Results, test: Test) -> Verdict {
@@ -110,17 +117,26 @@ fn verdict(results: &Results, test: Test) -> Verdict {
     let ratio = median(&ratios);
     let target = test.target();
     let ok = !ratios.is_empty() && ratio >= target;
-    let spread = if ratios.is_empty() {
-        "-".to_string()
+    let (min, max) = if ratios.is_empty() {
+        (f64::NAN, f64::NAN)
     } else {
-        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        format!("{}-{}", fixed(min, 3), fixed(max, 3))
+        (
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        )
     };
+    let spread =
+        if ratios.is_empty() { "-".to_string() } else { format!("{}-{}", fixed(min, 3), fixed(max, 3)) };
     let errors: u64 = results.samples.iter().filter(|s| s.test == test).map(|s| s.errors).sum();
     let medians = |v: &[(u32, f64)]| median(&v.iter().map(|s| s.1).collect::<Vec<_>>());
     let label = test.label();
     Verdict {
+        test,
+        baseline: medians(&base),
+        agent: medians(&agent),
+        ratio,
+        spread: (min, max),
+        errors,
         row: [
             label.to_string(),
             format_value(test, medians(&base)),
@@ -183,6 +199,10 @@ pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
         out,
         "(medians; ratio = median of the per-round agent/baseline ratios, spread = their min-max)"
     );
+    if let Some(h) = &results.hooks {
+        let set: Vec<String> = h.chosen.iter().map(|(c, hook)| format!("{c}={hook}")).collect();
+        let _ = writeln!(out, "kernel {}; hook set: {}", h.kernel, set.join(", "));
+    }
     let _ = writeln!(out);
     let header =
         ["measurement", "baseline", "agent", "ratio", "spread", "target", "", "errors"].map(String::from);
@@ -227,6 +247,48 @@ pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
     let _ =
         writeln!(out, "{}", if passed { "RESULT: all targets met" } else { "RESULT: some targets MISSED" });
     (out, passed)
+}
+
+/// The results for machines (`--json`): NaN becomes `null`.
+pub fn json(results: &Results, c: &Context<'_>, disabled_hooks: Option<&str>) -> serde_json::Value {
+    let num = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::Value::Null };
+    let (_, passed) = render(results, c);
+    let measurements: Vec<serde_json::Value> = Test::ALL
+        .iter()
+        .map(|t| {
+            let v = verdict(results, *t);
+            serde_json::json!({
+                "measurement": v.test.key(),
+                "baseline": num(v.baseline),
+                "agent": num(v.agent),
+                "unit": if v.test.is_rate() { "connections/s" } else { "bytes/s" },
+                "ratio": num(v.ratio),
+                "spread": [num(v.spread.0), num(v.spread.1)],
+                "target": v.test.target(),
+                "met": v.ok,
+                "errors": v.errors,
+            })
+        })
+        .collect();
+    let cpu = |test: Option<Test>| {
+        let windows = results.cpu.iter().filter(|w| test.is_none_or(|t| w.test == t));
+        let (ticks, secs) = windows.fold((0, 0.0), |(t, s), w| (t + w.ticks, s + w.seconds));
+        num(if secs > 0.0 { 100.0 * ticks as f64 / c.clk_tck as f64 / secs } else { f64::NAN })
+    };
+    let rss: Vec<f64> = results.memory.iter().map(|m| m.rss_kib as f64 / 1024.0).collect();
+    let hwm = results.memory.iter().map(|m| m.hwm_kib).max().map_or(f64::NAN, |h| h as f64 / 1024.0);
+    serde_json::json!({
+        "kernel": results.hooks.as_ref().map(|h| h.kernel.clone()),
+        "hooks": results.hooks.as_ref().map(|h| h.chosen.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()),
+        "disabled_hooks": disabled_hooks,
+        "rounds": c.rounds,
+        "seconds_per_measurement": c.duration_secs,
+        "measurements": measurements,
+        "churn": {"count": c.count, "exact": c.matched.exact, "share": num(c.matched.exact as f64 / c.count as f64), "target": 1.0},
+        "agent_cpu_percent": {"all": cpu(None), "conn_rate": cpu(Some(Test::ConnRate)), "small_write": cpu(Some(Test::SmallWrite)), "large_write": cpu(Some(Test::LargeWrite))},
+        "agent_rss_mib": {"median": num(median(&rss)), "peak": num(hwm)},
+        "passed": passed,
+    })
 }
 
 fn render_churn(out: &mut String, c: &Context<'_>) {
@@ -364,6 +426,29 @@ mod tests {
         );
         assert!(text.contains("loadgen 10/10 connections in 1.0 s (10/s)"), "{text}");
         assert!(text.ends_with("\nRESULT: some targets MISSED\n"), "{text}");
+
+        // The same results for machines, with the hook set the agent reported.
+        results.hooks = Some(super::super::measure::HookSet {
+            kernel: "6.18.44".into(),
+            chosen: vec![("tcp_bytes".into(), "tcp_sock counters (live via iter/task_file)".into())],
+        });
+        let (text, _) = render(&results, &c);
+        assert_eq!(
+            text.lines().nth(3),
+            Some("kernel 6.18.44; hook set: tcp_bytes=tcp_sock counters (live via iter/task_file)")
+        );
+        let j = json(&results, &c, Some("x"));
+        assert_eq!(j["kernel"], "6.18.44");
+        assert_eq!(j["hooks"]["tcp_bytes"], "tcp_sock counters (live via iter/task_file)");
+        assert_eq!(j["disabled_hooks"], "x");
+        let large = &j["measurements"][2];
+        assert_eq!(
+            (large["measurement"].as_str(), large["ratio"].as_f64(), large["met"].as_bool()),
+            (Some("large-write"), Some(0.96), Some(false))
+        );
+        assert_eq!(large["spread"], serde_json::json!([0.9, 1.0]));
+        assert_eq!((j["churn"]["exact"].as_u64(), j["passed"].as_bool()), (Some(10), Some(false)));
+        assert_eq!(j["agent_rss_mib"]["peak"].as_f64(), Some(50.0));
     }
 
     #[test]
