@@ -256,9 +256,31 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
         });
         check_case(&f, case);
     }
-    // The labelled (second) connections to the NAT gateway and the endpoint in us-east-1b cross zones:
-    // 100 bytes sent, 1 received from an AWS-managed peer, each counted once, priced from the defaults
-    // (101 B × 2 × $0.01/GB; NAT processing 101 B × $0.045/GB). The first, unlabelled ones are not.
+    // The connections to the NAT gateway and the endpoint in us-east-1b cross zones: each sends 100
+    // bytes and receives 1 from an AWS-managed peer, counted once, priced from the defaults (101 B × 2
+    // × $0.01/GB; NAT processing 101 B × $0.045/GB). The first round is labelled only if the lookup
+    // answered before it closed: the expected totals are n × those of one connection, n = the closed
+    // flows to the address that carry the resource (what was counted is what /flows shows).
+    let labelled = |ip: &str, kind: &str| -> u64 {
+        let flows: Vec<Value> = serde_json::from_str(&agent.get("/flows").text()).expect("/flows");
+        flows
+            .iter()
+            .filter(|f| {
+                f["remote"]["addr"] == ip
+                    && f["direction"] == "outgoing"
+                    && !f["closed_at"].is_null()
+                    && f["remote"]["aws"]["kind"] == kind
+                    && f["scope"] == "cross-az"
+            })
+            .count() as u64
+    };
+    // Exact decimal of an amount in atto-USD (10^-18), as /metrics prints it.
+    let usd = |atto: u128| {
+        let frac = format!("{:018}", atto % 1_000_000_000_000_000_000);
+        format!("{}.{}", atto / 1_000_000_000_000_000_000, frac.trim_end_matches('0'))
+    };
+    const CROSS_AZ_ATTO: u128 = 101 * 2 * 10_000_000; // 101 B × 2 sides × 10^7 nano-USD/GB
+    const NAT_ATTO: u128 = 101 * 45_000_000; // 101 B × 4.5 × 10^7 nano-USD/GB
     let pair = |name: &str, kind: &str| {
         format!(
             "local_az=\"us-east-1a\",remote_workload=\"{name}\",remote_kind=\"{kind}\",remote_az=\"us-east-1b\""
@@ -266,21 +288,35 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
     };
     let (nat, vpce) =
         (pair("nat-0a1b2c3d4e5f67890", "nat_gateway"), pair("vpce-0123456789abcdef0", "vpc_endpoint"));
-    let mut want = Vec::new();
-    for p in [&nat, &vpce] {
-        want.push(format!("eddy_cross_az_bytes_total{{{p},transfer=\"sent\",billed=\"true\"}} 100"));
-        want.push(format!("eddy_cross_az_bytes_total{{{p},transfer=\"received\",billed=\"true\"}} 1"));
-        want.push(format!("eddy_estimated_transfer_cost_usd_total{{{p},charge=\"cross_az\"}} 0.00000000202"));
-    }
-    want.push(format!("eddy_nat_gateway_bytes_total{{{nat}}} 101"));
-    want.push(format!(
-        "eddy_estimated_transfer_cost_usd_total{{{nat},charge=\"nat_gateway\"}} 0.000000004545"
-    ));
-    poll_until(
+    let counts = poll_until(
         Duration::from_secs(10),
         Duration::from_millis(300),
         "priced cross-AZ transfer in /metrics",
         || {
+            let (n_nat, n_vpce) =
+                (labelled("10.0.2.21", "nat_gateway"), labelled("10.0.2.22", "vpc_endpoint"));
+            if n_nat == 0 || n_vpce == 0 {
+                return Err(format!("labelled flows: NAT {n_nat}, endpoint {n_vpce}"));
+            }
+            let mut want = Vec::new();
+            for (p, n) in [(&nat, n_nat), (&vpce, n_vpce)] {
+                let cost = usd(u128::from(n) * CROSS_AZ_ATTO);
+                want.push(format!(
+                    "eddy_cross_az_bytes_total{{{p},transfer=\"sent\",billed=\"true\"}} {}",
+                    100 * n
+                ));
+                want.push(format!(
+                    "eddy_cross_az_bytes_total{{{p},transfer=\"received\",billed=\"true\"}} {n}"
+                ));
+                want.push(format!(
+                    "eddy_estimated_transfer_cost_usd_total{{{p},charge=\"cross_az\"}} {cost}"
+                ));
+            }
+            want.push(format!("eddy_nat_gateway_bytes_total{{{nat}}} {}", 101 * n_nat));
+            let nat_cost = usd(u128::from(n_nat) * NAT_ATTO);
+            want.push(format!(
+                "eddy_estimated_transfer_cost_usd_total{{{nat},charge=\"nat_gateway\"}} {nat_cost}"
+            ));
             let text = agent.get("/metrics").text();
             let missing: Vec<&String> =
                 want.iter().filter(|w| !text.lines().any(|l| l == w.as_str())).collect();
@@ -292,16 +328,19 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
                         || l.starts_with("eddy_estimated")
                 })
                 .collect();
-            if missing.is_empty() { Ok(()) } else { Err(format!("missing {missing:#?} in {transfer:#?}")) }
+            if missing.is_empty() {
+                Ok((n_nat, n_vpce))
+            } else {
+                Err(format!("missing {missing:#?} in {transfer:#?}"))
+            }
         },
     );
-    // The service map prices the same edges: NAT 101 B × 2 × $0.01/GB + 101 B × $0.045/GB, the
-    // endpoint 101 B × 2 × $0.01/GB; both cross-AZ, 100 B up and 1 B down on one connection.
+    // The service map prices the same edges (both cross-AZ, 100 B up and 1 B down per connection).
     let map: serde_json::Value = serde_json::from_str(&agent.get("/api/map?window=5m&scope=cross-az").text())
         .expect("/api/map answers JSON");
-    for (server, cost) in [
-        ("aws:nat_gateway/nat-0a1b2c3d4e5f67890", 6.565e-9),
-        ("aws:vpc_endpoint/vpce-0123456789abcdef0", 2.02e-9),
+    for (server, n, atto) in [
+        ("aws:nat_gateway/nat-0a1b2c3d4e5f67890", counts.0, CROSS_AZ_ATTO + NAT_ATTO),
+        ("aws:vpc_endpoint/vpce-0123456789abcdef0", counts.1, CROSS_AZ_ATTO),
     ] {
         let edges = map["edges"].as_array().expect("edges");
         let e = edges
@@ -310,7 +349,8 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
             .unwrap_or_else(|| panic!("no edge to {server}: {map:#}"));
         let got =
             (&e["bytes_client_to_server"], &e["bytes_server_to_client"], &e["connections"], &e["cross_az"]);
-        assert_eq!(got, (&100.into(), &1.into(), &1.into(), &true.into()), "{e:#}");
+        assert_eq!(got, (&(100 * n).into(), &n.into(), &n.into(), &true.into()), "{e:#}");
+        let cost = (u128::from(n) * atto) as f64 / 1e18;
         assert_eq!(e["cost_usd"].as_f64(), Some(cost), "{e:#}");
         assert!(
             map["tables"]["top_cross_az_cost"].as_array().is_some_and(|t| t.contains(&e["id"])),
