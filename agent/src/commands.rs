@@ -258,6 +258,7 @@ fn collector_state(cfg: &Config, selected: &Selected, privileges: PrivilegeStatu
     c.reason = selected.reason.clone();
     c.limits = selected.limits;
     c.privileges = Some(privileges);
+    c.scope = cfg.cgroup_scope.clone().map(crate::pipeline::scope::ScopeShared::new);
     c
 }
 

@@ -83,6 +83,11 @@ section! {
         pub closed_flow_retention: usize = 10_000, range 0, 10_000_000;
         /// cgroup v2 mount to attach cgroup programs to (default: detected from /proc/self/mountinfo).
         pub cgroup_path: Option<PathBuf> = None;
+        /// Count only the sockets of processes in this cgroup v2 directory or below it (an
+        /// absolute path, e.g. `/sys/fs/cgroup/ecs` for the ECS agent's tasks, leaving out the
+        /// host's own daemons); flows and DNS packets of other cgroups are left out (counted in
+        /// `/status` → `cgroup_scope`). Unset: every socket on the host.
+        pub cgroup_scope: Option<PathBuf> = None;
         /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
         pub log_level: String = "info".into();
         /// Serve aggregated series and agent health at `/metrics` (OpenMetrics / Prometheus text).
@@ -228,6 +233,11 @@ impl Config {
             return Err(format!("ecs_agent_uri {u:?} must be an http:// URL"));
         }
         crate::tags::Tags::parse(&self.tags)?;
+        if let Some(p) = &self.cgroup_scope
+            && !p.is_absolute()
+        {
+            return Err(format!("cgroup_scope {p:?} must be an absolute path (e.g. /sys/fs/cgroup/ecs)"));
+        }
         self.fips.check_rules()?;
         for h in &self.api.allowed_hosts {
             crate::allowed_hosts::check_entry(h).map_err(|e| format!("api_allowed_hosts: {e}"))?;

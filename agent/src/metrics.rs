@@ -238,6 +238,15 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
     {
         conntrack(w, ct);
     }
+    if let Some(sc) = &st.cgroup_scope {
+        w.family(
+            "eddy_agent_outside_cgroup_scope",
+            Kind::Counter,
+            "Flow records (per poll) and DNS packets left out: their socket is outside cgroup_scope.",
+        );
+        w.sample("eddy_agent_outside_cgroup_scope_total", &[("what", "flows")], sc.flows_outside);
+        w.sample("eddy_agent_outside_cgroup_scope_total", &[("what", "dns")], sc.dns_outside);
+    }
     w.family("eddy_agent_live_flows", Kind::Gauge, "Open flows at the last scan.");
     w.sample("eddy_agent_live_flows", &[], st.flows.live_flows);
     w.family(

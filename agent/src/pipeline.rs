@@ -15,6 +15,7 @@ use crate::faults::PanicSite;
 
 pub mod labeller;
 pub mod publish;
+pub mod scope;
 
 pub use crate::state::{CollectorKind, CollectorState, Enrichers, ExportState, Shared};
 use labeller::Labeller;
@@ -51,6 +52,7 @@ pub fn collect(
     stop: Arc<AtomicBool>,
 ) {
     let mut labeller = Labeller::new(settings.poll_interval);
+    let mut scope = shared.collector.scope.as_ref().map(|s| scope::CgroupScope::new(s.status().path));
     let mut next_scan = Instant::now();
     let mut next_export = Instant::now() + settings.export_interval;
     let c = &shared.collector;
@@ -61,10 +63,16 @@ pub fn collect(
         let scan = stopping || now >= next_scan;
         match source.poll(scan) {
             Ok(mut batch) => {
+                if let Some(s) = scope.as_mut() {
+                    s.retain_batch(&mut batch, now);
+                }
                 label(&shared, &mut labeller, &mut batch, now, stopping);
                 sink.accept(&shared, batch, scan);
-                count_dns(source.as_mut(), &shared, scan);
+                count_dns(source.as_mut(), &shared, scope.as_mut(), now, scan);
                 if scan {
+                    if let (Some(s), Some(out)) = (&scope, &c.scope) {
+                        s.publish(out);
+                    }
                     *c.source.lock().unwrap_or_else(PoisonError::into_inner) = source.status();
                     *c.last_scan.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
                     c.ready.store(true, Ordering::SeqCst);
@@ -116,9 +124,19 @@ impl Drop for ClearOnDrop<'_> {
     }
 }
 
-/// Feeds the DNS packets of the last poll to the statistics; on scans, expires unanswered queries.
-fn count_dns(source: &mut dyn FlowSource, shared: &Shared, scan: bool) {
-    let packets = source.take_dns();
+/// Feeds the DNS packets of the last poll (those in the cgroup scope) to the statistics; on
+/// scans, expires unanswered queries.
+fn count_dns(
+    source: &mut dyn FlowSource,
+    shared: &Shared,
+    scope: Option<&mut scope::CgroupScope>,
+    now: Instant,
+    scan: bool,
+) {
+    let mut packets = source.take_dns();
+    if let Some(s) = scope {
+        s.retain_dns(&mut packets, now);
+    }
     let Some(dns) = &shared.export.dns else { return };
     let mut t = dns.lock().unwrap_or_else(PoisonError::into_inner);
     for p in &packets {

@@ -92,6 +92,8 @@ pub struct CollectorState {
     pub last_scan: Mutex<Option<Instant>>,
     /// Held flows and peer labels (see [`super::labeller`]), as of the last poll.
     pub labels: Mutex<LabelCounts>,
+    /// `cgroup_scope`, when configured: the directory and what it left out.
+    pub scope: Option<crate::pipeline::scope::ScopeShared>,
 }
 
 impl CollectorState {
@@ -110,6 +112,7 @@ impl CollectorState {
             poll_errors: AtomicU64::new(0),
             last_scan: Mutex::new(None),
             labels: Mutex::new(LabelCounts::default()),
+            scope: None,
         }
     }
 }

@@ -65,6 +65,9 @@ pub struct Status {
     pub api: crate::state::ApiCounts,
     /// The map's history of series deltas (buckets, rows, folded, trimmed).
     pub map: crate::map::history::HistoryStats,
+    /// `cgroup_scope` (absent when unset): the directory, its cgroups, what it left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_scope: Option<crate::pipeline::scope::ScopeStatus>,
 }
 
 impl Status {
@@ -132,6 +135,7 @@ impl Status {
             privileges: c.privileges.clone(),
             api,
             map,
+            cgroup_scope: c.scope.as_ref().map(crate::pipeline::scope::ScopeShared::status),
         }
     }
 }

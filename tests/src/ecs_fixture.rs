@@ -122,6 +122,14 @@ impl EcsCgroups {
         EcsCgroups { dirs }
     }
 
+    /// [`EcsCgroups::create`] under `<root>/<parent>` (an "instance" of its own, removed last).
+    pub fn create_under(root: &Path, parent: &str, containers: &[(&str, &str)]) -> EcsCgroups {
+        let dir = root.join(parent);
+        let mut c = EcsCgroups::create(&dir, containers);
+        c.dirs.push(dir);
+        c
+    }
+
     /// `cgroup.procs` of a container's cgroup.
     pub fn procs(&self, container: &str) -> PathBuf {
         self.dirs
@@ -150,7 +158,20 @@ impl Drop for EcsCgroups {
 /// must first read one line of stdin (the process is moved before it opens any socket). Its
 /// stdout is piped.
 pub fn python_in_cgroup(procs: &Path, script: &str, args: &[String]) -> std::process::Child {
-    let mut child = std::process::Command::new("python3")
+    python_in(procs, None, script, args)
+}
+
+/// [`python_in_cgroup`], in the named network namespace when `netns` is set (`ip netns exec`).
+pub fn python_in(procs: &Path, netns: Option<&str>, script: &str, args: &[String]) -> std::process::Child {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "python3"]);
+            c
+        }
+        None => std::process::Command::new("python3"),
+    };
+    let mut child = cmd
         .arg("-c")
         .arg(script)
         .args(args)

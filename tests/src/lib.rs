@@ -33,6 +33,7 @@ pub mod fips_proxy;
 pub mod flow;
 pub mod http;
 pub mod imds_fixture;
+pub mod map_page;
 pub mod netns;
 pub mod otlp_receiver;
 pub mod prometheus;

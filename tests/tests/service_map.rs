@@ -5,14 +5,12 @@
 //! headless Chromium (Debian package) all show the edge `web → worker` with the exact bytes each
 //! way and the exact connection count, and the refused connection under `errors only`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use eddy_tests::ecs_fixture::*;
+use eddy_tests::map_page::{MapServer, attr_of, chromium, get_json, render};
 use eddy_tests::prometheus::{Prometheus, tool};
 use eddy_tests::*;
 use serde_json::Value;
@@ -36,48 +34,6 @@ const CLIENT: &str = "import socket,sys\nsys.stdin.readline()\nport=int(sys.argv
 s=socket.create_connection(('127.0.0.1',port))\n    s.sendall(b'x'*int(n))\n    s.shutdown(socket.SHUT_WR)\n    \
 while s.recv(65536):\n        pass\n    s.close()\ntry:\n    socket.create_connection(('127.0.0.1',int(sys.argv[2])))\n\
 except ConnectionRefusedError:\n    print('refused',flush=True)\n";
-
-/// `eddy-agent map`, killed on drop.
-struct MapServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl MapServer {
-    fn start(prometheus: SocketAddr) -> MapServer {
-        let addr = SocketAddr::from(([127, 0, 0, 1], agent::free_loopback_port()));
-        let child = Command::new(agent_bin())
-            .args(["map", "--prometheus", &format!("http://{prometheus}"), "--listen", &addr.to_string()])
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("eddy-agent map");
-        let s = MapServer { child, addr };
-        poll_until(Duration::from_secs(10), Duration::from_millis(100), "eddy-agent map answering", || {
-            match http_get(s.addr, "/healthz", Duration::from_secs(2)) {
-                Ok(r) if r.status == 200 => Ok(()),
-                Ok(r) => Err(format!("status {}", r.status)),
-                Err(e) => Err(e.to_string()),
-            }
-        });
-        s
-    }
-}
-
-impl Drop for MapServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn get_json(addr: SocketAddr, path: &str) -> Result<Value, String> {
-    let r = http_get(addr, path, Duration::from_secs(20)).map_err(|e| e.to_string())?;
-    if r.status != 200 {
-        return Err(format!("{path}: {} {}", r.status, r.text()));
-    }
-    serde_json::from_str(&r.text()).map_err(|e| format!("{path}: {e}"))
-}
 
 /// The single edge of a model, checked against the plan; `Err` while it is not there yet.
 fn web_to_worker(model: &Value, port: u16) -> Result<Value, String> {
@@ -113,52 +69,6 @@ fn refused_edge(model: &Value) -> Result<(), String> {
         }
         _ => Err(format!("want one web edge with 1 refused connection: {edges:#?}")),
     }
-}
-
-fn chromium() -> Option<PathBuf> {
-    tool("chromium").or_else(|| tool("chromium-browser"))
-}
-
-/// The page's DOM after its script ran, and a screenshot kept under target/test-artifacts.
-fn render(url: &str, shot: &str) -> String {
-    let bin = chromium().expect("chromium");
-    let profile =
-        std::env::temp_dir().join(format!("eddy-chromium-{}-{}", std::process::id(), netns::next_id()));
-    let common = |c: &mut Command| {
-        c.args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=8000",
-            "--window-size=1400,900",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .stderr(Stdio::null());
-    };
-    let mut dump = Command::new(&bin);
-    common(&mut dump);
-    let out = dump.arg("--dump-dom").arg(url).output().expect("chromium --dump-dom");
-    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
-    let _ = std::fs::create_dir_all(&artifacts);
-    let mut shoot = Command::new(&bin);
-    common(&mut shoot);
-    let _ = shoot.arg(format!("--screenshot={}", artifacts.join(shot).display())).arg(url).output();
-    let _ = std::fs::remove_dir_all(&profile);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of `attr` on the element that carries `marker` (an attribute with its value).
-fn attr_of(dom: &str, marker: &str, attr: &str) -> Option<String> {
-    let at = dom.find(marker)?;
-    let start = dom[..at].rfind('<')?;
-    let end = at + dom[at..].find('>')?;
-    let tag = &dom[start..end];
-    let from = tag.find(&format!("{attr}=\""))? + attr.len() + 2;
-    Some(tag[from..from + tag[from..].find('"')?].to_string())
 }
 
 #[test]

@@ -58,6 +58,10 @@ fn rejects_bad_values_with_origin() {
     assert!(e.to_string().contains("poll_interval"), "{e}");
     let e = Config::load(None, env(&[]), &[("flow_map_entries", "3".into())]).expect_err("tiny");
     assert!(e.to_string().contains("flow_map_entries"), "{e}");
+    let e = Config::load(None, env(&[("EDDY_CGROUP_SCOPE", "ecs")]), &[]).expect_err("relative");
+    assert!(e.to_string().contains("cgroup_scope \"ecs\" must be an absolute path"), "{e}");
+    let c = Config::load(None, env(&[("EDDY_CGROUP_SCOPE", "/sys/fs/cgroup/ecs")]), &[]).expect("absolute");
+    assert_eq!(c.cgroup_scope.as_deref(), Some(std::path::Path::new("/sys/fs/cgroup/ecs")));
 }
 
 #[test]

@@ -48,6 +48,7 @@ fn status() -> Status {
         privileges: None,
         api: crate::state::ApiStats::default().counts(),
         map: Default::default(),
+        cgroup_scope: None,
     }
 }
 
