@@ -244,3 +244,34 @@ fn history_is_bounded_and_counts_what_it_folds() {
     let (rows, _) = h.window(at(110), Duration::from_secs(3600));
     assert_eq!(rows.iter().map(|(_, v)| v.bytes_sent).sum::<u64>(), 1);
 }
+
+#[test]
+fn three_hundred_services_stay_readable_top_n_and_by_zone() {
+    // svc-i calls svc-(i+1) and svc-(i+7), 600 edges of distinct sizes, three zones.
+    let zone = |i: usize| format!("us-east-1{}", ['a', 'b', 'c'][i % 3]);
+    let mut rows = Vec::new();
+    for i in 0..300 {
+        for (n, step) in [(0, 1), (1, 7)] {
+            let j = (i + step) % 300;
+            let mut k = key(Direction::Outgoing, "8080");
+            k.local_cluster = "prod".into();
+            k.local_service = format!("svc-{i}");
+            k.local_az = zone(i);
+            k.remote_cluster = "prod".into();
+            k.remote_service = format!("svc-{j}");
+            k.remote_az = zone(j);
+            k.scope = if zone(i) == zone(j) { "same-az".into() } else { "cross-az".into() };
+            rows.push((k, values(1_000 + (2 * i + n) as u64, 1, 1)));
+        }
+    }
+    let m = model::build(&rows, &MapQuery::default(), &ctx(300.0));
+    assert_eq!((m.totals.edges, m.edges.len()), (600, super::query::DEFAULT_TOP));
+    let mut sizes: Vec<u64> = m.edges.iter().map(|e| e.bytes_client_to_server).collect();
+    sizes.sort_unstable();
+    let largest: Vec<u64> = (600 - super::query::DEFAULT_TOP as u64..600).map(|x| 1_000 + x).collect();
+    assert_eq!(sizes, largest, "the top N edges by bytes");
+    assert!(m.nodes.len() <= 2 * super::query::DEFAULT_TOP, "only the shown edges' ends: {}", m.nodes.len());
+    let z = model::build(&rows, &MapQuery { group: Group::Az, ..MapQuery::default() }, &ctx(300.0));
+    assert_eq!(z.nodes.len(), 3, "{:?}", z.nodes.iter().map(|n| &n.id).collect::<Vec<_>>());
+    assert!(z.edges.len() <= 9 && z.edges.iter().map(|e| e.connections).sum::<u64>() == 600);
+}
