@@ -134,15 +134,12 @@ impl CgroupScope {
     }
 
     /// Classifies every id of `ids` not known yet: one walk for all of them (when allowed);
-    /// those the walk did not find are outside. Returns false when a walk was due but not allowed.
-    fn learn(&mut self, ids: impl Iterator<Item = u64>, now: Instant) -> bool {
+    /// those the walk did not find are outside.
+    fn learn(&mut self, ids: impl Iterator<Item = u64>, now: Instant) {
         let unknown: Vec<u64> =
             ids.filter(|id| !self.inside.contains(id) && !self.outside.contains(id)).collect();
-        if unknown.is_empty() {
-            return true;
-        }
-        if !self.may_walk(now) {
-            return false;
+        if unknown.is_empty() || !self.may_walk(now) {
+            return;
         }
         self.walk(now);
         for id in unknown {
@@ -154,7 +151,6 @@ impl CgroupScope {
                 self.outside.insert(id);
             }
         }
-        true
     }
 
     /// Whether `id` is inside (unknown ids count as inside until a walk is allowed).
@@ -164,7 +160,8 @@ impl CgroupScope {
                 self.status.without_cgroup += 1;
                 false
             }
-            Some(id) => !self.outside.contains(&id) || self.inside.contains(&id),
+            // An id goes outside only when a walk did not find it: the two sets never share one.
+            Some(id) => !self.outside.contains(&id),
         }
     }
 
@@ -172,7 +169,7 @@ impl CgroupScope {
     /// (a walk was not allowed) are kept and counted in the next poll's classification.
     pub fn retain_batch(&mut self, batch: &mut Batch, now: Instant) {
         let ids = batch.closed.iter().chain(batch.live.iter().flatten()).filter_map(|o| o.record.cgroup_id);
-        self.learn(ids.collect::<Vec<_>>().into_iter(), now);
+        self.learn(ids, now);
         let before = batch.closed.len() + batch.live.as_ref().map_or(0, Vec::len);
         batch.closed.retain(|o| self.keeps(o.record.cgroup_id));
         if let Some(live) = batch.live.as_mut() {
@@ -184,7 +181,7 @@ impl CgroupScope {
 
     /// Drops the DNS packets outside the scope.
     pub fn retain_dns(&mut self, packets: &mut Vec<DnsPacket>, now: Instant) {
-        self.learn(packets.iter().filter_map(|p| p.cgroup_id).collect::<Vec<_>>().into_iter(), now);
+        self.learn(packets.iter().filter_map(|p| p.cgroup_id), now);
         let before = packets.len();
         packets.retain(|p| self.keeps(p.cgroup_id));
         self.status.dns_outside += (before - packets.len()) as u64;
