@@ -33,10 +33,12 @@ use serde::Serialize;
 use crate::flow::{Failure, FlowRecord};
 use crate::table::FlowKey;
 
+mod interval;
 mod key;
 mod record;
 pub mod transfer;
 
+use interval::{Identity, IntervalMap};
 pub use key::{DEFAULT_GROUPS, LabelGroup, LabelGroups, SeriesKey, label};
 pub use record::AggregateRecord;
 use transfer::Transfers;
@@ -52,6 +54,9 @@ pub const OTHER: &str = "other";
 /// Slots of the series cap kept for `other` series: one per protocol (2) × family (2) ×
 /// direction (3), so folding never needs to evict anything.
 pub const OTHER_SLOTS: usize = 12;
+
+/// Record identities remembered per interval, per `max_series` (see [`interval`]).
+const IDS_PER_MAX_SERIES: usize = 2;
 
 /// Every series with its totals, as published for `/metrics`.
 pub type SeriesSnapshot = std::sync::Arc<Vec<(SeriesKey, SeriesValues)>>;
@@ -184,10 +189,11 @@ pub struct AggregateSettings {
 #[derive(Debug)]
 pub struct Aggregator {
     settings: AggregateSettings,
-    counted: HashMap<FlowKey, Counted>,
+    counted: HashMap<FlowKey, Counted, foldhash::fast::RandomState>,
     /// Totals since start, with the interval each series last moved in.
     series: HashMap<SeriesKey, (SeriesValues, u64)>,
-    interval: HashMap<SeriesKey, SeriesValues>,
+    /// The current interval's deltas per series (found by record identity, see [`interval`]).
+    interval: IntervalMap,
     interval_no: u64,
     interval_start: SystemTime,
     stats: AggregateStats,
@@ -200,9 +206,9 @@ impl Aggregator {
     pub fn new(settings: AggregateSettings, now: SystemTime) -> Self {
         Aggregator {
             settings,
-            counted: HashMap::new(),
+            counted: HashMap::default(),
             series: HashMap::new(),
-            interval: HashMap::new(),
+            interval: IntervalMap::new(IDS_PER_MAX_SERIES * settings.max_series),
             interval_no: 0,
             interval_start: now,
             stats: AggregateStats { max_series: settings.max_series as u64, ..Default::default() },
@@ -213,6 +219,9 @@ impl Aggregator {
 
     /// Sets this host's Availability Zone (enhanced resolution's identity).
     pub fn set_host_az(&mut self, az: Option<String>) {
+        if az != self.host_az {
+            self.interval.forget_ids();
+        }
         self.host_az = az;
     }
 
@@ -263,17 +272,23 @@ impl Aggregator {
                 },
             );
         }
-        let mut key = SeriesKey::with(r, self.settings.labels, host_az);
+        let id = Identity::of(r, self.settings.labels);
+        if self.interval.add_by_id(&id, &d) {
+            return;
+        }
+        let key = SeriesKey::with(r, self.settings.labels, host_az);
         if self.interval.len() >= self.settings.max_series
             && !key.is_other()
             && !self.interval.contains_key(&key)
             && !self.series.contains_key(&key)
         {
+            // Later records of the identity fold too: the key stays out of this interval.
             self.stats.series_folded += 1;
             self.stats.interval_folded += 1;
-            key = key.other();
+            self.interval.add(key.other(), None, &d);
+            return;
         }
-        self.interval.entry(key).or_default().add(&d);
+        self.interval.add(key, Some(id), &d);
     }
 
     /// Closes the interval and returns its records (one per series that moved).
@@ -286,8 +301,7 @@ impl Aggregator {
     /// largest first, folding the rest), expires idle series, and returns the
     /// interval's deltas per series that moved.
     pub fn close_interval(&mut self, now: SystemTime) -> Interval {
-        let mut deltas: Vec<(SeriesKey, SeriesValues)> =
-            std::mem::take(&mut self.interval).into_iter().collect();
+        let mut deltas = self.interval.take();
         // Existing series first, then new ones by bytes, largest first.
         deltas.sort_by(|(ka, a), (kb, b)| {
             let (ea, eb) = (self.series.contains_key(ka), self.series.contains_key(kb));

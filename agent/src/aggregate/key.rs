@@ -196,11 +196,7 @@ impl SeriesKey {
 
     /// The key of `r` under `groups`; `host_az` is this host's zone, if known.
     pub fn with(r: &FlowRecord, groups: LabelGroups, host_az: Option<&str>) -> Self {
-        let server_port = match r.direction {
-            Direction::Outgoing => r.remote.port,
-            Direction::Incoming => r.local.port,
-            Direction::Unknown => r.local.port.min(r.remote.port),
-        };
+        let server_port = super::interval::server_port(r);
         let mut k = SeriesKey::bare(r.protocol, r.family, r.direction, server_port.to_string());
         let (local, remote) = (r.local.ecs.as_deref(), r.remote.ecs.as_deref());
         let unnamed = groups.unnamed_addresses;
