@@ -118,9 +118,20 @@ impl FlowTable {
 
     /// Applies one poll's result.
     pub fn apply(&mut self, batch: Batch) {
-        for o in batch.closed {
+        self.apply_with(batch, |_| {});
+    }
+
+    /// [`apply`](Self::apply), handing every closed flow to `on_closed` once its labels are
+    /// final. A socket's owner never changes, so a flow keeps the better of its labels
+    /// ([`EcsLabels::keep_better`]): its process may have exited, or its peer's labels may be
+    /// forgotten, by the time it is seen again or closes.
+    pub fn apply_with(&mut self, batch: Batch, mut on_closed: impl FnMut(&FlowRecord)) {
+        for mut o in batch.closed {
             let key = FlowKey::of(&o.record);
-            self.live.remove(&key);
+            if let Some(before) = self.live.remove(&key) {
+                keep_better_labels(&mut o.record, &before.flow.record);
+            }
+            on_closed(&o.record);
             if let FlowKey::Tcp(cookie) = key {
                 // The same close can be seen in the map and in the ring buffer.
                 if !self.closed_tcp.insert(cookie) {
@@ -156,6 +167,8 @@ impl FlowTable {
                 match self.live.entry(key) {
                     Entry::Occupied(mut e) => {
                         let e = e.get_mut();
+                        let mut flow = flow;
+                        keep_better_labels(&mut flow.record, &e.flow.record);
                         e.flow = flow;
                         e.scan = scan;
                     }
@@ -224,6 +237,12 @@ impl FlowTable {
     pub fn stats(&self) -> TableStats {
         self.stats
     }
+}
+
+/// Keeps `before`'s labels on `r` (the same socket, seen again) where they name more.
+fn keep_better_labels(r: &mut FlowRecord, before: &FlowRecord) {
+    crate::flow::EcsLabels::keep_better(&mut r.local.ecs, &before.local.ecs);
+    crate::flow::EcsLabels::keep_better(&mut r.remote.ecs, &before.remote.ecs);
 }
 
 #[cfg(test)]

@@ -95,6 +95,9 @@ pub struct EcsStatus {
     /// Processes in containers and their network namespaces, as of the last `/proc` walk.
     pub container_processes: u64,
     pub container_netns: u64,
+    /// Container processes that exited since the walk before, still naming their sockets
+    /// until the next walk.
+    pub container_processes_exited: u64,
     pub proc_walk_truncated: bool,
     pub refreshes: u64,
     pub last_refresh_age_seconds: Option<f64>,
@@ -233,7 +236,8 @@ impl LocalResolver {
     fn set_procs(&self, idx: ProcIndex) {
         {
             let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-            st.container_processes = idx.by_pid.len() as u64;
+            st.container_processes = (idx.by_pid.len() - idx.exited()) as u64;
+            st.container_processes_exited = idx.exited() as u64;
             st.container_netns = idx.by_netns.len() as u64;
             st.proc_walk_truncated = idx.truncated;
         }
@@ -325,9 +329,10 @@ async fn walk_loop(resolver: Arc<LocalResolver>, s: RefreshSettings) {
         let missed = resolver.misses.take_pending();
         let procs_due = last_procs.is_none_or(|t| t.elapsed() >= s.interval);
         let (cg, pr) = (s.cgroup_root.clone(), s.proc_root.clone());
+        let previous = resolver.snapshots.read().unwrap_or_else(PoisonError::into_inner).procs.clone();
         let walked = tokio::task::spawn_blocking(move || {
             let cgroups = cg.map(|r| CgroupIndex::walk(&r));
-            let procs = procs_due.then(|| ProcIndex::walk(&pr, host_netns));
+            let procs = procs_due.then(|| ProcIndex::walk_after(&pr, host_netns, Some(&previous)));
             (cgroups, procs)
         })
         .await;

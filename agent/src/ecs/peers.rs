@@ -82,12 +82,23 @@ impl Peers {
                 if self.current.len() >= self.capacity && !self.current.contains_key(&key) {
                     self.rotate(now, true);
                 }
-                self.current.insert(key, l.clone());
+                // The same socket may be seen before its process is known: keep the better labels.
+                let better = self
+                    .current
+                    .get(&key)
+                    .is_none_or(|had| EcsLabels::rank(Some(l)) >= EcsLabels::rank(Some(had)));
+                if better {
+                    self.current.insert(key, l.clone());
+                }
             }
         }
         for r in records.iter_mut() {
             let peer = (r.protocol, effective_remote(r), r.local.socket_addr());
-            if let Some(l) = self.current.get(&peer).or_else(|| self.previous.get(&peer)) {
+            let best = match (self.current.get(&peer), self.previous.get(&peer)) {
+                (Some(c), Some(p)) if EcsLabels::rank(Some(p)) > EcsLabels::rank(Some(c)) => Some(p),
+                (c, p) => c.or(p),
+            };
+            if let Some(l) = best {
                 r.remote.ecs = Some(l.clone());
                 r.scope = Some(Scope::SameHost);
             }

@@ -10,9 +10,13 @@
 //! host's (which therefore names nobody).
 //!
 //! Built by a background walk of `/proc` (the host's, with `pidMode: host`), bounded
-//! to [`MAX_PIDS`] processes; lookups only read the result.
+//! to [`MAX_PIDS`] processes; lookups only read the result. A container process that
+//! exited since the walk before stays in the index for one more walk (between one and
+//! two walk intervals): its sockets close, or are last counted, after it is gone, and
+//! they must still name it. Only pids that no longer exist are carried, so a reused pid
+//! is named by its new owner.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -30,22 +34,32 @@ pub struct ProcIndex {
     pub by_netns: HashMap<u64, BTreeSet<String>>,
     /// The walk stopped at [`MAX_PIDS`].
     pub truncated: bool,
+    /// Network namespace of each containerised process (outside the host's).
+    netns_of: HashMap<u32, u64>,
+    /// Pids of `by_pid` carried from the walk before (exited since): not carried again.
+    exited: HashSet<u32>,
 }
 
 impl ProcIndex {
     /// Walks `proc_root` (normally `/proc`); `host_netns` is the inode of the host's
     /// network namespace, which names no container.
     pub fn walk(proc_root: &Path, host_netns: Option<u64>) -> ProcIndex {
+        Self::walk_after(proc_root, host_netns, None)
+    }
+
+    /// [`walk`](Self::walk), keeping the container processes of `previous` (the walk before)
+    /// that have exited since, for one more walk.
+    pub fn walk_after(proc_root: &Path, host_netns: Option<u64>, previous: Option<&ProcIndex>) -> ProcIndex {
         let mut idx = ProcIndex::default();
         let Ok(rd) = std::fs::read_dir(proc_root) else { return idx };
-        let mut seen = 0usize;
+        let mut alive = HashSet::new();
         for e in rd.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            seen += 1;
-            if seen > MAX_PIDS {
+            if alive.len() >= MAX_PIDS {
                 idx.truncated = true;
                 break;
             }
+            alive.insert(pid);
             let dir = e.path();
             let Some(owner) = std::fs::read_to_string(dir.join("cgroup")).ok().and_then(|t| owner_of(&t))
             else {
@@ -55,10 +69,35 @@ impl ProcIndex {
                 && Some(ns) != host_netns
             {
                 idx.by_netns.entry(ns).or_default().insert(owner.container_id.clone());
+                idx.netns_of.insert(pid, ns);
             }
             idx.by_pid.insert(pid, owner);
         }
+        // A truncated walk cannot tell exited pids from unread ones: nothing is carried.
+        if let Some(prev) = previous.filter(|_| !idx.truncated) {
+            idx.carry_exited(prev, &alive);
+        }
         idx
+    }
+
+    /// Adds the container processes of `prev` that `alive` lacks (and `prev` had not carried).
+    fn carry_exited(&mut self, prev: &ProcIndex, alive: &HashSet<u32>) {
+        for (pid, owner) in &prev.by_pid {
+            if alive.contains(pid) || prev.exited.contains(pid) {
+                continue;
+            }
+            if let Some(ns) = prev.netns_of.get(pid) {
+                self.by_netns.entry(*ns).or_default().insert(owner.container_id.clone());
+                self.netns_of.insert(*pid, *ns);
+            }
+            self.by_pid.insert(*pid, owner.clone());
+            self.exited.insert(*pid);
+        }
+    }
+
+    /// Container processes in the index that had exited by this walk (carried from the one before).
+    pub fn exited(&self) -> usize {
+        self.exited.len()
     }
 }
 
@@ -109,6 +148,19 @@ mod tests {
         assert!(!idx.by_pid.contains_key(&200), "not a container");
         assert_eq!(idx.by_netns.get(&ns).map(|s| s.len()), Some(1));
         assert!(ProcIndex::walk(&root, Some(ns)).by_netns.is_empty(), "the host namespace names nobody");
+
+        // 100 exits: the next walk still names it and its namespace, the one after does not.
+        std::fs::remove_dir_all(root.join("100")).expect("exit");
+        let after = ProcIndex::walk_after(&root, None, Some(&idx));
+        assert_eq!(after.by_pid.get(&100).map(|o| o.container_id.as_str()), Some(C), "carried once");
+        assert_eq!(after.by_netns.get(&ns).map(|s| s.len()), Some(1));
+        assert_eq!(after.exited(), 1);
+        let later = ProcIndex::walk_after(&root, None, Some(&after));
+        assert!(later.by_pid.is_empty() && later.by_netns.is_empty(), "not carried twice");
+        // A reused pid (now a host process) is not named by the container it had before.
+        std::fs::create_dir_all(root.join("100")).expect("mkdir");
+        std::fs::write(root.join("100/cgroup"), "0::/init.scope\n").expect("write");
+        assert!(ProcIndex::walk_after(&root, None, Some(&idx)).by_pid.is_empty(), "pid reused");
         std::fs::remove_dir_all(root).ok();
     }
 }

@@ -46,6 +46,26 @@ impl EcsLabels {
             ..Default::default()
         }
     }
+
+    /// How much a label set names, for keeping the better of two for the same socket: a
+    /// container (3), only its task (2, a namespace shared by several containers), the host
+    /// or an unknown cgroup (1), nothing (0). A socket's owner never changes, so its labels
+    /// only get better (see [`FlowTable`](crate::table::FlowTable)).
+    pub fn rank(labels: Option<&EcsLabels>) -> u8 {
+        match labels {
+            None => 0,
+            Some(l) if l.container_id.is_some() => 3,
+            Some(l) if l.task_arn.as_deref().is_some_and(|a| a != UNKNOWN) => 2,
+            Some(_) => 1,
+        }
+    }
+
+    /// `new`, or `old` where `old` names more (see [`EcsLabels::rank`]).
+    pub fn keep_better(new: &mut Option<Arc<EcsLabels>>, old: &Option<Arc<EcsLabels>>) {
+        if Self::rank(old.as_deref()) > Self::rank(new.as_deref()) {
+            new.clone_from(old);
+        }
+    }
 }
 
 /// One shared copy of each distinct [`EcsLabels`] value: flow records of the same container

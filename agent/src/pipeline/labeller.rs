@@ -2,9 +2,11 @@
 //! ends from the peer flow on this host ([`Peers`]) or the ECS API provider.
 //!
 //! The two ends of a short intra-host connection close a few milliseconds apart, and the
-//! first to close arrives before its peer was ever seen. So a closed flow whose remote
-//! end is still unlabelled is held back for up to [`HOLD`] (bounded by [`MAX_HELD`]),
-//! until its peer shows up; then it goes on, labelled or not. Nothing is dropped: with
+//! first to close arrives before its peer was ever seen, or seen only before its process
+//! was known (on a cgroup v1 host such a socket says only "host"). So a closed flow whose
+//! remote end names no container yet is held back for up to [`HOLD`] (bounded by
+//! [`MAX_HELD`]), until its peer shows up with better labels; then it goes on, labelled or
+//! not. Nothing is dropped: with
 //! [`MAX_HELD`] flows waiting, new ones go on at once (counted in [`LabelCounts`]).
 //!
 //! Labels are shared, not copied: after enrichment every label set is replaced by the one
@@ -32,6 +34,11 @@ const PEER_LABELS: usize = 200_000;
 
 /// Shortest life of a generation of peer labels: closed flows' labels stay at least this long.
 const PEER_TTL_MIN: Duration = Duration::from_secs(5);
+
+/// The remote end names a container (nothing better can come for it).
+fn names_container(l: &Option<std::sync::Arc<crate::flow::EcsLabels>>) -> bool {
+    crate::flow::EcsLabels::rank(l.as_deref()) >= 3
+}
 
 pub struct Labeller {
     peers: Peers,
@@ -102,7 +109,7 @@ impl Labeller {
         }
         let mut out = Vec::with_capacity(batch.closed.len());
         for o in batch.closed.drain(..) {
-            if flush || o.record.remote.ecs.is_some() {
+            if flush || names_container(&o.record.remote.ecs) {
                 out.push(o);
             } else if self.held.len() >= self.max_held {
                 self.not_held += 1;
@@ -113,7 +120,7 @@ impl Labeller {
         }
         let mut keep = VecDeque::with_capacity(self.held.len());
         for (since, o) in self.held.drain(..) {
-            if flush || o.record.remote.ecs.is_some() || now.duration_since(since) >= HOLD {
+            if flush || names_container(&o.record.remote.ecs) || now.duration_since(since) >= HOLD {
                 out.push(o);
             } else {
                 keep.push_back((since, o));
@@ -151,9 +158,47 @@ mod tests {
         Observed { record: r, last_ns: 1 }
     }
 
+    fn web() -> EcsLabels {
+        EcsLabels { task_family: Some("web".into()), container_id: Some("c1".into()), ..Default::default() }
+    }
+
+    /// Local labels by local port: "host" (no process known yet) or `web`.
+    #[derive(Debug)]
+    struct ByPort(u16);
+    impl Enricher for ByPort {
+        fn enrich(&self, r: &mut FlowRecord) {
+            let l = if r.local.port == self.0 { EcsLabels::host(None) } else { web() };
+            r.local.ecs = Some(std::sync::Arc::new(l));
+        }
+
+        fn health(&self) -> crate::enrich::ProviderHealth {
+            FixedLabels(web()).health()
+        }
+    }
+
+    #[test]
+    fn a_flow_whose_peer_says_only_host_waits_for_better_labels() {
+        let mut l = Labeller::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        // The client is first seen before its process is known; the server closes first.
+        let mut scan = Batch { closed: vec![], live: Some(vec![closed(40000, 80)]) };
+        l.label(Some(&ByPort(40000)), &[], &mut scan, t0, false);
+        let mut server = Batch { closed: vec![closed(80, 40000)], live: Some(vec![]) };
+        l.label(Some(&ByPort(40000)), &[], &mut server, t0, false);
+        assert!(server.closed.is_empty(), "held: its peer says only host");
+        let mut client = Batch { closed: vec![closed(40000, 80)], live: None };
+        l.label(Some(&ByPort(0)), &[], &mut client, t0 + Duration::from_millis(5), false);
+        let remote: Vec<_> = client
+            .closed
+            .iter()
+            .map(|o| o.record.remote.ecs.as_ref().and_then(|e| e.container_id.clone()))
+            .collect();
+        assert_eq!(remote, [Some("c1".to_string()), Some("c1".to_string())], "both ends name the container");
+    }
+
     #[test]
     fn the_first_end_to_close_waits_for_its_peer_then_both_are_labelled() {
-        let local = FixedLabels(EcsLabels { task_family: Some("web".into()), ..Default::default() });
+        let local = FixedLabels(web());
         let mut l = Labeller::new(Duration::from_secs(1));
         let t0 = Instant::now();
         let mut first = Batch { closed: vec![closed(80, 40000)], live: None };
@@ -179,7 +224,7 @@ mod tests {
 
     #[test]
     fn bounds_are_kept_and_counted() {
-        let local = FixedLabels(EcsLabels { task_family: Some("web".into()), ..Default::default() });
+        let local = FixedLabels(web());
         let flows = || (0..5).map(|i| closed(100 + i, 50000 + i)).collect::<Vec<_>>();
         let t0 = Instant::now();
         // At most 2 held: the other 3 go on at once.

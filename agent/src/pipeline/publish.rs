@@ -79,11 +79,9 @@ impl Sink for Publish {
     fn accept(&mut self, shared: &Shared, batch: Batch, _scan: bool) {
         let scoped = batch.closed.iter().any(|o| o.record.scope.is_some());
         self.host_az(shared, scoped);
-        // Every closed flow is counted as it arrives (final counters).
-        for o in &batch.closed {
-            self.aggregator.observe(&o.record);
-        }
-        shared.table().apply(batch);
+        // Every closed flow is counted as it arrives (final counters and labels).
+        let aggregator = &mut self.aggregator;
+        shared.table().apply_with(batch, |r| aggregator.observe(r));
     }
 
     fn export(&mut self, shared: &Shared) {

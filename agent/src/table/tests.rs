@@ -92,3 +92,43 @@ fn export_overflow_is_counted() {
     assert_eq!(t.stats().export_overflow, 2);
     assert_eq!(t.take_export().len(), 2);
 }
+
+#[test]
+fn a_flow_keeps_the_labels_that_name_more() {
+    use crate::flow::EcsLabels;
+    use std::sync::Arc;
+    let web = Arc::new(EcsLabels {
+        task_arn: Some("arn:aws:ecs:us-east-1:1:task/c/t".into()),
+        container_name: Some("web".into()),
+        container_id: Some("c1".into()),
+        ..Default::default()
+    });
+    let task_only =
+        Arc::new(EcsLabels { container_id: None, container_name: Some("unknown".into()), ..(*web).clone() });
+    let host = Arc::new(EcsLabels::host(None));
+    let labelled = |cookie, closed, local: &Arc<EcsLabels>, remote: Option<&Arc<EcsLabels>>| {
+        let mut o = obs(Protocol::Udp, cookie, 5000, 1, closed);
+        o.record.local.ecs = Some(local.clone());
+        o.record.remote.ecs = remote.cloned();
+        o
+    };
+    let name = |r: &FlowRecord| {
+        let n = |l: &Option<Arc<EcsLabels>>| l.as_ref().and_then(|l| l.container_name.clone());
+        (n(&r.local.ecs), n(&r.remote.ecs))
+    };
+    let mut t = FlowTable::new(10, false);
+    t.apply(Batch { closed: vec![], live: Some(vec![labelled(7, false, &web, Some(&web))]) });
+    // The process exited: the next scan names only its task, and the peer is forgotten.
+    t.apply(Batch { closed: vec![], live: Some(vec![labelled(7, false, &task_only, None)]) });
+    assert_eq!(name(&t.flows()[0]), (Some("web".into()), Some("web".into())));
+    // Better labels replace worse ones.
+    t.apply(Batch { closed: vec![], live: Some(vec![labelled(8, false, &host, None)]) });
+    t.apply(Batch { closed: vec![], live: Some(vec![labelled(8, false, &web, Some(&task_only))]) });
+    assert_eq!(name(&t.flows()[0]), (Some("web".into()), Some("unknown".into())));
+    // The close keeps them too, and what `on_closed` sees is final.
+    let mut seen = Vec::new();
+    t.apply_with(Batch { closed: vec![labelled(8, true, &host, None)], live: None }, |r| seen.push(name(r)));
+    assert_eq!(seen, [(Some("web".into()), Some("unknown".into()))]);
+    assert_eq!(EcsLabels::rank(None), 0);
+    assert_eq!([&host, &task_only, &web].map(|l| EcsLabels::rank(Some(l))), [1, 2, 3]);
+}
