@@ -34,6 +34,36 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock read once: monotonic instants convert with the offset of that moment. A batch of
+/// records converts with one pair of clock reads instead of two per timestamp (the offset moves
+/// only when the wall clock is stepped or slewed).
+#[derive(Clone, Copy, Debug)]
+pub struct Anchored {
+    mono_ns: u64,
+    wall: SystemTime,
+}
+
+impl Anchored {
+    pub fn of(clock: &dyn Clock) -> Self {
+        let mono_ns = clock.mono_now_ns();
+        Anchored { mono_ns, wall: clock.wall_at(mono_ns) }
+    }
+}
+
+impl Clock for Anchored {
+    fn mono_now_ns(&self) -> u64 {
+        self.mono_ns
+    }
+
+    fn wall_at(&self, mono_ns: u64) -> SystemTime {
+        if mono_ns <= self.mono_ns {
+            self.wall - Duration::from_nanos(self.mono_ns - mono_ns)
+        } else {
+            self.wall + Duration::from_nanos(mono_ns - self.mono_ns)
+        }
+    }
+}
+
 #[cfg(test)]
 /// A clock that stands still until moved, for tests.
 #[derive(Debug, Default)]

@@ -52,6 +52,8 @@ pub fn collect(
     stop: Arc<AtomicBool>,
 ) {
     let mut labeller = Labeller::new(settings.poll_interval);
+    // Loading the programs parsed the kernel's BTF (tens of MiB, freed): give it back.
+    crate::alloc::trim();
     let mut scope = shared.collector.scope.as_ref().map(|s| scope::CgroupScope::new(s.status().path));
     let mut next_scan = Instant::now();
     let mut next_export = Instant::now() + settings.export_interval;
@@ -91,6 +93,8 @@ pub fn collect(
         if stopping || now >= next_export {
             next_export = now + settings.export_interval;
             sink.export(&shared);
+            // What the interval's answers, batches and exports freed goes back to the kernel.
+            crate::alloc::trim();
         }
         if stopping {
             break;

@@ -147,14 +147,17 @@ impl FlowTable {
                 }
             }
             self.closed.push_back(o);
-            while self.closed.len() > self.retention {
-                if let Some(old) = self.closed.pop_front() {
-                    if let FlowKey::Tcp(c) = FlowKey::of(&old.record) {
-                        self.closed_tcp.remove(&c);
-                    }
-                    self.stats.closed_evicted += 1;
+        }
+        // Beyond the retention, the oldest go (dropped in place, not moved out one by one).
+        let excess = self.closed.len().saturating_sub(self.retention);
+        if excess > 0 {
+            for old in self.closed.range(..excess) {
+                if let FlowKey::Tcp(c) = FlowKey::of(&old.record) {
+                    self.closed_tcp.remove(&c);
                 }
             }
+            self.closed.drain(..excess);
+            self.stats.closed_evicted += excess as u64;
         }
         if let Some(live) = batch.live {
             self.scans += 1;

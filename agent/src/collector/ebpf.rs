@@ -23,7 +23,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use eddy_ebpf::{Flow, UdpKey, shared as k};
 
 use super::{Batch, CollectorError, FlowSource, HookStatus, MapStatus, Observed, SourceStatus};
-use crate::clock::Clock;
+use crate::clock::{Anchored, Clock};
 
 mod attach;
 mod batch;
@@ -182,6 +182,7 @@ impl EbpfSource {
     }
 
     fn drain_closed(&mut self, out: &mut Vec<Observed>) {
+        let clock = Anchored::of(self.clock.as_ref());
         while let Some(item) = self.closed.next() {
             if item.len() < std::mem::size_of::<Flow>() {
                 self.malformed_records += 1;
@@ -192,7 +193,7 @@ impl EbpfSource {
             // (checked at compile time); `Flow` is plain data valid for any bits, and
             // read_unaligned copes with the ring buffer's 8-byte alignment.
             let f: Flow = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Flow>()) };
-            out.push(convert::to_record(&f, self.clock.as_ref(), &mut self.names));
+            out.push(convert::to_record(&f, &clock, &mut self.names));
         }
     }
 
@@ -215,8 +216,9 @@ impl EbpfSource {
     /// when they closed, or they are stale) into `closed`, and out of the map.
     fn scan_tcp(&mut self, closed: &mut Vec<Observed>, live: &mut Vec<Observed>) {
         let limit = 2 * self.settings.flow_map_entries as usize;
-        let now = self.clock.mono_now_ns();
-        let (clock, names) = (self.clock.as_ref(), &mut self.names);
+        let clock = Anchored::of(self.clock.as_ref());
+        let now = clock.mono_now_ns();
+        let names = &mut self.names;
         let mut gone = Vec::new();
         self.maps.tcp_flows =
             each_entry(&self.tcp, limit, &mut self.map_read_errors, &mut self.batches, |cookie, mut f| {
@@ -225,10 +227,10 @@ impl EbpfSource {
                     f.flags |= k::FLAG_CLOSED as u8;
                 }
                 if f.flags as u32 & k::FLAG_CLOSED != 0 {
-                    closed.push(convert::to_record(&f, clock, names));
+                    closed.push(convert::to_record(&f, &clock, names));
                     gone.push(cookie);
                 } else {
-                    live.push(convert::to_record(&f, clock, names));
+                    live.push(convert::to_record(&f, &clock, names));
                 }
             });
         for cookie in gone {
@@ -242,9 +244,10 @@ impl EbpfSource {
     /// `closed` (closed at their last packet).
     fn scan_udp(&mut self, closed: &mut Vec<Observed>, live: &mut Vec<Observed>) {
         let limit = 2 * self.settings.udp_map_entries as usize;
-        let now = self.clock.mono_now_ns();
+        let clock = Anchored::of(self.clock.as_ref());
+        let now = clock.mono_now_ns();
         let idle = self.settings.udp_idle_timeout.as_nanos() as u64;
-        let (clock, names) = (self.clock.as_ref(), &mut self.names);
+        let names = &mut self.names;
         let (first_live, first_closed) = (live.len(), closed.len());
         let mut idle_flows = Vec::new();
         self.maps.udp_flows =
@@ -252,7 +255,7 @@ impl EbpfSource {
                 if now.saturating_sub(f.last_ns) > idle {
                     idle_flows.push((key, f));
                 } else {
-                    live.push(convert::to_record(&f, clock, names));
+                    live.push(convert::to_record(&f, &clock, names));
                 }
             });
         for (key, mut f) in idle_flows {
@@ -263,7 +266,7 @@ impl EbpfSource {
             // A packet between the read and the removal is lost (see the module's limits).
             f.closed_ns = f.last_ns;
             f.flags |= k::FLAG_CLOSED as u8;
-            closed.push(convert::to_record(&f, self.clock.as_ref(), &mut self.names));
+            closed.push(convert::to_record(&f, &clock, &mut self.names));
         }
         if let Some(comms) = self.comms.as_mut() {
             let records = live[first_live..].iter_mut().chain(closed[first_closed..].iter_mut());
