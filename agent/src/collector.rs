@@ -114,6 +114,13 @@ pub struct MapStatus {
     pub entries: Option<u64>,
 }
 
+/// What the kernel counted for one eBPF program (`bpf_prog_info`).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ProgramRuns {
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
 /// The source's view for `/status`.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct SourceStatus {
@@ -121,6 +128,9 @@ pub struct SourceStatus {
     pub maps: Vec<MapStatus>,
     /// Kernel memory of each eBPF map in bytes (`memlock`; empty for sock_diag).
     pub kernel_memory: BTreeMap<String, u64>,
+    /// Calls and kernel run time of each loaded eBPF program, by program name (empty for
+    /// sock_diag). The kernel counts them only while `kernel.bpf_stats_enabled` is 1.
+    pub programs: BTreeMap<String, ProgramRuns>,
     /// Everything that was not counted or not delivered, by cause.
     pub drops: BTreeMap<&'static str, u64>,
     /// Throughput counters (connections tracked, records delivered).

@@ -210,6 +210,23 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
     for (map, n) in &st.memory.kernel_maps {
         w.sample("eddy_agent_kernel_map_bytes", &[("map", map)], n);
     }
+    w.family(
+        "eddy_agent_ebpf_program_runs",
+        Kind::Counter,
+        "Calls of each loaded eBPF program (counted while kernel.bpf_stats_enabled is 1).",
+    );
+    for (program, r) in &st.programs.by_program {
+        w.sample("eddy_agent_ebpf_program_runs_total", &[("program", program)], r.runs);
+    }
+    w.family(
+        "eddy_agent_ebpf_program_run_seconds",
+        Kind::Counter,
+        "Kernel time spent in each loaded eBPF program (counted while kernel.bpf_stats_enabled is 1).",
+    );
+    for (program, r) in &st.programs.by_program {
+        let secs = r.run_time_ns as f64 / 1e9;
+        w.sample("eddy_agent_ebpf_program_run_seconds_total", &[("program", program)], secs);
+    }
     if let Some(rss) = st.memory.rss_bytes {
         w.family("eddy_agent_resident_memory_bytes", Kind::Gauge, "Resident memory of the agent (VmRSS).");
         w.sample("eddy_agent_resident_memory_bytes", &[], rss);

@@ -36,6 +36,8 @@ pub struct Status {
     pub maps: Vec<MapStatus>,
     /// The agent's resident memory and the kernel memory of its eBPF maps.
     pub memory: Memory,
+    /// Calls and kernel run time of each loaded eBPF program.
+    pub programs: Programs,
     pub drops: BTreeMap<&'static str, u64>,
     pub counters: BTreeMap<&'static str, u64>,
     pub flows: TableStats,
@@ -115,6 +117,7 @@ impl Status {
             hooks: source.hooks,
             maps: source.maps,
             memory: Memory::now(source.kernel_memory),
+            programs: Programs::now(source.programs),
             drops,
             counters,
             flows,
@@ -161,6 +164,23 @@ impl Memory {
             kernel_maps_bytes: kernel_maps.values().sum(),
             kernel_maps,
         }
+    }
+}
+
+/// What the kernel counted for the agent's eBPF programs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Programs {
+    /// `kernel.bpf_stats_enabled`: the kernel counts calls and run time only while it is 1
+    /// (`sysctl -w kernel.bpf_stats_enabled=1`; the counting costs two clock reads per call).
+    pub stats_enabled: Option<bool>,
+    /// By program name (as in the object file): calls and nanoseconds in the program.
+    pub by_program: BTreeMap<String, crate::collector::ProgramRuns>,
+}
+
+impl Programs {
+    fn now(by_program: BTreeMap<String, crate::collector::ProgramRuns>) -> Programs {
+        let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok();
+        Programs { stats_enabled: stats.map(|v| v.trim() != "0"), by_program }
     }
 }
 

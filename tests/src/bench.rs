@@ -20,6 +20,7 @@
 //! processes, CPU steal); the agent's eBPF time is charged to the traffic, not to its CPU figure.
 
 pub mod churn;
+pub mod cost;
 pub mod measure;
 pub mod procs;
 pub mod report;
@@ -215,12 +216,29 @@ pub fn run(opts: &Options) -> Result<(String, bool, PathBuf)> {
         "measuring: {rounds} round(s) x (conn-rate, 1 KiB writes, 128 KiB writes), {duration_secs} s each"
     ));
     let results = bench.measure_rounds()?;
+    note("where a connection's time goes: conn-rate without and with the agent, eBPF run time counted");
+    let cost = bench.conn_cost(clk_tck)?;
+    note(&format!(
+        "steady load: {} connections held, {} short connections/s, for {} s",
+        cost::HOLD,
+        cost::RATE,
+        duration_secs.max(5)
+    ));
+    let steady = bench.steady_memory()?;
     let churn_run = bench.churn(&results)?;
     let expected = churn::read_tuples(&work.join("churn-tuples.txt"))?;
     let capture = std::fs::File::open(work.join("capture.jsonl")).context("opening capture.jsonl")?;
     let matched = churn::match_capture(std::io::BufReader::new(capture), &expected)?;
-    let context =
-        report::Context { rounds, duration_secs, count, clk_tck, churn: &churn_run, matched: &matched };
+    let context = report::Context {
+        rounds,
+        duration_secs,
+        count,
+        clk_tck,
+        churn: &churn_run,
+        matched: &matched,
+        cost: Some(&cost),
+        steady: Some(&steady),
+    };
     let (text, passed) = report::render(&results, &context);
     if let Some(path) = &opts.json {
         let json =

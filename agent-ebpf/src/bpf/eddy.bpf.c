@@ -959,9 +959,11 @@ static __always_inline __u32 skb_sock_netns(struct bpf_sock *sk)
 	return net ? BPF_CORE_READ(net, ns.inum) : 0;
 }
 
+/* 512 KiB: about 870 packets, 43,000 packets/s between two drains (20 ms). Mapped twice
+ * into the agent (the wrap-around mapping): 1 MiB of its resident set. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 1 << 19);
 } DNS_EVENTS SEC(".maps");
 
 /*

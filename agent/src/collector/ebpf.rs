@@ -33,6 +33,7 @@ mod dns_drain;
 pub mod hooks;
 mod memory;
 mod proc_comm;
+mod runs;
 mod senders;
 
 /// A connection that reached CLOSE but whose socket the application still holds (and
@@ -341,6 +342,7 @@ impl FlowSource for EbpfSource {
             hooks: self.hooks.clone(),
             maps: self.maps.status(),
             kernel_memory: self.kernel_memory.clone(),
+            programs: runs::of_programs(&self.ebpf),
             drops,
             counters,
         }

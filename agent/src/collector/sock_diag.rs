@@ -477,6 +477,7 @@ impl FlowSource for SockDiagSource {
                 },
             ],
             kernel_memory: BTreeMap::new(),
+            programs: BTreeMap::new(),
             drops,
             counters,
         }

@@ -32,6 +32,14 @@ fn status() -> Status {
             kernel_maps_bytes: 4096,
             kernel_maps: [("TCP_FLOWS".to_string(), 4096)].into(),
         },
+        programs: crate::status::Programs {
+            stats_enabled: Some(true),
+            by_program: [(
+                "eddy_state".to_string(),
+                crate::collector::ProgramRuns { runs: 10, run_time_ns: 2_500 },
+            )]
+            .into(),
+        },
         drops: BTreeMap::from([("tcp_map_full", 2)]),
         counters: BTreeMap::new(),
         flows: TableStats::default(),
@@ -97,6 +105,11 @@ fn text_format_has_total_suffixes_escaping_and_cumulative_buckets() {
     assert!(out.contains("eddy_tcp_rtt_seconds_sum{") && out.contains("} 0.302\n"), "{out}");
     assert!(out.contains(r#"eddy_agent_dropped_total{cause="tcp_map_full"} 2"#), "{out}");
     assert!(out.contains(r#"eddy_agent_map_entries{map="tcp_flows"} 3"#), "{out}");
+    assert!(out.contains(r#"eddy_agent_ebpf_program_runs_total{program="eddy_state"} 10"#), "{out}");
+    assert!(
+        out.contains(r#"eddy_agent_ebpf_program_run_seconds_total{program="eddy_state"} 0.0000025"#),
+        "{out}"
+    );
     assert!(!out.contains("# EOF"));
 }
 

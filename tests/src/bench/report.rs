@@ -165,6 +165,10 @@ pub struct Context<'a> {
     pub clk_tck: u64,
     pub churn: &'a ChurnRun,
     pub matched: &'a ChurnMatch,
+    /// Where a connection's time goes (step 5).
+    pub cost: Option<&'a super::cost::ConnCost>,
+    /// Memory under the steady load (step 6).
+    pub steady: Option<&'a super::cost::SteadyMemory>,
 }
 
 /// The report (stdout) and whether every target was met.
@@ -173,7 +177,8 @@ pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
     let verdicts: Vec<Verdict> = Test::ALL.iter().map(|t| verdict(results, *t)).collect();
     let m = c.matched;
     let churn_ok = m.exact == c.count;
-    let passed = verdicts.iter().all(|v| v.ok) && churn_ok;
+    let steady_ok = c.steady.is_none_or(super::cost::SteadyMemory::ok);
+    let passed = verdicts.iter().all(|v| v.ok) && churn_ok && steady_ok;
 
     let pct = |ticks: u64, secs: f64| {
         if secs > 0.0 { 100.0 * ticks as f64 / c.clk_tck as f64 / secs } else { f64::NAN }
@@ -241,6 +246,13 @@ pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
         fixed(rss_now, 1),
         fixed(rss_hwm, 1)
     );
+    if let Some(steady) = c.steady {
+        super::cost::render_steady(&mut out, steady);
+    }
+    if let Some(cost) = c.cost {
+        let _ = writeln!(out);
+        super::cost::render_cost(&mut out, cost);
+    }
     let _ = writeln!(out);
     render_churn(&mut out, c);
     let _ = writeln!(out);
@@ -287,6 +299,8 @@ pub fn json(results: &Results, c: &Context<'_>, disabled_hooks: Option<&str>) ->
         "churn": {"count": c.count, "exact": c.matched.exact, "share": num(c.matched.exact as f64 / c.count as f64), "target": 1.0},
         "agent_cpu_percent": {"all": cpu(None), "conn_rate": cpu(Some(Test::ConnRate)), "small_write": cpu(Some(Test::SmallWrite)), "large_write": cpu(Some(Test::LargeWrite))},
         "agent_rss_mib": {"median": num(median(&rss)), "peak": num(hwm)},
+        "steady_memory": c.steady.map(|s| serde_json::json!({"result": s, "target_peak_mib": super::cost::RSS_TARGET_MIB, "met": s.ok()})),
+        "connection_cost_ns": c.cost,
         "passed": passed,
     })
 }
@@ -392,6 +406,8 @@ mod tests {
         };
         let matched = ChurnMatch { lines: 20, tcp_outgoing: 10, exact: 10, ..ChurnMatch::default() };
         let c = Context {
+            cost: None,
+            steady: None,
             rounds: 3,
             duration_secs: 2,
             count: 10,

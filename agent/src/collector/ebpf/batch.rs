@@ -1,7 +1,7 @@
 //! Reading a whole kernel hash map in a few system calls: `BPF_MAP_LOOKUP_BATCH` (Linux 5.6+)
 //! copies up to a buffer's worth of entries per call, bucket by bucket, where aya's iterator
 //! makes two calls per entry (next key, then lookup). A scan of 200,000 open flows goes from
-//! ~400,000 system calls to ~50, so it no longer delays the 20 ms drains of the ring buffers.
+//! ~400,000 system calls to ~200, so it no longer delays the 20 ms drains of the ring buffers.
 //!
 //! The kernel walks the buckets once: no entry is seen twice, and entries added or removed
 //! during the walk may or may not be seen (as with the iterator). Kernels or maps that refuse
@@ -16,8 +16,10 @@ use aya::Pod;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// The kernel's internal "operation not supported" (not in libc).
 const ENOTSUPP: i32 = 524;
-/// Entries per call at first; doubled when a bucket holds more (`ENOSPC`).
-const CHUNK: usize = 4096;
+/// Entries per call at first; doubled when a bucket holds more (`ENOSPC`). 1,024 entries are a
+/// 180 KiB buffer: 200 calls for 200,000 open flows, and little memory on top of the scan's
+/// records (the agent's peak resident set is a scan's).
+const CHUNK: usize = 1024;
 const MAX_CHUNK: usize = 1 << 20;
 
 /// The `batch` member of `union bpf_attr`.
