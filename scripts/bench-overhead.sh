@@ -14,8 +14,9 @@ Usage: scripts/bench-overhead.sh [--quick] [--rounds N] [--disabled-hooks LIST] 
 
 Builds the release binaries (unless --no-build) and runs `eddy-loadgen bench`, as root, over loopback
 only: eddy-agent's cost on loopback TCP (short-lived connection rate, 1 KiB and 128 KiB writes, each as a
-ratio against a baseline measured in the same run), its CPU and memory, and the share of 40,000 short
-connections it reports with exact bytes. What is measured, how, and the targets: `eddy-loadgen bench --help`
+ratio against a baseline measured in the same run), its CPU and memory, where a connection's time goes
+(each eBPF program, the agent process), its memory with 10,000 live flows and 1,000 new connections a
+second, and the share of 40,000 short connections it reports with exact bytes. What is measured, how, and the targets: `eddy-loadgen bench --help`
 (tests/src/bench.rs).
 
 Options:

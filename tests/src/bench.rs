@@ -9,9 +9,12 @@
 //!    order flips every round), waiting out (and measuring again around) other eddy-agents, whose
 //!    eBPF programs would skew a baseline;
 //! 2. the agent's CPU over each measured window and its `VmRSS`/`VmHWM` after each agent round;
-//! 3. `eddy-agent capture` while `eddy-loadgen churn` opens COUNT short connections, matched
+//! 3. where a connection's time goes: one conn-rate run without and one with the agent, with the
+//!    kernel counting each eBPF program's calls and time, and the agent's own CPU ([`cost`]);
+//! 4. the agent's memory at 1,000 short connections a second with 10,000 live flows ([`cost`]);
+//! 5. `eddy-agent capture` while `eddy-loadgen churn` opens COUNT short connections, matched
 //!    record by record against the loadgen's 4-tuples ([`churn`]);
-//! 4. the report with its targets ([`report`]).
+//! 6. the report with its targets ([`report`]).
 //!
 //! Exit status: 0 when every target is met, 1 when one is missed, 2 on a usage or setup error, 130
 //! when interrupted. Logs and raw results stay in a `/tmp/eddy-bench.*` directory.
@@ -48,7 +51,13 @@ Measures eddy-agent's overhead in one run, as root, over loopback only:
      figures are medians, ratios the median of the per-round agent/baseline ratios
   4. the agent's CPU (utime+stime from /proc/PID/stat over the measured windows,
      as % of one core) and memory (VmRSS, VmHWM from /proc/PID/status)
-  5. churn: `eddy-agent capture` while `eddy-loadgen churn` opens COUNT short
+  5. where a connection's time goes: one conn-rate run without the agent and one
+     with it while kernel.bpf_stats_enabled=1 (restored after): per connection, the
+     machine's CPU (/proc/stat), each eBPF program's calls and time (the agent's
+     /status `programs`) and the agent process's CPU
+  6. steady memory: the agent while 5,000 connections are held open (10,000 live
+     flows) and 1,000 short connections a second are made; VmHWM over that load
+  7. churn: `eddy-agent capture` while `eddy-loadgen churn` opens COUNT short
      connections (client sends 100 B, server answers 200 B); the share of them
      whose client-side record (tcp, outgoing) has bytes_sent=100, bytes_received=200
 
@@ -65,7 +74,7 @@ Options:
   -h, --help    this text
 
 Targets: connection rate >= 0.95x, small-write >= 0.95x, large-write >= 0.99x,
-churn exact share 100%.
+agent RSS peak under the steady load <= 30 MiB, churn exact share 100%.
 Exit status: 0 all targets met, 1 a target missed, 2 usage or setup error.
 Logs and raw results are kept in a /tmp/eddy-bench.* directory (printed at the end).
 ";
