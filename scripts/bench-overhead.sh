@@ -10,7 +10,8 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: scripts/bench-overhead.sh [--quick] [--rounds N] [--disabled-hooks LIST] [--json PATH] [--no-build]
+Usage: scripts/bench-overhead.sh [--quick] [--rounds N] [--disabled-hooks LIST] [--hook-set LIST]...
+                                 [--json PATH] [--no-build]
 
 Builds the release binaries (unless --no-build) and runs `eddy-loadgen bench`, as root, over loopback
 only: eddy-agent's cost on loopback TCP (short-lived connection rate, 1 KiB and 128 KiB writes, each as a
@@ -26,6 +27,10 @@ Options:
                 run the agent with another hook set: hook names as /status shows them, e.g.
                 'tcp_sock counters (live via iter/task_file)' for the per-call byte hooks;
                 the report names the kernel and the hook chosen per capability
+  --hook-set LIST
+                one more agent variant in every round, run with --disabled-hooks LIST; the
+                report gives its ratios as rows of their own (repeatable, at most 8), e.g.
+                --hook-set 'tcp_sock counters (live via iter/task_file)' for per-call bytes
   --json PATH   also write the results as JSON
   --no-build    use the existing target/x86_64-unknown-linux-gnu/release binaries
   -h, --help    this text
@@ -52,7 +57,7 @@ while [[ $# -gt 0 ]]; do
             PASS+=("$1" "$2")
             shift
             ;;
-        --disabled-hooks | --json)
+        --disabled-hooks | --hook-set | --json)
             [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"
             PASS+=("$1" "$2")
             shift

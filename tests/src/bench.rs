@@ -38,7 +38,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use procs::note;
 
 pub const USAGE: &str = "\
-Usage: eddy-loadgen bench [--quick] [--rounds N] [--agent PATH] [--disabled-hooks LIST] [--json PATH]
+Usage: eddy-loadgen bench [--quick] [--rounds N] [--agent PATH] [--disabled-hooks LIST] [--hook-set LIST]...
+                          [--json PATH]
        (usually through scripts/bench-overhead.sh, which builds the release binaries first)
 
 Measures eddy-agent's overhead in one run, as root, over loopback only:
@@ -70,6 +71,10 @@ Options:
                 passed to the agent (run and capture): hook names as /status shows them,
                 comma-separated, e.g. 'tcp_sock counters (live via iter/task_file)' for the
                 per-call byte hooks; the report names the kernel and the hook set in use
+  --hook-set LIST
+                one more agent variant in every round, run with --disabled-hooks LIST: the
+                report gives its ratios as rows of their own, with its hook set (repeat it
+                for more sets, at most 8; CPU, memory, cost and churn are the main set's)
   --json PATH   also write the results as JSON (ratios, targets, hook set, kernel, CPU, RSS)
   -h, --help    this text
 
@@ -99,11 +104,20 @@ pub struct Options {
     pub disabled_hooks: Option<String>,
     /// Where the JSON results go.
     pub json: Option<PathBuf>,
+    /// More agent variants measured in every round, each with `--disabled-hooks LIST`.
+    pub hook_sets: Vec<String>,
 }
 
 /// Parses the options of `bench`; `Ok(None)` for `--help`.
 pub fn parse(args: &[String]) -> Result<Option<Options>> {
-    let mut o = Options { quick: false, rounds: None, agent: None, disabled_hooks: None, json: None };
+    let mut o = Options {
+        quick: false,
+        rounds: None,
+        agent: None,
+        disabled_hooks: None,
+        json: None,
+        hook_sets: Vec::new(),
+    };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let (name, inline) = match flag.split_once('=') {
@@ -129,6 +143,13 @@ pub fn parse(args: &[String]) -> Result<Option<Options>> {
                 let v = value().filter(|v| !v.trim().is_empty());
                 o.disabled_hooks = Some(v.ok_or_else(|| anyhow!("--disabled-hooks needs a list of hooks"))?);
             }
+            "--hook-set" => {
+                let v = value().filter(|v| !v.trim().is_empty());
+                o.hook_sets.push(v.ok_or_else(|| anyhow!("--hook-set needs a list of hooks to disable"))?);
+                if o.hook_sets.len() > 8 {
+                    bail!("at most 8 --hook-set");
+                }
+            }
             "--json" => o.json = Some(PathBuf::from(value().ok_or_else(|| anyhow!("--json needs a path"))?)),
             "-h" | "--help" => return Ok(None),
             other => bail!("unknown argument: {other}"),
@@ -148,6 +169,8 @@ pub struct Bench {
     pub work: PathBuf,
     /// Extra arguments of every agent run (`--disabled-hooks LIST`).
     pub agent_args: Vec<String>,
+    /// `--hook-set` lists: more agent variants, each run with `--disabled-hooks LIST`.
+    pub hook_sets: Vec<String>,
 }
 
 /// `eddy-loadgen bench …`.
@@ -210,7 +233,16 @@ pub fn run(opts: &Options) -> Result<(String, bool, PathBuf)> {
         Some(list) => vec!["--disabled-hooks".to_string(), list.clone()],
         None => Vec::new(),
     };
-    let bench = Bench { rounds, duration_secs, count, agent, loadgen, work: work.clone(), agent_args };
+    let bench = Bench {
+        rounds,
+        duration_secs,
+        count,
+        agent,
+        loadgen,
+        work: work.clone(),
+        agent_args,
+        hook_sets: opts.hook_sets.clone(),
+    };
 
     note(&format!("work directory: {}", work.display()));
     let others = procs::foreign_agents(&[]);
@@ -270,7 +302,14 @@ mod tests {
         let o = parse(&args(&["--quick", "--rounds", "7"])).expect("parse").expect("not help");
         assert_eq!(
             o,
-            Options { quick: true, rounds: Some(7), agent: None, disabled_hooks: None, json: None }
+            Options {
+                quick: true,
+                rounds: Some(7),
+                agent: None,
+                disabled_hooks: None,
+                json: None,
+                hook_sets: Vec::new()
+            }
         );
         let o = parse(&args(&["--disabled-hooks", "tcp_iter", "--json=/tmp/x.json"]))
             .expect("parse")

@@ -77,14 +77,18 @@ impl Test {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     Baseline,
+    /// The agent with the run's hook set (`--disabled-hooks`, or the kernel's best).
     Agent,
+    /// The agent with the n-th `--hook-set` (0-based).
+    HookSet(u8),
 }
 
 impl Variant {
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            Variant::Baseline => "baseline",
-            Variant::Agent => "agent",
+            Variant::Baseline => "baseline".into(),
+            Variant::Agent => "agent".into(),
+            Variant::HookSet(i) => format!("agent-set{}", u16::from(i) + 1),
         }
     }
 }
@@ -122,6 +126,8 @@ pub struct Results {
     pub memory: Vec<Memory>,
     /// The hook chosen per capability and the kernel, from the first agent's `/status`.
     pub hooks: Option<HookSet>,
+    /// The same for each `--hook-set`, in order.
+    pub set_hooks: Vec<Option<HookSet>>,
 }
 
 /// What the agent under test runs on.
@@ -169,13 +175,14 @@ fn append_row(path: &Path, row: &str) -> Result<()> {
 impl Bench {
     /// All rounds; odd rounds run the baseline first, even rounds the agent first.
     pub fn measure_rounds(&self) -> Result<Results> {
-        let mut results = Results::default();
+        let mut results = Results { set_hooks: vec![None; self.hook_sets.len()], ..Results::default() };
+        let sets = (0..self.hook_sets.len()).map(|i| Variant::HookSet(u8::try_from(i).unwrap_or(u8::MAX)));
+        let variants: Vec<Variant> = [Variant::Baseline, Variant::Agent].into_iter().chain(sets).collect();
         for round in 1..=self.rounds {
-            let order = if round % 2 == 1 {
-                [Variant::Baseline, Variant::Agent]
-            } else {
-                [Variant::Agent, Variant::Baseline]
-            };
+            let mut order = variants.clone();
+            if round % 2 == 0 {
+                order.reverse();
+            }
             for variant in order {
                 self.run_variant(variant, round, &mut results)?;
             }
@@ -185,22 +192,26 @@ impl Bench {
 
     fn run_variant(&self, variant: Variant, round: u32, results: &mut Results) -> Result<()> {
         let agent = match variant {
-            Variant::Agent => {
-                let log = self.work.join(format!("agent-run-{round}.log"));
+            Variant::Agent | Variant::HookSet(_) => {
+                let log = self.work.join(format!("{}-run-{round}.log", variant.name()));
+                let args = match variant {
+                    Variant::HookSet(i) => {
+                        vec!["--disabled-hooks".to_string(), self.hook_sets[usize::from(i)].clone()]
+                    }
+                    _ => self.agent_args.clone(),
+                };
                 // Includes the settle time.
-                let agent = RunningAgent::start(
-                    &self.agent,
-                    &self.agent_args,
-                    super::LISTEN,
-                    super::POLL,
-                    &log,
-                    SETTLE,
-                )?;
-                if results.hooks.is_none() {
+                let agent =
+                    RunningAgent::start(&self.agent, &args, super::LISTEN, super::POLL, &log, SETTLE)?;
+                let slot = match variant {
+                    Variant::HookSet(i) => &mut results.set_hooks[usize::from(i)],
+                    _ => &mut results.hooks,
+                };
+                if slot.is_none() {
                     let status = crate::http_get(super::LISTEN, "/status", Duration::from_secs(5))
                         .ok()
                         .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.text()).ok());
-                    results.hooks = status.as_ref().map(HookSet::from_status);
+                    *slot = status.as_ref().map(HookSet::from_status);
                 }
                 Some(agent)
             }
@@ -214,12 +225,15 @@ impl Bench {
             self.measure(test, variant, round, agent.as_ref(), results)?;
         }
         if let Some(agent) = agent {
-            let pid = agent.pid();
-            let rss = procs::status_kib(pid, "VmRSS");
-            let hwm = procs::status_kib(pid, "VmHWM");
-            let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
-            append_row(&self.work.join("mem.tsv"), &format!("{round}\t{}\t{}", opt(rss), opt(hwm)))?;
-            results.memory.push(Memory { rss_kib: rss.unwrap_or(0), hwm_kib: hwm.unwrap_or(0) });
+            // CPU and memory are the run's hook set's (other sets give their ratios only).
+            if variant == Variant::Agent {
+                let pid = agent.pid();
+                let rss = procs::status_kib(pid, "VmRSS");
+                let hwm = procs::status_kib(pid, "VmHWM");
+                let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+                append_row(&self.work.join("mem.tsv"), &format!("{round}\t{}\t{}", opt(rss), opt(hwm)))?;
+                results.memory.push(Memory { rss_kib: rss.unwrap_or(0), hwm_kib: hwm.unwrap_or(0) });
+            }
             agent.stop();
         }
         Ok(())
@@ -284,7 +298,7 @@ impl Bench {
             attempt += 1;
         };
         thread::sleep(DRAIN);
-        if let (Some(agent), Some(c0)) = (agent, c0) {
+        if let (Some(agent), Some(c0), Variant::Agent) = (agent, c0, variant) {
             let c1 = procs::cpu_ticks(agent.pid())
                 .with_context(|| format!("eddy-agent (pid {}) died during {}", agent.pid(), test.key()))?;
             let seconds = t0.elapsed().as_secs_f64();

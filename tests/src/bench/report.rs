@@ -97,6 +97,11 @@ struct Verdict {
 }
 
 fn verdict(results: &Results, test: Test) -> Verdict {
+    verdict_of(results, test, Variant::Agent)
+}
+
+/// The verdict of one agent variant (the run's hook set, or a `--hook-set`).
+fn verdict_of(results: &Results, test: Test, variant: Variant) -> Verdict {
     let values = |variant: Variant| -> Vec<(u32, f64)> {
         results
             .samples
@@ -105,7 +110,7 @@ fn verdict(results: &Results, test: Test) -> Verdict {
             .map(|s| (s.round, s.value))
             .collect()
     };
-    let (base, agent) = (values(Variant::Baseline), values(Variant::Agent));
+    let (base, agent) = (values(Variant::Baseline), values(variant));
     let mut rounds: Vec<u32> =
         agent.iter().map(|(r, _)| *r).filter(|r| base.iter().any(|b| b.0 == *r)).collect();
     rounds.sort_unstable();
@@ -129,7 +134,11 @@ fn verdict(results: &Results, test: Test) -> Verdict {
         if ratios.is_empty() { "-".to_string() } else { format!("{}-{}", fixed(min, 3), fixed(max, 3)) };
     let errors: u64 = results.samples.iter().filter(|s| s.test == test).map(|s| s.errors).sum();
     let medians = |v: &[(u32, f64)]| median(&v.iter().map(|s| s.1).collect::<Vec<_>>());
-    let label = test.label();
+    let label = match variant {
+        Variant::HookSet(i) => format!("{} [set {}]", test.label(), u16::from(i) + 1),
+        _ => test.label().to_string(),
+    };
+    let label = label.as_str();
     Verdict {
         test,
         baseline: medians(&base),
@@ -149,7 +158,10 @@ fn verdict(results: &Results, test: Test) -> Verdict {
         ],
         summary: format!(
             "{}: agent/baseline = {}x (target >= {target:.2}x){}",
-            label.split(" (").next().unwrap_or(label),
+            match variant {
+                Variant::HookSet(i) => format!("{} [set {}]", test.key(), u16::from(i) + 1),
+                _ => label.split(" (").next().unwrap_or(label).to_string(),
+            },
             fixed(ratio, 2),
             if ok { "" } else { "  <-- MISSED" }
         ),
@@ -174,7 +186,13 @@ pub struct Context<'a> {
 /// The report (stdout) and whether every target was met.
 pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
     let mut out = String::new();
-    let verdicts: Vec<Verdict> = Test::ALL.iter().map(|t| verdict(results, *t)).collect();
+    let sets: Vec<Variant> =
+        (0..results.set_hooks.len()).map(|i| Variant::HookSet(u8::try_from(i).unwrap_or(u8::MAX))).collect();
+    let verdicts: Vec<Verdict> = std::iter::once(Variant::Agent)
+        .chain(sets.iter().copied())
+        .flat_map(|v| Test::ALL.iter().map(move |t| (v, *t)))
+        .map(|(v, t)| verdict_of(results, t, v))
+        .collect();
     let m = c.matched;
     let churn_ok = m.exact == c.count;
     let steady_ok = c.steady.is_none_or(super::cost::SteadyMemory::ok);
@@ -207,6 +225,11 @@ pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
     if let Some(h) = &results.hooks {
         let set: Vec<String> = h.chosen.iter().map(|(c, hook)| format!("{c}={hook}")).collect();
         let _ = writeln!(out, "kernel {}; hook set: {}", h.kernel, set.join(", "));
+    }
+    for (i, h) in results.set_hooks.iter().enumerate() {
+        let set: Vec<String> =
+            h.iter().flat_map(|h| h.chosen.iter()).map(|(c, hook)| format!("{c}={hook}")).collect();
+        let _ = writeln!(out, "set {}: {}", i + 1, set.join(", "));
     }
     let _ = writeln!(out);
     let header =
@@ -296,6 +319,18 @@ pub fn json(results: &Results, c: &Context<'_>, disabled_hooks: Option<&str>) ->
         "rounds": c.rounds,
         "seconds_per_measurement": c.duration_secs,
         "measurements": measurements,
+        "hook_sets": results.set_hooks.iter().enumerate().map(|(i, h)| {
+            let v = Variant::HookSet(u8::try_from(i).unwrap_or(u8::MAX));
+            let rows: Vec<serde_json::Value> = Test::ALL.iter().map(|t| {
+                let d = verdict_of(results, *t, v);
+                serde_json::json!({"measurement": t.key(), "ratio": num(d.ratio), "spread": [num(d.spread.0), num(d.spread.1)], "target": t.target(), "met": d.ok})
+            }).collect();
+            serde_json::json!({
+                "set": i + 1,
+                "hooks": h.as_ref().map(|h| h.chosen.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()),
+                "measurements": rows,
+            })
+        }).collect::<Vec<_>>(),
         "churn": {"count": c.count, "exact": c.matched.exact, "share": num(c.matched.exact as f64 / c.count as f64), "target": 1.0},
         "agent_cpu_percent": {"all": cpu(None), "conn_rate": cpu(Some(Test::ConnRate)), "small_write": cpu(Some(Test::SmallWrite)), "large_write": cpu(Some(Test::LargeWrite))},
         "agent_rss_mib": {"median": num(median(&rss)), "peak": num(hwm)},
