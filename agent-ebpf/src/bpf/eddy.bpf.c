@@ -705,6 +705,18 @@ static __always_inline void iter_refresh(struct eddy_flow *e, struct sock *sk, s
 }
 
 /*
+ * The states in which the iterators take a socket: opened (or closing), not
+ * listening, not closed, and not mid-handshake. A connect() in progress sets
+ * SYN_SENT before the sockops lifecycle sees TCP_CONNECT_CB: an entry made by
+ * the iterator in that window would be taken for a connection opened before the
+ * agent (direction unknown). Handshakes are the lifecycle hooks' to record.
+ */
+static __always_inline bool iter_open_state(int state)
+{
+	return state != TCP_CLOSE && state != TCP_LISTEN && state != TCP_SYN_SENT && state != TCP_SYN_RECV;
+}
+
+/*
  * Run by the agent once per scan (reading an iterator fd runs it to the end).
  * For every TCP socket held by a process, in any network namespace, copies
  * tcp_sock's segments, RTT, retransmits and (when bytes come from tcp_sock)
@@ -733,7 +745,7 @@ int eddy_iter_sockets(struct bpf_iter__task_file *ctx)
 	sk = tcp_full(sk);
 	if (!sk)
 		return 0;
-	if (sk->__sk_common.skc_state == TCP_CLOSE || sk->__sk_common.skc_state == TCP_LISTEN)
+	if (!iter_open_state(sk->__sk_common.skc_state))
 		return 0;
 	count(EDDY_CTR_ITER_SOCKETS);
 	cookie = bpf_get_socket_cookie(sk);
@@ -771,7 +783,7 @@ int eddy_iter_sockets_ro(struct bpf_iter__task_file *ctx)
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	if (state == TCP_CLOSE || state == TCP_LISTEN)
+	if (!iter_open_state(state))
 		return 0;
 	count(EDDY_CTR_ITER_SOCKETS);
 	cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
