@@ -83,7 +83,14 @@ fn multiarch_include() -> String {
         "aarch64" => "aarch64-linux-gnu",
         _ => "x86_64-linux-gnu",
     };
-    format!("/usr/include/{triple}")
+    // Debian's multiarch headers (linux-libc-dev:<arch>), else the cross toolchain's copy of them
+    // (linux-libc-dev-<arch>-cross, which gcc-aarch64-linux-gnu brings).
+    let multiarch = format!("/usr/include/{triple}");
+    let cross = format!("/usr/{triple}/include");
+    if !Path::new(&multiarch).join("asm").is_dir() && Path::new(&cross).join("asm").is_dir() {
+        return cross;
+    }
+    multiarch
 }
 
 fn run(cmd: &mut Command) {

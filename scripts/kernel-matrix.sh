@@ -6,9 +6,12 @@
 # Bottlerocket aws-ecs-1: v1 hierarchies under /sys/fs/cgroup, no cgroup2 mounted) for the ecs_cgroup_v1
 # scenario and a few basic ones; the report shows that boot as its own row, "<series> (cgroup v1)".
 #
-# Usage: scripts/kernel-matrix.sh [--kernels 5.10,6.1,6.12] [--cgroup-v1 5.10] [--out DIR] [--no-build]
-#                                 [--keep] [--refresh] [--accel auto|kvm|tcg] [--timeout SECONDS]
+# Usage: scripts/kernel-matrix.sh [--arch amd64|arm64] [--kernels 5.10,6.1,6.12] [--cgroup-v1 5.10] [--out DIR]
+#                                 [--no-build] [--keep] [--refresh] [--accel auto|kvm|tcg] [--timeout SECONDS]
 #                                 [--agent-arg ARG]...
+#   --arch      amd64 (default): qemu-system-x86_64 with the x86-64 binaries; arm64: the Graviton matrix,
+#               qemu-system-aarch64 (-machine virt -cpu max, TCG) on Debian's cloud-arm64 kernels with the
+#               aarch64 binaries of scripts/cross-build.sh (the report still runs the host's eddy-matrix-guest)
 #   --kernels   kernel series to boot, comma-separated (default 5.10,6.1,6.12)
 #   --cgroup-v1 of those, the ones also booted as a cgroup v1-only host (default 5.10; "none" for none)
 #   --out       results directory (default target/kernel-matrix): DIR/matrix.json, DIR/<run>/{console.log,
@@ -31,8 +34,9 @@ main() {
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 
+arch=amd64
 kernels=5.10,6.1,6.12
 cgroup_v1=5.10
 out=target/kernel-matrix
@@ -45,6 +49,7 @@ agent_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
+    --arch) arch=${2:?--arch needs a value}; shift 2 ;;
     --kernels) kernels=${2:?--kernels needs a value}; shift 2 ;;
     --cgroup-v1) cgroup_v1=${2:?--cgroup-v1 needs a value}; shift 2 ;;
     --out) out=${2:?--out needs a value}; shift 2 ;;
@@ -58,6 +63,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$accel" in auto|kvm|tcg) ;; *) echo "kernel-matrix.sh: --accel must be auto, kvm or tcg" >&2; exit 2 ;; esac
+case "$arch" in
+  amd64) qemu=qemu-system-x86_64 qemu_pkg=qemu-system-x86 triple=x86_64-unknown-linux-gnu strip=strip ;;
+  # An arm64 guest on this x86-64 host is emulated (TCG) whatever --accel says.
+  arm64) qemu=qemu-system-aarch64 qemu_pkg=qemu-system-arm triple=aarch64-unknown-linux-gnu
+    strip=aarch64-linux-gnu-strip accel=tcg ;;
+  *) echo "kernel-matrix.sh: --arch must be amd64 or arm64" >&2; exit 2 ;;
+esac
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
@@ -72,7 +84,8 @@ flock -n 8 || die "another kernel-matrix.sh is using $out; wait for it or pick a
 # Host packages: qemu, a static busybox for the guest's shell tools, cpio for the initramfs, the CA bundle
 # the agent's image carries.
 # ---------------------------------------------------------------------------------------------------------
-pkgs=(qemu-system-x86 busybox-static cpio gzip)
+pkgs=("$qemu_pkg" busybox-static cpio gzip)
+[ "$arch" = arm64 ] && pkgs+=(binutils-aarch64-linux-gnu)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -144,13 +157,14 @@ EOF
 }
 
 # Runs an apt command ($2...) with the private configuration rooted at $1: its own sources.list, lists and
-# cache, no preferences, amd64 only. Nothing of the machine's apt state is read or written.
+# cache, no preferences, one architecture ($apt_arch). Nothing of the machine's apt state is read or written.
+apt_arch=$arch
 apt_in() {
   local d=$1; shift
   local cmd=$1; shift
   "$cmd" -o "Dir::Etc::SourceList=$d/sources.list" -o Dir::Etc::SourceParts=/dev/null \
     -o "Dir::State::Lists=$d/lists" -o "Dir::Cache=$d/cache" -o Dir::Etc::Preferences=/dev/null \
-    -o Dir::Etc::PreferencesParts=/dev/null -o APT::Architecture=amd64 -o APT::Architectures=amd64 \
+    -o Dir::Etc::PreferencesParts=/dev/null -o APT::Architecture="$apt_arch" -o APT::Architectures="$apt_arch" \
     -o APT::Sandbox::User=root "$@"
 }
 
@@ -159,6 +173,7 @@ fetch_kernel() {
   local series=$1 suite pointer dir
   suite=$(suite_of "$series")
   pointer=$kcache/series-$series
+  [ "$arch" = amd64 ] || pointer=$pointer-$arch
   if [ "$refresh" -eq 0 ] && [ -f "$pointer" ]; then
     dir=$kcache/$(cat "$pointer")
     if [ -f "$dir/vmlinuz" ] && [ -f "$dir/package" ]; then
@@ -168,6 +183,7 @@ fetch_kernel() {
     fi
   fi
   local adir=$kcache/apt/$suite keyring
+  [ "$arch" = amd64 ] || adir=$adir-$arch
   keyring=$(keyring_for "$suite")
   mkdir -p "$adir/lists/partial" "$adir/cache/archives/partial" "$adir/dl"
   cat >"$adir/sources.list" <<EOF
@@ -178,10 +194,10 @@ EOF
   log "kernel $series: apt-get update ($suite, $suite-updates, $suite-security; private lists in $adir)"
   apt_in "$adir" apt-get -qq update >&2 || die "apt-get update for $suite failed (see above)"
   # Package names such as linux-image-5.10.0-46-cloud-amd64-unsigned or
-  # linux-image-6.12.118+deb13-cloud-amd64-unsigned, newest first (version sort). The newest one that has a
+  # linux-image-6.12.118+deb13-cloud-arm64-unsigned, newest first (version sort). The newest one that has a
   # candidate and downloads wins (a mirror may list a package it does not serve yet: then the next one).
   local re name version release x
-  re="^linux-image-${series//./\\.}\\.[^ ]*-cloud-amd64-unsigned\$"
+  re="^linux-image-${series//./\\.}\\.[^ ]*-cloud-$arch-unsigned\$"
   for name in $(apt_in "$adir" apt-cache search --names-only "$re" | awk '{print $1}' | sort -V -r); do
     version=$(apt_in "$adir" apt-cache policy "$name" | awk '/Candidate:/ {print $2}')
     [[ $version =~ ^[0-9] ]] || continue
@@ -230,18 +246,48 @@ declare -A kdir
 for s in "${series_list[@]}"; do
   kdir[$s]=$(fetch_kernel "$s")
 done
+
+# The guest's busybox: the host's for amd64; for arm64, Debian bookworm's busybox-static:arm64, fetched
+# with the private apt configuration and cached unpacked (the host's packages stay amd64 only).
+guest_busybox() {
+  if [ "$arch" = amd64 ]; then echo /bin/busybox; return; fi
+  local bdir=$tools/busybox-$arch adir=$kcache/apt/bookworm-$arch x
+  if [ ! -x "$bdir/busybox" ]; then
+    mkdir -p "$adir/lists/partial" "$adir/cache/archives/partial" "$adir/dl"
+    [ -f "$adir/sources.list" ] || cat >"$adir/sources.list" <<EOF
+deb [signed-by=$(keyring_for bookworm)] http://deb.debian.org/debian bookworm main
+EOF
+    log "busybox ($arch): downloading busybox-static from bookworm"
+    apt_in "$adir" apt-get -qq update >&2 || die "apt-get update for bookworm ($arch) failed (see above)"
+    rm -f "$adir"/dl/*.deb
+    (cd "$adir/dl" && apt_in "$adir" apt-get -qq download busybox-static >&2) ||
+      die "busybox-static ($arch) could not be downloaded"
+    x=$adir/dl/x
+    rm -rf "$x"; mkdir -p "$x" "$bdir"
+    dpkg-deb -x "$adir"/dl/busybox-static_*.deb "$x"
+    cp "$x/bin/busybox" "$bdir/busybox"
+    rm -rf "$x" "$adir"/dl/*.deb
+  fi
+  echo "$bdir/busybox"
+}
+busybox=$(guest_busybox)
 machine_unlock
 
 # ---------------------------------------------------------------------------------------------------------
-# Binaries: exactly the feature set scripts/test.sh builds, so nothing is compiled twice.
+# Binaries: exactly the feature set scripts/test.sh builds, so nothing is compiled twice. For arm64 the
+# guest's binaries come from scripts/cross-build.sh; the report runs the host's eddy-matrix-guest.
 # ---------------------------------------------------------------------------------------------------------
-bindir=$repo/target/x86_64-unknown-linux-gnu/debug
+hostbin=$repo/target/x86_64-unknown-linux-gnu/debug
+bindir=$repo/target/$triple/debug
 if [ "$build" -eq 1 ]; then
   log "cargo build --workspace --locked --features eddy-agent/fips --bins"
   cargo build --workspace --locked --features eddy-agent/fips --bins || die "cargo build failed (see above)"
+  if [ "$arch" = arm64 ]; then
+    scripts/cross-build.sh --debug || die "scripts/cross-build.sh failed (see above)"
+  fi
 fi
-for b in eddy-agent eddy-matrix-guest; do
-  [ -x "$bindir/$b" ] || die "$bindir/$b is missing: run without --no-build"
+for b in "$bindir/eddy-agent" "$bindir/eddy-matrix-guest" "$hostbin/eddy-matrix-guest"; do
+  [ -x "$b" ] || die "$b is missing: run without --no-build"
 done
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,15 +297,16 @@ done
 stage=$out/initramfs
 rm -rf "$stage"
 mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,etc,root}
-cp /bin/busybox "$stage/bin/busybox"
+cp "$busybox" "$stage/bin/busybox"
+# The applet list is the same for both architectures' bookworm busybox-static: the host's answers.
 for applet in $(/bin/busybox --list-full); do
   [ "$applet" = bin/busybox ] && continue
   mkdir -p "$stage/$(dirname "$applet")"
   ln -sf /bin/busybox "$stage/$applet"
 done
-command -v strip >/dev/null 2>&1 || die "strip (binutils) is needed: the debug agent is ~700 MB with debug info"
+command -v "$strip" >/dev/null 2>&1 || die "$strip (binutils) is needed: the debug agent is ~700 MB with debug info"
 for b in eddy-agent eddy-matrix-guest; do
-  strip --strip-debug -o "$stage/bin/$b" "$bindir/$b"
+  "$strip" --strip-debug -o "$stage/bin/$b" "$bindir/$b"
 done
 # No CA bundle on purpose: the agent's clients for plain-http host endpoints (ECS agent, task
 # metadata, IMDS) must work without a trust store (agent/src/plain_http.rs); the ECS scenarios show it.
@@ -307,14 +354,17 @@ mount -t bpf bpf /sys/fs/bpf
 [ -d /sys/kernel/tracing ] && mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 ulimit -l unlimited
 ip link set lo up
-# Results go to the second serial port, byte for byte.
-stty -F /dev/ttyS1 raw -echo 115200 2>/dev/null
+# Results go to their own serial port, byte for byte: the second 8250 on x86 (ttyS0 is the console); on
+# arm64 the console is the PL011 (ttyAMA0) and the results port a PCI 8250, ttyS0.
+results=/dev/ttyS1
+[ "$(uname -m)" = aarch64 ] && results=/dev/ttyS0
+stty -F "$results" raw -echo 115200 2>/dev/null
 if grep -q 'eddy.probe' /proc/cmdline; then
   echo "EDDY-PROBE-OK $(uname -r)"
   poweroff -f
 fi
 echo "EDDY-INIT $(uname -r), $(nproc) CPUs, $(grep MemTotal /proc/meminfo)"
-/bin/eddy-matrix-guest guest --results /dev/ttyS1 --agent /bin/eddy-agent \
+/bin/eddy-matrix-guest guest --results "$results" --agent /bin/eddy-agent \
   --agent-args-file /etc/eddy-matrix/agent-args --cgroup "$cgroup"
 echo "EDDY-DRIVER-EXIT $?"
 sync
@@ -336,10 +386,16 @@ boot() { # boot ACCEL KERNEL_DIR RUN_DIR TIMEOUT APPEND_EXTRA
   [ "$acc" = kvm ] && cpu=host
   mkdir -p "$d"
   rm -f "$d/console.log" "$d/results.jsonl" "$d/qemu.log"
-  timeout -k 10 "$t" qemu-system-x86_64 -accel "$acc" -cpu "$cpu" -m 2048 -smp 2 \
+  local machine=() console=ttyS0 results=(-serial "file:$d/results.jsonl")
+  if [ "$arch" = arm64 ]; then
+    # pauth-impdef: QEMU's cheap pointer-authentication algorithm (the architected one is slow under TCG).
+    machine=(-machine virt) cpu=max,pauth-impdef=on console=ttyAMA0
+    results=(-chardev "file,id=results,path=$d/results.jsonl" -device pci-serial,chardev=results)
+  fi
+  timeout -k 10 "$t" "$qemu" ${machine[@]+"${machine[@]}"} -accel "$acc" -cpu "$cpu" -m 2048 -smp 2 \
     -display none -monitor none -no-reboot -nic none \
-    -kernel "$k/vmlinuz" -initrd "$initrd" -append "console=ttyS0 panic=-1 quiet $extra" \
-    -serial "file:$d/console.log" -serial "file:$d/results.jsonl" </dev/null >"$d/qemu.log" 2>&1
+    -kernel "$k/vmlinuz" -initrd "$initrd" -append "console=$console panic=-1 quiet $extra" \
+    -serial "file:$d/console.log" "${results[@]}" </dev/null >"$d/qemu.log" 2>&1
 }
 
 # The KVM probe: a boot whose /init prints a marker and powers off; given up as soon as KVM reports an
@@ -428,7 +484,7 @@ for r in "${runs[@]}"; do
   log "run $r: ${wall}s wall ($exit_state)"
   read -r pkg pkg_version <"$k/package"
   cat >"$d/meta.json" <<EOF
-{"series": "$s", "run": "$r", "package": "$pkg", "package_version": "$pkg_version",
+{"series": "$s", "run": "$r", "arch": "$arch", "package": "$pkg", "package_version": "$pkg_version",
  "release": "$(basename "$k")", "accel": "$accel", "wall_seconds": $wall, "exit": "$exit_state",
  "timeout_seconds": $timeout_s, "append": "$extra"}
 EOF
@@ -442,7 +498,7 @@ if [ "$keep" -eq 0 ]; then
 fi
 
 # The report (per-kernel scenario lines, the hook table, DIR/matrix.json) and the exit status.
-"$bindir/eddy-matrix-guest" report --out "$out" --series "$(IFS=,; echo "${runs[*]}")" \
+"$hostbin/eddy-matrix-guest" report --out "$out" --series "$(IFS=,; echo "${runs[*]}")" \
   --total-seconds "$total"
 }
 

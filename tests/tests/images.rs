@@ -444,3 +444,92 @@ fn agent_image_runs_as_the_fargate_sidecar_says() {
     });
     drop(container);
 }
+
+/// The arm64 binaries `scripts/cross-build.sh --debug` leaves beside the host's.
+fn arm64_bin_dir() -> PathBuf {
+    let agent = agent_bin().canonicalize().expect("agent binary path");
+    let host_dir = agent.parent().expect("bin dir").to_path_buf();
+    let profile = host_dir.file_name().expect("profile dir").to_owned();
+    repo_root().join("target/aarch64-unknown-linux-gnu").join(profile)
+}
+
+#[test]
+fn one_tag_for_amd64_and_arm64() {
+    if !require_privileges() {
+        return;
+    }
+    if Command::new("podman").arg("--version").output().is_err() {
+        return skip("podman is not installed (scripts/install-deps.sh test installs podman and runc)");
+    }
+    let arm64 = arm64_bin_dir();
+    if !arm64.join("eddy-agent").is_file() {
+        return skip(&format!(
+            "no arm64 agent in {} (scripts/cross-build.sh --debug builds it)",
+            arm64.display()
+        ));
+    }
+    let podman = Podman::new("multiarch");
+    let tag = &podman.tag;
+    let debug = std::env::temp_dir().join(format!("eddy-image-debug-{tag}"));
+    let out = Command::new(repo_root().join("scripts/build-images.sh"))
+        .args(["--engine", "podman", "--only", "eddy-agent", "--tag", tag, "--arch", "amd64,arm64"])
+        .arg("--prebuilt")
+        .arg(agent_bin().parent().expect("bin dir"))
+        .arg("--prebuilt-arm64")
+        .arg(&arm64)
+        .arg("--debug-dir")
+        .arg(&debug)
+        .env("CONTAINERS_CONF", &podman.conf)
+        .env("ENGINE_ARGS", "--runtime runc --cgroup-manager cgroupfs")
+        .output()
+        .expect("build-images.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let list = format!("eddy-agent:{tag}");
+    let cleanup = || {
+        podman.run(&["manifest", "rm", &list]);
+        for a in ["amd64", "arm64"] {
+            podman.run(&["rmi", "-f", &format!("{list}-{a}")]);
+        }
+        let _ = std::fs::remove_dir_all(&debug);
+    };
+    if !out.status.success() {
+        cleanup();
+        panic!("build-images.sh failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Each architecture's image, its debug info kept apart, and each one's entry point ran (arm64's
+    // through qemu-aarch64-static) and said the agent's version.
+    let version = {
+        let o = Command::new(agent_bin()).arg("--version").output().expect("agent --version");
+        // "eddy-agent 0.1.0", without the host build's "(features: …)": the arm64 build has its own.
+        let line = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_string();
+        line.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+    };
+    for a in ["amd64", "arm64"] {
+        let debug_file = debug.join(a).join("eddy-agent.debug");
+        let has_debug = debug_file.is_file();
+        let built = stdout.contains(&format!("built eddy-agent:{tag}-{a}: "));
+        let ran = stdout.contains(&format!("smoke-run eddy-agent:{tag}-{a} ({a}): {version}"));
+        if !(has_debug && built && ran) {
+            cleanup();
+            panic!("{a}: debug info {has_debug}, built {built}, smoke-run {ran}:\n{stdout}");
+        }
+    }
+    // One tag naming both, as the manifest list says.
+    let inspect = podman.run(&["manifest", "inspect", &list]);
+    let platforms: Vec<String> = serde_json::from_slice::<Value>(&inspect.stdout)
+        .ok()
+        .and_then(|v| v["manifests"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap_or("?"),
+                m["platform"]["architecture"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    cleanup();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "{stdout}");
+    assert!(stdout.contains(&format!("manifest list {list}: linux/amd64, linux/arm64")), "{stdout}");
+}

@@ -108,13 +108,22 @@ static __always_inline void add_bytes(struct eddy_flow *e, int n, bool sent)
 		__sync_fetch_and_add(&e->bytes_received, n);
 }
 
-/* Names the current task as the flow's process, unless one is known (process context only). */
+/*
+ * Names the current task as the flow's process, unless one is known (process context only).
+ * The cgroup too, where the socket did not name it: kernels whose sock_cgroup_data
+ * is still the tagged union of 5.10 before the stable backport of the 5.15 layout
+ * (5.10.223 has the union, 5.10.251 the `cgroup` member) leave sk_cgroup_id() at 0;
+ * the task that reads or writes the socket is in the cgroup the socket was
+ * created in, for containers.
+ */
 static __always_inline void fill_owner(struct eddy_flow *e)
 {
 	if (e->pid == 0) {
 		e->pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 	}
+	if (e->cgroup_id == 0)
+		e->cgroup_id = bpf_get_current_cgroup_id();
 }
 
 static __always_inline void read_tuple(struct sock *sk, struct eddy_tuple *t)

@@ -83,19 +83,14 @@ impl Peers {
                     self.rotate(now, true);
                 }
                 // The same socket may be seen before its process is known: keep the better labels.
-                let better = self
-                    .current
-                    .get(&key)
-                    .is_none_or(|had| EcsLabels::rank(Some(l)) >= EcsLabels::rank(Some(had)));
-                if better {
-                    self.current.insert(key, l.clone());
-                }
+                let chosen = self.current.get(&key).map_or(l, |had| EcsLabels::better(l, had)).clone();
+                self.current.insert(key, chosen);
             }
         }
         for r in records.iter_mut() {
             let peer = (r.protocol, effective_remote(r), r.local.socket_addr());
             let best = match (self.current.get(&peer), self.previous.get(&peer)) {
-                (Some(c), Some(p)) if EcsLabels::rank(Some(p)) > EcsLabels::rank(Some(c)) => Some(p),
+                (Some(c), Some(p)) => Some(EcsLabels::better(c, p)),
                 (c, p) => c.or(p),
             };
             if let Some(l) = best {

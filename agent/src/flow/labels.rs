@@ -61,6 +61,11 @@ impl EcsLabels {
     }
 
     /// `new`, or `old` where `old` names more (see [`EcsLabels::rank`]).
+    pub fn better<'a>(new: &'a Arc<EcsLabels>, old: &'a Arc<EcsLabels>) -> &'a Arc<EcsLabels> {
+        if Self::rank(Some(old)) > Self::rank(Some(new)) { old } else { new }
+    }
+
+    /// [`EcsLabels::better`] of two labels that may be missing, in place.
     pub fn keep_better(new: &mut Option<Arc<EcsLabels>>, old: &Option<Arc<EcsLabels>>) {
         if Self::rank(old.as_deref()) > Self::rank(new.as_deref()) {
             new.clone_from(old);

@@ -250,27 +250,14 @@ impl Bench {
     }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to at least `want` (up to the hard limit: raising that needs
-/// `CAP_SYS_RESOURCE`, which a container's root may lack).
+/// Makes room for `want` descriptors: the soft `RLIMIT_NOFILE` up to its hard limit (raising that
+/// needs `CAP_SYS_RESOURCE`, which a container's root may lack).
 fn raise_nofile(want: u64) -> Result<()> {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit fills the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("getrlimit");
-    }
-    if l.rlim_cur >= want {
-        return Ok(());
-    }
-    if l.rlim_max < want {
-        bail!(
-            "RLIMIT_NOFILE hard limit {} is below the {want} descriptors the steady load needs",
-            l.rlim_max
-        );
-    }
-    let l = libc::rlimit { rlim_cur: want, rlim_max: l.rlim_max };
-    // SAFETY: setrlimit reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("raising RLIMIT_NOFILE to {want}"));
+    use crate::soak::hold;
+    hold::raise_nofile().context("raising RLIMIT_NOFILE to its hard limit")?;
+    let (soft, _) = hold::nofile().context("reading RLIMIT_NOFILE")?;
+    if soft < want {
+        bail!("RLIMIT_NOFILE hard limit {soft} is below the {want} descriptors the steady load needs");
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ pub const REPLY_BYTES: usize = 200;
 const DESTS: u8 = 4;
 
 /// `RLIMIT_NOFILE` as (soft, hard).
-fn nofile() -> std::io::Result<(u64, u64)> {
+pub fn nofile() -> std::io::Result<(u64, u64)> {
     let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit fills the struct we pass; nothing else is touched.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
@@ -41,7 +41,7 @@ fn nofile() -> std::io::Result<(u64, u64)> {
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (allowed without privileges).
-fn raise_nofile() -> std::io::Result<()> {
+pub fn raise_nofile() -> std::io::Result<()> {
     let (_, hard) = nofile()?;
     let l = libc::rlimit { rlim_cur: hard, rlim_max: hard };
     // SAFETY: setrlimit reads the struct we pass.
