@@ -2,7 +2,7 @@
 # Installs the test prerequisites (Debian 12, as root) and runs every check and test:
 # formatting, clippy (-D warnings), unit tests, the privileged integration tests in
 # tests/ (network namespaces, real eBPF programs) and the kernel matrix (5.10, 6.1,
-# 6.12 under qemu). Tests that need something this machine lacks print "SKIP <test>: <reason>".
+# 6.12 under qemu, x86-64 and arm64). Tests that need something this machine lacks print "SKIP <test>: <reason>".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
@@ -21,6 +21,13 @@ features=(--workspace --locked --features eddy-agent/fips)
 cargo clippy "${features[@]}" --all-targets -- -D warnings
 # The integration tests run the real binaries: build them first.
 cargo build "${features[@]}" --bins
+# The arm64 (Graviton) binaries, cross-built: the multi-arch image test packs them and the arm64 kernel
+# matrix below boots them. Needs root for its Debian packages; without it the arm64 parts skip.
+if [ "$(id -u)" -eq 0 ]; then
+  scripts/cross-build.sh --debug
+else
+  echo "SKIP cross-build: not root (it installs gcc-aarch64-linux-gnu and Debian's rustc-web with apt)" >&2
+fi
 cargo test "${features[@]}"
 # The same binaries on the kernels ECS instances run (5.10, 6.1, 6.12) under qemu: see README "Kernel matrix".
 if [ "$(id -u)" -eq 0 ]; then
@@ -33,6 +40,8 @@ if [ "$(id -u)" -eq 0 ]; then
   scripts/kernel-matrix.sh --no-build --kernels 6.1,6.12 --cgroup-v1 none --out target/kernel-matrix-fallbacks \
     --agent-arg --disabled-hooks \
     --agent-arg 'tp_btf/inet_sock_set_state+tcp_destroy_sock,tcp_sock counters (live via iter/task_file),tp_btf/sock_send_length+sock_recv_length,fexit/tcp_sendmsg+tcp_recvmsg,cgroup_skb/ingress+egress,cgroup_skb/ingress+egress (pid only),fexit/udp_sendmsg+udpv6_sendmsg'
+  # The same scenarios on arm64 (Graviton): qemu-system-aarch64 (TCG) on Debian's cloud-arm64 5.10, 6.1, 6.12.
+  scripts/kernel-matrix.sh --no-build --arch arm64 --out target/kernel-matrix-arm64
 elif [ -n "${EDDY_TEST_NO_SKIP:-}" ]; then
   echo "test.sh: the kernel matrix needs root (qemu, apt) and EDDY_TEST_NO_SKIP is set" >&2
   exit 1
