@@ -78,15 +78,6 @@ report() {
   size="$("$engine" "${engine_args[@]}" image inspect --format '{{.Size}}' "$1" 2>/dev/null || echo 0)"
   echo "built $1: $(mb "$size")${2:+ ($2)}"
 }
-# strip_into SRC DEST: DEST = SRC without symbols or debug info, linked to $debug_dir/NAME.debug.
-strip_into() {
-  local name
-  name="$(basename "$1")"
-  objcopy --only-keep-debug "$1" "$debug_dir/$name.debug"
-  objcopy --strip-all --add-gnu-debuglink="$debug_dir/$name.debug" "$1" "$2"
-  echo "$name: $(mb "$(stat -c %s "$1")") → $(mb "$(stat -c %s "$2")") stripped; debug info in $debug_dir/$name.debug"
-}
-
 # Architectures: amd64 and/or arm64, each packed from prebuilt binaries of its own.
 IFS=, read -r -a arch_list <<<"$archs"
 for a in "${arch_list[@]}"; do
@@ -94,6 +85,7 @@ for a in "${arch_list[@]}"; do
 done
 multi=""
 [ "${#arch_list[@]}" -gt 1 ] && multi=1
+[ -n "$multi" ] && [ "$engine" != podman ] && die "a manifest list of several architectures needs podman (--engine podman)"
 if [ -n "$build" ]; then
   features=()
   [ -n "$fips" ] && features=(--features eddy-agent/fips)
@@ -109,7 +101,6 @@ fi
 if [ -z "$prebuilt" ] && { [ -n "$multi" ] || [ "$archs" != amd64 ]; }; then
   die "--arch $archs needs --prebuilt DIR or --build (images of other architectures are packed, not compiled in a build stage)"
 fi
-[ -n "$multi" ] && [ "$engine" != podman ] && die "a manifest list of several architectures needs podman (--engine podman)"
 prebuilt_arm64="${prebuilt_arm64:-$here/target/aarch64-unknown-linux-gnu/release}"
 
 if [ -n "$prebuilt" ]; then
