@@ -42,18 +42,7 @@ pkgs=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-
   binutils-aarch64-linux-gnu qemu-user-static file)
 # The kernel programs (clang, libbpf headers) and the FIPS module (cmake, Go) need what the host build needs.
 scripts/install-deps.sh build
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]}; run as root (sudo) to install them"
-  echo "cross-build.sh: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/install-deps.sh packages "${pkgs[@]}"
 have=$("$rustc" --version | awk '{print $2}')
 if [ "$(printf '%s\n1.95.0\n' "$have" | sort -V | head -n1)" != "1.95.0" ]; then
   die "Debian's rustc-web is $have; Eddy needs >= 1.95 (bookworm-security carries newer ones: apt-get update)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what Eddy needs on Debian 12 (root). Usage: install-deps.sh build|test
+# Installs what Eddy needs on Debian 12 (root). Usage: install-deps.sh build|test|packages PKG...
 #   build: clang-19 + libbpf headers (kernel programs), iproute2, binutils (objcopy: stripped images),
 #          cmake + golang-go (the AWS-LC FIPS module that aws-lc-fips-sys builds for fips-proxy/)
 #   test:  build + what the integration tests drive (iproute2 ip/tc, kmod, prometheus + promtool,
@@ -7,17 +7,24 @@
 #          container image smoke test, openssl + nginx-light as TLS peers of the FIPS proxy tests,
 #          dnsmasq-base (the binary only, no service) as the DNS server of the DNS tests, nftables
 #          for the NAT test, chromium + fonts-dejavu-core as the browser of the service map test)
+#   packages PKG...: just these, where missing (NAME:ARCH adds that dpkg architecture first); the
+#          other scripts' own tools (qemu for the kernel matrix, the arm64 cross toolchain)
 # The Rust toolchain is not installed here: Eddy needs cargo/rustc >= 1.95 (rustup).
 set -euo pipefail
 
 what=${1:-build}
 case "$what" in
-  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  build|test) ;;
-  *) echo "install-deps.sh: unknown target '$what' (build|test)" >&2; exit 2 ;;
+  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  build|test|packages) ;;
+  *) echo "install-deps.sh: unknown target '$what' (build|test|packages PKG...)" >&2; exit 2 ;;
 esac
 
-pkgs=(clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 python3 cmake golang-go binutils)
+if [ "$what" = packages ]; then
+  shift
+  pkgs=("$@")
+else
+  pkgs=(clang-19 llvm-19 libbpf-dev linux-libc-dev iproute2 python3 cmake golang-go binutils)
+fi
 if [ "$what" = test ]; then
   pkgs+=(kmod prometheus jq python3-venv podman runc ca-certificates openssl nginx-light dnsmasq-base nftables chromium fonts-dejavu-core)
 fi
@@ -33,9 +40,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  for p in "${missing[@]}"; do
+    case "$p" in
+      *:*) dpkg --print-foreign-architectures | grep -qx "${p#*:}" || dpkg --add-architecture "${p#*:}" ;;
+    esac
+  done
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+[ "$what" = packages ] && exit 0
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps.sh: cargo not found. Install Rust >= 1.95 with rustup (https://rustup.rs), then re-run." >&2

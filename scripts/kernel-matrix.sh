@@ -86,17 +86,7 @@ flock -n 8 || die "another kernel-matrix.sh is using $out; wait for it or pick a
 # ---------------------------------------------------------------------------------------------------------
 pkgs=("$qemu_pkg" busybox-static cpio gzip)
 [ "$arch" = arm64 ] && pkgs+=(binutils-aarch64-linux-gnu)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]}; run as root (sudo) to install them"
-  log "installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/install-deps.sh packages "${pkgs[@]}" || die "could not install ${pkgs[*]} (see above)"
 
 # ---------------------------------------------------------------------------------------------------------
 # Kernels: Debian cloud builds (BTF, virtio as modules: we need neither modules nor disks), fetched with a
