@@ -76,11 +76,13 @@ pub struct ConntrackStatus {
 }
 
 type Key = (u8, SocketAddr, SocketAddr);
+/// Looked up for every flow record: a fast hash (seeded per process).
+type Map = HashMap<Key, SocketAddr, foldhash::fast::RandomState>;
 
 /// The shared state: the map flows read, and the counters.
 #[derive(Debug)]
 pub struct Conntrack {
-    map: RwLock<HashMap<Key, SocketAddr>>,
+    map: RwLock<Map>,
     status: Mutex<ConntrackStatus>,
     max_entries: usize,
 }
@@ -88,7 +90,7 @@ pub struct Conntrack {
 impl Conntrack {
     pub fn new(max_entries: usize) -> Self {
         Conntrack {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(Map::default()),
             status: Mutex::new(ConntrackStatus {
                 state: "starting",
                 capacity: max_entries as u64,
@@ -111,7 +113,7 @@ impl Conntrack {
     }
 
     /// Adds the keys of a NAT'd entry to `map`; returns how many did not fit.
-    fn insert(&self, map: &mut HashMap<Key, SocketAddr>, e: &Entry) -> u64 {
+    fn insert(&self, map: &mut Map, e: &Entry) -> u64 {
         let mut dropped = 0;
         for (k, real, nat) in Self::keys(e) {
             if !nat || map.contains_key(&k) {
@@ -150,7 +152,8 @@ impl Conntrack {
     /// Replaces the map with a dump, at once: lookups see the old map or the new one,
     /// never a partly filled one.
     pub fn replace(&self, entries: &[Entry]) {
-        let mut fresh = HashMap::with_capacity(entries.len().min(self.max_entries));
+        let mut fresh =
+            Map::with_capacity_and_hasher(entries.len().min(self.max_entries), Default::default());
         let dropped: u64 =
             entries.iter().filter(|e| e.translated()).map(|e| self.insert(&mut fresh, e)).sum();
         let n = fresh.len() as u64;

@@ -37,7 +37,8 @@
 #define ECONNRESET 104
 #define TCP_LISTEN 10
 #define MSG_PEEK 2
-#define SOCK_DONE 1 /* enum sock_flags: SOCK_DEAD = 0, SOCK_DONE = 1 */
+#define SOCK_DEAD 0 /* enum sock_flags */
+#define SOCK_DONE 1
 /* tcp_sock counters (segments, RTT, retransmits) are copied at most this often per connection. */
 #define SNAPSHOT_INTERVAL_NS 250000000ULL
 
@@ -180,44 +181,75 @@ static __always_inline struct sock *tcp_full(struct sock *sk)
 	return (struct sock *)bpf_skc_to_tcp_sock(sk);
 }
 
-/* Inserts a new TCP entry; NULL when the map is full (counted, and the cookie remembered as untracked). */
-static __always_inline struct eddy_flow *tcp_insert(struct eddy_flow *f, __u64 cookie)
+/* What tcp_add() did. */
+#define TRACK_INSERTED 0
+#define TRACK_EXISTS 1 /* an entry was there already (another CPU, or a second connect()): left as it is */
+#define TRACK_FULL 2   /* the map is full: counted, and the cookie remembered as untracked */
+
+/* Adds a new TCP entry: one insert, and a lookup only when that fails. */
+static __always_inline int tcp_add(struct eddy_flow *f, __u64 cookie)
 {
-	struct eddy_flow *e;
 	__u8 one = 1;
 
 	if (bpf_map_update_elem(&TCP_FLOWS, &cookie, f, BPF_NOEXIST) == 0) {
 		count(EDDY_CTR_TCP_OPENED);
-		return bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+		return TRACK_INSERTED;
 	}
-	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
-	if (e)
-		return e; /* raced with another CPU */
+	if (bpf_map_lookup_elem(&TCP_FLOWS, &cookie))
+		return TRACK_EXISTS;
 	count(EDDY_CTR_TCP_MAP_FULL);
 	if (bpf_map_update_elem(&UNTRACKED, &cookie, &one, BPF_ANY) != 0)
 		count(EDDY_CTR_UNTRACKED_FULL);
-	return NULL;
+	return TRACK_FULL;
 }
 
-/* Start tracking a TCP connection; NULL when the map is full (counted). */
+/* Inserts a new TCP entry and returns it; NULL when the map is full (see tcp_add()). */
+static __always_inline struct eddy_flow *tcp_insert(struct eddy_flow *f, __u64 cookie)
+{
+	if (tcp_add(f, cookie) == TRACK_FULL)
+		return NULL;
+	return bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+}
+
+/* A new entry for a TCP connection. */
+static __always_inline void new_flow(struct eddy_flow *f, struct sock *sk, __u64 cookie, __u8 dir, __u8 flags,
+				     __u64 now, bool process_ctx)
+{
+	read_tuple(sk, &f->tuple);
+	f->cookie = cookie;
+	f->cgroup_id = sk_cgroup_id(sk);
+	f->netns_ino = sk->__sk_common.skc_net.net->ns.inum;
+	f->opened_ns = (flags & EDDY_FLAG_PREEXISTING) ? 0 : now;
+	f->last_ns = now;
+	f->direction = dir;
+	f->flags = flags;
+	if (process_ctx) {
+		f->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(f->comm, sizeof(f->comm));
+	}
+}
+
+/* Start tracking a TCP connection and return its entry; NULL when the map is full (counted). */
 static __always_inline struct eddy_flow *tcp_track(struct sock *sk, __u64 cookie, __u8 dir,
 						   __u8 flags, __u64 now, bool process_ctx)
 {
 	struct eddy_flow f = {};
 
-	read_tuple(sk, &f.tuple);
-	f.cookie = cookie;
-	f.cgroup_id = sk_cgroup_id(sk);
-	f.netns_ino = sk->__sk_common.skc_net.net->ns.inum;
-	f.opened_ns = (flags & EDDY_FLAG_PREEXISTING) ? 0 : now;
-	f.last_ns = now;
-	f.direction = dir;
-	f.flags = flags;
-	if (process_ctx) {
-		f.pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(f.comm, sizeof(f.comm));
-	}
+	new_flow(&f, sk, cookie, dir, flags, now, process_ctx);
 	return tcp_insert(&f, cookie);
+}
+
+/*
+ * tcp_track() for the lifecycle's hot path, whose callers need no pointer to the entry:
+ * one map operation where the entry is new. Returns TRACK_*.
+ */
+static __always_inline int tcp_track_new(struct sock *sk, __u64 cookie, __u8 dir, __u8 flags, __u64 now,
+					 bool process_ctx)
+{
+	struct eddy_flow f = {};
+
+	new_flow(&f, sk, cookie, dir, flags, now, process_ctx);
+	return tcp_add(&f, cookie);
 }
 
 static __always_inline __u32 config_bits(void)
@@ -330,6 +362,18 @@ static __always_inline void finish(struct eddy_flow *e, struct sock *sk, __u64 c
 	emit(e, cookie);
 }
 
+/*
+ * A socket that reaches CLOSE once its application has let go of it (SOCK_DEAD: an orphan,
+ * in FIN_WAIT*, CLOSING, LAST_ACK or TIME_WAIT) is destroyed right away, in the same call
+ * (tcp_done(), tcp_close()), with its counters intact: nothing can zero them in between
+ * (tcp_disconnect() runs only on sockets still held). tcp_destroy_sock does the CLOSE
+ * work for it, so the usual end of a connection costs one map lookup, not two.
+ */
+static __always_inline bool sock_dead(struct sock *sk)
+{
+	return sock_flags(sk) & (1UL << SOCK_DEAD);
+}
+
 static __always_inline int on_state(struct sock *arg, int oldstate, int newstate)
 {
 	struct eddy_flow *e;
@@ -339,6 +383,8 @@ static __always_inline int on_state(struct sock *arg, int oldstate, int newstate
 	/* Most transitions (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, LISTEN...) need nothing. */
 	if (newstate != TCP_SYN_SENT && newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
 		return 0;
+	if (newstate == TCP_CLOSE && sock_dead(arg))
+		return 0; /* tcp_destroy_sock follows at once (see sock_dead()) */
 	sk = tcp_full(arg);
 	if (!sk)
 		return 0;
@@ -346,34 +392,32 @@ static __always_inline int on_state(struct sock *arg, int oldstate, int newstate
 	now = bpf_ktime_get_ns();
 
 	if (newstate == TCP_SYN_SENT) {
-		/* connect(): process context, the owner is current. */
-		e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
-		if (!e)
-			tcp_track(sk, cookie, EDDY_DIR_OUTGOING, EDDY_FLAG_SYN_SENT, now, true);
+		/* connect(): process context, the owner is current. One insert, no lookup: an
+		 * entry already there (a second connect() on the socket) is kept. */
+		tcp_track_new(sk, cookie, EDDY_DIR_OUTGOING, EDDY_FLAG_SYN_SENT, now, true);
 		return 0;
 	}
 	if (newstate == TCP_ESTABLISHED) {
+		if (oldstate == TCP_SYN_RECV &&
+		    tcp_track_new(sk, cookie, EDDY_DIR_INCOMING, EDDY_FLAG_ESTABLISHED, now, false) != TRACK_EXISTS)
+			/* Passive open (softirq, the owner is not current): inserted established,
+			 * or not tracked (map full, counted). */
+			return 0;
+		/* Active open (or a simultaneous one, already tracked from SYN_SENT). */
 		e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
-		if (!e) {
-			if (oldstate != TCP_SYN_RECV)
-				return 0;
-			/* Passive open: softirq, the owner is not current. */
-			e = tcp_track(sk, cookie, EDDY_DIR_INCOMING, 0, now, false);
-			if (!e)
-				return 0;
-		} else {
-			/* The local port is bound after SYN_SENT is set: read the tuple again. */
-			read_tuple(sk, &e->tuple);
-		}
+		if (!e)
+			return 0;
+		/* The local port is bound after SYN_SENT is set: read the tuple again. */
+		read_tuple(sk, &e->tuple);
 		e->flags |= EDDY_FLAG_ESTABLISHED;
 		e->last_ns = now;
 		return 0;
 	}
-	if (newstate == TCP_CLOSE) {
-		e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
-		if (e)
-			mark_closed(e, sk, now);
-	}
+	/* CLOSE of a socket the application still holds: it may still read what is queued,
+	 * or connect() again (which zeroes the counters): keep them now. */
+	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	if (e)
+		mark_closed(e, sk, now);
 	return 0;
 }
 
@@ -847,6 +891,9 @@ int eddy_sockops(struct bpf_sock_ops *skops)
 	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
 	    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB)
 		return 1;
+	/* Of the state changes only CLOSE needs work: leave before any helper call. */
+	if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] != TCP_CLOSE)
+		return 1;
 	bsk = skops->sk;
 	if (!bsk)
 		return 1;
@@ -859,7 +906,7 @@ int eddy_sockops(struct bpf_sock_ops *skops)
 
 	switch (op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		if (tcp_track(sk, cookie, EDDY_DIR_OUTGOING, EDDY_FLAG_SYN_SENT, now, false))
+		if (tcp_track_new(sk, cookie, EDDY_DIR_OUTGOING, EDDY_FLAG_SYN_SENT, now, false) != TRACK_FULL)
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
@@ -871,12 +918,10 @@ int eddy_sockops(struct bpf_sock_ops *skops)
 		}
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		if (tcp_track(sk, cookie, EDDY_DIR_INCOMING, EDDY_FLAG_ESTABLISHED, now, false))
+		if (tcp_track_new(sk, cookie, EDDY_DIR_INCOMING, EDDY_FLAG_ESTABLISHED, now, false) != TRACK_FULL)
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
-	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] != TCP_CLOSE)
-			break;
+	case BPF_SOCK_OPS_STATE_CB: /* to CLOSE */
 		e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
 		if (!e) {
 			bpf_map_delete_elem(&UNTRACKED, &cookie);

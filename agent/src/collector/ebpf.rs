@@ -120,7 +120,13 @@ pub struct EbpfSource {
     /// Userspace-side drops (malformed ring buffer records, map read errors).
     malformed_records: u64,
     map_read_errors: u64,
+    /// Closed records of the last poll (at most [`CLOSED_HINT_MAX`]): the next batch's
+    /// capacity, so draining does not grow it step by step.
+    closed_hint: usize,
 }
+
+/// The largest batch capacity reserved ahead (about 1 MiB of records).
+const CLOSED_HINT_MAX: usize = 4096;
 
 impl EbpfSource {
     /// Loads and attaches (see [`attach`]). Fails if the TCP lifecycle hooks cannot attach.
@@ -179,6 +185,7 @@ impl EbpfSource {
             kernel_counters: [0; k::CTR_MAX as usize],
             malformed_records: 0,
             map_read_errors: 0,
+            closed_hint: 0,
         })
     }
 
@@ -295,9 +302,10 @@ impl FlowSource for EbpfSource {
     }
 
     fn poll(&mut self, scan_live: bool) -> Result<Batch, CollectorError> {
-        let mut closed = Vec::new();
+        let mut closed = Vec::with_capacity(self.closed_hint);
         self.drain_closed(&mut closed);
         if !scan_live {
+            self.closed_hint = closed.len().min(CLOSED_HINT_MAX);
             return Ok(Batch { closed, live: None });
         }
         self.refresh();
