@@ -37,9 +37,10 @@ pub enum Command {
         /// Length of the window (e.g. `10s`, `2m`; 100ms–24h).
         #[arg(long, default_value = "10s", value_parser = capture_duration)]
         duration: Duration,
-        /// Flows kept for printing (memory bound); more are counted and reported on stderr.
-        #[arg(long, default_value_t = 1_000_000)]
-        max_flows: usize,
+        /// Closed flows held until the window ends, to be labelled with everything learnt during
+        /// it (memory bound: about 1 KiB each); beyond it the oldest are printed at once.
+        #[arg(long, alias = "max-flows", default_value_t = 2_000, value_parser = hold_flows)]
+        hold_flows: usize,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -205,6 +206,14 @@ fn capture_duration(v: &str) -> Result<Duration, String> {
         return Err(format!("{} is out of range: 100ms–24h", humantime::format_duration(d)));
     }
     Ok(d)
+}
+
+fn hold_flows(v: &str) -> Result<usize, String> {
+    let n: usize = v.trim().parse().map_err(|e| format!("{v:?}: {e}"))?;
+    if !(1..=10_000_000).contains(&n) {
+        return Err(format!("{n} is out of range: 1–10000000"));
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

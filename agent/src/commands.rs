@@ -2,7 +2,6 @@
 //! sock_diag) → loop/API (run) or window (capture), with signal handling and a
 //! bounded shutdown.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -451,7 +450,7 @@ fn serve(
 
 /// `eddy-agent capture`: the same collector and labelling chain as `run` (conntrack, ECS, AWS),
 /// into a [`WindowSink`] instead of the table and exporters.
-pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Result<(), CommandError> {
+pub fn capture_window(cfg: Config, duration: Duration, hold_flows: usize) -> Result<(), CommandError> {
     let env = detect_environment(&cfg);
     let selected = start_source(&cfg, &env)?;
     let privileges = drop_privileges(&cfg, &env, &selected, true)?;
@@ -467,25 +466,24 @@ pub fn capture_window(cfg: Config, duration: Duration, max_flows: usize) -> Resu
     let collector = collector_state(&cfg, &selected, privileges);
     let enrichers = start_enrichers(&cfg, env, collector.kernel.cgroup2.clone(), &rt);
     let shared = Arc::new(Shared::new(collector, enrichers, ExportState::new(FlowTable::new(0, false))));
-    let mut window =
-        WindowSink::new(CaptureSettings { duration, max_flows }, selected.clock.clone(), move || {
-            tracing::info!(duration = %humantime::format_duration(duration), "capture started");
-        });
+    let out = Box::new(std::io::BufWriter::new(std::io::stdout()));
+    let settings = CaptureSettings { duration, hold_flows };
+    let mut window = WindowSink::new(settings, selected.clock.clone(), out, move || {
+        tracing::info!(duration = %humantime::format_duration(duration), "capture started");
+    });
     // No interval exports: the window is the only one.
     let timing =
         LoopSettings { poll_interval: cfg.poll_interval, export_interval: duration + Duration::from_secs(1) };
     collect(selected.source, shared.clone(), &mut window, timing, stop);
-    let captured = window.finish(&shared.enrichers);
-    if captured.dropped > 0 {
-        tracing::warn!(dropped = captured.dropped, max_flows, "flows beyond --max-flows were not kept");
+    let captured = window.finish(&shared.enrichers).map_err(CommandError::Stdout)?;
+    if captured.early > 0 {
+        tracing::info!(
+            early = captured.early,
+            hold_flows,
+            "flows beyond --hold-flows were printed before the window ended (labelled with what was known then)"
+        );
     }
-    tracing::info!(flows = captured.flows.len(), "capture finished");
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for f in &captured.flows {
-        serde_json::to_writer(&mut out, f).map_err(|e| CommandError::Stdout(e.into()))?;
-        out.write_all(b"\n").map_err(CommandError::Stdout)?;
-    }
-    out.flush().map_err(CommandError::Stdout)?;
+    tracing::info!(flows = captured.flows, "capture finished");
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())
 }

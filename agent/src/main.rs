@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (overrides, duration) = match &cli.command {
         Command::Run(o) | Command::Healthcheck(o) => (o, None),
-        Command::Capture { duration, overrides, max_flows } => (overrides, Some((*duration, *max_flows))),
+        Command::Capture { duration, overrides, hold_flows } => (overrides, Some((*duration, *hold_flows))),
         Command::Map(args) => return map(args),
     };
     let cfg = match Config::load(overrides.config.as_deref(), std::env::vars(), &overrides.pairs()) {

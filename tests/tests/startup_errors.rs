@@ -63,6 +63,7 @@ fn out_of_range_durations_exit_2_naming_the_key() {
     }
     assert_fails(&run(&["capture", "--duration", "999999999999h"], &[]), 2, &["--duration"]);
     assert_fails(&run(&["capture", "--duration", "25h"], &[]), 2, &["--duration", "100ms–24h"]);
+    assert_fails(&run(&["capture", "--hold-flows", "0"], &[]), 2, &["--hold-flows", "out of range"]);
 }
 
 #[test]
