@@ -11,7 +11,8 @@
 //! 2. the agent's CPU over each measured window and its `VmRSS`/`VmHWM` after each agent round;
 //! 3. where a connection's time goes: one conn-rate run without and one with the agent, with the
 //!    kernel counting each eBPF program's calls and time, and the agent's own CPU ([`cost`]);
-//! 4. the agent's memory at 1,000 short connections a second with 10,000 live flows ([`cost`]);
+//! 4. the agent's memory at 1,000 short connections a second with 10,000 live flows ([`cost`]),
+//!    and `eddy-agent capture`'s under the same load ([`capture_mem`]);
 //! 5. `eddy-agent capture` while `eddy-loadgen churn` opens COUNT short connections, matched
 //!    record by record against the loadgen's 4-tuples ([`churn`]);
 //! 6. the report with its targets ([`report`]).
@@ -22,6 +23,7 @@
 //! Limits: loopback only (127.0.0.0/8), as root; the numbers are only as steady as the machine (other
 //! processes, CPU steal); the agent's eBPF time is charged to the traffic, not to its CPU figure.
 
+pub mod capture_mem;
 pub mod churn;
 pub mod cost;
 pub mod measure;
@@ -57,7 +59,9 @@ Measures eddy-agent's overhead in one run, as root, over loopback only:
      machine's CPU (/proc/stat), each eBPF program's calls and time (the agent's
      /status `programs`) and the agent process's CPU
   6. steady memory: the agent while 5,000 connections are held open (10,000 live
-     flows) and 1,000 short connections a second are made; VmHWM over that load
+     flows) and 1,000 short connections a second are made; VmHWM over that load;
+     then the same load for `eddy-agent capture` (connections held before its
+     window), VmHWM from after start-up until it exits, and its records counted
   7. churn: `eddy-agent capture` while `eddy-loadgen churn` opens COUNT short
      connections (client sends 100 B, server answers 200 B); the share of them
      whose client-side record (tcp, outgoing) has bytes_sent=100, bytes_received=200
@@ -79,7 +83,7 @@ Options:
   -h, --help    this text
 
 Targets: connection rate >= 0.95x, small-write >= 0.95x, large-write >= 0.99x,
-agent RSS peak under the steady load <= 30 MiB, churn exact share 100%.
+agent and capture RSS peaks under the steady load <= 30 MiB, churn exact share 100%.
 Exit status: 0 all targets met, 1 a target missed, 2 usage or setup error.
 Logs and raw results are kept in a /tmp/eddy-bench.* directory (printed at the end).
 ";
@@ -266,6 +270,12 @@ pub fn run(opts: &Options) -> Result<(String, bool, PathBuf)> {
         duration_secs.max(5)
     ));
     let steady = bench.steady_memory()?;
+    note(&format!(
+        "capture under the same load: {} connections held, eddy-agent capture, {} short connections/s",
+        cost::HOLD,
+        cost::RATE
+    ));
+    let capture_mem = bench.capture_memory()?;
     let churn_run = bench.churn(&results)?;
     let expected = churn::read_tuples(&work.join("churn-tuples.txt"))?;
     let capture = std::fs::File::open(work.join("capture.jsonl")).context("opening capture.jsonl")?;
@@ -279,6 +289,7 @@ pub fn run(opts: &Options) -> Result<(String, bool, PathBuf)> {
         matched: &matched,
         cost: Some(&cost),
         steady: Some(&steady),
+        capture_memory: Some(&capture_mem),
     };
     let (text, passed) = report::render(&results, &context);
     if let Some(path) = &opts.json {

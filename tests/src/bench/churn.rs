@@ -107,18 +107,7 @@ impl Bench {
         let mut cmd = procs::agent_command(&self.agent, &args);
         cmd.stdout(procs::output_file(&cap_out)?).stderr(procs::output_file(&cap_err)?);
         let mut capture = Proc::spawn(cmd)?;
-        let mut i = 0;
-        while !std::fs::read_to_string(&cap_err).unwrap_or_default().contains("capture started") {
-            if !capture.running() {
-                eprintln!("{}", procs::tail(&cap_err, 20));
-                bail!("eddy-agent capture exited before 'capture started' (log: {})", cap_err.display());
-            }
-            if i >= 600 {
-                bail!("no 'capture started' from eddy-agent capture after 60 s (log: {})", cap_err.display());
-            }
-            i += 1;
-            thread::sleep(Duration::from_millis(100));
-        }
+        wait_started(&mut capture, &cap_err)?;
         let t0 = Instant::now();
         let c0 = procs::cpu_ticks(capture.pid).unwrap_or(0);
         // Stop the churn well before the capture ends, whatever happens.
@@ -170,6 +159,23 @@ impl Bench {
             capture_status,
         })
     }
+}
+
+/// Waits (up to 60 s) for `eddy-agent capture` to log `capture started` in `log`.
+pub fn wait_started(capture: &mut Proc, log: &Path) -> Result<()> {
+    let mut i = 0;
+    while !std::fs::read_to_string(log).unwrap_or_default().contains("capture started") {
+        if !capture.running() {
+            eprintln!("{}", procs::tail(log, 20));
+            bail!("eddy-agent capture exited before 'capture started' (log: {})", log.display());
+        }
+        if i >= 600 {
+            bail!("no 'capture started' from eddy-agent capture after 60 s (log: {})", log.display());
+        }
+        i += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 /// The churn's 4-tuples (`CLIENT:PORT SERVER:PORT` per line), in file order with their counts.

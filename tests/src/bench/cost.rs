@@ -220,17 +220,7 @@ impl Bench {
         thread::sleep(Duration::from_secs(2) + DRAIN);
         let startup_peak_kib = procs::status_kib(pid, "VmHWM").unwrap_or(0);
         std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("resetting the agent's VmHWM")?;
-        let seconds = self.duration_secs.max(5) as f64;
-        let t0 = Instant::now();
-        let count = (RATE as f64 * seconds) as u64;
-        for i in 0..count {
-            let due = t0 + Duration::from_secs_f64(i as f64 / RATE as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                thread::sleep(wait);
-            }
-            load.short()?;
-        }
-        let seconds = t0.elapsed().as_secs_f64();
+        let (count, seconds) = load.paced(self.duration_secs.max(5) as f64)?;
         thread::sleep(DRAIN);
         let live_flows = status()?["flows"]["live_flows"].as_u64().unwrap_or(0);
         let rss_peak_kib = procs::status_kib(pid, "VmHWM").unwrap_or(0);
@@ -252,7 +242,7 @@ impl Bench {
 
 /// Makes room for `want` descriptors: the soft `RLIMIT_NOFILE` up to its hard limit (raising that
 /// needs `CAP_SYS_RESOURCE`, which a container's root may lack).
-fn raise_nofile(want: u64) -> Result<()> {
+pub(super) fn raise_nofile(want: u64) -> Result<()> {
     use crate::soak::hold;
     hold::raise_nofile().context("raising RLIMIT_NOFILE to its hard limit")?;
     let (soft, _) = hold::nofile().context("reading RLIMIT_NOFILE")?;
@@ -264,7 +254,7 @@ fn raise_nofile(want: u64) -> Result<()> {
 
 /// The steady load's servers on loopback: one that holds what it accepts, one that answers
 /// 100 B with 200 B and closes.
-struct Load {
+pub(super) struct Load {
     hold_addr: SocketAddr,
     short_addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -272,7 +262,7 @@ struct Load {
 }
 
 impl Load {
-    fn start() -> Result<Load> {
+    pub(super) fn start() -> Result<Load> {
         let bind = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a loopback listener");
         let (hold_l, short_l) = (bind()?, bind()?);
         let (hold_addr, short_addr) = (hold_l.local_addr()?, short_l.local_addr()?);
@@ -308,10 +298,24 @@ impl Load {
     }
 
     /// `n` connections to the holding server, open until the result is dropped.
-    fn hold(&self, n: usize) -> Result<Vec<TcpStream>> {
+    pub(super) fn hold(&self, n: usize) -> Result<Vec<TcpStream>> {
         (0..n)
             .map(|i| TcpStream::connect(self.hold_addr).with_context(|| format!("holding connection {i}")))
             .collect()
+    }
+
+    /// [`RATE`] short connections a second for `seconds`: how many, and the seconds they took.
+    pub(super) fn paced(&self, seconds: f64) -> Result<(u64, f64)> {
+        let t0 = Instant::now();
+        let count = (RATE as f64 * seconds) as u64;
+        for i in 0..count {
+            let due = t0 + Duration::from_secs_f64(i as f64 / RATE as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+            self.short()?;
+        }
+        Ok((count, t0.elapsed().as_secs_f64()))
     }
 
     /// One short connection: 100 B up, 200 B down, closed.
@@ -324,7 +328,7 @@ impl Load {
         Ok(())
     }
 
-    fn stop(self) {
+    pub(super) fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake both accept() calls.
         let _ = TcpStream::connect(self.hold_addr);

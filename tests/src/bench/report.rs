@@ -181,6 +181,8 @@ pub struct Context<'a> {
     pub cost: Option<&'a super::cost::ConnCost>,
     /// Memory under the steady load (step 6).
     pub steady: Option<&'a super::cost::SteadyMemory>,
+    /// `capture`'s memory under that load (step 7).
+    pub capture_memory: Option<&'a super::capture_mem::CaptureMemory>,
 }
 
 /// The report (stdout) and whether every target was met.
@@ -196,7 +198,8 @@ pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
     let m = c.matched;
     let churn_ok = m.exact == c.count;
     let steady_ok = c.steady.is_none_or(super::cost::SteadyMemory::ok);
-    let passed = verdicts.iter().all(|v| v.ok) && churn_ok && steady_ok;
+    let capture_ok = c.capture_memory.is_none_or(super::capture_mem::CaptureMemory::ok);
+    let passed = verdicts.iter().all(|v| v.ok) && churn_ok && steady_ok && capture_ok;
 
     let pct = |ticks: u64, secs: f64| {
         if secs > 0.0 { 100.0 * ticks as f64 / c.clk_tck as f64 / secs } else { f64::NAN }
@@ -272,6 +275,9 @@ pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
     if let Some(steady) = c.steady {
         super::cost::render_steady(&mut out, steady);
     }
+    if let Some(m) = c.capture_memory {
+        super::capture_mem::render(&mut out, m);
+    }
     if let Some(cost) = c.cost {
         let _ = writeln!(out);
         super::cost::render_cost(&mut out, cost);
@@ -335,6 +341,7 @@ pub fn json(results: &Results, c: &Context<'_>, disabled_hooks: Option<&str>) ->
         "agent_cpu_percent": {"all": cpu(None), "conn_rate": cpu(Some(Test::ConnRate)), "small_write": cpu(Some(Test::SmallWrite)), "large_write": cpu(Some(Test::LargeWrite))},
         "agent_rss_mib": {"median": num(median(&rss)), "peak": num(hwm)},
         "steady_memory": c.steady.map(|s| serde_json::json!({"result": s, "target_peak_mib": super::cost::RSS_TARGET_MIB, "met": s.ok()})),
+        "capture_memory": c.capture_memory.map(|m| serde_json::json!({"result": m, "target_peak_mib": super::cost::RSS_TARGET_MIB, "met": m.ok()})),
         "connection_cost_ns": c.cost,
         "passed": passed,
     })
@@ -443,6 +450,7 @@ mod tests {
         let c = Context {
             cost: None,
             steady: None,
+            capture_memory: None,
             rounds: 3,
             duration_secs: 2,
             count: 10,
