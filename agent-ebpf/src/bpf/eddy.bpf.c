@@ -604,10 +604,27 @@ static __always_inline int on_bytes_raw(struct sock *sk, int ret, bool sent)
 	return 0;
 }
 
+/*
+ * A kretprobe has few instances (on kernels without CONFIG_PREEMPTION, 5.10's default:
+ * one per CPU), held from entry to return: while that many calls block (readers waiting
+ * for data, writers for buffer space), every other call returns unseen. The owner is
+ * known at entry, so it is taken there; the bytes of a missed return are made good at
+ * close (EDDY_CFG_BYTES_MAX_AT_CLOSE).
+ */
+static __always_inline void owner_at_entry(struct sock *sk)
+{
+	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	struct eddy_flow *e = cookie ? bpf_map_lookup_elem(&TCP_FLOWS, &cookie) : NULL;
+
+	if (e)
+		fill_owner(e);
+}
+
 SEC("kprobe/tcp_sendmsg")
 int BPF_KPROBE(eddy_send_kprobe, struct sock *sk)
 {
 	stash_sock(&SENDMSG_ARGS, sk);
+	owner_at_entry(sk);
 	return 0;
 }
 
@@ -644,6 +661,7 @@ int BPF_KPROBE(eddy_recv_kprobe, struct sock *sk)
 	asm volatile("" : "+r"(arg4), "+r"(arg5));
 	a.flags = (config_bits() & EDDY_CFG_RECVMSG_NONBLOCK_ARG) ? arg5 : arg4;
 	bpf_map_update_elem(&RECVMSG_ARGS, &id, &a, BPF_ANY);
+	owner_at_entry(sk);
 	return 0;
 }
 

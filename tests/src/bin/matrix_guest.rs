@@ -38,6 +38,8 @@ mod ecs;
 mod failures;
 #[path = "matrix_guest/flows.rs"]
 mod flows;
+#[path = "matrix_guest/owner.rs"]
+mod owner;
 #[path = "matrix_guest/report.rs"]
 mod report;
 #[path = "matrix_guest/scenario.rs"]
@@ -54,6 +56,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "tcp_small", limit: Duration::from_secs(60), run: tcp::small, boots: BOTH },
     Scenario { name: "tcp_large", limit: Duration::from_secs(120), run: tcp::large, boots: V2 },
     Scenario { name: "tcp_live", limit: Duration::from_secs(60), run: tcp::live, boots: V2 },
+    Scenario { name: "tcp_owner", limit: Duration::from_secs(60), run: owner::scenario, boots: BOTH },
     Scenario { name: "tcp_churn", limit: Duration::from_secs(240), run: tcp::churn, boots: V2 },
     Scenario { name: "tcp_refused", limit: Duration::from_secs(40), run: failures::refused, boots: V2 },
     Scenario { name: "tcp_reset", limit: Duration::from_secs(40), run: failures::reset, boots: V2 },

@@ -17,7 +17,7 @@ use crate::scenario::{Ctx, Outcome};
 /// Records of a closed connection must show up within this (ring buffer, then the next poll).
 const CLOSED_WITHIN: Duration = Duration::from_secs(15);
 /// The byte source that reads `tcp_sock` counters only when a connection closes.
-const BYTES_AT_CLOSE: &str = "tcp_sock counters at close";
+pub const BYTES_AT_CLOSE: &str = "tcp_sock counters at close";
 
 pub fn small(ctx: &Ctx) -> Outcome {
     exchange(ctx, "127.0.2.1:20001", 1_234, 4_321)
