@@ -215,7 +215,7 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
         &env,
     );
     let status =
-        poll_until(Duration::from_secs(10), Duration::from_millis(200), "the identity from IMDS", || {
+        poll_until(Duration::from_secs(30), Duration::from_millis(200), "the identity from IMDS", || {
             let s = agent.status()["aws"].clone();
             if s["identity"]["vpc_id"] == vpc.as_str() { Ok(s) } else { Err(s.to_string()) }
         });
@@ -230,7 +230,7 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
             w.connect(*addr);
         }
         if round == 0 {
-            poll_until(Duration::from_secs(10), Duration::from_millis(200), "first lookups answered", || {
+            poll_until(Duration::from_secs(30), Duration::from_millis(200), "first lookups answered", || {
                 let r = agent.status()["aws"]["resolver"].clone();
                 // Every case is a known ENI: all of them found.
                 let done = r["addresses_resolved"].as_u64().unwrap_or(0);
@@ -241,7 +241,7 @@ fn remote_addresses_are_named_with_zone_and_scope_at_bounded_api_cost() {
     for (addr, case) in &targets {
         let kind = case.2;
         // The later connection carries the answer (the first one only queued the address).
-        let f = poll_until(Duration::from_secs(10), Duration::from_millis(200), "a labelled flow", || {
+        let f = poll_until(Duration::from_secs(30), Duration::from_millis(200), "a labelled flow", || {
             let flows: Vec<Value> =
                 serde_json::from_str(&agent.get("/flows").text()).map_err(|e| e.to_string())?;
             flows

@@ -585,46 +585,77 @@ static __always_inline struct sock *take_sock(void *map)
 	return sk;
 }
 
-static __always_inline int on_bytes_raw(struct sock *sk, int ret, bool sent)
+/* snapshot() through probe reads, for raw socket pointers (kprobes, the probe-read iterator). */
+static __always_inline void snapshot_ro(struct eddy_flow *e, struct sock *sk, __u64 now)
 {
-	struct eddy_flow *e;
-	__u64 cookie;
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
 
-	if (ret <= 0)
-		return 0;
-	cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
-	e = cookie ? bpf_map_lookup_elem(&TCP_FLOWS, &cookie) : NULL;
-	if (!e) {
-		count(EDDY_CTR_TCP_UNTRACKED);
-		return 0;
-	}
-	add_bytes(e, ret, sent);
-	fill_owner(e);
-	e->last_ns = bpf_ktime_get_ns();
-	return 0;
+	e->packets_sent = BPF_CORE_READ(tp, segs_out);
+	e->packets_received = BPF_CORE_READ(tp, segs_in);
+	e->retransmits = BPF_CORE_READ(tp, total_retrans);
+	e->rtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	e->rtt_var_us = BPF_CORE_READ(tp, mdev_us) >> 2;
+	e->snapshot_ns = now;
+}
+
+/* tcp_sock_counts() through probe reads. */
+static __always_inline struct payload_bytes tcp_sock_counts_ro(struct sock *sk)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	struct payload_bytes b = {
+		.sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans),
+		.received = BPF_CORE_READ(tp, bytes_received),
+	};
+	unsigned long flags;
+
+	if (bpf_core_field_exists(sk->__sk_common.skc_flags))
+		flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	else
+		flags = BPF_CORE_READ(sk, sk_flags);
+	if (b.received > 0 && (flags & (1UL << SOCK_DONE)))
+		b.received -= 1;
+	return b;
 }
 
 /*
- * A kretprobe has few instances (on kernels without CONFIG_PREEMPTION, 5.10's default:
- * one per CPU), held from entry to return: while that many calls block (readers waiting
- * for data, writers for buffer space), every other call returns unseen. The owner is
- * known at entry, so it is taken there; the bytes of a missed return are made good at
- * close (EDDY_CFG_BYTES_MAX_AT_CLOSE).
+ * The kprobe path's byte source: the tcp_sock counters, read at each call's entry and
+ * return. Not per-call sums: a kretprobe has few instances (on kernels without
+ * CONFIG_PREEMPTION, 5.10's default: one per CPU), held from entry to return, so while
+ * that many calls block (readers waiting for data, writers for buffer space) every other
+ * call returns unseen, and sums would lose those calls. The entry needs no return value:
+ * it takes the owner and the counters as of the call; what a missed return moved shows at
+ * the socket's next call, and at close (EDDY_CFG_BYTES_MAX_AT_CLOSE). Returns whether the
+ * socket is tracked.
  */
-static __always_inline void owner_at_entry(struct sock *sk)
+static __always_inline bool refresh_raw(struct sock *sk)
 {
 	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
 	struct eddy_flow *e = cookie ? bpf_map_lookup_elem(&TCP_FLOWS, &cookie) : NULL;
+	__u64 now;
 
-	if (e)
-		fill_owner(e);
+	if (!e)
+		return false;
+	fill_owner(e);
+	keep_largest(e, tcp_sock_counts_ro(sk));
+	now = bpf_ktime_get_ns();
+	e->last_ns = now;
+	if (now - e->snapshot_ns > SNAPSHOT_INTERVAL_NS)
+		snapshot_ro(e, sk, now);
+	return true;
+}
+
+static __always_inline int on_bytes_raw(struct sock *sk, int ret)
+{
+	if (ret > 0 && !refresh_raw(sk))
+		count(EDDY_CTR_TCP_UNTRACKED);
+	return 0;
 }
 
 SEC("kprobe/tcp_sendmsg")
 int BPF_KPROBE(eddy_send_kprobe, struct sock *sk)
 {
 	stash_sock(&SENDMSG_ARGS, sk);
-	owner_at_entry(sk);
+	refresh_raw(sk);
 	return 0;
 }
 
@@ -633,7 +664,7 @@ int BPF_KRETPROBE(eddy_send_kretprobe, int ret)
 {
 	struct sock *sk = take_sock(&SENDMSG_ARGS);
 
-	return sk ? on_bytes_raw(sk, ret, true) : 0;
+	return sk ? on_bytes_raw(sk, ret) : 0;
 }
 
 /* tcp_recvmsg's socket and flags, from entry to return (see eddy_recv_fexit). */
@@ -661,7 +692,7 @@ int BPF_KPROBE(eddy_recv_kprobe, struct sock *sk)
 	asm volatile("" : "+r"(arg4), "+r"(arg5));
 	a.flags = (config_bits() & EDDY_CFG_RECVMSG_NONBLOCK_ARG) ? arg5 : arg4;
 	bpf_map_update_elem(&RECVMSG_ARGS, &id, &a, BPF_ANY);
-	owner_at_entry(sk);
+	refresh_raw(sk);
 	return 0;
 }
 
@@ -678,7 +709,7 @@ int BPF_KRETPROBE(eddy_recv_kretprobe, int ret)
 	bpf_map_delete_elem(&RECVMSG_ARGS, &id);
 	if (copy.flags & MSG_PEEK)
 		return 0;
-	return on_bytes_raw((struct sock *)copy.sk, ret, false);
+	return on_bytes_raw((struct sock *)copy.sk, ret);
 }
 
 /* ---- Live TCP counters: an iterator over every process's sockets ---- */
@@ -712,17 +743,6 @@ static __always_inline void read_tuple_ro(struct sock *sk, struct eddy_tuple *t)
 	}
 }
 
-static __always_inline void snapshot_ro(struct eddy_flow *e, struct sock *sk, __u64 now)
-{
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-
-	e->packets_sent = BPF_CORE_READ(tp, segs_out);
-	e->packets_received = BPF_CORE_READ(tp, segs_in);
-	e->retransmits = BPF_CORE_READ(tp, total_retrans);
-	e->rtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-	e->rtt_var_us = BPF_CORE_READ(tp, mdev_us) >> 2;
-	e->snapshot_ns = now;
-}
 
 /* tcp_sock_bytes() through probe reads. */
 static __always_inline void tcp_sock_bytes_ro(struct eddy_flow *e, struct sock *sk)

@@ -322,8 +322,10 @@ pub const TCP_BYTES: &[Candidate] = &[
             ("eddy_recv_fexit", Attach::FExit("tcp_recvmsg")),
         ],
     },
-    // For kernels without trampolines (e.g. arm64 before 6.0). Connections opened before the
-    // agent started are not counted by it (their cookie may not exist yet).
+    // For kernels without trampolines (e.g. arm64 before 6.0): the tcp_sock counters at each
+    // call's entry and return (a kretprobe misses returns while calls block, so no per-call
+    // sums). Connections opened before the agent started are not counted by it (their cookie
+    // may not exist yet).
     Candidate {
         hook: "kprobe/tcp_sendmsg+tcp_recvmsg+kretprobes",
         programs: &[
