@@ -13,11 +13,12 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use eddy_tests::{FlowRecord, payload, read_to_eof, socket_cookie};
+use eddy_tests::FlowRecord;
 use serde_json::json;
 
 use crate::flows::{Want, await_records, summaries};
 use crate::scenario::{Ctx, Outcome};
+use crate::tcp::{BYTES_AT_CLOSE, Exchanged, close_both};
 
 /// Calls kept blocked in each direction: more than the instances of a kretprobe on the matrix's
 /// 2-CPU guests.
@@ -107,7 +108,7 @@ pub fn scenario(ctx: &Ctx) -> Outcome {
     let pid = std::process::id();
     let bytes_hook = ctx.chosen("tcp_bytes");
     // With the counters read at close only, no program runs in the passive end's process.
-    let owner_known = bytes_hook != crate::tcp::BYTES_AT_CLOSE;
+    let owner_known = bytes_hook != BYTES_AT_CLOSE;
     let blockers_at: SocketAddr = "127.0.2.9:20009".parse().expect("address");
     let server: SocketAddr = "127.0.2.10:20010".parse().expect("address");
     let mut data = json!({"tcp_bytes_hook": bytes_hook, "pid": pid, "blocked_readers": BLOCKED,
@@ -123,19 +124,8 @@ pub fn scenario(ctx: &Ctx) -> Outcome {
     // Let every blocked call reach its wait (TCG guests are slow).
     std::thread::sleep(Duration::from_secs(1));
 
-    let listener = TcpListener::bind(server).unwrap_or_else(|e| panic!("bind {server}: {e}"));
-    let mut client = TcpStream::connect(server).unwrap_or_else(|e| panic!("connect {server}: {e}"));
-    let (mut srv, peer) = listener.accept().expect("accept");
-    for s in [&client, &srv] {
-        s.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
-    }
-    let local = client.local_addr().expect("local address");
-    let (cc, sc) = (socket_cookie(&client), socket_cookie(&srv));
-    client.write_all(&payload(UP, 1)).expect("client write");
-    let mut buf = vec![0u8; UP.max(DOWN)];
-    srv.read_exact(&mut buf[..UP]).expect("server read");
-    srv.write_all(&payload(DOWN, 2)).expect("server write");
-    client.read_exact(&mut buf[..DOWN]).expect("client read");
+    let Exchanged { client, srv, local, cookies: (cc, sc) } = Exchanged::open(server, UP, DOWN);
+    let mut buf = [0u8; 64];
     // One more call on each end, that finds nothing to read: where the calls above returned unseen,
     // its entry still brings the live counters up to date.
     for s in [&client, &srv] {
@@ -146,7 +136,7 @@ pub fn scenario(ctx: &Ctx) -> Outcome {
     let (up, down) = (UP as u64, DOWN as u64);
     let wants = [
         Want::tcp("client", local, server, (up, down)).cookie(cc),
-        Want::tcp("server", server, peer, (down, up)).cookie(sc),
+        Want::tcp("server", server, local, (down, up)).cookie(sc),
     ];
     // Live: exact bytes (0 where they are read at close only) and the owner, from a call or the
     // socket iterator.
@@ -168,11 +158,7 @@ pub fn scenario(ctx: &Ctx) -> Outcome {
     });
     data["live_seconds"] = json!(t.elapsed().as_secs_f64());
 
-    client.shutdown(Shutdown::Write).expect("client shutdown");
-    let _ = read_to_eof(&srv);
-    srv.shutdown(Shutdown::Write).expect("server shutdown");
-    let _ = read_to_eof(&client);
-    drop((client, srv));
+    close_both(client, srv);
     let t = Instant::now();
     let closed = await_records(&ctx.agent, &wants, Duration::from_secs(15));
     data["closed_seconds"] = json!(t.elapsed().as_secs_f64());

@@ -90,20 +90,7 @@ pub fn live(ctx: &Ctx) -> Outcome {
     const UP: usize = 5_555;
     const DOWN: usize = 7_777;
     let server: SocketAddr = "127.0.2.3:20003".parse().expect("address");
-    let listener = TcpListener::bind(server).unwrap_or_else(|e| panic!("bind {server}: {e}"));
-    let mut client = TcpStream::connect(server).unwrap_or_else(|e| panic!("connect {server}: {e}"));
-    let (mut srv, peer) = listener.accept().expect("accept");
-    for s in [&client, &srv] {
-        s.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
-    }
-    let local = client.local_addr().expect("local address");
-    assert_eq!(peer, local, "accepted peer");
-    let (cc, sc) = (socket_cookie(&client), socket_cookie(&srv));
-    client.write_all(&payload(UP, 1)).expect("client write");
-    let mut buf = vec![0u8; UP.max(DOWN)];
-    srv.read_exact(&mut buf[..UP]).expect("server read");
-    srv.write_all(&payload(DOWN, 2)).expect("server write");
-    client.read_exact(&mut buf[..DOWN]).expect("client read");
+    let Exchanged { client, srv, local, cookies: (cc, sc) } = Exchanged::open(server, UP, DOWN);
 
     let bytes_hook = ctx.chosen("tcp_bytes");
     let at_close = bytes_hook == BYTES_AT_CLOSE;
@@ -134,12 +121,7 @@ pub fn live(ctx: &Ctx) -> Outcome {
         }
         Err(e) => format!("live records wrong after 10 s: {e}"),
     };
-    // Close: the client first; both read to EOF so every FIN is exchanged.
-    client.shutdown(Shutdown::Write).expect("client shutdown");
-    let _ = read_to_eof(&srv);
-    srv.shutdown(Shutdown::Write).expect("server shutdown");
-    let _ = read_to_eof(&client);
-    drop((client, srv));
+    close_both(client, srv);
     let wants = [
         Want::tcp("client", local, server, (up, down)).cookie(cc),
         Want::tcp("server", server, local, (down, up)).cookie(sc),
@@ -161,6 +143,46 @@ pub fn live(ctx: &Ctx) -> Outcome {
             Outcome::fail(errors.join("; "), data)
         }
     }
+}
+
+/// An open connection that has moved known bytes both ways.
+pub struct Exchanged {
+    pub client: TcpStream,
+    pub srv: TcpStream,
+    /// The client's address (the server's peer).
+    pub local: SocketAddr,
+    /// `(client, server)` socket cookies.
+    pub cookies: (u64, u64),
+}
+
+impl Exchanged {
+    /// Connects to `server` (bound here), and sends `up` bytes from the client, then `down` back;
+    /// each end reads them whole.
+    pub fn open(server: SocketAddr, up: usize, down: usize) -> Exchanged {
+        let listener = TcpListener::bind(server).unwrap_or_else(|e| panic!("bind {server}: {e}"));
+        let mut client = TcpStream::connect(server).unwrap_or_else(|e| panic!("connect {server}: {e}"));
+        let (mut srv, peer) = listener.accept().expect("accept");
+        for s in [&client, &srv] {
+            s.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+        }
+        let local = client.local_addr().expect("local address");
+        assert_eq!(peer, local, "accepted peer");
+        let cookies = (socket_cookie(&client), socket_cookie(&srv));
+        client.write_all(&payload(up, 1)).expect("client write");
+        let mut buf = vec![0u8; up.max(down)];
+        srv.read_exact(&mut buf[..up]).expect("server read");
+        srv.write_all(&payload(down, 2)).expect("server write");
+        client.read_exact(&mut buf[..down]).expect("client read");
+        Exchanged { client, srv, local, cookies }
+    }
+}
+
+/// Closes a connection, the client first; both read to EOF so every FIN is exchanged.
+pub fn close_both(client: TcpStream, srv: TcpStream) {
+    client.shutdown(Shutdown::Write).expect("client shutdown");
+    let _ = read_to_eof(&srv);
+    srv.shutdown(Shutdown::Write).expect("server shutdown");
+    let _ = read_to_eof(&client);
 }
 
 /// Bytes the client of churn connection `i` sends: distinct per connection.
