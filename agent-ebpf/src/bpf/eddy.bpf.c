@@ -308,17 +308,12 @@ static __always_inline void tcp_sock_bytes(struct eddy_flow *e, struct sock *sk)
 	keep_largest(e, tcp_sock_counts(sk));
 }
 
-/*
- * sockops with per-call kprobe bytes (EDDY_CFG_BYTES_MAX_AT_CLOSE): the
- * tcp_sock counters at CLOSE of a socket the application still holds (it may
- * still read what is queued), applied when it releases the socket.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); /* socket cookie */
-	__type(value, struct payload_bytes);
-} CLOSE_COUNTS SEC(".maps");
+/* The counters as they are (the kprobe path, where nothing else adds to them). */
+static __always_inline void set_counts(struct eddy_flow *e, struct payload_bytes b)
+{
+	e->bytes_sent = b.sent;
+	e->bytes_received = b.received;
+}
 
 /* The connection reached CLOSE: keep the error (set before the state change,
  * cleared once the application reads it) and the final tcp_sock counters
@@ -357,7 +352,7 @@ static __always_inline void finish(struct eddy_flow *e, struct sock *sk, __u64 c
 	else if (e->sk_err == 0)
 		e->sk_err = sk->sk_err; /* an abort (SO_LINGER 0) sets it after CLOSE */
 	if (config_bits() & EDDY_CFG_BYTES_MAX_AT_CLOSE)
-		tcp_sock_bytes(e, sk); /* per-call kretprobes miss returns: no byte can move any more */
+		tcp_sock_bytes(e, sk); /* the kprobe path: the counters, now that no byte can move */
 	e->last_ns = now;
 	emit(e, cookie);
 }
@@ -624,8 +619,8 @@ static __always_inline struct payload_bytes tcp_sock_counts_ro(struct sock *sk)
  * that many calls block (readers waiting for data, writers for buffer space) every other
  * call returns unseen, and sums would lose those calls. The entry needs no return value:
  * it takes the owner and the counters as of the call; what a missed return moved shows at
- * the socket's next call, and at close (EDDY_CFG_BYTES_MAX_AT_CLOSE). Returns whether the
- * socket is tracked.
+ * the socket's next call, and the final ones are read at CLOSE (EDDY_CFG_BYTES_MAX_AT_CLOSE).
+ * Returns whether the socket is tracked.
  */
 static __always_inline bool refresh_raw(struct sock *sk)
 {
@@ -636,7 +631,10 @@ static __always_inline bool refresh_raw(struct sock *sk)
 	if (!e)
 		return false;
 	fill_owner(e);
-	keep_largest(e, tcp_sock_counts_ro(sk));
+	/* Set, not the largest: two fields read without the socket lock can be a FIN apart
+	 * (bytes_received counts it before SOCK_DONE is set); the next read mends that. */
+	if (!e->closed_ns)
+		set_counts(e, tcp_sock_counts_ro(sk));
 	now = bpf_ktime_get_ns();
 	e->last_ns = now;
 	if (now - e->snapshot_ns > SNAPSHOT_INTERVAL_NS)
@@ -747,21 +745,7 @@ static __always_inline void read_tuple_ro(struct sock *sk, struct eddy_tuple *t)
 /* tcp_sock_bytes() through probe reads. */
 static __always_inline void tcp_sock_bytes_ro(struct eddy_flow *e, struct sock *sk)
 {
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	__u64 sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
-	__u64 rcvd = BPF_CORE_READ(tp, bytes_received);
-	unsigned long flags;
-
-	if (bpf_core_field_exists(sk->__sk_common.skc_flags))
-		flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
-	else
-		flags = BPF_CORE_READ(sk, sk_flags);
-	if (rcvd > 0 && (flags & (1UL << SOCK_DONE)))
-		rcvd -= 1;
-	if (sent > e->bytes_sent)
-		e->bytes_sent = sent;
-	if (rcvd > e->bytes_received)
-		e->bytes_received = rcvd;
+	keep_largest(e, tcp_sock_counts_ro(sk));
 }
 
 /*
@@ -975,16 +959,10 @@ int eddy_sockops(struct bpf_sock_ops *skops)
 		if (e->sk_err == 0 && (e->flags & EDDY_FLAG_RELEASED) &&
 		    (skops->args[0] == TCP_ESTABLISHED || skops->args[0] == TCP_CLOSE_WAIT))
 			e->sk_err = ECONNRESET;
-		/* Per-call kretprobes miss returns: the final bytes are the larger of the per-call
-		 * sums and the counters, once the application can read or write nothing more. */
-		if (config_bits() & EDDY_CFG_BYTES_MAX_AT_CLOSE) {
-			struct payload_bytes b = tcp_sock_counts(sk);
-
-			if (e->flags & EDDY_FLAG_RELEASED)
-				keep_largest(e, b);
-			else
-				bpf_map_update_elem(&CLOSE_COUNTS, &cookie, &b, BPF_ANY);
-		}
+		/* The kprobe path's final bytes: the counters at CLOSE (consistent here, and not yet
+		 * zeroed by tcp_disconnect()); its live reads stop at closed_ns (refresh_raw()). */
+		if (config_bits() & EDDY_CFG_BYTES_MAX_AT_CLOSE)
+			set_counts(e, tcp_sock_counts(sk));
 		if (e->flags & EDDY_FLAG_RELEASED)
 			emit(e, cookie);
 		break;
@@ -1007,15 +985,8 @@ int eddy_sock_release(struct bpf_sock *ctx)
 		return 1;
 	}
 	e->flags |= EDDY_FLAG_RELEASED;
-	if (e->closed_ns) {
-		struct payload_bytes *b = bpf_map_lookup_elem(&CLOSE_COUNTS, &cookie);
-
-		if (b) {
-			keep_largest(e, *b);
-			bpf_map_delete_elem(&CLOSE_COUNTS, &cookie);
-		}
+	if (e->closed_ns)
 		emit(e, cookie);
-	}
 	return 1;
 }
 
