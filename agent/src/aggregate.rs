@@ -24,6 +24,10 @@
 //! `interval_folded`). So it holds at most 2 × `max_series` keys (the series themselves,
 //! `other` ones included, plus the newcomers). The per-flow memory (`flows_tracked`) holds only
 //! flows open in the flow table or seen in the current interval, so the table's bound bounds it.
+//!
+//! An open flow first seen while one of its ends is still being looked up waits (a few
+//! intervals at most) before it is counted, so that its connection and its bytes land in the
+//! same, named series ([`waiting`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -37,12 +41,14 @@ mod interval;
 mod key;
 mod record;
 pub mod transfer;
+mod waiting;
 
 use interval::{Identity, IntervalMap};
 pub use key::{DEFAULT_GROUPS, LabelGroup, LabelGroups, SeriesKey, label};
 pub use record::AggregateRecord;
 use transfer::Transfers;
 pub use transfer::{Prices, TransferRow, TransferSnapshot, Usd};
+use waiting::Waiting;
 
 /// Upper bounds of the RTT histogram, in microseconds.
 pub const RTT_BUCKETS_US: [u64; 12] =
@@ -172,6 +178,10 @@ pub struct AggregateStats {
     pub transfer_pairs: u64,
     /// New pairs folded into the `other` pair because `max_series` pairs existed.
     pub transfer_folded: u64,
+    /// Open flows whose first count waits for labels that are coming (see [`waiting`]).
+    pub flows_waiting_labels: u64,
+    /// Flows counted without waiting because the wait was full.
+    pub labels_wait_full: u64,
 }
 
 /// Aggregator settings.
@@ -183,6 +193,20 @@ pub struct AggregateSettings {
     pub labels: LabelGroups,
     /// Transfer prices (`[cost]`).
     pub prices: Prices,
+    /// Intervals the aggregator waits at most for what comes late ([`late_intervals`]): an open
+    /// flow's labels still being looked up, before its first count ([`waiting`]); the closed
+    /// record of a flow no longer among the open ones (it may wait for its peer's labels),
+    /// before what was counted of the flow is forgotten. 0: waits for neither.
+    pub late_intervals: u64,
+}
+
+/// How long the aggregator waits at most for what comes late (see [`AggregateSettings`]).
+pub const LATE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`LATE`] in intervals of `export_interval` (at least one).
+pub fn late_intervals(export_interval: std::time::Duration) -> u64 {
+    let each = export_interval.as_millis().max(1);
+    LATE.as_millis().div_ceil(each).max(1) as u64
 }
 
 /// Series totals since start, and the current interval's deltas.
@@ -200,6 +224,7 @@ pub struct Aggregator {
     /// This host's Availability Zone, when known (the local zone of flows without ECS zones).
     host_az: Option<String>,
     transfers: Transfers,
+    waiting: Waiting,
 }
 
 impl Aggregator {
@@ -214,6 +239,7 @@ impl Aggregator {
             stats: AggregateStats { max_series: settings.max_series as u64, ..Default::default() },
             host_az: None,
             transfers: Transfers::default(),
+            waiting: Waiting::default(),
         }
     }
 
@@ -233,6 +259,14 @@ impl Aggregator {
     pub fn observe(&mut self, r: &FlowRecord) {
         let key = FlowKey::of(r);
         let prev = self.counted.get(&key).copied();
+        if prev.is_none()
+            && r.labels_pending
+            && !r.is_closed()
+            && self.waiting.wait(key, self.interval_no, self.settings.late_intervals)
+        {
+            return;
+        }
+        self.waiting.done(&key);
         let before = prev.unwrap_or_default();
         let d = SeriesValues {
             bytes_sent: r.bytes_sent.saturating_sub(before.bytes_sent),
@@ -341,15 +375,27 @@ impl Aggregator {
         self.stats.flows_tracked = self.counted.len() as u64;
         self.stats.transfer_pairs = self.transfers.len() as u64;
         self.stats.transfer_folded = self.transfers.folded;
+        self.stats.flows_waiting_labels = self.waiting.len() as u64;
+        self.stats.labels_wait_full = self.waiting.full;
         interval
     }
 
-    /// Forgets flows that are neither open (`is_open`) nor new in this interval: their
-    /// closed record has been counted, or they vanished with nothing left to count.
+    /// Forgets flows that are not open (`is_open`) and were last seen `late_intervals` ago or
+    /// more: they vanished with nothing left to count. (A closed flow's record removes it at
+    /// once; one that left the open flows without it yet is kept until that record comes: the
+    /// labeller can hold it back, and forgetting the flow would count it again, whole.)
     pub fn retain_flows(&mut self, is_open: impl Fn(&FlowKey) -> bool) {
-        let no = self.interval_no;
-        self.counted.retain(|k, c| c.interval == no || is_open(k));
+        let (no, late) = (self.interval_no, self.settings.late_intervals);
+        self.counted.retain(|k, c| no.saturating_sub(c.interval) <= late || is_open(k));
+        self.waiting.retain(&is_open);
         self.stats.flows_tracked = self.counted.len() as u64;
+        self.stats.flows_waiting_labels = self.waiting.len() as u64;
+    }
+
+    /// The open flows whose first count waits for labels (to be observed again, with the
+    /// labels of the last scan, before the interval closes).
+    pub fn waiting_flows(&self) -> Vec<FlowKey> {
+        if self.waiting.is_empty() { Vec::new() } else { self.waiting.keys() }
     }
 
     /// Every series with its totals since start, sorted by labels.

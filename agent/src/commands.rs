@@ -343,6 +343,7 @@ pub fn run(cfg: Config) -> Result<(), CommandError> {
             series_idle_intervals: SERIES_IDLE_INTERVALS,
             labels: cfg.label_groups(),
             prices: cfg.prices(),
+            late_intervals: crate::aggregate::late_intervals(cfg.export_interval),
         },
         otlp,
     };

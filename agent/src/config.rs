@@ -88,7 +88,9 @@ section! {
         /// Count only the sockets of processes in this cgroup v2 directory or below it (an
         /// absolute path, e.g. `/sys/fs/cgroup/ecs` for the ECS agent's tasks, leaving out the
         /// host's own daemons); flows and DNS packets of other cgroups are left out (counted in
-        /// `/status` → `cgroup_scope`). Unset: every socket on the host.
+        /// `/status` → `cgroup_scope`). A cgroup met for the first time is looked up by a walk
+        /// of the directory (at most one per 100 ms); until then its records wait, they are
+        /// never guessed in or out. Unset: every socket on the host.
         pub cgroup_scope: Option<PathBuf> = None;
         /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
         pub log_level: String = "info".into();

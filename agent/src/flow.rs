@@ -157,6 +157,11 @@ pub struct FlowRecord {
     pub opened_at: Option<SystemTime>,
     #[serde(with = "rfc3339_opt")]
     pub closed_at: Option<SystemTime>,
+    /// An enricher was still looking an end up when the record was labelled (an AWS lookup in
+    /// flight): better labels are coming, so the aggregator waits a little before it counts the
+    /// open flow (see [`crate::aggregate`]). Not exported.
+    #[serde(skip)]
+    pub labels_pending: bool,
 }
 
 impl FlowRecord {
@@ -186,6 +191,7 @@ impl FlowRecord {
             translation: None,
             opened_at: None,
             closed_at: None,
+            labels_pending: false,
         }
     }
 
@@ -254,6 +260,7 @@ mod tests {
             closed_at: None,
             scope: None,
             translation: None,
+            labels_pending: false,
         }
     }
 

@@ -292,6 +292,12 @@ fn agent_health(w: &mut Writer, s: &Snapshot<'_>) {
         "New workload pairs folded into the `other` pair by the cap (max_series).",
     );
     w.sample("eddy_agent_transfer_pairs_folded_total", &[], s.aggregate.transfer_folded);
+    w.family(
+        "eddy_agent_flows_waiting_labels",
+        Kind::Gauge,
+        "Open flows whose first count waits for an end's lookup (at most 10 s).",
+    );
+    w.sample("eddy_agent_flows_waiting_labels", &[], s.aggregate.flows_waiting_labels);
 }
 
 /// The OTLP exporter's batches, retries, refusals and queue, from `/status` → `otlp`.

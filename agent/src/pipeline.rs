@@ -66,11 +66,11 @@ pub fn collect(
         match source.poll(scan) {
             Ok(mut batch) => {
                 if let Some(s) = scope.as_mut() {
-                    s.retain_batch(&mut batch, now);
+                    s.retain_batch(&mut batch, now, stopping);
                 }
                 label(&shared, &mut labeller, &mut batch, now, stopping);
                 sink.accept(&shared, batch, scan);
-                count_dns(source.as_mut(), &shared, scope.as_mut(), now, scan);
+                count_dns(source.as_mut(), &shared, scope.as_mut(), now, scan, stopping);
                 if scan {
                     if let (Some(s), Some(out)) = (&scope, &c.scope) {
                         s.publish(out);
@@ -129,17 +129,18 @@ impl Drop for ClearOnDrop<'_> {
 }
 
 /// Feeds the DNS packets of the last poll (those in the cgroup scope) to the statistics; on
-/// scans, expires unanswered queries.
+/// scans, expires unanswered queries. `flush`: the last poll (nothing may wait).
 fn count_dns(
     source: &mut dyn FlowSource,
     shared: &Shared,
     scope: Option<&mut scope::CgroupScope>,
     now: Instant,
     scan: bool,
+    flush: bool,
 ) {
     let mut packets = source.take_dns();
     if let Some(s) = scope {
-        s.retain_dns(&mut packets, now);
+        s.retain_dns(&mut packets, now, flush);
     }
     let Some(dns) = &shared.export.dns else { return };
     let mut t = dns.lock().unwrap_or_else(PoisonError::into_inner);

@@ -138,13 +138,13 @@ impl FlowTable {
             if let Some(before) = self.live.remove(&key) {
                 keep_better_labels(&mut o.record, &before.flow.record);
             }
-            on_closed(&o.record);
             if let FlowKey::Tcp(cookie) = key {
-                // The same close can be seen in the map and in the ring buffer.
+                // The same close can be seen in the map and in the ring buffer: counted once.
                 if !self.closed_tcp.insert(cookie) {
                     continue;
                 }
             }
+            on_closed(&o.record);
             self.stats.closed_total += 1;
             if let Some(p) = &mut self.pending {
                 if p.len() < self.pending_cap {
@@ -247,6 +247,11 @@ impl FlowTable {
     /// Whether a flow is open (as of the last scan).
     pub fn is_live(&self, key: &FlowKey) -> bool {
         self.live.contains_key(key)
+    }
+
+    /// An open flow's record (as of the last scan).
+    pub fn live_record(&self, key: &FlowKey) -> Option<&FlowRecord> {
+        self.live.get(key).map(|e| &e.flow.record)
     }
 
     pub fn stats(&self) -> TableStats {

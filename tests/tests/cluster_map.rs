@@ -483,11 +483,11 @@ fn two_instances_in_two_zones_make_one_cluster_map_with_exact_edges_and_costs() 
     assert!(n.iter().all(|&n| n >= 1 && n <= rounds as u64), "named ALB/NAT connections: {n:?} of {rounds}");
 
     // Each agent's own map has the edge from its end.
-    for i in [&ia, &ib] {
+    for (name, i) in [("A (web)", &ia), ("B (worker)", &ib)] {
         poll_until(
             Duration::from_secs(15),
             Duration::from_millis(300),
-            "web → worker on an agent's map",
+            &format!("web → worker on agent {name}'s map"),
             || web_to_worker(&get_json(i.agent.addr(), "/api/map?window=5m&search=worker")?),
         );
     }

@@ -46,6 +46,7 @@ fn agg(max_series: usize, labels: &[&str]) -> Aggregator {
         series_idle_intervals: 3,
         labels: LabelGroups::parse(&labels).expect("groups"),
         prices: Prices::default(),
+        late_intervals: 2,
     };
     Aggregator::new(settings, SystemTime::UNIX_EPOCH)
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::identity::{Identity, IdentityError};
-use super::resolver::{AwsResolver, ResolverStatus};
+use super::resolver::{AwsResolver, Lookup, ResolverStatus};
 use crate::enrich::Enricher;
 use crate::flow::RemoteAws;
 use crate::flow::{FlowRecord, Scope};
@@ -140,14 +140,18 @@ impl Enricher for AwsEnricher {
             r.scope = Some(Scope::Internet);
             return;
         }
-        match self.resolver.lookup(ip) {
-            Some(a) => {
-                r.scope = scope_of(&a, &own);
-                r.remote.aws = Some(a);
+        let a = match self.resolver.resolve(ip) {
+            Lookup::Found(a) => a,
+            other => {
+                r.labels_pending = other == Lookup::Pending;
+                if !own.vpc_cidrs.is_empty() && !in_vpc {
+                    r.scope = Some(Scope::CrossVpc);
+                }
+                return;
             }
-            None if !own.vpc_cidrs.is_empty() && !in_vpc => r.scope = Some(Scope::CrossVpc),
-            None => {}
-        }
+        };
+        r.scope = scope_of(&a, &own);
+        r.remote.aws = Some(a);
     }
 
     fn health(&self) -> crate::enrich::ProviderHealth {

@@ -99,6 +99,16 @@ pub struct ResolverStatus {
     pub disabled: Option<String>,
 }
 
+/// What the resolver knows of an address.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lookup {
+    Found(Arc<RemoteAws>),
+    /// No ENI holds it (as of the last answer), or it cannot be asked (resolution off, queue full).
+    NotFound,
+    /// Queued or in flight: an answer is coming.
+    Pending,
+}
+
 #[derive(Clone, Debug)]
 struct Entry {
     value: Option<Arc<RemoteAws>>,
@@ -138,34 +148,49 @@ impl AwsResolver {
 
     /// The owner of `ip` if known (possibly stale while being refreshed); queues it otherwise.
     pub fn lookup(&self, ip: IpAddr) -> Option<Arc<RemoteAws>> {
-        let (value, fresh) = match self.cache.read().unwrap_or_else(PoisonError::into_inner).get(&ip) {
-            Some(e) => (e.value.clone(), e.expires > Instant::now()),
-            None => (None, false),
-        };
-        if !fresh {
-            self.request(ip);
+        match self.resolve(ip) {
+            Lookup::Found(a) => Some(a),
+            Lookup::NotFound | Lookup::Pending => None,
         }
-        value
     }
 
-    fn request(&self, ip: IpAddr) {
+    /// What is known of `ip` (possibly stale while being refreshed); queues it when nothing
+    /// fresh is.
+    pub fn resolve(&self, ip: IpAddr) -> Lookup {
+        let (value, fresh) = match self.cache.read().unwrap_or_else(PoisonError::into_inner).get(&ip) {
+            Some(e) => (Some(e.value.clone()), e.expires > Instant::now()),
+            None => (None, false),
+        };
+        let asked = !fresh && self.request(ip);
+        match value {
+            Some(Some(a)) => Lookup::Found(a),
+            Some(None) => Lookup::NotFound,
+            None if asked => Lookup::Pending,
+            None => Lookup::NotFound,
+        }
+    }
+
+    /// Queues `ip` unless it is queued or in flight; whether it is now (false: resolution is
+    /// off, or the queue is full).
+    fn request(&self, ip: IpAddr) -> bool {
         if self.st().disabled.is_some() {
-            return;
+            return false;
         }
         let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if q.pending.contains(&ip) {
-            return;
+            return true;
         }
         if q.order.len() >= self.settings.max_queue {
             drop(q);
             self.st().queue_dropped += 1;
-            return;
+            return false;
         }
         q.pending.insert(ip);
         q.order.push_back(ip);
         drop(q);
         self.st().queued += 1;
         self.wake.notify_one();
+        true
     }
 
     pub fn status(&self) -> ResolverStatus {

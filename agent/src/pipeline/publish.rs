@@ -110,6 +110,12 @@ fn export(shared: &Shared, aggregator: &mut Aggregator, settings: &Outputs) {
         for r in &flows.live {
             aggregator.observe(r);
         }
+        // Flows waiting for their labels, with those of the last scan (changed or not).
+        for key in aggregator.waiting_flows() {
+            if let Some(r) = table.live_record(&key) {
+                aggregator.observe(r);
+            }
+        }
         aggregator.retain_flows(|k| table.is_live(k));
         flows
     };

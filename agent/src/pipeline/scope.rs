@@ -9,6 +9,12 @@
 //! outside and is remembered as such (cgroup ids are never reused), so it costs no further walk.
 //! Everything runs on the collector thread; walks are bounded ([`MIN_WALK_GAP`], [`MAX_IDS`]).
 //!
+//! An id met between walks is not guessed: its closed flows and DNS packets wait (in memory,
+//! at most [`MAX_WAITING`] of each) and its open flows sit out the scan, until the next walk
+//! classifies them, at most [`MIN_WALK_GAP`] later (at once when the wait is full or the agent
+//! stops). Letting them through would count another instance's sockets for a moment, and
+//! leaving an open flow out for a moment is harmless: the next scan reads it again.
+//!
 //! Limits: a socket without a recorded cgroup (0 from the kernel) is outside; a socket created
 //! in a cgroup that is then removed and re-created under the scope keeps its old id (outside).
 
@@ -31,6 +37,8 @@ pub const MIN_WALK_GAP: Duration = Duration::from_millis(100);
 pub const MAX_IDS: usize = 65_536;
 /// Most directories one walk reads (a larger subtree is cut, counted in `walks_cut`).
 pub const MAX_DIRS: usize = 100_000;
+/// Closed flows, and DNS packets, that wait for a walk at most; one more walks at once.
+pub const MAX_WAITING: usize = 16_384;
 
 /// `/status` → `cgroup_scope`.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -48,6 +56,8 @@ pub struct ScopeStatus {
     /// Of those, the ones without a cgroup id.
     pub without_cgroup: u64,
     pub ids_forgotten: u64,
+    /// Closed flows and DNS packets of ids no walk has classified yet, waiting for the next one.
+    pub waiting: u64,
 }
 
 /// What the collector thread shares: the configured directory and the counters.
@@ -73,6 +83,18 @@ pub struct CgroupScope {
     outside: HashSet<u64>,
     last_walk: Option<Instant>,
     status: ScopeStatus,
+    /// Closed flows of ids not classified yet (see the module's documentation).
+    waiting: Vec<crate::collector::Observed>,
+    waiting_dns: Vec<DnsPacket>,
+}
+
+/// Where an id stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Inside,
+    Outside,
+    /// Met since the last walk.
+    Unclassified,
 }
 
 /// What a walk of `dir` found: the ids, whether `dir` exists, whether the walk was cut.
@@ -104,8 +126,15 @@ fn walk(dir: &Path) -> (HashSet<u64>, bool, bool) {
 impl CgroupScope {
     pub fn new(dir: PathBuf) -> CgroupScope {
         let status = ScopeStatus { path: dir.clone(), ..ScopeStatus::default() };
-        let mut s =
-            CgroupScope { dir, inside: HashSet::new(), outside: HashSet::new(), last_walk: None, status };
+        let mut s = CgroupScope {
+            dir,
+            inside: HashSet::new(),
+            outside: HashSet::new(),
+            last_walk: None,
+            status,
+            waiting: Vec::new(),
+            waiting_dns: Vec::new(),
+        };
         s.walk(Instant::now());
         s
     }
@@ -133,12 +162,12 @@ impl CgroupScope {
         self.last_walk.is_none_or(|t| now.duration_since(t) >= MIN_WALK_GAP)
     }
 
-    /// Classifies every id of `ids` not known yet: one walk for all of them (when allowed);
-    /// those the walk did not find are outside.
-    fn learn(&mut self, ids: impl Iterator<Item = u64>, now: Instant) {
+    /// Classifies every id of `ids` not known yet: one walk for all of them (when allowed, or
+    /// `now_anyway`); those the walk did not find are outside.
+    fn learn(&mut self, ids: impl Iterator<Item = u64>, now: Instant, now_anyway: bool) {
         let unknown: Vec<u64> =
             ids.filter(|id| !self.inside.contains(id) && !self.outside.contains(id)).collect();
-        if unknown.is_empty() || !self.may_walk(now) {
+        if unknown.is_empty() || !(now_anyway || self.may_walk(now)) {
             return;
         }
         self.walk(now);
@@ -153,38 +182,75 @@ impl CgroupScope {
         }
     }
 
-    /// Whether `id` is inside (unknown ids count as inside until a walk is allowed).
-    fn keeps(&mut self, id: Option<u64>) -> bool {
+    /// Where `id` stands (a record without an id is outside).
+    fn class(&mut self, id: Option<u64>) -> Class {
         match id {
             None => {
                 self.status.without_cgroup += 1;
-                false
+                Class::Outside
             }
-            // An id goes outside only when a walk did not find it: the two sets never share one.
-            Some(id) => !self.outside.contains(&id),
+            Some(id) if self.inside.contains(&id) => Class::Inside,
+            Some(id) if self.outside.contains(&id) => Class::Outside,
+            Some(_) => Class::Unclassified,
         }
     }
 
-    /// Drops the batch's records outside the scope. Records of ids no walk has classified yet
-    /// (a walk was not allowed) are kept and counted in the next poll's classification.
-    pub fn retain_batch(&mut self, batch: &mut Batch, now: Instant) {
+    /// Drops the batch's records outside the scope. Closed records of ids no walk has
+    /// classified yet wait for the next walk (they come out, in order, ahead of a later
+    /// batch's); open ones sit out this scan. `flush` (the last poll) walks for them now.
+    pub fn retain_batch(&mut self, batch: &mut Batch, now: Instant, flush: bool) {
+        if !self.waiting.is_empty() {
+            let mut closed = std::mem::take(&mut self.waiting);
+            closed.append(&mut batch.closed);
+            batch.closed = closed;
+        }
         let ids = batch.closed.iter().chain(batch.live.iter().flatten()).filter_map(|o| o.record.cgroup_id);
-        self.learn(ids, now);
-        let before = batch.closed.len() + batch.live.as_ref().map_or(0, Vec::len);
-        batch.closed.retain(|o| self.keeps(o.record.cgroup_id));
-        if let Some(live) = batch.live.as_mut() {
-            live.retain(|o| self.keeps(o.record.cgroup_id));
+        self.learn(ids, now, flush || batch.closed.len() >= MAX_WAITING);
+        let mut outside = 0u64;
+        let mut waiting = Vec::new();
+        for o in std::mem::take(&mut batch.closed) {
+            match self.class(o.record.cgroup_id) {
+                Class::Inside => batch.closed.push(o),
+                Class::Outside => outside += 1,
+                Class::Unclassified => waiting.push(o),
+            }
         }
-        let after = batch.closed.len() + batch.live.as_ref().map_or(0, Vec::len);
-        self.status.flows_outside += (before - after) as u64;
+        self.waiting = waiting;
+        if let Some(live) = batch.live.as_mut() {
+            live.retain(|o| match self.class(o.record.cgroup_id) {
+                Class::Inside => true,
+                Class::Outside => {
+                    outside += 1;
+                    false
+                }
+                Class::Unclassified => false,
+            });
+        }
+        self.status.flows_outside += outside;
+        self.status.waiting = (self.waiting.len() + self.waiting_dns.len()) as u64;
     }
 
-    /// Drops the DNS packets outside the scope.
-    pub fn retain_dns(&mut self, packets: &mut Vec<DnsPacket>, now: Instant) {
-        self.learn(packets.iter().filter_map(|p| p.cgroup_id), now);
-        let before = packets.len();
-        packets.retain(|p| self.keeps(p.cgroup_id));
-        self.status.dns_outside += (before - packets.len()) as u64;
+    /// Drops the DNS packets outside the scope; those of ids no walk has classified yet wait
+    /// for the next walk, like closed flows.
+    pub fn retain_dns(&mut self, packets: &mut Vec<DnsPacket>, now: Instant, flush: bool) {
+        if !self.waiting_dns.is_empty() {
+            let mut all = std::mem::take(&mut self.waiting_dns);
+            all.append(packets);
+            *packets = all;
+        }
+        self.learn(packets.iter().filter_map(|p| p.cgroup_id), now, flush || packets.len() >= MAX_WAITING);
+        let mut waiting = Vec::new();
+        let mut outside = 0u64;
+        for p in std::mem::take(packets) {
+            match self.class(p.cgroup_id) {
+                Class::Inside => packets.push(p),
+                Class::Outside => outside += 1,
+                Class::Unclassified => waiting.push(p),
+            }
+        }
+        self.waiting_dns = waiting;
+        self.status.dns_outside += outside;
+        self.status.waiting = (self.waiting.len() + self.waiting_dns.len()) as u64;
     }
 
     /// Publishes the counters.

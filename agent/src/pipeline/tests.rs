@@ -31,6 +31,7 @@ fn publish(tx: std::sync::mpsc::SyncSender<Vec<Line>>) -> Publish {
             series_idle_intervals: 10,
             labels: Default::default(),
             prices: Default::default(),
+            late_intervals: 2,
         },
         otlp: None,
     })

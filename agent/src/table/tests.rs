@@ -12,11 +12,18 @@ fn closed_tcp_is_deduplicated_and_leaves_live() {
     let mut t = FlowTable::new(10, false);
     t.apply(Batch { closed: vec![], live: Some(vec![obs(Protocol::Tcp, 1, 1000, 5, false)]) });
     assert_eq!(t.stats().live_flows, 1);
-    t.apply(Batch { closed: vec![obs(Protocol::Tcp, 1, 1000, 6, true)], live: None });
-    t.apply(Batch {
-        closed: vec![obs(Protocol::Tcp, 1, 1000, 6, true)],
-        live: Some(vec![obs(Protocol::Tcp, 1, 1000, 6, false)]),
-    });
+    let mut handed = 0;
+    t.apply_with(Batch { closed: vec![obs(Protocol::Tcp, 1, 1000, 6, true)], live: None }, |_| handed += 1);
+    // Seen again (the map and the ring buffer): not handed to the aggregator a second time,
+    // which would count the connection and its bytes twice.
+    t.apply_with(
+        Batch {
+            closed: vec![obs(Protocol::Tcp, 1, 1000, 6, true)],
+            live: Some(vec![obs(Protocol::Tcp, 1, 1000, 6, false)]),
+        },
+        |_| handed += 1,
+    );
+    assert_eq!(handed, 1);
     let s = t.stats();
     assert_eq!((s.live_flows, s.closed_total, s.closed_retained), (0, 1, 1));
     assert_eq!(t.flows().len(), 1);

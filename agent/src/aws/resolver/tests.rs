@@ -107,6 +107,7 @@ async fn many_addresses_cost_one_call_per_batch_within_the_budget() {
     // Cached, found or not: no more calls.
     assert_eq!(r.lookup(ip(7)).map(|a| a.kind), Some(OwnerKind::Alb));
     assert!(r.lookup(ip(1_500)).is_none());
+    assert_eq!(r.resolve(ip(1_500)), Lookup::NotFound, "not an ENI, as of the answer");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(fake.calls.lock().unwrap_or_else(PoisonError::into_inner).len(), 20);
 }
@@ -117,8 +118,10 @@ async fn throttling_backs_off_and_retries_the_batch() {
         Arc::new(FakeEc2 { known: [ip(1)].into(), throttle: AtomicUsize::new(2), ..Default::default() });
     let r = start(fake.clone(), ResolverSettings::default());
     assert!(r.lookup(ip(1)).is_none());
+    assert_eq!(r.resolve(ip(1)), Lookup::Pending, "queued or in flight: an answer is coming");
     let s = settle(&r, |s| s.addresses_resolved == 1).await;
     assert_eq!(s.errors.get("throttled"), Some(&2));
+    assert!(matches!(r.resolve(ip(1)), Lookup::Found(_)));
     assert_eq!(r.lookup(ip(1)).and_then(|a| a.name.clone()).as_deref(), Some("web"));
     assert_eq!(fake.calls.lock().unwrap_or_else(PoisonError::into_inner).len(), 3);
 }
@@ -133,6 +136,7 @@ async fn access_denied_switches_resolution_off() {
     for i in 0..100 {
         assert!(r.lookup(ip(i)).is_none());
     }
+    assert_eq!(r.resolve(ip(200)), Lookup::NotFound, "off: nothing is coming");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(fake.calls.lock().unwrap_or_else(PoisonError::into_inner).len(), 1, "no calls once off");
 }

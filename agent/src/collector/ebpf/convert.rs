@@ -70,6 +70,7 @@ pub fn to_record(f: &Flow, clock: &dyn Clock, comms: &mut Comms) -> Observed {
         closed_at: (f.closed_ns != 0).then(|| clock.wall_at(f.closed_ns)),
         scope: None,
         translation: None,
+        labels_pending: false,
     };
     Observed { record, last_ns: f.last_ns }
 }

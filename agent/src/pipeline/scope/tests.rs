@@ -58,7 +58,7 @@ fn keeps_the_subtree_finds_new_cgroups_and_walks_once_per_outside_id() {
         closed: vec![obs(1, Some(ino(&task))), obs(2, Some(ino(&other))), obs(3, None)],
         live: Some(vec![obs(4, Some(ino(&scope))), obs(5, Some(ino(&other)))]),
     };
-    s.retain_batch(&mut b, t0 + MIN_WALK_GAP);
+    s.retain_batch(&mut b, t0 + MIN_WALK_GAP, false);
     assert_eq!(cookies(&b), [1, 4]);
     assert_eq!((s.status.flows_outside, s.status.without_cgroup, s.status.walks), (3, 1, 2));
 
@@ -66,10 +66,10 @@ fn keeps_the_subtree_finds_new_cgroups_and_walks_once_per_outside_id() {
     let later = scope.join("ecs/task3/c3");
     std::fs::create_dir_all(&later).expect("mkdir");
     let mut b = Batch { closed: vec![obs(6, Some(ino(&other)))], live: None };
-    s.retain_batch(&mut b, t0 + MIN_WALK_GAP * 3);
+    s.retain_batch(&mut b, t0 + MIN_WALK_GAP * 3, false);
     assert_eq!((cookies(&b).len(), s.status.walks), (0, 2));
     let mut b = Batch { closed: vec![obs(7, Some(ino(&later)))], live: None };
-    s.retain_batch(&mut b, t0 + MIN_WALK_GAP * 5);
+    s.retain_batch(&mut b, t0 + MIN_WALK_GAP * 5, false);
     assert_eq!((cookies(&b), s.status.walks, s.status.cgroups_inside), (vec![7], 3, 6));
 
     let shared = ScopeShared::new(scope.clone());
@@ -78,21 +78,55 @@ fn keeps_the_subtree_finds_new_cgroups_and_walks_once_per_outside_id() {
 }
 
 #[test]
-fn ids_met_between_walks_are_kept_until_a_walk_classifies_them() {
+fn ids_met_between_walks_wait_for_the_next_walk_and_are_never_let_through() {
     let tmp = Tmp::new("between");
     let scope = tmp.path().join("s");
+    let task = scope.join("c");
     std::fs::create_dir_all(&scope).expect("mkdir");
     let outside = tmp.path().join("o");
     std::fs::create_dir_all(&outside).expect("mkdir");
     let t0 = Instant::now();
     let mut s = CgroupScope::new(scope);
     s.last_walk = Some(t0);
-    let mut b = Batch { closed: vec![obs(1, Some(ino(&outside)))], live: None };
-    s.retain_batch(&mut b, t0 + Duration::from_millis(1));
-    assert_eq!((cookies(&b), s.status.walks), (vec![1], 1), "no walk allowed yet: kept");
-    let mut b = Batch { closed: vec![obs(2, Some(ino(&outside)))], live: None };
-    s.retain_batch(&mut b, t0 + MIN_WALK_GAP);
-    assert_eq!((cookies(&b).len(), s.status.walks), (0, 2));
+    // A container created since the walk, and another instance's socket: neither is guessed.
+    std::fs::create_dir_all(&task).expect("mkdir");
+    let mut b = Batch {
+        closed: vec![obs(1, Some(ino(&outside))), obs(2, Some(ino(&task)))],
+        live: Some(vec![obs(3, Some(ino(&outside))), obs(4, Some(ino(&task)))]),
+    };
+    s.retain_batch(&mut b, t0 + Duration::from_millis(1), false);
+    assert_eq!((cookies(&b).len(), s.status.walks, s.status.waiting), (0, 1, 2), "no walk allowed yet: wait");
+    assert_eq!(s.status.flows_outside, 0);
+    // The next poll after the gap walks: the waiting closed flows come out first, in order.
+    let mut b = Batch { closed: vec![obs(5, Some(ino(&task)))], live: None };
+    s.retain_batch(&mut b, t0 + MIN_WALK_GAP, false);
+    assert_eq!((cookies(&b), s.status.walks, s.status.waiting), (vec![2, 5], 2, 0));
+    assert_eq!(s.status.flows_outside, 1);
+    // DNS packets wait the same way; the last poll (`flush`) walks at once.
+    let late = tmp.path().join("s/d");
+    std::fs::create_dir_all(&late).expect("mkdir");
+    let mut packets = vec![dns(Some(ino(&late)))];
+    s.retain_dns(&mut packets, t0 + MIN_WALK_GAP + Duration::from_millis(1), false);
+    assert_eq!((packets.len(), s.status.waiting), (0, 1));
+    let mut packets = Vec::new();
+    s.retain_dns(&mut packets, t0 + MIN_WALK_GAP + Duration::from_millis(2), true);
+    assert_eq!((packets.len(), s.status.waiting, s.status.walks), (1, 0, 3));
+}
+
+#[test]
+fn a_full_wait_walks_at_once() {
+    let tmp = Tmp::new("full");
+    let scope = tmp.path().join("s");
+    std::fs::create_dir_all(&scope).expect("mkdir");
+    let t0 = Instant::now();
+    let mut s = CgroupScope::new(scope.clone());
+    s.last_walk = Some(t0);
+    let c = scope.join("c");
+    std::fs::create_dir_all(&c).expect("mkdir");
+    let closed = (0..MAX_WAITING as u64).map(|i| obs(i, Some(ino(&c)))).collect();
+    let mut b = Batch { closed, live: None };
+    s.retain_batch(&mut b, t0 + Duration::from_millis(1), false);
+    assert_eq!((b.closed.len(), s.status.walks, s.status.waiting), (MAX_WAITING, 2, 0));
 }
 
 #[test]
@@ -104,12 +138,12 @@ fn a_missing_directory_counts_nothing_until_it_appears() {
     assert!(!s.status.exists);
     let elsewhere = tmp.path().to_path_buf();
     let mut packets = vec![dns(Some(ino(&elsewhere))), dns(None)];
-    s.retain_dns(&mut packets, t0 + MIN_WALK_GAP);
+    s.retain_dns(&mut packets, t0 + MIN_WALK_GAP, false);
     assert_eq!((packets.len(), s.status.dns_outside), (0, 2));
     let c = scope.join("c");
     std::fs::create_dir_all(&c).expect("mkdir");
     let mut packets = vec![dns(Some(ino(&c)))];
-    s.retain_dns(&mut packets, t0 + MIN_WALK_GAP * 2);
+    s.retain_dns(&mut packets, t0 + MIN_WALK_GAP * 2, false);
     assert_eq!((packets.len(), s.status.exists, s.status.cgroups_inside), (1, true, 2));
 }
 
