@@ -278,7 +278,8 @@ static __always_inline unsigned long sock_flags(struct sock *sk)
  * SOCK_DONE is set by tcp_fin() only (and cleared by tcp_disconnect()), so it
  * says whether a FIN was received; RCV_SHUTDOWN would not (close() sets it).
  * Counters only grow while the socket lives (tcp_disconnect() zeroes them,
- * after CLOSE): keep the largest.
+ * after CLOSE): live reads keep the largest, and the end's read replaces them
+ * (final_counts()).
  */
 struct payload_bytes {
 	__u64 sent;
@@ -315,6 +316,18 @@ static __always_inline void set_counts(struct eddy_flow *e, struct payload_bytes
 	e->bytes_received = b.received;
 }
 
+/*
+ * The counters as the connection ends (read with the socket locked, so consistent): they
+ * replace what the live reads kept, which can be a FIN or a retransmission ahead (read
+ * without the lock, keep_largest() made that permanent: +1 byte, rarely). Both zero means
+ * tcp_disconnect() ran first (an abort seen at destroy): the live reads stay.
+ */
+static __always_inline void final_counts(struct eddy_flow *e, struct payload_bytes b)
+{
+	if (b.sent || b.received)
+		set_counts(e, b);
+}
+
 /* The connection reached CLOSE: keep the error (set before the state change,
  * cleared once the application reads it) and the final tcp_sock counters
  * (a failed connect() or an abort runs tcp_disconnect(), which zeroes them
@@ -328,7 +341,7 @@ static __always_inline void mark_closed(struct eddy_flow *e, struct sock *sk, __
 		read_tuple(sk, &e->tuple);
 	snapshot(e, sk, now);
 	if (bytes_from_tcp_sock())
-		tcp_sock_bytes(e, sk);
+		final_counts(e, tcp_sock_counts(sk));
 }
 
 /* Final record: to the ring buffer, or (ring full) left in the map flagged CLOSED. */
@@ -351,7 +364,7 @@ static __always_inline void finish(struct eddy_flow *e, struct sock *sk, __u64 c
 		mark_closed(e, sk, now); /* CLOSE was not seen (e.g. opened before the agent) */
 	else if (e->sk_err == 0)
 		e->sk_err = sk->sk_err; /* an abort (SO_LINGER 0) sets it after CLOSE */
-	if (config_bits() & EDDY_CFG_BYTES_MAX_AT_CLOSE)
+	if (config_bits() & EDDY_CFG_COUNTERS_AT_CLOSE)
 		tcp_sock_bytes(e, sk); /* the kprobe path: the counters, now that no byte can move */
 	e->last_ns = now;
 	emit(e, cookie);
@@ -619,7 +632,7 @@ static __always_inline struct payload_bytes tcp_sock_counts_ro(struct sock *sk)
  * that many calls block (readers waiting for data, writers for buffer space) every other
  * call returns unseen, and sums would lose those calls. The entry needs no return value:
  * it takes the owner and the counters as of the call; what a missed return moved shows at
- * the socket's next call, and the final ones are read at CLOSE (EDDY_CFG_BYTES_MAX_AT_CLOSE).
+ * the socket's next call, and the final ones are read at CLOSE (EDDY_CFG_COUNTERS_AT_CLOSE).
  * Returns whether the socket is tracked.
  */
 static __always_inline bool refresh_raw(struct sock *sk)
@@ -665,31 +678,19 @@ int BPF_KRETPROBE(eddy_send_kretprobe, int ret)
 	return sk ? on_bytes_raw(sk, ret) : 0;
 }
 
-/* tcp_recvmsg's socket and flags, from entry to return (see eddy_recv_fexit). */
-struct recvmsg_args {
-	__u64 sk;
-	__u64 flags;
-};
-
+/* tcp_recvmsg's socket, from entry to return. A MSG_PEEK read needs no exception here: it
+ * moves no counter. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
-	__type(key, __u64); /* pid_tgid */
-	__type(value, struct recvmsg_args);
+	__type(key, __u64);   /* pid_tgid */
+	__type(value, __u64); /* struct sock * */
 } RECVMSG_ARGS SEC(".maps");
 
 SEC("kprobe/tcp_recvmsg")
 int BPF_KPROBE(eddy_recv_kprobe, struct sock *sk)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct recvmsg_args a = { .sk = (__u64)sk };
-	__u64 arg4 = PT_REGS_PARM4(ctx), arg5 = PT_REGS_PARM5(ctx);
-
-	/* Both loads at fixed ctx offsets (the verifier refuses a computed one), then the choice:
-	 * before 5.19 the flags are argument 5 (after `nonblock`); the agent says which. */
-	asm volatile("" : "+r"(arg4), "+r"(arg5));
-	a.flags = (config_bits() & EDDY_CFG_RECVMSG_NONBLOCK_ARG) ? arg5 : arg4;
-	bpf_map_update_elem(&RECVMSG_ARGS, &id, &a, BPF_ANY);
+	stash_sock(&RECVMSG_ARGS, sk);
 	refresh_raw(sk);
 	return 0;
 }
@@ -697,17 +698,9 @@ int BPF_KPROBE(eddy_recv_kprobe, struct sock *sk)
 SEC("kretprobe/tcp_recvmsg")
 int BPF_KRETPROBE(eddy_recv_kretprobe, int ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct recvmsg_args *a = bpf_map_lookup_elem(&RECVMSG_ARGS, &id);
-	struct recvmsg_args copy;
+	struct sock *sk = take_sock(&RECVMSG_ARGS);
 
-	if (!a)
-		return 0;
-	copy = *a;
-	bpf_map_delete_elem(&RECVMSG_ARGS, &id);
-	if (copy.flags & MSG_PEEK)
-		return 0;
-	return on_bytes_raw((struct sock *)copy.sk, ret);
+	return sk ? on_bytes_raw(sk, ret) : 0;
 }
 
 /* ---- Live TCP counters: an iterator over every process's sockets ---- */
@@ -961,7 +954,7 @@ int eddy_sockops(struct bpf_sock_ops *skops)
 			e->sk_err = ECONNRESET;
 		/* The kprobe path's final bytes: the counters at CLOSE (consistent here, and not yet
 		 * zeroed by tcp_disconnect()); its live reads stop at closed_ns (refresh_raw()). */
-		if (config_bits() & EDDY_CFG_BYTES_MAX_AT_CLOSE)
+		if (config_bits() & EDDY_CFG_COUNTERS_AT_CLOSE)
 			set_counts(e, tcp_sock_counts(sk));
 		if (e->flags & EDDY_FLAG_RELEASED)
 			emit(e, cookie);

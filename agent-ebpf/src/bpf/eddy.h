@@ -31,8 +31,8 @@
 #define EDDY_CFG_BYTES_FROM_TCP_SOCK 0x01 /* bytes from tcp_sock counters (at close and by the iterator), not per call */
 #define EDDY_CFG_DNS 0x02                /* copy DNS packets (port 53) to DNS_EVENTS */
 #define EDDY_CFG_NO_UDP_FLOWS 0x04       /* cgroup_skb programs attached for DNS only: count no UDP flows */
-#define EDDY_CFG_RECVMSG_NONBLOCK_ARG 0x08 /* kernel before 5.19: tcp_recvmsg's flags are argument 5 (kprobes) */
-#define EDDY_CFG_BYTES_MAX_AT_CLOSE 0x10 /* kprobe bytes: tcp_sock counters at calls, final ones at CLOSE */
+/* 0x08: unused (was tcp_recvmsg's flags position for the kprobe path) */
+#define EDDY_CFG_COUNTERS_AT_CLOSE 0x10 /* kprobe bytes: tcp_sock counters at calls, final ones set at CLOSE */
 
 /* DNS capture: bytes of each DNS message copied (after the UDP header / TCP header). */
 #define EDDY_DNS_CAPTURE 512

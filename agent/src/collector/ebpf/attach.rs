@@ -62,10 +62,7 @@ pub fn tcp(
     }
     // kretprobes miss returns when more calls wait at once than they have instances for.
     if bytes.chosen.as_deref().is_some_and(|c| c.starts_with("kprobe/")) {
-        config_bits |= k::CFG_BYTES_MAX_AT_CLOSE;
-    }
-    if choice::recvmsg_has_nonblock_arg() {
-        config_bits |= k::CFG_RECVMSG_NONBLOCK_ARG;
+        config_bits |= k::CFG_COUNTERS_AT_CLOSE;
     }
     let live_iter = choice::program_of(hooks::TCP_LIVE, live.chosen.as_deref());
     // The probe-read iterator keys sockets by existing cookies: give one to every older socket.

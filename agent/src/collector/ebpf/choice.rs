@@ -37,29 +37,9 @@ pub fn program_of(candidates: &[hooks::Candidate], chosen: Option<&str>) -> Opti
     candidates.iter().find(|c| c.hook == chosen).and_then(|c| c.programs.first()).map(|(name, _)| *name)
 }
 
-/// Whether `tcp_recvmsg` still has its `nonblock` argument (kernels before 5.19), which moves
-/// `flags` from the 4th to the 5th argument for the kprobe byte hook.
-pub fn recvmsg_has_nonblock_arg() -> bool {
-    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned());
-    release.ok().and_then(|r| kernel_version(&r)).is_some_and(|v| v < (5, 19))
-}
-
-/// `(major, minor)` of a kernel release such as `5.10.0-33-cloud-amd64`.
-fn kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kernel_versions() {
-        assert_eq!(kernel_version("5.10.0-33-cloud-amd64"), Some((5, 10)));
-        assert_eq!(kernel_version("6.18.44-fc-v1252"), Some((6, 18)));
-        assert_eq!(kernel_version("garbage"), None);
-    }
 
     #[test]
     fn iterator_program_of_each_live_candidate() {
