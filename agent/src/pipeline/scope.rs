@@ -199,23 +199,12 @@ impl CgroupScope {
     /// classified yet wait for the next walk (they come out, in order, ahead of a later
     /// batch's); open ones sit out this scan. `flush` (the last poll) walks for them now.
     pub fn retain_batch(&mut self, batch: &mut Batch, now: Instant, flush: bool) {
-        if !self.waiting.is_empty() {
-            let mut closed = std::mem::take(&mut self.waiting);
-            closed.append(&mut batch.closed);
-            batch.closed = closed;
-        }
-        let ids = batch.closed.iter().chain(batch.live.iter().flatten()).filter_map(|o| o.record.cgroup_id);
-        self.learn(ids, now, flush || batch.closed.len() >= MAX_WAITING);
-        let mut outside = 0u64;
-        let mut waiting = Vec::new();
-        for o in std::mem::take(&mut batch.closed) {
-            match self.class(o.record.cgroup_id) {
-                Class::Inside => batch.closed.push(o),
-                Class::Outside => outside += 1,
-                Class::Unclassified => waiting.push(o),
-            }
-        }
-        self.waiting = waiting;
+        let mut closed = std::mem::take(&mut self.waiting);
+        closed.append(&mut batch.closed);
+        let ids = closed.iter().chain(batch.live.iter().flatten()).filter_map(|o| o.record.cgroup_id);
+        self.learn(ids, now, flush || closed.len() >= MAX_WAITING);
+        let mut outside;
+        (batch.closed, self.waiting, outside) = self.sort_out(closed, |o| o.record.cgroup_id);
         if let Some(live) = batch.live.as_mut() {
             live.retain(|o| match self.class(o.record.cgroup_id) {
                 Class::Inside => true,
@@ -233,24 +222,26 @@ impl CgroupScope {
     /// Drops the DNS packets outside the scope; those of ids no walk has classified yet wait
     /// for the next walk, like closed flows.
     pub fn retain_dns(&mut self, packets: &mut Vec<DnsPacket>, now: Instant, flush: bool) {
-        if !self.waiting_dns.is_empty() {
-            let mut all = std::mem::take(&mut self.waiting_dns);
-            all.append(packets);
-            *packets = all;
-        }
-        self.learn(packets.iter().filter_map(|p| p.cgroup_id), now, flush || packets.len() >= MAX_WAITING);
-        let mut waiting = Vec::new();
-        let mut outside = 0u64;
-        for p in std::mem::take(packets) {
-            match self.class(p.cgroup_id) {
-                Class::Inside => packets.push(p),
-                Class::Outside => outside += 1,
-                Class::Unclassified => waiting.push(p),
-            }
-        }
-        self.waiting_dns = waiting;
+        let mut all = std::mem::take(&mut self.waiting_dns);
+        all.append(packets);
+        self.learn(all.iter().filter_map(|p| p.cgroup_id), now, flush || all.len() >= MAX_WAITING);
+        let outside;
+        (*packets, self.waiting_dns, outside) = self.sort_out(all, |p| p.cgroup_id);
         self.status.dns_outside += outside;
         self.status.waiting = (self.waiting.len() + self.waiting_dns.len()) as u64;
+    }
+
+    /// `items` (in order) as those inside, those waiting for a walk, and how many are outside.
+    fn sort_out<T>(&mut self, items: Vec<T>, id: impl Fn(&T) -> Option<u64>) -> (Vec<T>, Vec<T>, u64) {
+        let (mut inside, mut waiting, mut outside) = (Vec::with_capacity(items.len()), Vec::new(), 0);
+        for item in items {
+            match self.class(id(&item)) {
+                Class::Inside => inside.push(item),
+                Class::Outside => outside += 1,
+                Class::Unclassified => waiting.push(item),
+            }
+        }
+        (inside, waiting, outside)
     }
 
     /// Publishes the counters.
