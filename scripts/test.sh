@@ -32,14 +32,19 @@ cargo test "${features[@]}"
 # The same binaries on the kernels ECS instances run (5.10, 6.1, 6.12) under qemu: see README "Kernel matrix".
 if [ "$(id -u)" -eq 0 ]; then
   scripts/kernel-matrix.sh --no-build --out target/kernel-matrix
-  # The fallbacks, forced on kernels that would pick better hooks: fexit byte hooks (6.1), then sockops
-  # lifecycle + kprobe bytes + UDP programs without task helpers + kprobe UDP senders (6.1, 6.12).
-  scripts/kernel-matrix.sh --no-build --kernels 6.1 --cgroup-v1 none --out target/kernel-matrix-fexit \
-    --agent-arg --disabled-hooks \
+  # The fallbacks, forced on kernels that would pick better hooks: fexit byte hooks with DNS over TCP copied
+  # beside the UDP function hooks (the cgroup_skb programs for TCP only: 6.1 without task helpers, 6.12 with
+  # the pid); the cgroup_skb UDP programs with the pid only (6.12); sockops lifecycle + kprobe bytes + UDP
+  # programs without task helpers + kprobe UDP senders (6.1, 6.12).
+  udp_functions='fentry/ip_send_skb+ip6_send_skb+__udp_enqueue_schedule_skb'
+  scripts/kernel-matrix.sh --no-build --kernels 6.1,6.12 --cgroup-v1 none --out target/kernel-matrix-fexit \
+    --agent-arg --dns-tcp --agent-arg on --agent-arg --disabled-hooks \
     --agent-arg 'tcp_sock counters (live via iter/task_file),tp_btf/sock_send_length+sock_recv_length'
+  scripts/kernel-matrix.sh --no-build --kernels 6.12 --cgroup-v1 none --out target/kernel-matrix-udp-packets \
+    --agent-arg --disabled-hooks --agent-arg "$udp_functions"
   scripts/kernel-matrix.sh --no-build --kernels 6.1,6.12 --cgroup-v1 none --out target/kernel-matrix-fallbacks \
     --agent-arg --disabled-hooks \
-    --agent-arg 'tp_btf/inet_sock_set_state+tcp_destroy_sock,tcp_sock counters (live via iter/task_file),tp_btf/sock_send_length+sock_recv_length,fexit/tcp_sendmsg+tcp_recvmsg,cgroup_skb/ingress+egress,cgroup_skb/ingress+egress (pid only),fexit/udp_sendmsg+udpv6_sendmsg'
+    --agent-arg "tp_btf/inet_sock_set_state+tcp_destroy_sock,tcp_sock counters (live via iter/task_file),tp_btf/sock_send_length+sock_recv_length,fexit/tcp_sendmsg+tcp_recvmsg,$udp_functions,cgroup_skb/ingress+egress,cgroup_skb/ingress+egress (pid only),fexit/udp_sendmsg+udpv6_sendmsg"
   # The same scenarios on arm64 (Graviton): qemu-system-aarch64 (TCG) on Debian's cloud-arm64 5.10, 6.1, 6.12.
   scripts/kernel-matrix.sh --no-build --arch arm64 --out target/kernel-matrix-arm64
 elif [ -n "${EDDY_TEST_NO_SKIP:-}" ]; then

@@ -23,7 +23,7 @@ pub mod sections;
 mod sizing;
 
 use schema::{duration_str, hours, ms, secs, section};
-pub use sections::{Api, Aws, AwsResolution, Conntrack, Cost, Dns, Ecs, Fips, Otlp, Udp};
+pub use sections::{Api, Aws, AwsResolution, Conntrack, Cost, Dns, DnsTcp, Ecs, Fips, Otlp, Udp};
 pub use sizing::host_memory_bytes;
 
 /// Where raw flow records go besides the API.

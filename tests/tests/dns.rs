@@ -306,3 +306,42 @@ fn dns_counts_rcodes_timeouts_and_latency_against_dnsmasq() {
         }
     });
 }
+
+/// `[dns] tcp = off`: the UDP query is counted, the TCP one is not, and `/status` says why.
+#[test]
+fn dns_over_tcp_off_counts_udp_only() {
+    if !require_privileges() {
+        return;
+    }
+    let Some(bin) = dnsmasq_bin() else {
+        return skip("dnsmasq is not installed (apt-get install dnsmasq-base)");
+    };
+    let client_ns = NetNs::new("dnst-c");
+    let server_ns = NetNs::new("dnst-s");
+    let server_ip = veth_link(&server_ns, &client_ns).a_v4;
+    let unused = SocketAddr::from((server_ip, 9));
+    let _dnsmasq = start_dnsmasq(&server_ns, bin, server_ip, unused);
+    let agent = RunAgent::start(&["--poll-interval", "200ms", "--dns-tcp", "off"]);
+    let server = SocketAddr::from((server_ip, 53));
+    let answers =
+        client_ns.run(move || [udp_ask(server, 1, "ok.test", 1), Some(tcp_ask(server, 2, "ok.test", 1))]);
+    assert_eq!(answers, [Some(0), Some(0)], "what dnsmasq said");
+    let mut rows = Vec::new();
+    poll_until(Duration::from_secs(10), Duration::from_millis(200), "the UDP query", || {
+        rows = rows_for(&agent, server_ip.into());
+        match sum(&rows, "ok.test", "A", "queries", None) {
+            1 => Ok(()),
+            n => Err(format!("ok.test A queries: {n}; rows: {rows:?}")),
+        }
+    });
+    // Two more polls: a TCP query would have been counted by now.
+    std::thread::sleep(Duration::from_millis(500));
+    rows = rows_for(&agent, server_ip.into());
+    assert_eq!(sum(&rows, "ok.test", "A", "queries", None), 1, "the TCP query was counted: {rows:?}");
+    assert_eq!(sum(&rows, "ok.test", "A", "", Some("NOERROR")), 1, "{rows:?}");
+    let status = agent.status();
+    let dns = status["hooks"].as_array().expect("hooks").iter().find(|h| h["capability"] == "dns").cloned();
+    let dns = dns.expect("a dns hook");
+    assert!(dns["chosen"].as_str().is_some_and(|c| c.ends_with("(port 53, UDP only)")), "{dns}");
+    assert!(dns.to_string().contains("dns.tcp = off"), "{dns}");
+}

@@ -4,16 +4,21 @@
  *
  * TCP: connection lifecycle from sock:inet_sock_set_state and
  * tcp:tcp_destroy_sock (tp_btf), retransmits from tcp:tcp_retransmit_skb,
- * payload bytes from sock:sock_{send,recv}_length (tp_btf) or, on kernels
- * without those tracepoints, fexit/tcp_sendmsg + fentry/tcp_cleanup_rbuf.
+ * payload bytes from the tcp_sock counters (at CLOSE, and read by the socket
+ * iterator while open) or, where no iterator loads, per call:
+ * sock:sock_{send,recv}_length (tp_btf), fexit or kprobes on tcp_sendmsg and
+ * tcp_recvmsg. sockops + cgroup/sock_release is the lifecycle's fallback.
  * State lives in TCP_FLOWS keyed by socket cookie; when the socket is
  * destroyed its final record goes to the CLOSED ring buffer (or, if that is
  * full, stays in the map flagged CLOSED for userspace to collect), so no
  * short-lived connection is lost.
  *
- * UDP: cgroup_skb ingress/egress on the cgroup v2 root, one entry per
- * (socket, local address, peer) taken from the packet, so unconnected sockets
- * are split by peer. TCP packets leave those programs after one field test.
+ * UDP: one entry per (socket, local address, peer) taken from the packet, so
+ * unconnected sockets are split by peer; counted where only UDP passes
+ * (fentry on ip_send_skb, ip6_send_skb and __udp_enqueue_schedule_skb) where
+ * the kernel has BPF trampolines, else by cgroup_skb ingress/egress on the
+ * cgroup v2 root (TCP packets leave those after one field test). DNS (port 53)
+ * is copied to DNS_EVENTS by the same programs; DNS over TCP by cgroup_skb.
  *
  * Every failure to track (map full, ring buffer full, unparsable packet) is
  * counted in COUNTERS.
@@ -1007,6 +1012,21 @@ struct ipv6_hdr {
 	__u8 daddr[16];
 };
 
+/* A packet's addresses from the socket's point of view (egress: source is local). */
+static __always_inline void addrs_v4(struct eddy_tuple *t, struct ipv4_hdr *ip, bool egress)
+{
+	t->family = AF_INET;
+	__builtin_memcpy(t->local_addr, egress ? &ip->saddr : &ip->daddr, 4);
+	__builtin_memcpy(t->remote_addr, egress ? &ip->daddr : &ip->saddr, 4);
+}
+
+static __always_inline void addrs_v6(struct eddy_tuple *t, struct ipv6_hdr *ip6, bool egress)
+{
+	t->family = AF_INET6;
+	__builtin_memcpy(t->local_addr, egress ? ip6->saddr : ip6->daddr, 16);
+	__builtin_memcpy(t->remote_addr, egress ? ip6->daddr : ip6->saddr, 16);
+}
+
 /*
  * Network namespace of the socket behind a cgroup_skb packet. cgroup_skb
  * cannot walk kernel structs, but it may read kernel memory: copy the socket
@@ -1055,6 +1075,37 @@ static __always_inline void current_owner(__u32 *pid, char *comm, int owner)
 		bpf_get_current_comm(comm, EDDY_COMM_LEN);
 }
 
+/* n in [1, EDDY_DNS_CAPTURE] for `avail` >= 1 bytes, in a form the verifier can bound (the barrier
+ * keeps clang from folding the mask away). */
+static __always_inline __u32 dns_capture_len(__u32 avail)
+{
+	__u32 n = avail - 1;
+
+	if (n > EDDY_DNS_CAPTURE - 1)
+		n = EDDY_DNS_CAPTURE - 1;
+	asm volatile("" : "+r"(n));
+	n &= EDDY_DNS_CAPTURE - 1;
+	return n + 1;
+}
+
+/* Everything of a DNS event but its payload. */
+static __always_inline void dns_fill(struct eddy_dns_event *ev, struct eddy_tuple *t, __u64 cgroup_id,
+				     __u32 netns, __u32 wire_len, __u32 n, bool egress, int owner)
+{
+	ev->tuple = *t;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->cgroup_id = cgroup_id;
+	ev->pid = 0;
+	__builtin_memset(ev->comm, 0, sizeof(ev->comm));
+	if (egress)
+		current_owner(&ev->pid, ev->comm, owner);
+	ev->netns_ino = netns;
+	ev->wire_len = wire_len;
+	ev->captured = n;
+	ev->direction = egress ? EDDY_DIR_OUTGOING : EDDY_DIR_INCOMING;
+	ev->_pad0 = 0;
+}
+
 /* Copies the L4 payload at `off` (a DNS message, or its TCP length prefix) to DNS_EVENTS. */
 static __always_inline void dns_emit(struct __sk_buff *skb, struct eddy_tuple *t, __u32 off, bool egress,
 				     struct bpf_sock *sk, int owner)
@@ -1065,14 +1116,7 @@ static __always_inline void dns_emit(struct __sk_buff *skb, struct eddy_tuple *t
 
 	if (len <= off)
 		return; /* no payload (a pure TCP ACK) */
-	/* n in [1, EDDY_DNS_CAPTURE], in a form the verifier can bound (the barrier keeps clang
-	 * from folding the mask away). */
-	n = len - off - 1;
-	if (n > EDDY_DNS_CAPTURE - 1)
-		n = EDDY_DNS_CAPTURE - 1;
-	asm volatile("" : "+r"(n));
-	n &= EDDY_DNS_CAPTURE - 1;
-	n += 1;
+	n = dns_capture_len(len - off);
 	ev = bpf_ringbuf_reserve(&DNS_EVENTS, sizeof(*ev), 0);
 	if (!ev) {
 		count(EDDY_CTR_DNS_RINGBUF_FULL);
@@ -1083,18 +1127,7 @@ static __always_inline void dns_emit(struct __sk_buff *skb, struct eddy_tuple *t
 		count(EDDY_CTR_DNS_UNPARSED);
 		return;
 	}
-	ev->tuple = *t;
-	ev->ts_ns = bpf_ktime_get_ns();
-	ev->cgroup_id = bpf_skb_cgroup_id(skb);
-	ev->pid = 0;
-	__builtin_memset(ev->comm, 0, sizeof(ev->comm));
-	if (egress)
-		current_owner(&ev->pid, ev->comm, owner);
-	ev->netns_ino = skb_sock_netns(sk);
-	ev->wire_len = len - off;
-	ev->captured = n;
-	ev->direction = egress ? EDDY_DIR_OUTGOING : EDDY_DIR_INCOMING;
-	ev->_pad0 = 0;
+	dns_fill(ev, t, bpf_skb_cgroup_id(skb), skb_sock_netns(sk), len - off, n, egress, owner);
 	bpf_ringbuf_submit(ev, 0);
 	count(EDDY_CTR_DNS_CAPTURED);
 }
@@ -1114,18 +1147,14 @@ static __always_inline __u32 skb_addrs(struct __sk_buff *skb, struct eddy_tuple 
 		l3len = (ip.ver_ihl & 0x0f) * 4;
 		if (l3len < sizeof(ip))
 			return 0;
-		t->family = AF_INET;
-		__builtin_memcpy(t->local_addr, egress ? &ip.saddr : &ip.daddr, 4);
-		__builtin_memcpy(t->remote_addr, egress ? &ip.daddr : &ip.saddr, 4);
+		addrs_v4(t, &ip, egress);
 		return l3len;
 	}
 	if ((first >> 4) == 6) {
 		struct ipv6_hdr ip6;
 		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) || ip6.nexthdr != want_proto)
 			return 0;
-		t->family = AF_INET6;
-		__builtin_memcpy(t->local_addr, egress ? ip6.saddr : ip6.daddr, 16);
-		__builtin_memcpy(t->remote_addr, egress ? ip6.daddr : ip6.saddr, 16);
+		addrs_v6(t, &ip6, egress);
 		return sizeof(ip6);
 	}
 	return 0;
@@ -1152,15 +1181,84 @@ static __always_inline void dns_tcp(struct __sk_buff *skb, struct bpf_sock *sk, 
 	dns_emit(skb, &t, off, egress, sk, owner);
 }
 
+/* Inserts a new UDP entry (or finds the one another CPU inserted first); NULL when the map is full (counted). */
+static __always_inline struct eddy_flow *udp_insert(struct eddy_udp_key *key, struct eddy_flow *f)
+{
+	struct eddy_flow *e;
+
+	if (bpf_map_update_elem(&UDP_FLOWS, key, f, BPF_NOEXIST) == 0)
+		return bpf_map_lookup_elem(&UDP_FLOWS, key);
+	e = bpf_map_lookup_elem(&UDP_FLOWS, key);
+	if (!e)
+		count(EDDY_CTR_UDP_MAP_FULL);
+	return e;
+}
+
+/*
+ * Adds a datagram (or a GSO batch of `segs`) to its flow, creating the entry on the flow's
+ * first packet. The new entry's cgroup and network namespace come from the packet program's
+ * context (`skb`, `bsk`) or from the socket (`sk`, the function hooks): one of the two is NULL.
+ */
+static __always_inline void udp_account(struct eddy_udp_key *key, __u64 payload, __u32 segs, bool egress,
+					int owner, struct __sk_buff *skb, struct bpf_sock *bsk, struct sock *sk)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct eddy_flow *e = bpf_map_lookup_elem(&UDP_FLOWS, key);
+
+	if (!e) {
+		struct eddy_flow f = {};
+		f.tuple = key->tuple;
+		f.cookie = key->cookie;
+		f.opened_ns = now;
+		f.direction = egress ? EDDY_DIR_OUTGOING : EDDY_DIR_INCOMING;
+		if (egress)
+			/* Egress runs in the sender's context. */
+			current_owner(&f.pid, f.comm, owner);
+		if (skb) {
+			f.cgroup_id = bpf_skb_cgroup_id(skb);
+			f.netns_ino = skb_sock_netns(bsk);
+		} else if (sk) {
+			f.cgroup_id = sk_cgroup_id(sk);
+			f.netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		}
+		e = udp_insert(key, &f);
+		if (!e)
+			return;
+	}
+	if (egress) {
+		__sync_fetch_and_add(&e->bytes_sent, payload);
+		__sync_fetch_and_add(&e->packets_sent, segs);
+		if (e->pid == 0)
+			current_owner(&e->pid, e->comm, owner);
+	} else {
+		__sync_fetch_and_add(&e->bytes_received, payload);
+		__sync_fetch_and_add(&e->packets_received, segs);
+	}
+	e->last_ns = now;
+}
+
+/* Whether a UDP packet's flow is counted (and its DNS copied) under the configuration. */
+#define UDP_COUNT 1
+#define UDP_DNS 2
+static __always_inline int udp_wanted(struct eddy_tuple *t)
+{
+	__u32 bits = config_bits();
+	int want = (bits & EDDY_CFG_NO_UDP_FLOWS) ? 0 : UDP_COUNT;
+
+	if ((t->local_port == EDDY_DNS_PORT || t->remote_port == EDDY_DNS_PORT) && (bits & EDDY_CFG_DNS))
+		want |= UDP_DNS;
+	return want;
+}
+
 static __always_inline int udp_count(struct __sk_buff *skb, bool egress, int owner)
 {
 	struct eddy_udp_key key = {};
-	struct eddy_flow *e;
 	struct bpf_sock *sk;
 	__u32 l3len, segs, len;
 	__u16 ports[2];
 	__u8 first;
-	__u64 now, payload;
+	__u64 payload;
+	int want;
 
 	sk = skb->sk;
 	if (!sk)
@@ -1171,12 +1269,14 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress, int own
 	if (sk->protocol == IPPROTO_TCP) {
 		/* Only DNS over TCP: the socket's ports decide, no packet read otherwise. */
 		if ((sk->src_port == EDDY_DNS_PORT || sk->dst_port == bpf_htons(EDDY_DNS_PORT)) &&
-		    (config_bits() & EDDY_CFG_DNS))
+		    (config_bits() & (EDDY_CFG_DNS | EDDY_CFG_NO_TCP_DNS)) == EDDY_CFG_DNS)
 			dns_tcp(skb, sk, egress, owner);
 		return 1;
 	}
 	if (sk->protocol != IPPROTO_UDP)
 		return 1;
+	if (config_bits() & EDDY_CFG_SKB_TCP_ONLY)
+		return 1; /* UDP is counted by the UDP function hooks */
 
 	if (bpf_skb_load_bytes(skb, 0, &first, 1))
 		goto unparsed;
@@ -1189,9 +1289,7 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress, int own
 		l3len = (ip.ver_ihl & 0x0f) * 4;
 		if (l3len < sizeof(ip))
 			goto unparsed;
-		key.tuple.family = AF_INET;
-		__builtin_memcpy(key.tuple.local_addr, egress ? &ip.saddr : &ip.daddr, 4);
-		__builtin_memcpy(key.tuple.remote_addr, egress ? &ip.daddr : &ip.saddr, 4);
+		addrs_v4(&key.tuple, &ip, egress);
 	} else if ((first >> 4) == 6) {
 		struct ipv6_hdr ip6;
 		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
@@ -1199,9 +1297,7 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress, int own
 		if (ip6.nexthdr != IPPROTO_UDP)
 			goto unparsed; /* extension headers are not walked */
 		l3len = sizeof(ip6);
-		key.tuple.family = AF_INET6;
-		__builtin_memcpy(key.tuple.local_addr, egress ? ip6.saddr : ip6.daddr, 16);
-		__builtin_memcpy(key.tuple.remote_addr, egress ? ip6.daddr : ip6.saddr, 16);
+		addrs_v6(&key.tuple, &ip6, egress);
 	} else {
 		goto unparsed;
 	}
@@ -1210,15 +1306,11 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress, int own
 	key.tuple.protocol = IPPROTO_UDP;
 	key.tuple.local_port = bpf_ntohs(egress ? ports[0] : ports[1]);
 	key.tuple.remote_port = bpf_ntohs(egress ? ports[1] : ports[0]);
-	if (key.tuple.local_port == EDDY_DNS_PORT || key.tuple.remote_port == EDDY_DNS_PORT) {
-		__u32 bits = config_bits();
-		if (bits & EDDY_CFG_DNS)
-			dns_emit(skb, &key.tuple, l3len + 8, egress, sk, owner);
-		if (bits & EDDY_CFG_NO_UDP_FLOWS)
-			return 1;
-	} else if (config_bits() & EDDY_CFG_NO_UDP_FLOWS) {
+	want = udp_wanted(&key.tuple);
+	if (want & UDP_DNS)
+		dns_emit(skb, &key.tuple, l3len + 8, egress, sk, owner);
+	if (!(want & UDP_COUNT))
 		return 1;
-	}
 	key.cookie = bpf_get_socket_cookie(skb);
 
 	segs = skb->gso_segs;
@@ -1228,47 +1320,138 @@ static __always_inline int udp_count(struct __sk_buff *skb, bool egress, int own
 	if (len < l3len + 8 * segs)
 		goto unparsed;
 	payload = len - l3len - 8 * segs;
-	now = bpf_ktime_get_ns();
-
-	e = bpf_map_lookup_elem(&UDP_FLOWS, &key);
-	if (!e) {
-		struct eddy_flow f = {};
-		f.tuple = key.tuple;
-		f.cookie = key.cookie;
-		f.cgroup_id = bpf_skb_cgroup_id(skb);
-		f.opened_ns = now;
-		f.direction = egress ? EDDY_DIR_OUTGOING : EDDY_DIR_INCOMING;
-		if (egress)
-			/* Egress runs in the sender's context. */
-			current_owner(&f.pid, f.comm, owner);
-		f.netns_ino = skb_sock_netns(sk);
-		if (bpf_map_update_elem(&UDP_FLOWS, &key, &f, BPF_NOEXIST) != 0) {
-			e = bpf_map_lookup_elem(&UDP_FLOWS, &key);
-			if (!e) {
-				count(EDDY_CTR_UDP_MAP_FULL);
-				return 1;
-			}
-		} else {
-			e = bpf_map_lookup_elem(&UDP_FLOWS, &key);
-			if (!e)
-				return 1;
-		}
-	}
-	if (egress) {
-		__sync_fetch_and_add(&e->bytes_sent, payload);
-		__sync_fetch_and_add(&e->packets_sent, segs);
-		if (e->pid == 0)
-			current_owner(&e->pid, e->comm, owner);
-	} else {
-		__sync_fetch_and_add(&e->bytes_received, payload);
-		__sync_fetch_and_add(&e->packets_received, segs);
-	}
-	e->last_ns = now;
+	udp_account(&key, payload, segs, egress, owner, skb, sk, NULL);
 	return 1;
 
 unparsed:
 	count(EDDY_CTR_UDP_UNPARSED);
 	return 1;
+}
+
+/* ---- UDP from the UDP functions (BPF trampolines): no program on TCP packets ---- */
+
+/*
+ * Where BPF trampolines and the tracing programs' socket cookie helper (5.12) exist,
+ * datagrams are counted where only UDP passes: ip_send_skb()/ip6_send_skb() (every UDP
+ * datagram, built, in the sender's context; also ICMP, raw and ping sockets', left out
+ * by the socket's protocol) and __udp_enqueue_schedule_skb() (every datagram queued to
+ * a UDP socket, IPv4 and IPv6, after the socket filter, where cgroup_skb ingress runs).
+ * The headers are read from the packet's buffer (skb->head at the network and
+ * transport header offsets) through probe reads; the counts are those of the
+ * cgroup_skb programs: UDP payload bytes (every segment's header off for GSO) and
+ * datagrams. A DNS payload is copied from the linear part of the packet.
+ */
+static __always_inline void dns_emit_fn(struct eddy_tuple *t, unsigned char *src, __u32 wire_len, __u32 avail,
+					struct sock *sk, bool egress)
+{
+	struct eddy_dns_event *ev;
+	__u32 n;
+
+	if (wire_len == 0)
+		return;
+	if (avail == 0) {
+		count(EDDY_CTR_DNS_UNPARSED); /* all of it in page fragments */
+		return;
+	}
+	n = dns_capture_len(avail < wire_len ? avail : wire_len);
+	ev = bpf_ringbuf_reserve(&DNS_EVENTS, sizeof(*ev), 0);
+	if (!ev) {
+		count(EDDY_CTR_DNS_RINGBUF_FULL);
+		return;
+	}
+	if (bpf_probe_read_kernel(ev->payload, n, src)) {
+		bpf_ringbuf_discard(ev, 0);
+		count(EDDY_CTR_DNS_UNPARSED);
+		return;
+	}
+	dns_fill(ev, t, sk_cgroup_id(sk), BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum), wire_len, n, egress,
+		 OWNER_FULL);
+	bpf_ringbuf_submit(ev, 0);
+	count(EDDY_CTR_DNS_CAPTURED);
+}
+
+static __always_inline int udp_fn(struct sock *sk, struct sk_buff *skb, bool egress)
+{
+	struct eddy_udp_key key = {};
+	unsigned char *head, *data;
+	__u32 nh, th, off, linear, total, segs;
+	__u16 ports[2], gso_segs = 0;
+	__u8 first;
+	__u64 payload;
+	int want;
+
+	if (!sk || sk->sk_protocol != IPPROTO_UDP)
+		return 0;
+	head = skb->head;
+	data = skb->data;
+	nh = skb->network_header;
+	th = skb->transport_header;
+	if (bpf_probe_read_kernel(&first, 1, head + nh))
+		goto unparsed;
+	if ((first >> 4) == 4) {
+		struct ipv4_hdr ip;
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh) || ip.protocol != IPPROTO_UDP)
+			goto unparsed;
+		addrs_v4(&key.tuple, &ip, egress);
+	} else if ((first >> 4) == 6) {
+		struct ipv6_hdr ip6;
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+			goto unparsed;
+		addrs_v6(&key.tuple, &ip6, egress);
+	} else {
+		goto unparsed;
+	}
+	if (bpf_probe_read_kernel(ports, sizeof(ports), head + th))
+		goto unparsed;
+	key.tuple.protocol = IPPROTO_UDP;
+	key.tuple.local_port = bpf_ntohs(egress ? ports[0] : ports[1]);
+	key.tuple.remote_port = bpf_ntohs(egress ? ports[1] : ports[0]);
+
+	/* Bytes from the UDP header to the end, wherever skb->data points (ingress has pulled
+	 * the UDP header by now, egress points at the IP header). */
+	off = data - head;
+	total = skb->len + off - th;
+	if (total < 8 || total > 0x10000 * 64)
+		goto unparsed;
+	want = udp_wanted(&key.tuple);
+	if (want & UDP_DNS) {
+		/* The linear part ends at off + len - data_len. */
+		linear = off + skb->len - skb->data_len;
+		dns_emit_fn(&key.tuple, head + th + 8, total - 8, linear > th + 8 ? linear - th - 8 : 0, sk, egress);
+	}
+	if (!(want & UDP_COUNT))
+		return 0;
+	bpf_probe_read_kernel(&gso_segs, sizeof(gso_segs),
+			      head + skb->end + bpf_core_field_offset(struct skb_shared_info, gso_segs));
+	segs = gso_segs ? gso_segs : 1;
+	if (total < 8 * segs)
+		goto unparsed;
+	payload = total - 8 * segs;
+	key.cookie = bpf_get_socket_cookie(sk);
+	udp_account(&key, payload, segs, egress, OWNER_FULL, NULL, NULL, sk);
+	return 0;
+
+unparsed:
+	count(EDDY_CTR_UDP_UNPARSED);
+	return 0;
+}
+
+SEC("fentry/ip_send_skb")
+int BPF_PROG(eddy_udp_send_fn, struct net *net, struct sk_buff *skb)
+{
+	return udp_fn(skb->sk, skb, true);
+}
+
+SEC("fentry/ip6_send_skb")
+int BPF_PROG(eddy_udp6_send_fn, struct sk_buff *skb)
+{
+	return udp_fn(skb->sk, skb, true);
+}
+
+SEC("fentry/__udp_enqueue_schedule_skb")
+int BPF_PROG(eddy_udp_recv_fn, struct sock *sk, struct sk_buff *skb)
+{
+	return udp_fn(sk, skb, false);
 }
 
 /* ---- UDP senders on kernels whose cgroup_skb programs cannot name them ---- */

@@ -33,6 +33,8 @@
 #define EDDY_CFG_NO_UDP_FLOWS 0x04       /* cgroup_skb programs attached for DNS only: count no UDP flows */
 /* 0x08: unused (was tcp_recvmsg's flags position for the kprobe path) */
 #define EDDY_CFG_COUNTERS_AT_CLOSE 0x10 /* kprobe bytes: tcp_sock counters at calls, final ones set at CLOSE */
+#define EDDY_CFG_SKB_TCP_ONLY 0x20  /* cgroup_skb programs attached for DNS over TCP only: UDP is counted by the function hooks */
+#define EDDY_CFG_NO_TCP_DNS 0x40    /* DNS over TCP is not copied (dns.tcp = off) */
 
 /* DNS capture: bytes of each DNS message copied (after the UDP header / TCP header). */
 #define EDDY_DNS_CAPTURE 512

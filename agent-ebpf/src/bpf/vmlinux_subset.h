@@ -118,6 +118,21 @@ struct bpf_iter__task_file {
 } __attribute__((preserve_access_index));
 
 struct msghdr;
-struct sk_buff;
+
+/* The parts of a packet the UDP function hooks read (64-bit: `end` is an offset from `head`). */
+struct skb_shared_info {
+	unsigned short gso_segs;
+} __attribute__((preserve_access_index));
+
+struct sk_buff {
+	struct sock *sk;
+	unsigned int len;
+	unsigned int data_len;
+	__u16 transport_header;
+	__u16 network_header;
+	unsigned int end;
+	unsigned char *head;
+	unsigned char *data;
+} __attribute__((preserve_access_index));
 
 #endif /* EDDY_VMLINUX_SUBSET_H */

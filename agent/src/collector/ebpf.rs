@@ -48,8 +48,10 @@ pub struct EbpfSettings {
     pub ring_buffer_bytes: u32,
     pub udp_idle_timeout: Duration,
     pub udp: bool,
-    /// Copy DNS packets (port 53, UDP and TCP) for DNS monitoring (the cgroup_skb programs).
+    /// Copy DNS messages (port 53) for DNS monitoring, from the programs that count UDP.
     pub dns: bool,
+    /// DNS over TCP (see [`crate::config::DnsTcp`]).
+    pub dns_tcp: crate::config::DnsTcp,
     /// cgroup v2 mount point (cgroup programs are attached at its root).
     pub cgroup_path: Option<PathBuf>,
     /// Hook candidates not to use (names as in `/status`).
@@ -154,8 +156,10 @@ impl EbpfSource {
         let tcp = attach::tcp(&mut ebpf, &targets, &settings)?;
         let udp = attach::udp_and_dns(&mut ebpf, &targets, &settings);
         attach::write_config(&mut ebpf, tcp.config_bits | udp.config_bits)?;
-        let comms =
-            (udp.udp.chosen.as_deref() == Some(hooks::UDP_OWNER_PID)).then(proc_comm::ProcComms::default);
+        // The pid-only cgroup_skb programs, counting UDP or copying DNS over TCP beside the UDP functions.
+        let pid_only = udp.udp.chosen.as_deref() == Some(hooks::UDP_OWNER_PID)
+            || udp.dns.chosen.as_deref().is_some_and(|c| c.contains(hooks::UDP_OWNER_PID));
+        let comms = pid_only.then(proc_comm::ProcComms::default);
         let senders = match udp.senders {
             true => Some(senders::Senders::new(take(&mut ebpf, k::MAP_UDP_OWNERS)?)),
             false => None,

@@ -78,6 +78,7 @@ fn start_ebpf(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Selected, CommandEr
         udp_idle_timeout: cfg.udp.idle_timeout,
         udp: cfg.udp.enabled,
         dns: cfg.dns.enabled,
+        dns_tcp: cfg.dns.tcp,
         cgroup_path: kernel.cgroup2.clone(),
         disabled_hooks: cfg.disabled_hooks.clone(),
     };

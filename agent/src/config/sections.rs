@@ -21,8 +21,23 @@ pub enum AwsResolution {
     Off,
 }
 
+/// Whether DNS messages over TCP are copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsTcp {
+    /// Where it costs nothing more: when UDP is counted by the `cgroup_skb` programs, which see every
+    /// packet anyway; not where UDP is counted by the UDP function hooks (it would add a program on
+    /// every TCP packet).
+    Auto,
+    #[serde(alias = "true")]
+    On,
+    #[serde(alias = "false")]
+    Off,
+}
+
 section! {
-    /// UDP flows (`cgroup_skb` programs on every packet).
+    /// UDP flows (the UDP function hooks where the kernel has BPF trampolines, else `cgroup_skb`
+    /// programs on every packet).
     pub struct Udp {
         /// Collect UDP flows.
         pub enabled: bool = true;
@@ -115,9 +130,13 @@ section! {
 section! {
     /// DNS monitoring.
     pub struct Dns {
-        /// Copy DNS packets (port 53, UDP and TCP) through the `cgroup_skb` programs and keep
-        /// statistics per client, server, name and type (`/dns`, `/metrics`; eBPF collector only).
+        /// Copy DNS messages (port 53) and keep statistics per client, server, name and type (`/dns`,
+        /// `/metrics`; eBPF collector only), from the programs that count UDP.
         pub enabled: bool = true;
+        /// DNS over TCP: `auto` copies it where UDP is counted by the `cgroup_skb` programs (they see
+        /// every packet anyway), not where the UDP function hooks count it (it would add a
+        /// `cgroup_skb` program on every TCP packet: `on`); `off` never.
+        pub tcp: DnsTcp = DnsTcp::Auto;
         /// A query without an answer for this long counts as a timeout.
         #[serde(with = "duration_str")]
         pub timeout: Duration = secs(5), range ms(100), mins(5);

@@ -215,6 +215,19 @@ fn collector_choice_from_every_layer() {
 }
 
 #[test]
+fn dns_over_tcp_from_every_layer() {
+    assert_eq!(Config::load(None, env(&[]), &[]).expect("defaults").dns.tcp, DnsTcp::Auto);
+    let c = Config::load(None, env(&[("EDDY_DNS_TCP", "on")]), &[]).expect("env");
+    assert_eq!(c.dns.tcp, DnsTcp::On);
+    let c = Config::load(None, env(&[("EDDY_DNS_TCP", "on")]), &[("dns_tcp", "false".into())]).expect("flag");
+    assert_eq!(c.dns.tcp, DnsTcp::Off);
+    let back: Config = toml::from_str("[dns]\ntcp = \"true\"\n").expect("file");
+    assert_eq!(back.dns.tcp, DnsTcp::On);
+    let e = Config::load(None, env(&[("EDDY_DNS_TCP", "sometimes")]), &[]).expect_err("bad value");
+    assert!(e.to_string().contains("dns_tcp") && e.to_string().contains("auto"), "{e}");
+}
+
+#[test]
 fn durations_out_of_range_or_overflowing_name_the_key() {
     for (key, v) in [
         ("aws_cache_ttl", "999999999999999h"),

@@ -11,6 +11,7 @@ use eddy_ebpf::shared as k;
 use super::{EbpfSettings, choice, hooks, take};
 use crate::collector::sock_diag::cookies;
 use crate::collector::{CollectorError, HookStatus, Rejected};
+use crate::config::DnsTcp;
 
 /// The TCP hooks that attached, and what they need.
 pub struct Tcp {
@@ -106,8 +107,9 @@ fn tcp_bytes(
     bytes
 }
 
-/// Attaches the `cgroup_skb` programs (UDP counting and DNS capture share them) and the
-/// sender's process hooks they need on this kernel.
+/// Attaches the UDP programs (UDP counting and DNS capture share them: the UDP functions' where
+/// the kernel allows, else `cgroup_skb`), the `cgroup_skb` programs for DNS over TCP where wanted,
+/// and the sender's process hooks the UDP programs need on this kernel.
 pub fn udp_and_dns(ebpf: &mut Ebpf, targets: &hooks::Targets<'_>, settings: &EbpfSettings) -> Udp {
     let mut config_bits = 0;
     let udp = if settings.udp || settings.dns {
@@ -125,22 +127,67 @@ pub fn udp_and_dns(ebpf: &mut Ebpf, targets: &hooks::Targets<'_>, settings: &Ebp
     };
     let process = choice::udp_process(ebpf, targets, &udp, settings.udp);
     let dns_on = settings.dns && udp.chosen.is_some();
-    if dns_on {
-        config_bits |= k::CFG_DNS;
-    }
+    let functions = udp.chosen.as_deref() == Some(hooks::UDP_FUNCTIONS);
     let dns = if dns_on {
-        HookStatus {
-            capability: "dns",
-            chosen: Some("cgroup_skb (port 53, UDP and TCP)".into()),
-            rejected: vec![],
-        }
+        config_bits |= k::CFG_DNS;
+        let (dns, bits) = dns_tcp(ebpf, targets, settings.dns_tcp, functions);
+        config_bits |= bits;
+        dns
     } else if !settings.dns {
         off("dns", "cgroup_skb", "disabled by config (dns = false)")
     } else {
-        off("dns", "cgroup_skb", "the cgroup_skb programs did not attach (see udp)")
+        off("dns", "cgroup_skb", "the UDP programs did not attach (see udp)")
     };
     let senders = process.chosen.as_deref().is_some_and(|c| hooks::UDP_SENDERS.iter().any(|s| s.hook == c));
     Udp { udp, process, dns, dns_on, senders, config_bits }
+}
+
+/// DNS capture: UDP from the UDP programs; TCP from the `cgroup_skb` programs, which count UDP as
+/// well unless the UDP function hooks do (`functions`): then they are attached for it only when
+/// `dns_tcp` is `on`. Returns the status and the configuration bits.
+fn dns_tcp(
+    ebpf: &mut Ebpf,
+    targets: &hooks::Targets<'_>,
+    want: DnsTcp,
+    functions: bool,
+) -> (HookStatus, u32) {
+    let udp_hook = if functions { "fentry" } else { "cgroup_skb" };
+    let only_udp = |reason: &str| HookStatus {
+        capability: "dns",
+        chosen: Some(format!("{udp_hook} (port 53, UDP only)")),
+        rejected: vec![Rejected { hook: "cgroup_skb (DNS over TCP)".into(), reason: reason.into() }],
+    };
+    match (want, functions) {
+        (DnsTcp::Off, _) => (only_udp("disabled by config (dns.tcp = off)"), k::CFG_NO_TCP_DNS),
+        (DnsTcp::Auto, true) => (
+            only_udp(
+                "dns.tcp = auto: UDP is counted by the UDP functions, and DNS over TCP would add a \
+                 cgroup_skb program on every TCP packet (dns.tcp = on to copy it)",
+            ),
+            0,
+        ),
+        (DnsTcp::Auto | DnsTcp::On, false) => (
+            HookStatus {
+                capability: "dns",
+                chosen: Some("cgroup_skb (port 53, UDP and TCP)".into()),
+                rejected: vec![],
+            },
+            0,
+        ),
+        (DnsTcp::On, true) => {
+            let mut tcp = hooks::attach_first(ebpf, targets, "dns", hooks::UDP_PACKETS, None);
+            match tcp.chosen.take() {
+                Some(skb) => {
+                    tcp.chosen = Some(format!("fentry (port 53, UDP); {skb} (port 53, TCP)"));
+                    (tcp, k::CFG_SKB_TCP_ONLY)
+                }
+                None => {
+                    tcp.chosen = Some("fentry (port 53, UDP only)".into());
+                    (tcp, 0)
+                }
+            }
+        }
+    }
 }
 
 /// A capability with nothing attached, and why.

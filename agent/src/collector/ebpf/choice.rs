@@ -16,6 +16,7 @@ pub fn udp_process(
     udp_on: bool,
 ) -> HookStatus {
     let in_program = match udp.chosen.as_deref() {
+        Some(hooks::UDP_FUNCTIONS) => Some("fentry/ip_send_skb+ip6_send_skb (pid and comm)"),
         Some(hooks::UDP_OWNER_FULL) => Some("cgroup_skb (pid and comm)"),
         Some(hooks::UDP_OWNER_PID) => Some("cgroup_skb (pid; comm from /proc/<pid>/comm)"),
         _ => None,

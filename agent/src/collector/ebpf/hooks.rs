@@ -341,9 +341,30 @@ pub const TCP_BYTES: &[Candidate] = &[
 /// iterator refreshes live counters. Open connections show 0 bytes until they close.
 pub const TCP_BYTES_AT_CLOSE: &str = "tcp_sock counters at close";
 
-/// UDP flows and datagram counts (and DNS capture). The variants differ only in what they may
-/// ask about the sending task: kernels differ in which helpers a cgroup_skb program may call.
+/// UDP flows and datagram counts (and DNS capture). First the UDP functions (no program on TCP
+/// packets; BPF trampolines and the 5.12 socket cookie helper for tracing programs), then the
+/// [`UDP_PACKETS`] programs on every packet.
 pub const UDP: &[Candidate] = &[
+    Candidate {
+        hook: UDP_FUNCTIONS,
+        programs: &[
+            ("eddy_udp_send_fn", Attach::FEntry("ip_send_skb")),
+            ("eddy_udp6_send_fn", Attach::FEntry("ip6_send_skb")),
+            ("eddy_udp_recv_fn", Attach::FEntry("__udp_enqueue_schedule_skb")),
+        ],
+    },
+    UDP_PACKETS[0],
+    UDP_PACKETS[1],
+    UDP_PACKETS[2],
+];
+
+/// UDP counted where only UDP passes: the sender's `ip_send_skb`/`ip6_send_skb` and the receiver's
+/// `__udp_enqueue_schedule_skb`, which name the sender (pid and comm) in its own context.
+pub const UDP_FUNCTIONS: &str = "fentry/ip_send_skb+ip6_send_skb+__udp_enqueue_schedule_skb";
+
+/// The per-packet programs (UDP, and DNS over TCP). The variants differ only in what they may ask
+/// about the sending task: kernels differ in which helpers a cgroup_skb program may call.
+pub const UDP_PACKETS: &[Candidate] = &[
     Candidate {
         hook: UDP_OWNER_FULL,
         programs: &[

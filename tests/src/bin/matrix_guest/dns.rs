@@ -1,8 +1,11 @@
 //! DNS: a hand-written responder on 127.0.0.1:53 (UDP) answers `A ok.test` with NOERROR and one
 //! address, every other name with NXDOMAIN. The driver asks 3× `ok.test` and 2× `nx.test` (type A), each
 //! from a fresh socket; `/dns` must hold exactly these counts for server 127.0.0.1, and nothing else.
+//! Then 2× `tcp.test` over TCP (a connection each, the length-prefixed message in one write): 2 queries
+//! and 2 NXDOMAIN where the agent's `dns` hook says it copies TCP, no row where it says "UDP only".
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -79,6 +82,52 @@ fn responder(socket: UdpSocket, stop: Arc<AtomicBool>) {
     }
 }
 
+/// Serves DNS over TCP (one message per connection) until `stop` is set (or for 60 s at most).
+fn tcp_responder(listener: TcpListener, stop: Arc<AtomicBool>) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let Ok((mut c, _)) = listener.accept() else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let _ = c.set_nonblocking(false);
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut len = [0u8; 2];
+        if c.read_exact(&mut len).is_err() {
+            continue;
+        }
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if c.read_exact(&mut msg).is_err() {
+            continue;
+        }
+        if let Some(r) = respond(&msg) {
+            let mut out = (r.len() as u16).to_be_bytes().to_vec();
+            out.extend(r);
+            let _ = c.write_all(&out);
+        }
+    }
+}
+
+/// Asks `name` over TCP (a fresh connection); the response's rcode.
+fn ask_tcp(server: SocketAddr, id: u16, name: &str) -> Result<u8, String> {
+    let mut c =
+        TcpStream::connect_timeout(&server, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let q = query(id, name);
+    let mut out = (q.len() as u16).to_be_bytes().to_vec();
+    out.extend(q);
+    c.write_all(&out).map_err(|e| format!("send: {e}"))?;
+    let mut len = [0u8; 2];
+    c.read_exact(&mut len).map_err(|e| format!("{name}: no response: {e}"))?;
+    let mut r = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    c.read_exact(&mut r).map_err(|e| format!("{name}: short response: {e}"))?;
+    if r.len() < 12 || r[..2] != id.to_be_bytes() || r[2] & 0x80 == 0 {
+        return Err(format!("{name}: not a response to id {id}: {r:?}"));
+    }
+    Ok(r[3] & 0x0f)
+}
+
 /// Asks `name` from a fresh socket; the response's rcode.
 fn ask(server: SocketAddr, id: u16, name: &str) -> Result<u8, String> {
     let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
@@ -113,9 +162,23 @@ pub fn scenario(ctx: &Ctx) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = Arc::clone(&stop);
     let serving = std::thread::spawn(move || responder(socket, stopper));
-    let plan = [("ok.test", 0u8), ("ok.test", 0), ("ok.test", 0), ("nx.test", 3), ("nx.test", 3)];
-    for (i, (name, want)) in plan.iter().enumerate() {
-        match ask(server, 0x4500 + i as u16, name) {
+    let listener = TcpListener::bind(server).unwrap_or_else(|e| panic!("bind tcp {server}: {e}"));
+    let stopper = Arc::clone(&stop);
+    let serving_tcp = std::thread::spawn(move || tcp_responder(listener, stopper));
+    // Whether the agent copies DNS over TCP: its `dns` hook names TCP, or says "UDP only".
+    let tcp_copied = ctx.chosen("dns").contains("TCP");
+    let plan = [
+        ("ok.test", 0u8, false),
+        ("ok.test", 0, false),
+        ("ok.test", 0, false),
+        ("nx.test", 3, false),
+        ("nx.test", 3, false),
+        ("tcp.test", 3, true),
+        ("tcp.test", 3, true),
+    ];
+    for (i, (name, want, tcp)) in plan.iter().enumerate() {
+        let id = 0x4500 + i as u16;
+        match if *tcp { ask_tcp(server, id, name) } else { ask(server, id, name) } {
             Ok(rcode) if rcode == *want => {}
             Ok(rcode) => {
                 return Outcome::fail(format!("the responder answered {name} with rcode {rcode}"), json!({}));
@@ -123,6 +186,7 @@ pub fn scenario(ctx: &Ctx) -> Outcome {
             Err(e) => return Outcome::fail(format!("the responder did not answer: {e}"), json!({})),
         }
     }
+    let tcp_n = if tcp_copied { 2 } else { 0 };
     let checks = [
         ("ok.test", "queries", 3),
         ("ok.test", "rcode:NOERROR", 3),
@@ -130,6 +194,9 @@ pub fn scenario(ctx: &Ctx) -> Outcome {
         ("nx.test", "queries", 2),
         ("nx.test", "rcode:NXDOMAIN", 2),
         ("nx.test", "timeouts", 0),
+        ("tcp.test", "queries", tcp_n),
+        ("tcp.test", "rcode:NXDOMAIN", tcp_n),
+        ("tcp.test", "timeouts", 0),
     ];
     let deadline = Instant::now() + Duration::from_secs(10);
     let (rows, problems) = loop {
@@ -148,7 +215,11 @@ pub fn scenario(ctx: &Ctx) -> Outcome {
                     .collect();
                 let others: Vec<&Value> = rows
                     .iter()
-                    .filter(|r| !(r["name"] == "ok.test" || r["name"] == "nx.test") || r["qtype"] != "A")
+                    .filter(|r| {
+                        let named =
+                            r["name"] == "ok.test" || r["name"] == "nx.test" || r["name"] == "tcp.test";
+                        !named || r["qtype"] != "A"
+                    })
                     .collect();
                 if !others.is_empty() {
                     problems.push(format!("unexpected rows for server 127.0.0.1: {others:?}"));
@@ -164,11 +235,19 @@ pub fn scenario(ctx: &Ctx) -> Outcome {
     };
     stop.store(true, Ordering::SeqCst);
     let _ = serving.join();
+    let _ = serving_tcp.join();
     let dns_status = ctx.agent.get_json("/status").map(|s| s["dns"].clone()).unwrap_or(Value::Null);
-    let data = json!({"rows": rows, "status_dns": dns_status});
+    let data = json!({"rows": rows, "status_dns": dns_status, "tcp_copied": tcp_copied});
     if problems.is_empty() {
+        let tcp = if tcp_copied {
+            "tcp.test A 2 queries 2 NXDOMAIN over TCP"
+        } else {
+            "no row over TCP (UDP only)"
+        };
         Outcome::pass(
-            "/dns for 127.0.0.1: ok.test A 3 queries 3 NOERROR, nx.test A 2 queries 2 NXDOMAIN, no timeout",
+            format!(
+                "/dns for 127.0.0.1: ok.test A 3 queries 3 NOERROR, nx.test A 2 queries 2 NXDOMAIN, {tcp}, no timeout"
+            ),
             data,
         )
     } else {
