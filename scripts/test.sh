@@ -34,14 +34,15 @@ if [ "$(id -u)" -eq 0 ]; then
   scripts/kernel-matrix.sh --no-build --out target/kernel-matrix
   # The fallbacks, forced on kernels that would pick better hooks: fexit byte hooks with DNS over TCP copied
   # beside the UDP function hooks (the cgroup_skb programs for TCP only: 6.1 without task helpers, 6.12 with
-  # the pid); the cgroup_skb UDP programs with the pid only (6.12); sockops lifecycle + kprobe bytes + UDP
-  # programs without task helpers + kprobe UDP senders (6.1, 6.12).
+  # the pid); the cgroup_skb UDP programs with the pid only and the socket iterator that finds sockets by
+  # their inode (6.12); sockops lifecycle + kprobe bytes + UDP programs without task helpers + kprobe UDP
+  # senders (6.1, 6.12).
   udp_functions='fentry/ip_send_skb+ip6_send_skb+__udp_enqueue_schedule_skb'
   scripts/kernel-matrix.sh --no-build --kernels 6.1,6.12 --cgroup-v1 none --out target/kernel-matrix-fexit \
     --agent-arg --dns-tcp --agent-arg on --agent-arg --disabled-hooks \
     --agent-arg 'tcp_sock counters (live via iter/task_file),tp_btf/sock_send_length+sock_recv_length'
   scripts/kernel-matrix.sh --no-build --kernels 6.12 --cgroup-v1 none --out target/kernel-matrix-udp-packets \
-    --agent-arg --disabled-hooks --agent-arg "$udp_functions"
+    --agent-arg --disabled-hooks --agent-arg "$udp_functions,iter/task_file,iter/task_file (probe reads)"
   scripts/kernel-matrix.sh --no-build --kernels 6.1,6.12 --cgroup-v1 none --out target/kernel-matrix-fallbacks \
     --agent-arg --disabled-hooks \
     --agent-arg "tp_btf/inet_sock_set_state+tcp_destroy_sock,tcp_sock counters (live via iter/task_file),tp_btf/sock_send_length+sock_recv_length,fexit/tcp_sendmsg+tcp_recvmsg,$udp_functions,cgroup_skb/ingress+egress,cgroup_skb/ingress+egress (pid only),fexit/udp_sendmsg+udpv6_sendmsg"

@@ -72,6 +72,9 @@ pub mod hooks {
     /// The per-call TCP byte hook (application reads and writes): disabling it as well as
     /// [`BYTES_COUNTERS`] selects fentry, kprobes or close-time counters.
     pub const BYTES_TP_BTF: &str = "tp_btf/sock_send_length+sock_recv_length";
+    /// The socket iterators that find sockets with `bpf_sock_from_file`: disabling both selects the
+    /// one that finds them by their inode (what 5.10 runs).
+    pub const ITER_SOCK_FROM_FILE: &str = "iter/task_file,iter/task_file (probe reads)";
 }
 
 /// When set to `1`, a missing privilege makes tests fail instead of skipping (for CI runners that must run them).

@@ -32,9 +32,11 @@ enum Pid {
 struct Mode {
     disabled: &'static [&'static str],
     pid: Pid,
+    /// The socket iterator the agent must have chosen, where the test forces one.
+    live: Option<&'static str>,
 }
 
-const PREFERRED: Mode = Mode { disabled: &[], pid: Pid::Always };
+const PREFERRED: Mode = Mode { disabled: &[], pid: Pid::Always, live: None };
 
 fn run(ipv6: bool) {
     run_mode(ipv6, PREFERRED);
@@ -88,6 +90,9 @@ fn run_mode(ipv6: bool, mode: Mode) {
     });
     let servers = join(server);
     capture.assert_window_open("the traffic");
+    if let Some(want) = mode.live {
+        assert_eq!(capture.chosen_hook("tcp_live_counters").as_deref(), Some(want), "the socket iterator");
+    }
     let records = capture.finish();
 
     let family = if ipv6 { "ipv6" } else { "ipv4" };
@@ -178,27 +183,41 @@ fn tcp_bytes_exact_ipv6() {
 /// Per-call byte counting (what the application wrote and read).
 #[test]
 fn tcp_bytes_exact_per_call_hooks() {
-    run_mode(false, Mode { disabled: &[hooks::BYTES_COUNTERS], pid: Pid::Always });
+    run_mode(false, Mode { disabled: &[hooks::BYTES_COUNTERS], pid: Pid::Always, live: None });
 }
 
-/// The sockops lifecycle fallback (for kernels where the tp_btf programs cannot attach). The process
-/// is then only known when the socket iterator happens to see the connection open.
+/// The socket iterator that finds sockets by their inode (5.10 has no `bpf_sock_from_file`).
+#[test]
+fn tcp_bytes_exact_inode_iterator() {
+    let live = Some("iter/task_file (probe reads, sockets by inode)");
+    run_mode(false, Mode { disabled: &[hooks::ITER_SOCK_FROM_FILE], pid: Pid::Always, live });
+}
+
+/// The sockops lifecycle fallback (for kernels where the tp_btf programs cannot attach). sockops
+/// cannot name a connection's process and this kernel refuses the owner hooks (fexit), so the
+/// per-call byte hooks are chosen over the counters: they name it once a byte moved.
 #[test]
 fn tcp_bytes_exact_sockops_lifecycle() {
-    run_mode(false, Mode { disabled: &[hooks::LIFECYCLE_TP_BTF], pid: Pid::Never });
+    run_mode(false, Mode { disabled: &[hooks::LIFECYCLE_TP_BTF], pid: Pid::WithBytes, live: None });
 }
 
 /// sockops with per-call byte hooks, over IPv6: the byte hooks name the process.
 #[test]
 fn tcp_bytes_exact_sockops_per_call_ipv6() {
-    run_mode(true, Mode { disabled: &[hooks::LIFECYCLE_TP_BTF, hooks::BYTES_COUNTERS], pid: Pid::WithBytes });
+    run_mode(
+        true,
+        Mode { disabled: &[hooks::LIFECYCLE_TP_BTF, hooks::BYTES_COUNTERS], pid: Pid::WithBytes, live: None },
+    );
 }
 
 /// The last-resort byte source: tcp_sock counters at close, without the iterator or per-call hooks
 /// (fentry and kprobes are refused here).
 #[test]
 fn tcp_bytes_exact_close_time_counters() {
-    run_mode(false, Mode { disabled: &[hooks::BYTES_COUNTERS, hooks::BYTES_TP_BTF], pid: Pid::Always });
+    run_mode(
+        false,
+        Mode { disabled: &[hooks::BYTES_COUNTERS, hooks::BYTES_TP_BTF], pid: Pid::Always, live: None },
+    );
 }
 
 /// Both fallbacks at once, over IPv6.
@@ -209,6 +228,7 @@ fn tcp_bytes_exact_sockops_and_close_time_counters_ipv6() {
         Mode {
             disabled: &[hooks::LIFECYCLE_TP_BTF, hooks::BYTES_COUNTERS, hooks::BYTES_TP_BTF],
             pid: Pid::Never,
+            live: None,
         },
     );
 }

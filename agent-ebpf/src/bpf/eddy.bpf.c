@@ -44,6 +44,8 @@
 #define MSG_PEEK 2
 #define SOCK_DEAD 0 /* enum sock_flags */
 #define SOCK_DONE 1
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
 /* tcp_sock counters (segments, RTT, retransmits) are copied at most this often per connection. */
 #define SNAPSHOT_INTERVAL_NS 250000000ULL
 
@@ -836,22 +838,14 @@ int eddy_iter_sockets(struct bpf_iter__task_file *ctx)
 	return 0;
 }
 
-SEC("iter/task_file")
-int eddy_iter_sockets_ro(struct bpf_iter__task_file *ctx)
+/* The probe-read iterators' work on a socket held by `task`. */
+static __always_inline int iter_socket_ro(struct socket *sock, struct task_struct *task)
 {
-	struct task_struct *task = ctx->task;
-	struct file *file = ctx->file;
 	struct eddy_flow *e;
-	struct socket *sock;
 	struct sock *sk;
 	__u64 cookie, now;
 	__u8 state;
 
-	if (!file)
-		return 0;
-	sock = bpf_sock_from_file(file);
-	if (!sock)
-		return 0;
 	sk = BPF_CORE_READ(sock, sk);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
@@ -884,6 +878,82 @@ int eddy_iter_sockets_ro(struct bpf_iter__task_file *ctx)
 			return 0;
 	}
 	iter_refresh(e, sk, task, now, true);
+	return 0;
+}
+
+SEC("iter/task_file")
+int eddy_iter_sockets_ro(struct bpf_iter__task_file *ctx)
+{
+	struct file *file = ctx->file;
+	struct socket *sock;
+
+	if (!file)
+		return 0;
+	sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	return iter_socket_ro(sock, ctx->task);
+}
+
+/*
+ * The same for kernels without bpf_sock_from_file() (before 5.11: 5.10, the ECS AL2 and
+ * Bottlerocket aws-ecs-1 kernel): a socket's file has a sockfs inode (S_IFSOCK) and its
+ * struct socket in private_data, whose `file` points back at it; the back-pointer is
+ * checked, so a file of any other kind (an O_PATH descriptor of a socket node has no
+ * private data) is never read as a socket.
+ */
+SEC("iter/task_file")
+int eddy_iter_sockets_inode(struct bpf_iter__task_file *ctx)
+{
+	struct file *file = ctx->file;
+	struct socket *sock;
+
+	if (!file)
+		return 0;
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock || BPF_CORE_READ(sock, file) != file)
+		return 0;
+	return iter_socket_ro(sock, ctx->task);
+}
+
+/* ---- The owner of each connection where the lifecycle cannot name it (sockops) ---- */
+
+/*
+ * sockops programs may not ask for the current task, and with the tcp_sock counters as
+ * the byte source no per-call hook runs: the owner (pid, comm, and the cgroup where the
+ * socket does not name it) is taken once per connection, in the owner's context, at the
+ * end of tcp_connect() (which runs sockops' TCP_CONNECT_CB first, so the entry exists)
+ * and of inet_accept() (the accepted socket, IPv4 and IPv6). The cookie is the one the
+ * lifecycle generated (read, not made: 5.10 has no cookie helper for tracing programs).
+ */
+static __always_inline void owner_of(struct sock *sk)
+{
+	__u64 cookie;
+	struct eddy_flow *e;
+
+	if (!sk)
+		return;
+	cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	if (!cookie)
+		return;
+	e = bpf_map_lookup_elem(&TCP_FLOWS, &cookie);
+	if (e)
+		fill_owner(e);
+}
+
+SEC("fexit/tcp_connect")
+int BPF_PROG(eddy_connect_owner, struct sock *sk)
+{
+	owner_of(sk);
+	return 0;
+}
+
+SEC("fexit/inet_accept")
+int BPF_PROG(eddy_accept_owner, struct socket *sock, struct socket *newsock)
+{
+	owner_of(BPF_CORE_READ(newsock, sk));
 	return 0;
 }
 

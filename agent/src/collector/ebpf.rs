@@ -165,7 +165,16 @@ impl EbpfSource {
             false => None,
         };
         let kernel_memory = memory::of_maps(&ebpf);
-        let hooks = vec![tcp.lifecycle, tcp.retransmits, tcp.live, tcp.bytes, udp.udp, udp.process, udp.dns];
+        let hooks = vec![
+            tcp.lifecycle,
+            tcp.retransmits,
+            tcp.live,
+            tcp.bytes,
+            tcp.owner,
+            udp.udp,
+            udp.process,
+            udp.dns,
+        ];
         attach::log(&hooks);
         Ok(EbpfSource {
             closed: take(&mut ebpf, k::MAP_CLOSED)?,

@@ -19,6 +19,8 @@ pub struct Tcp {
     pub retransmits: HookStatus,
     pub live: HookStatus,
     pub bytes: HookStatus,
+    /// Who names a connection's owner where the lifecycle cannot (sockops with counter bytes).
+    pub owner: HookStatus,
     /// The socket iterator program to run before every scan.
     pub live_iter: Option<&'static str>,
     /// The start-up sweep that gave older sockets a cookie (probe-read iterator only).
@@ -55,7 +57,7 @@ pub fn tcp(
     }
     let retransmits = hooks::attach_first(ebpf, targets, "tcp_retransmits", hooks::TCP_RETRANSMITS, None);
     let live = hooks::attach_first(ebpf, targets, "tcp_live_counters", hooks::TCP_LIVE, None);
-    let bytes = tcp_bytes(ebpf, targets, settings, &live);
+    let (bytes, owner) = tcp_bytes(ebpf, targets, settings, &lifecycle, &live);
     let mut config_bits = 0;
     if matches!(bytes.chosen.as_deref(), Some(c) if c == hooks::TCP_BYTES_COUNTERS || c == hooks::TCP_BYTES_AT_CLOSE)
     {
@@ -66,8 +68,9 @@ pub fn tcp(
         config_bits |= k::CFG_COUNTERS_AT_CLOSE;
     }
     let live_iter = choice::program_of(hooks::TCP_LIVE, live.chosen.as_deref());
-    // The probe-read iterator keys sockets by existing cookies: give one to every older socket.
-    let cookie_sweep = (live_iter == Some(hooks::ITER_PROBE_READS)).then(|| {
+    // The probe-read iterators key sockets by existing cookies: give one to every older socket.
+    let probe_reads = matches!(live_iter, Some(hooks::ITER_PROBE_READS | hooks::ITER_INODE));
+    let cookie_sweep = probe_reads.then(|| {
         let sweep = cookies::sweep(std::path::Path::new("/proc"));
         tracing::info!(
             namespaces = sweep.namespaces,
@@ -77,34 +80,63 @@ pub fn tcp(
         );
         sweep
     });
-    Ok(Tcp { lifecycle, retransmits, live, bytes, live_iter, cookie_sweep, config_bits })
+    Ok(Tcp { lifecycle, retransmits, live, bytes, owner, live_iter, cookie_sweep, config_bits })
 }
 
-/// The byte counters: the `tcp_sock` counters when an iterator refreshes live flows, else the
-/// first per-call hook that attaches, else the counters at close only.
+/// The byte counters: the `tcp_sock` counters when an iterator refreshes live flows (and, under the
+/// `sockops` lifecycle, which cannot name a connection's owner, the owner hooks attach), else the
+/// first per-call hook that attaches (they name the owner), else the counters at close only.
 fn tcp_bytes(
     ebpf: &mut Ebpf,
     targets: &hooks::Targets<'_>,
     settings: &EbpfSettings,
+    lifecycle: &HookStatus,
     live: &HookStatus,
-) -> HookStatus {
+) -> (HookStatus, HookStatus) {
     let counters = hooks::TCP_BYTES_COUNTERS;
-    let counters_off = if live.chosen.is_none() {
-        Some("no iterator refreshes live counters (see tcp_live_counters)")
+    let mut counters_off = if live.chosen.is_none() {
+        Some("no iterator refreshes live counters (see tcp_live_counters)".to_string())
     } else if settings.disabled_hooks.iter().any(|d| d == counters) {
-        Some("disabled by config (disabled_hooks)")
+        Some("disabled by config (disabled_hooks)".to_string())
     } else {
         None
+    };
+    let sockops = lifecycle.chosen.as_deref() != Some(hooks::TCP_LIFECYCLE[0].hook);
+    let without_hook = |chosen: &str| HookStatus {
+        capability: "tcp_owner",
+        chosen: Some(chosen.into()),
+        rejected: vec![Rejected { hook: hooks::TCP_OWNER[0].hook.into(), reason: "not needed".into() }],
+    };
+    let owner = if !sockops {
+        without_hook(
+            "the lifecycle at connect(); the socket iterator or the byte hooks for accepted connections",
+        )
+    } else if counters_off.is_some() {
+        without_hook("the per-call byte hooks")
+    } else {
+        let owner = hooks::attach_first(ebpf, targets, "tcp_owner", hooks::TCP_OWNER, None);
+        if owner.chosen.is_none() {
+            counters_off = Some(format!(
+                "the sockops lifecycle cannot name a connection's owner, and no owner hook attached: {}",
+                owner
+                    .rejected
+                    .iter()
+                    .map(|r| format!("{}: {}", r.hook, r.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        owner
     };
     let preset = counters_off.is_none().then_some(counters);
     let mut bytes = hooks::attach_first(ebpf, targets, "tcp_bytes", hooks::TCP_BYTES, preset);
     if let Some(reason) = counters_off {
-        bytes.rejected.insert(0, Rejected { hook: counters.into(), reason: reason.into() });
+        bytes.rejected.insert(0, Rejected { hook: counters.into(), reason });
     }
     if bytes.chosen.is_none() {
         bytes.chosen = Some(hooks::TCP_BYTES_AT_CLOSE.to_string());
     }
-    bytes
+    (bytes, owner)
 }
 
 /// Attaches the UDP programs (UDP counting and DNS capture share them: the UDP functions' where

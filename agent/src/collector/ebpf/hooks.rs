@@ -259,6 +259,11 @@ fn trampoline(e: ProgramError) -> String {
             "{s} (this kernel refuses BPF trampolines, fentry/fexit: kernel lockdown or a \
              security policy; Eddy falls back to the next candidate)"
         )
+    } else if s.contains("os error 524)") {
+        format!(
+            "{s} (ENOTSUPP: this kernel has no BPF trampolines, fentry/fexit, on this architecture: \
+             arm64 before 6.4; Eddy falls back to the next candidate)"
+        )
     } else {
         s
     }
@@ -296,10 +301,19 @@ pub const TCP_LIVE: &[Candidate] = &[
         hook: "iter/task_file (probe reads)",
         programs: &[(ITER_PROBE_READS, Attach::Iter("task_file"))],
     },
+    // Kernels without bpf_sock_from_file (5.10): socket files found by their sockfs inode, the
+    // rest as the probe-read variant (so no per-call byte hook is needed there either).
+    Candidate {
+        hook: "iter/task_file (probe reads, sockets by inode)",
+        programs: &[(ITER_INODE, Attach::Iter("task_file"))],
+    },
 ];
 
 /// The iterator variant that reads the socket through probe reads (and keys it by its existing cookie).
 pub const ITER_PROBE_READS: &str = "eddy_iter_sockets_ro";
+
+/// The probe-read variant that finds socket files without `bpf_sock_from_file` (5.11+).
+pub const ITER_INODE: &str = "eddy_iter_sockets_inode";
 
 /// The preferred byte source: tcp_sock counters, read at CLOSE and by [`TCP_LIVE`] on every scan.
 /// No per-call cost; wire payload bytes (what TCP sent once and received), exact for every
@@ -336,6 +350,17 @@ pub const TCP_BYTES: &[Candidate] = &[
         ],
     },
 ];
+
+/// The owner of each connection (pid, comm; the cgroup where the socket does not name it), taken
+/// once per connection in the owner's context, where the lifecycle is `sockops` (which may not ask
+/// for the current task) and the bytes come from the counters (no per-call hook runs).
+pub const TCP_OWNER: &[Candidate] = &[Candidate {
+    hook: "fexit/tcp_connect+inet_accept",
+    programs: &[
+        ("eddy_connect_owner", Attach::FExit("tcp_connect")),
+        ("eddy_accept_owner", Attach::FExit("inet_accept")),
+    ],
+}];
 
 /// Name of the last-resort byte source, used when no TCP_BYTES candidate attaches and no
 /// iterator refreshes live counters. Open connections show 0 bytes until they close.
