@@ -93,16 +93,9 @@ struct RateSummary {
     per_second: f64,
 }
 
-/// Busy and total time of all cores (`/proc/stat`, clock ticks).
+/// Busy time of all cores (`/proc/stat`, clock ticks).
 fn cpu_busy_ticks() -> Result<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = stat.lines().next().unwrap_or_default();
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-    if v.len() < 5 {
-        bail!("/proc/stat: unexpected first line {line:?}");
-    }
-    // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
-    Ok(v.iter().take(8).sum::<u64>() - v[3] - v[4])
+    Ok(super::procs::CpuStat::read()?.busy)
 }
 
 /// `kernel.bpf_stats_enabled` set to 1 until dropped (then its old value again).

@@ -4,8 +4,10 @@
 //!
 //! Each measurement is one `eddy-loadgen conn-rate|throughput` process (its exchange servers live
 //! until their process exits), its JSON summary kept in the work directory. A measurement during
-//! which another `eddy-agent` ran is taken again (up to 20 times). Raw rows also go to
-//! `results.tsv`, `cpu.tsv` and `mem.tsv` in the work directory.
+//! which another `eddy-agent` ran is taken again (up to 20 times); so is one during which the
+//! hypervisor stole more than [`STEAL_LIMIT`] of the machine's CPU time (up to [`STEAL_RETRIES`]
+//! times, then kept and counted: the report prints the largest steal kept). Raw rows also go to
+//! `results.tsv` (with the steal), `cpu.tsv` and `mem.tsv` in the work directory.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -17,8 +19,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use super::procs::{self, Proc, RunningAgent, note, pid_list};
+use super::procs::{self, CpuStat, Proc, RunningAgent, note, pid_list};
 use super::{Bench, DRAIN, SETTLE};
+
+/// A measured window whose CPU time was stolen by the hypervisor above this share is taken again:
+/// on these VMs steal comes in bursts (up to 45 % of a second), and a window under it measures the
+/// neighbours, not the agent.
+pub const STEAL_LIMIT: f64 = 0.05;
+/// How many times a window is taken again for steal before it is kept (and counted as such).
+pub const STEAL_RETRIES: u32 = 3;
 
 /// The three measurements, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +110,8 @@ pub struct Sample {
     pub round: u32,
     pub value: f64,
     pub errors: u64,
+    /// The share of the machine's CPU time stolen by the hypervisor during the window.
+    pub steal: f64,
 }
 
 /// The agent's CPU ticks over one measured window (the load plus the drain).
@@ -128,6 +139,10 @@ pub struct Results {
     pub hooks: Option<HookSet>,
     /// The same for each `--hook-set`, in order.
     pub set_hooks: Vec<Option<HookSet>>,
+    /// Windows taken again because of steal above [`STEAL_LIMIT`].
+    pub steal_retakes: u32,
+    /// Windows kept with steal above [`STEAL_LIMIT`] (after [`STEAL_RETRIES`] retakes).
+    pub steal_kept: u32,
 }
 
 /// What the agent under test runs on.
@@ -254,7 +269,8 @@ impl Bench {
         let args = test.loadgen_args(self.duration_secs);
         let own: Vec<u32> = agent.map(RunningAgent::pid).into_iter().collect();
         let mut attempt = 1;
-        let (c0, t0) = loop {
+        let mut steal_retakes = 0;
+        let (c0, t0, steal) = loop {
             procs::wait_quiet(&own)?;
             let c0 = match agent {
                 Some(a) => Some(
@@ -264,6 +280,7 @@ impl Bench {
                 None => None,
             };
             let t0 = Instant::now();
+            let s0 = CpuStat::read()?;
             let mut cmd = Command::new(&self.loadgen);
             cmd.args(&args).stdout(procs::output_file(&out)?).stderr(procs::output_file(&err)?);
             let mut lg = Proc::spawn(cmd)?;
@@ -283,8 +300,24 @@ impl Bench {
                     std::fs::read_to_string(&err).unwrap_or_default().trim_end()
                 );
             }
+            let steal = s0.steal_share(CpuStat::read()?);
+            if seen.is_empty() && steal > STEAL_LIMIT && steal_retakes < STEAL_RETRIES {
+                steal_retakes += 1;
+                results.steal_retakes += 1;
+                note(&format!(
+                    "  {:.1} % of the CPU time was stolen during {} {} (limit {:.0} %): measuring again",
+                    100.0 * steal,
+                    variant.name(),
+                    test.key(),
+                    100.0 * STEAL_LIMIT
+                ));
+                continue;
+            }
             if seen.is_empty() {
-                break (c0, t0);
+                if steal > STEAL_LIMIT {
+                    results.steal_kept += 1;
+                }
+                break (c0, t0, steal);
             }
             if attempt >= 20 {
                 bail!("another eddy-agent (pid {}) kept running during the measurements", pid_list(&seen));
@@ -313,7 +346,7 @@ impl Bench {
         let errors = summary.errors + summary.server_errors;
         append_row(
             &self.work.join("results.tsv"),
-            &format!("{}\t{}\t{round}\t{value}\t{errors}", test.key(), variant.name()),
+            &format!("{}\t{}\t{round}\t{value}\t{errors}\t{steal:.4}", test.key(), variant.name()),
         )?;
         let shown = if test.is_rate() {
             format!("{value:.0} conn/s")
@@ -321,8 +354,13 @@ impl Bench {
             format!("{:.0} MiB/s", value / 1_048_576.0)
         };
         let errs = if errors == 0 { String::new() } else { format!(" (errors: {errors})") };
-        note(&format!("  round {round} {} {}: {shown}{errs}", variant.name(), test.key()));
-        results.samples.push(Sample { test, variant, round, value, errors });
+        note(&format!(
+            "  round {round} {} {}: {shown}{errs} (steal {:.1} %)",
+            variant.name(),
+            test.key(),
+            100.0 * steal
+        ));
+        results.samples.push(Sample { test, variant, round, value, errors, steal });
         Ok(())
     }
 }

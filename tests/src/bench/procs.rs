@@ -117,6 +117,40 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The machine's CPU time so far (all cores, clock ticks), from the first line of `/proc/stat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    /// All but idle and iowait (user nice system irq softirq steal).
+    pub busy: u64,
+    /// user nice system idle iowait irq softirq steal.
+    pub total: u64,
+    /// Time the hypervisor ran something else while this VM wanted a CPU.
+    pub steal: u64,
+}
+
+impl CpuStat {
+    pub fn read() -> Result<CpuStat> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        CpuStat::parse(stat.lines().next().unwrap_or_default())
+    }
+
+    /// Parses the `cpu  user nice system idle iowait irq softirq steal ...` line.
+    pub fn parse(line: &str) -> Result<CpuStat> {
+        let v: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|f| f.parse().ok()).collect();
+        if !line.starts_with("cpu ") || v.len() < 5 {
+            bail!("/proc/stat: unexpected first line {line:?}");
+        }
+        let total: u64 = v.iter().sum();
+        Ok(CpuStat { busy: total - v[3] - v[4], total, steal: v.get(7).copied().unwrap_or(0) })
+    }
+
+    /// The share of the CPU time between `self` and `later` that was stolen (0 when none passed).
+    pub fn steal_share(self, later: CpuStat) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 { 0.0 } else { later.steal.saturating_sub(self.steal) as f64 / total as f64 }
+    }
+}
+
 /// A `KEY: N kB` line of `/proc/PID/status`, in KiB.
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -317,5 +351,29 @@ impl RunningAgent {
         {
             note(&format!("warning: eddy-agent exited with status {} after SIGTERM", status_code(status)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuStat;
+
+    #[test]
+    fn cpu_stat_counts_steal_in_busy_and_total() {
+        let a = CpuStat::parse("cpu  100 5 50 1000 20 0 10 15 0 0").expect("parse");
+        assert_eq!(a, CpuStat { busy: 180, total: 1200, steal: 15 });
+        let b = CpuStat::parse("cpu  200 5 90 1200 20 0 20 65 0 0").expect("parse");
+        // 400 ticks passed, 50 of them stolen.
+        assert!((a.steal_share(b) - 0.125).abs() < 1e-9);
+        assert_eq!(a.steal_share(a), 0.0);
+    }
+
+    #[test]
+    fn cpu_stat_without_steal_column_and_bad_lines() {
+        let old = CpuStat::parse("cpu  1 2 3 4 5").expect("a 2.4 kernel's five columns");
+        assert_eq!(old, CpuStat { busy: 6, total: 15, steal: 0 });
+        assert!(CpuStat::parse("cpu0 1 2 3 4 5 6 7 8").is_err());
+        assert!(CpuStat::parse("cpu  1 2 x").is_err());
+        assert!(CpuStat::parse("").is_err());
     }
 }

@@ -266,6 +266,7 @@ pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
         cpu_of(Some(Test::SmallWrite)),
         cpu_of(Some(Test::LargeWrite))
     );
+    let _ = writeln!(out, "{}", steal_line(results));
     let _ = writeln!(
         out,
         "agent RSS: {} MiB VmRSS after the measurements (median of rounds), {} MiB VmHWM peak",
@@ -288,6 +289,30 @@ pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
     let _ =
         writeln!(out, "{}", if passed { "RESULT: all targets met" } else { "RESULT: some targets MISSED" });
     (out, passed)
+}
+
+/// The largest share of CPU time stolen by the hypervisor in a kept window.
+fn max_steal(results: &Results) -> f64 {
+    results.samples.iter().map(|s| s.steal).fold(0.0, f64::max)
+}
+
+/// How much the hypervisor took from the measured windows.
+fn steal_line(results: &Results) -> String {
+    let limit = 100.0 * super::measure::STEAL_LIMIT;
+    let kept = if results.steal_kept == 0 {
+        String::new()
+    } else {
+        format!(
+            "; {} window(s) kept above it after {} retakes each  <-- noisy",
+            results.steal_kept,
+            super::measure::STEAL_RETRIES
+        )
+    };
+    format!(
+        "CPU steal: at most {}% in a kept window (limit {limit:.0}%: {} window(s) measured again){kept}",
+        fixed(100.0 * max_steal(results), 1),
+        results.steal_retakes
+    )
 }
 
 /// The results for machines (`--json`): NaN becomes `null`.
@@ -324,6 +349,12 @@ pub fn json(results: &Results, c: &Context<'_>, disabled_hooks: Option<&str>) ->
         "disabled_hooks": disabled_hooks,
         "rounds": c.rounds,
         "seconds_per_measurement": c.duration_secs,
+        "steal": {
+            "limit": super::measure::STEAL_LIMIT,
+            "max_kept": max_steal(results),
+            "windows_measured_again": results.steal_retakes,
+            "windows_kept_above_limit": results.steal_kept,
+        },
         "measurements": measurements,
         "hook_sets": results.set_hooks.iter().enumerate().map(|(i, h)| {
             let v = Variant::HookSet(u8::try_from(i).unwrap_or(u8::MAX));
@@ -413,7 +444,7 @@ mod tests {
     use super::*;
 
     fn sample(test: Test, variant: Variant, round: u32, value: f64) -> Sample {
-        Sample { test, variant, round, value, errors: 0 }
+        Sample { test, variant, round, value, errors: 0, steal: 0.0 }
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub fn tcp(
     Ok(Tcp { lifecycle, retransmits, live, bytes, owner, live_iter, cookie_sweep, config_bits })
 }
 
+/// `tcp_owner` where the per-call byte hooks name the owner.
+const PER_CALL_OWNER: &str = "the per-call byte hooks";
+
 /// The byte counters: the `tcp_sock` counters when an iterator refreshes live flows (and, under the
 /// `sockops` lifecycle, which cannot name a connection's owner, the owner hooks attach), else the
 /// first per-call hook that attaches (they name the owner), else the counters at close only.
@@ -107,12 +110,12 @@ fn tcp_bytes(
         chosen: Some(chosen.into()),
         rejected: vec![Rejected { hook: hooks::TCP_OWNER[0].hook.into(), reason: "not needed".into() }],
     };
-    let owner = if !sockops {
+    let mut owner = if !sockops {
         without_hook(
             "the lifecycle at connect(); the socket iterator or the byte hooks for accepted connections",
         )
     } else if counters_off.is_some() {
-        without_hook("the per-call byte hooks")
+        without_hook(PER_CALL_OWNER)
     } else {
         let owner = hooks::attach_first(ebpf, targets, "tcp_owner", hooks::TCP_OWNER, None);
         if owner.chosen.is_none() {
@@ -135,6 +138,14 @@ fn tcp_bytes(
     }
     if bytes.chosen.is_none() {
         bytes.chosen = Some(hooks::TCP_BYTES_AT_CLOSE.to_string());
+        if sockops && owner.chosen.as_deref() == Some(PER_CALL_OWNER) {
+            // Nothing names the owner: neither an owner hook nor a per-call byte hook attached.
+            owner.chosen = None;
+            owner.rejected.push(Rejected {
+                hook: PER_CALL_OWNER.into(),
+                reason: "no per-call byte hook attached (see tcp_bytes)".into(),
+            });
+        }
     }
     (bytes, owner)
 }
