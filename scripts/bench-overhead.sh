@@ -10,8 +10,8 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: scripts/bench-overhead.sh [--quick] [--rounds N] [--disabled-hooks LIST] [--hook-set LIST]...
-                                 [--json PATH] [--no-build]
+Usage: scripts/bench-overhead.sh [--quick] [--rounds N] [--one-cpu] [--disabled-hooks LIST]
+                                 [--hook-set LIST]... [--json PATH] [--no-build]
 
 Builds the release binaries (unless --no-build) and runs `eddy-loadgen bench`, as root, over loopback
 only: eddy-agent's cost on loopback TCP (short-lived connection rate, 1 KiB and 128 KiB writes, each as a
@@ -23,6 +23,8 @@ second, and the share of 40,000 short connections it reports with exact bytes. W
 Options:
   --quick       short run (2 s per measurement, 3 rounds, 5,000 churn connections)
   --rounds N    baseline/agent rounds per measurement (default 5, --quick 3)
+  --one-cpu     everything (load, agent, capture) on one CPU: CPU-bound, steadier ratios
+                that include the agent's own CPU
   --disabled-hooks LIST
                 run the agent with another hook set: hook names as /status shows them, e.g.
                 'tcp_sock counters (live via iter/task_file)' for the per-call byte hooks;
@@ -51,7 +53,7 @@ PASS=()
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --quick) PASS+=("$1") ;;
+        --quick | --one-cpu) PASS+=("$1") ;;
         --rounds)
             [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]?$ ]] || die "--rounds needs a number from 1 to 99"
             PASS+=("$1" "$2")

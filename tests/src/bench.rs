@@ -5,9 +5,10 @@
 //! What [`run`] does, in order:
 //! 1. three loopback measurements with `eddy-loadgen` ([`measure`]): short-lived connection rate,
 //!    1 KiB-write and 128 KiB-write throughput, each without the agent (baseline) and with
-//!    `eddy-agent run --listen 127.0.0.1:19780 --poll-interval 1s`, alternating over the rounds (the
-//!    order flips every round), waiting out (and measuring again around) other eddy-agents, whose
-//!    eBPF programs would skew a baseline;
+//!    `eddy-agent run --listen 127.0.0.1:19780 --poll-interval 1s`, over rounds that open and close
+//!    with a baseline (the agents' order flips every round; ratios against the baseline
+//!    interpolated in time, see [`report`]), waiting out (and measuring again around) other
+//!    eddy-agents, whose eBPF programs would skew a baseline, and windows with CPU steal;
 //! 2. the agent's CPU over each measured window and its `VmRSS`/`VmHWM` after each agent round;
 //! 3. where a connection's time goes: one conn-rate run without and one with the agent, with the
 //!    kernel counting each eBPF program's calls and time, and the agent's own CPU ([`cost`]);
@@ -40,8 +41,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use procs::note;
 
 pub const USAGE: &str = "\
-Usage: eddy-loadgen bench [--quick] [--rounds N] [--agent PATH] [--disabled-hooks LIST] [--hook-set LIST]...
-                          [--json PATH]
+Usage: eddy-loadgen bench [--quick] [--rounds N] [--one-cpu] [--agent PATH] [--disabled-hooks LIST]
+                          [--hook-set LIST]... [--json PATH]
        (usually through scripts/bench-overhead.sh, which builds the release binaries first)
 
 Measures eddy-agent's overhead in one run, as root, over loopback only:
@@ -50,8 +51,11 @@ Measures eddy-agent's overhead in one run, as root, over loopback only:
   3. large-write throughput, 128 KiB writes (eddy-loadgen throughput)
      each without the agent (baseline) and with
      `eddy-agent run --listen 127.0.0.1:19780 --poll-interval 1s` running,
-     alternating baseline/agent over N rounds (the order flips every round);
-     figures are medians, ratios the median of the per-round agent/baseline ratios
+     over N rounds, each a baseline, the agent variants (their order flips every
+     round) and a baseline again; a window with more than 5% of the CPU time
+     stolen by the hypervisor (/proc/stat) is measured again (up to 3 times);
+     figures are medians; a ratio is the median over the rounds of the agent's
+     figure / the round's baseline interpolated to the agent window's time
   4. the agent's CPU (utime+stime from /proc/PID/stat over the measured windows,
      as % of one core) and memory (VmRSS, VmHWM from /proc/PID/status)
   5. where a connection's time goes: one conn-rate run without the agent and one
@@ -70,6 +74,10 @@ Options:
   --quick       2 s per measurement, 3 rounds, churn --count 5000
                 (default: 5 s, 5 rounds, 40000; about 5 minutes)
   --rounds N    baseline/agent rounds per measurement (default 5, --quick 3)
+  --one-cpu     run everything (the load, the agent, capture) on one CPU, the last this
+                process may use: the load is then bound by CPU time, not by wake-ups across
+                CPUs, and a ratio is the share of one core the traffic keeps, the agent's own
+                CPU included (on a 2-vCPU VM: +-4 % per window instead of +-15 %)
   --agent PATH  the eddy-agent binary (default: $EDDY_AGENT, else next to eddy-loadgen)
   --disabled-hooks LIST
                 passed to the agent (run and capture): hook names as /status shows them,
@@ -110,6 +118,8 @@ pub struct Options {
     pub json: Option<PathBuf>,
     /// More agent variants measured in every round, each with `--disabled-hooks LIST`.
     pub hook_sets: Vec<String>,
+    /// Everything on one CPU.
+    pub one_cpu: bool,
 }
 
 /// Parses the options of `bench`; `Ok(None)` for `--help`.
@@ -121,6 +131,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>> {
         disabled_hooks: None,
         json: None,
         hook_sets: Vec::new(),
+        one_cpu: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -131,6 +142,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>> {
         let mut value = || inline.clone().or_else(|| it.next().cloned());
         match name {
             "--quick" => o.quick = true,
+            "--one-cpu" => o.one_cpu = true,
             "--rounds" => {
                 let v = value().unwrap_or_default();
                 let n: u32 = v
@@ -231,6 +243,8 @@ pub fn run(opts: &Options) -> Result<(String, bool, PathBuf)> {
         bail!("something already listens on {LISTEN}");
     }
     procs::handle_interrupts()?;
+    // Before any child is spawned: they inherit it.
+    let one_cpu = if opts.one_cpu { Some(procs::pin_to_last_cpu()?) } else { None };
     let work = nix::unistd::mkdtemp("/tmp/eddy-bench.XXXXXX").context("creating the work directory")?;
     let clk_tck = procs::clock_ticks()?;
     let agent_args = match &opts.disabled_hooks {
@@ -249,6 +263,9 @@ pub fn run(opts: &Options) -> Result<(String, bool, PathBuf)> {
     };
 
     note(&format!("work directory: {}", work.display()));
+    if let Some(cpu) = one_cpu {
+        note(&format!("everything runs on CPU {cpu} (--one-cpu)"));
+    }
     let others = procs::foreign_agents(&[]);
     if !others.is_empty() {
         note(&format!(
@@ -290,6 +307,7 @@ pub fn run(opts: &Options) -> Result<(String, bool, PathBuf)> {
         cost: Some(&cost),
         steady: Some(&steady),
         capture_memory: Some(&capture_mem),
+        one_cpu,
     };
     let (text, passed) = report::render(&results, &context);
     if let Some(path) = &opts.json {
@@ -310,7 +328,7 @@ mod tests {
 
     #[test]
     fn options() {
-        let o = parse(&args(&["--quick", "--rounds", "7"])).expect("parse").expect("not help");
+        let o = parse(&args(&["--quick", "--rounds", "7", "--one-cpu"])).expect("parse").expect("not help");
         assert_eq!(
             o,
             Options {
@@ -319,9 +337,11 @@ mod tests {
                 agent: None,
                 disabled_hooks: None,
                 json: None,
-                hook_sets: Vec::new()
+                hook_sets: Vec::new(),
+                one_cpu: true,
             }
         );
+        assert!(!parse(&args(&["--quick"])).expect("parse").expect("not help").one_cpu);
         let o = parse(&args(&["--disabled-hooks", "tcp_iter", "--json=/tmp/x.json"]))
             .expect("parse")
             .expect("not help");

@@ -2,6 +2,11 @@
 //! `eddy-agent run`, alternating over the rounds; the agent's CPU per measured window and its memory
 //! after each agent round.
 //!
+//! A round opens and closes with a baseline, the agent variants between them (their order flips
+//! every round), so that every agent window lies between two baseline windows of its round: the
+//! report divides it by the baseline interpolated to its time, which takes out the machine's drift
+//! over the round (on these VMs a baseline moves by up to 20 % within minutes, with no steal).
+//!
 //! Each measurement is one `eddy-loadgen conn-rate|throughput` process (its exchange servers live
 //! until their process exits), its JSON summary kept in the work directory. A measurement during
 //! which another `eddy-agent` ran is taken again (up to 20 times); so is one during which the
@@ -112,6 +117,8 @@ pub struct Sample {
     pub errors: u64,
     /// The share of the machine's CPU time stolen by the hypervisor during the window.
     pub steal: f64,
+    /// The middle of the window, in seconds since the first measurement began.
+    pub at: f64,
 }
 
 /// The agent's CPU ticks over one measured window (the load plus the drain).
@@ -143,6 +150,8 @@ pub struct Results {
     pub steal_retakes: u32,
     /// Windows kept with steal above [`STEAL_LIMIT`] (after [`STEAL_RETRIES`] retakes).
     pub steal_kept: u32,
+    /// When the first measurement began (the origin of [`Sample::at`]).
+    pub started: Option<Instant>,
 }
 
 /// What the agent under test runs on.
@@ -188,24 +197,32 @@ fn append_row(path: &Path, row: &str) -> Result<()> {
 }
 
 impl Bench {
-    /// All rounds; odd rounds run the baseline first, even rounds the agent first.
+    /// All rounds: a baseline, the agent variants (in the opposite order every other round), a
+    /// baseline.
     pub fn measure_rounds(&self) -> Result<Results> {
-        let mut results = Results { set_hooks: vec![None; self.hook_sets.len()], ..Results::default() };
+        let mut results = Results {
+            set_hooks: vec![None; self.hook_sets.len()],
+            started: Some(Instant::now()),
+            ..Results::default()
+        };
         let sets = (0..self.hook_sets.len()).map(|i| Variant::HookSet(u8::try_from(i).unwrap_or(u8::MAX)));
-        let variants: Vec<Variant> = [Variant::Baseline, Variant::Agent].into_iter().chain(sets).collect();
+        let agents: Vec<Variant> = std::iter::once(Variant::Agent).chain(sets).collect();
         for round in 1..=self.rounds {
-            let mut order = variants.clone();
+            let mut order = agents.clone();
             if round % 2 == 0 {
                 order.reverse();
             }
+            self.run_variant(Variant::Baseline, "baseline", round, &mut results)?;
             for variant in order {
-                self.run_variant(variant, round, &mut results)?;
+                self.run_variant(variant, &variant.name(), round, &mut results)?;
             }
+            self.run_variant(Variant::Baseline, "baseline-end", round, &mut results)?;
         }
         Ok(results)
     }
 
-    fn run_variant(&self, variant: Variant, round: u32, results: &mut Results) -> Result<()> {
+    /// One variant's three measurements; `tag` names its files and log lines.
+    fn run_variant(&self, variant: Variant, tag: &str, round: u32, results: &mut Results) -> Result<()> {
         let agent = match variant {
             Variant::Agent | Variant::HookSet(_) => {
                 let log = self.work.join(format!("{}-run-{round}.log", variant.name()));
@@ -237,7 +254,7 @@ impl Bench {
             }
         };
         for test in Test::ALL {
-            self.measure(test, variant, round, agent.as_ref(), results)?;
+            self.measure(test, variant, tag, round, agent.as_ref(), results)?;
         }
         if let Some(agent) = agent {
             // CPU and memory are the run's hook set's (other sets give their ratios only).
@@ -259,18 +276,19 @@ impl Bench {
         &self,
         test: Test,
         variant: Variant,
+        tag: &str,
         round: u32,
         agent: Option<&RunningAgent>,
         results: &mut Results,
     ) -> Result<()> {
-        let name = format!("{}-{}-{round}", test.key(), variant.name());
+        let name = format!("{}-{tag}-{round}", test.key());
         let out = self.work.join(format!("{name}.json"));
         let err = self.work.join(format!("{name}.err"));
         let args = test.loadgen_args(self.duration_secs);
         let own: Vec<u32> = agent.map(RunningAgent::pid).into_iter().collect();
         let mut attempt = 1;
         let mut steal_retakes = 0;
-        let (c0, t0, steal) = loop {
+        let (c0, t0, steal, at) = loop {
             procs::wait_quiet(&own)?;
             let c0 = match agent {
                 Some(a) => Some(
@@ -301,13 +319,15 @@ impl Bench {
                 );
             }
             let steal = s0.steal_share(CpuStat::read()?);
+            let started = *results.started.get_or_insert(t0);
+            let at = (t0.duration_since(started) + t0.elapsed() / 2).as_secs_f64();
             if seen.is_empty() && steal > STEAL_LIMIT && steal_retakes < STEAL_RETRIES {
                 steal_retakes += 1;
                 results.steal_retakes += 1;
                 note(&format!(
                     "  {:.1} % of the CPU time was stolen during {} {} (limit {:.0} %): measuring again",
                     100.0 * steal,
-                    variant.name(),
+                    tag,
                     test.key(),
                     100.0 * STEAL_LIMIT
                 ));
@@ -317,7 +337,7 @@ impl Bench {
                 if steal > STEAL_LIMIT {
                     results.steal_kept += 1;
                 }
-                break (c0, t0, steal);
+                break (c0, t0, steal, at);
             }
             if attempt >= 20 {
                 bail!("another eddy-agent (pid {}) kept running during the measurements", pid_list(&seen));
@@ -325,7 +345,7 @@ impl Bench {
             note(&format!(
                 "  another eddy-agent (pid {}) ran during {} {}: measuring again",
                 pid_list(&seen),
-                variant.name(),
+                tag,
                 test.key()
             ));
             attempt += 1;
@@ -346,7 +366,7 @@ impl Bench {
         let errors = summary.errors + summary.server_errors;
         append_row(
             &self.work.join("results.tsv"),
-            &format!("{}\t{}\t{round}\t{value}\t{errors}\t{steal:.4}", test.key(), variant.name()),
+            &format!("{}\t{tag}\t{round}\t{value}\t{errors}\t{steal:.4}\t{at:.1}", test.key()),
         )?;
         let shown = if test.is_rate() {
             format!("{value:.0} conn/s")
@@ -356,11 +376,11 @@ impl Bench {
         let errs = if errors == 0 { String::new() } else { format!(" (errors: {errors})") };
         note(&format!(
             "  round {round} {} {}: {shown}{errs} (steal {:.1} %)",
-            variant.name(),
+            tag,
             test.key(),
             100.0 * steal
         ));
-        results.samples.push(Sample { test, variant, round, value, errors, steal });
+        results.samples.push(Sample { test, variant, round, value, errors, steal, at });
         Ok(())
     }
 }

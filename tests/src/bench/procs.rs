@@ -151,6 +151,21 @@ impl CpuStat {
     }
 }
 
+/// Confines this process (and the children it spawns from now on) to the last CPU it may use;
+/// returns that CPU.
+pub fn pin_to_last_cpu() -> Result<usize> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let mine = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+    let cpu = (0..CpuSet::count())
+        .rev()
+        .find(|&c| mine.is_set(c).unwrap_or(false))
+        .context("this process may run on no CPU")?;
+    let mut one = CpuSet::new();
+    one.set(cpu).context("CpuSet::set")?;
+    sched_setaffinity(Pid::from_raw(0), &one).with_context(|| format!("sched_setaffinity(CPU {cpu})"))?;
+    Ok(cpu)
+}
+
 /// A `KEY: N kB` line of `/proc/PID/status`, in KiB.
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -1,15 +1,30 @@
 //! The benchmark's report: the table of medians and ratios, the one-line summaries with their
 //! targets, the churn's exact share, the agent's CPU and memory, the churn details and the verdict.
 //!
-//! Ratios are the median of the per-round agent/baseline ratios (rounds with a zero baseline are left
-//! out), the spread is their min–max; a measurement without any ratio misses its target. Numbers are
+//! Ratios are the median of the per-round agent/baseline ratios, each agent window divided by its
+//! round's baseline interpolated to the window's time (between the baselines before and after it;
+//! the one there is when a round has one); rounds without a positive baseline are left out. The
+//! spread is their min–max; a measurement without any ratio misses its target. Numbers are
 //! formatted as the shell script with its Python report did (`nan` for a missing value, thousands
 //! separated by commas).
 
 use std::fmt::Write as _;
 
 use super::churn::{ChurnMatch, ChurnRun};
-use super::measure::{Results, Test, Variant};
+use super::measure::{Results, Sample, Test, Variant};
+
+/// The baseline at time `at`, from a round's baseline samples: interpolated linearly between the
+/// last one before and the first one after; the nearest when `at` is not between two; NaN without
+/// any.
+pub fn baseline_at(baselines: &[&Sample], at: f64) -> f64 {
+    let before = baselines.iter().filter(|b| b.at <= at).max_by(|a, b| a.at.total_cmp(&b.at));
+    let after = baselines.iter().filter(|b| b.at > at).min_by(|a, b| a.at.total_cmp(&b.at));
+    match (before, after) {
+        (Some(b), Some(a)) if a.at > b.at => b.value + (a.value - b.value) * (at - b.at) / (a.at - b.at),
+        (Some(s), _) | (None, Some(s)) => s.value,
+        (None, None) => f64::NAN,
+    }
+}
 
 /// Median (mean of the two middle values for an even count); NaN when empty.
 pub fn median(values: &[f64]) -> f64 {
@@ -102,23 +117,18 @@ fn verdict(results: &Results, test: Test) -> Verdict {
 
 /// The verdict of one agent variant (the run's hook set, or a `--hook-set`).
 fn verdict_of(results: &Results, test: Test, variant: Variant) -> Verdict {
-    let values = |variant: Variant| -> Vec<(u32, f64)> {
-        results
-            .samples
-            .iter()
-            .filter(|s| s.test == test && s.variant == variant)
-            .map(|s| (s.round, s.value))
-            .collect()
+    let of = |variant: Variant| -> Vec<&Sample> {
+        results.samples.iter().filter(|s| s.test == test && s.variant == variant).collect()
     };
-    let (base, agent) = (values(Variant::Baseline), values(variant));
-    let mut rounds: Vec<u32> =
-        agent.iter().map(|(r, _)| *r).filter(|r| base.iter().any(|b| b.0 == *r)).collect();
-    rounds.sort_unstable();
-    rounds.dedup();
-    // The last sample of a round counts (as a later line overrides an earlier one).
-    let of = |v: &[(u32, f64)], r: u32| v.iter().rev().find(|s| s.0 == r).map_or(f64::NAN, |s| s.1);
-    let ratios: Vec<f64> =
-        rounds.iter().filter(|r| of(&base, **r) > 0.0).map(|r| of(&agent, *r) / of(&base, *r)).collect();
+    let (base, agent) = (of(Variant::Baseline), of(variant));
+    let ratios: Vec<f64> = agent
+        .iter()
+        .filter_map(|a| {
+            let round: Vec<&Sample> = base.iter().copied().filter(|b| b.round == a.round).collect();
+            let b = baseline_at(&round, a.at);
+            (b > 0.0).then(|| a.value / b)
+        })
+        .collect();
     let ratio = median(&ratios);
     let target = test.target();
     let ok = !ratios.is_empty() && ratio >= target;
@@ -133,7 +143,7 @@ fn verdict_of(results: &Results, test: Test, variant: Variant) -> Verdict {
     let spread =
         if ratios.is_empty() { "-".to_string() } else { format!("{}-{}", fixed(min, 3), fixed(max, 3)) };
     let errors: u64 = results.samples.iter().filter(|s| s.test == test).map(|s| s.errors).sum();
-    let medians = |v: &[(u32, f64)]| median(&v.iter().map(|s| s.1).collect::<Vec<_>>());
+    let medians = |v: &[&Sample]| median(&v.iter().map(|s| s.value).collect::<Vec<_>>());
     let label = match variant {
         Variant::HookSet(i) => format!("{} [set {}]", test.label(), u16::from(i) + 1),
         _ => test.label().to_string(),
@@ -183,6 +193,8 @@ pub struct Context<'a> {
     pub steady: Option<&'a super::cost::SteadyMemory>,
     /// `capture`'s memory under that load (step 7).
     pub capture_memory: Option<&'a super::capture_mem::CaptureMemory>,
+    /// The CPU everything ran on (`--one-cpu`).
+    pub one_cpu: Option<usize>,
 }
 
 /// The report (stdout) and whether every target was met.
@@ -223,8 +235,12 @@ pub fn render(results: &Results, c: &Context<'_>) -> (String, bool) {
     );
     let _ = writeln!(
         out,
-        "(medians; ratio = median of the per-round agent/baseline ratios, spread = their min-max)"
+        "(medians; ratio = median over the rounds of agent / the round's baseline interpolated to the agent's \
+         window, spread = their min-max)"
     );
+    if let Some(cpu) = c.one_cpu {
+        let _ = writeln!(out, "one CPU (--one-cpu): the load, the agent and capture all ran on CPU {cpu}");
+    }
     if let Some(h) = &results.hooks {
         let set: Vec<String> = h.chosen.iter().map(|(c, hook)| format!("{c}={hook}")).collect();
         let _ = writeln!(out, "kernel {}; hook set: {}", h.kernel, set.join(", "));
@@ -349,6 +365,7 @@ pub fn json(results: &Results, c: &Context<'_>, disabled_hooks: Option<&str>) ->
         "disabled_hooks": disabled_hooks,
         "rounds": c.rounds,
         "seconds_per_measurement": c.duration_secs,
+        "one_cpu": c.one_cpu,
         "steal": {
             "limit": super::measure::STEAL_LIMIT,
             "max_kept": max_steal(results),
@@ -444,7 +461,43 @@ mod tests {
     use super::*;
 
     fn sample(test: Test, variant: Variant, round: u32, value: f64) -> Sample {
-        Sample { test, variant, round, value, errors: 0, steal: 0.0 }
+        let at = f64::from(round) * 100.0 + if variant == Variant::Baseline { 0.0 } else { 50.0 };
+        Sample { test, variant, round, value, errors: 0, steal: 0.0, at }
+    }
+
+    #[test]
+    fn baselines_are_interpolated_to_the_agent_window() {
+        let b = |value: f64, at: f64| Sample {
+            test: Test::ConnRate,
+            variant: Variant::Baseline,
+            round: 1,
+            value,
+            errors: 0,
+            steal: 0.0,
+            at,
+        };
+        let (open, close) = (b(100.0, 0.0), b(80.0, 10.0));
+        assert_eq!(baseline_at(&[&open, &close], 5.0), 90.0);
+        assert_eq!(baseline_at(&[&close, &open], 2.5), 95.0);
+        // Outside the two, or with one: the nearest.
+        assert_eq!(baseline_at(&[&open, &close], 12.0), 80.0);
+        assert_eq!(baseline_at(&[&close], 1.0), 80.0);
+        assert!(baseline_at(&[], 1.0).is_nan());
+
+        // A machine that slows down over the round: the agent costs nothing, its windows are
+        // measured at 20 % and 80 % of the round, and both ratios come out as 1.
+        let mut results = Results::default();
+        for (round, open, close) in [(1, 100.0, 80.0), (2, 80.0, 60.0)] {
+            let base = |value: f64, at: f64| Sample { round, ..b(value, at) };
+            results.samples.push(base(open, 0.0));
+            results.samples.push(base(close, 10.0));
+            let at = if round == 1 { 2.0 } else { 8.0 };
+            let value = open + (close - open) * at / 10.0;
+            results.samples.push(Sample { variant: Variant::Agent, value, at, ..base(0.0, 0.0) });
+        }
+        let v = verdict_of(&results, Test::ConnRate, Variant::Agent);
+        assert!((v.ratio - 1.0).abs() < 1e-12, "{}", v.ratio);
+        assert_eq!(v.spread, (1.0, 1.0));
     }
 
     #[test]
@@ -482,6 +535,7 @@ mod tests {
             cost: None,
             steady: None,
             capture_memory: None,
+            one_cpu: None,
             rounds: 3,
             duration_secs: 2,
             count: 10,
