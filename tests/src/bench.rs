@@ -77,7 +77,7 @@ Options:
   --one-cpu     run everything (the load, the agent, capture) on one CPU, the last this
                 process may use: the load is then bound by CPU time, not by wake-ups across
                 CPUs, and a ratio is the share of one core the traffic keeps, the agent's own
-                CPU included (on a 2-vCPU VM: +-4 % per window instead of +-15 %)
+                CPU included (on a 2-vCPU VM: about +-5 % per window instead of +-15 %)
   --agent PATH  the eddy-agent binary (default: $EDDY_AGENT, else next to eddy-loadgen)
   --disabled-hooks LIST
                 passed to the agent (run and capture): hook names as /status shows them,

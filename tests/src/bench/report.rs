@@ -593,6 +593,28 @@ mod tests {
         assert_eq!(large["spread"], serde_json::json!([0.9, 1.0]));
         assert_eq!((j["churn"]["exact"].as_u64(), j["passed"].as_bool()), (Some(10), Some(false)));
         assert_eq!(j["agent_rss_mib"]["peak"].as_f64(), Some(50.0));
+        assert_eq!(j["one_cpu"], serde_json::Value::Null);
+        assert_eq!(j["steal"]["windows_measured_again"], 0);
+
+        // Everything on one CPU, and a window kept with steal above the limit after its retakes.
+        results.samples[0].steal = 0.08;
+        results.steal_retakes = 3;
+        results.steal_kept = 1;
+        let c = Context { one_cpu: Some(1), ..c };
+        let (text, _) = render(&results, &c);
+        assert_eq!(
+            text.lines().nth(3),
+            Some("one CPU (--one-cpu): the load, the agent and capture all ran on CPU 1")
+        );
+        assert!(
+            text.contains(
+                "CPU steal: at most 8.0% in a kept window (limit 5%: 3 window(s) measured again); 1 window(s) \
+                 kept above it after 3 retakes each  <-- noisy"
+            ),
+            "{text}"
+        );
+        let j = json(&results, &c, None);
+        assert_eq!((j["one_cpu"].as_u64(), j["steal"]["max_kept"].as_f64()), (Some(1), Some(0.08)));
     }
 
     #[test]
