@@ -292,7 +292,10 @@ impl Aggregator {
             d.rtt.observe(u64::from(rtt));
         }
         if r.is_closed() {
-            self.counted.remove(&key);
+            // Most closed flows were never seen open (short-lived): nothing to forget.
+            if prev.is_some() {
+                self.counted.remove(&key);
+            }
         } else {
             self.counted.insert(
                 key,

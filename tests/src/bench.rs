@@ -72,7 +72,7 @@ Measures eddy-agent's overhead in one run, as root, over loopback only:
 
 Options:
   --quick       2 s per measurement, 3 rounds, churn --count 5000
-                (default: 5 s, 5 rounds, 40000; about 5 minutes)
+                (default: 5 s, 5 rounds, 40000; about 8 minutes, each --hook-set adds 2)
   --rounds N    baseline/agent rounds per measurement (default 5, --quick 3)
   --one-cpu     run everything (the load, the agent, capture) on one CPU, the last this
                 process may use: the load is then bound by CPU time, not by wake-ups across
