@@ -294,7 +294,7 @@ for applet in $(/bin/busybox --list-full); do
   mkdir -p "$stage/$(dirname "$applet")"
   ln -sf /bin/busybox "$stage/$applet"
 done
-command -v "$strip" >/dev/null 2>&1 || die "$strip (binutils) is needed: the debug agent is ~700 MB with debug info"
+command -v "$strip" >/dev/null 2>&1 || die "$strip (binutils) is needed: the debug agent carries line tables (~80 MB)"
 for b in eddy-agent eddy-matrix-guest; do
   "$strip" --strip-debug -o "$stage/bin/$b" "$bindir/$b"
 done

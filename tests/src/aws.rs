@@ -172,9 +172,10 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
     cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))
 }
 
-/// A moto server on a free loopback port; killed when dropped.
+/// A moto server on a free loopback port; killed when dropped, its log removed unless a test failed.
 pub struct MotoServer {
     child: Child,
+    log: std::path::PathBuf,
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
 }
@@ -191,7 +192,7 @@ impl MotoServer {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .with_context(|| format!("starting {}", tools.moto_server.display()))?;
-        let mut server = MotoServer { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let mut server = MotoServer { child, log: log.clone(), endpoint: format!("http://127.0.0.1:{port}") };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -213,6 +214,9 @@ impl Drop for MotoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 

@@ -73,12 +73,14 @@ fn servfail_upstream(socket: UdpSocket) {
     }
 }
 
-struct Dnsmasq(Child);
+/// A dnsmasq process and its pid-file directory (removed when dropped).
+struct Dnsmasq(Child, std::path::PathBuf);
 
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
@@ -110,7 +112,7 @@ fn start_dnsmasq(ns: &NetNs, bin: &str, listen: Ipv4Addr, upstream: SocketAddr) 
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn dnsmasq");
-    let d = Dnsmasq(child);
+    let d = Dnsmasq(child, dir);
     let server = SocketAddr::from((listen, 53));
     let deadline = Instant::now() + Duration::from_secs(10);
     while ns.run(move || TcpStream::connect_timeout(&server, Duration::from_millis(300)).is_err()) {

@@ -50,12 +50,12 @@ impl Podman {
             .env("ENGINE_ARGS", "--runtime runc --cgroup-manager cgroupfs")
             .output()
             .expect("build-images.sh");
-        assert!(out.status.success(), "build-images.sh failed: {}", String::from_utf8_lossy(&out.stderr));
         // The binary goes in stripped, its debug info stays beside the build, and the size is printed.
-        let stdout = String::from_utf8_lossy(&out.stdout);
         let debug_file = debug.join(format!("{image}.debug"));
         let debug_len = std::fs::metadata(&debug_file).map(|m| m.len()).unwrap_or(0);
         let _ = std::fs::remove_dir_all(&debug);
+        assert!(out.status.success(), "build-images.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(debug_len > 0, "no debug info kept in {}: {stdout}", debug_file.display());
         assert!(
             stdout.contains(&format!("built {image}:{tag}: ")) && stdout.contains("stripped"),
@@ -98,6 +98,12 @@ impl Podman {
 
     fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("podman")
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.conf);
     }
 }
 
