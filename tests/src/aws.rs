@@ -192,18 +192,20 @@ impl MotoServer {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .with_context(|| format!("starting {}", tools.moto_server.display()))?;
-        let mut server = MotoServer { child, log: log.clone(), endpoint: format!("http://127.0.0.1:{port}") };
+        let mut server = MotoServer { child, log, endpoint: format!("http://127.0.0.1:{port}") };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(server);
             }
+            // The log goes with `server` (see Drop): an error carries what it said.
+            let said = || std::fs::read_to_string(&server.log).unwrap_or_default();
             if let Some(status) = server.child.try_wait()? {
-                bail!("moto_server exited ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+                bail!("moto_server exited ({status}): {}", said());
             }
             if Instant::now() >= deadline {
-                bail!("moto_server did not listen on {addr} within 30 s (log: {})", log.display());
+                bail!("moto_server did not listen on {addr} within 30 s; its log: {}", said());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
